@@ -1,0 +1,107 @@
+"""The `iotsphere` command: a thin dispatcher; each side registers its own subcommands.
+
+Errors reach the user as one line on stderr and an exit code (0 ok, 1 runtime, 2 usage),
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Subcommand groups, imported lazily so `iotsphere gateway ...` never loads the cloud.
+_GROUPS: dict[str, tuple[str, str]] = {
+    "gateway": ("edge.cli", "run and administer the edge gateway"),
+    "sim": ("firmware_stubs.cli", "simulated devices (mqtt)"),
+    "demo": ("edge.demo", "run everything at once on embedded defaults"),
+}
+
+
+class CliError(Exception):
+    """A failure to report as one line; exit_code 1 (runtime) or 2 (usage)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("IOTSPHERE_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "iotsphere"
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data folder (default: $IOTSPHERE_DATA_DIR, else ~/.local/share/iotsphere)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print only JSON on stdout")
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    path: Path = args.data_dir or default_data_dir()
+    return path
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, separators=(",", ": "), default=str) + "\n")
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iotsphere", description="IoTSphere edge gateway")
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in _GROUPS.items():
+        module = importlib.import_module(module_name)
+        group_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.register(group_parser)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
+        return 2
+    try:
+        return handler(args)
+    except CliError as exc:
+        print(f"iotsphere: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # last line of defence: one line for the user, details in debug
+        logging.getLogger("iotsphere").debug("unhandled error", exc_info=True)
+        print(f"iotsphere: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The reading model shared by gateway and cloud: frozen, typed values only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntFlag
+
+Value = float | bool | str
+
+
+class ReadingFlag(IntFlag):
+    """Why a reading's timestamp should not be blindly trusted (stored as a bit set)."""
+
+    NONE = 0
+    TS_FROM_GATEWAY = 1  # the device sent no timestamp; ts is the gateway receive time
+    TS_IN_FUTURE = 2  # device ts more than the allowed skew ahead of the gateway clock
+    TS_BEFORE_2000 = 4  # device ts before 2000-01-01: a device without a set clock
+
+
+@dataclass(frozen=True, slots=True)
+class RawReading:
+    """One decoded value before validation; ts is None when the device sent none."""
+
+    metric: str
+    value: object
+    ts: int | None = None  # ms since the epoch, device clock
+    seq: int | None = None  # the device's own message sequence number, if sent
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A validated reading, identified by (device_id, metric, ts)."""
+
+    device_id: str
+    metric: str
+    ts: int  # ms since the epoch: device time, or receive time when the device sent none
+    value: Value
+    received_at: int  # ms since the epoch, gateway clock
+    flags: ReadingFlag = ReadingFlag.NONE
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem with one part of a payload (RFC 9457 'errors' member)."""
+
+    path: str
+    message: str

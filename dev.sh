@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# IoTSphere developer entry point. Each command installs what it needs first.
+#   ./dev.sh demo        set up, then run the demo (gateway + managed Mosquitto + simulated sensors)
+#   ./dev.sh test        set up, then run lint, type checks and the test suite
+#   ./dev.sh test-soak   the long fault/soak tests (opt-in)
+#   ./dev.sh bench       set up, then run the benchmarks in bench/
+#   ./dev.sh setup       only set up (Debian packages + .venv)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PY=$VENV/bin/python
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_setup() {
+    local missing=()
+    [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+        # Debian enables a system-wide broker on 1883; IoTSphere runs its own private one.
+        if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+            as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+        fi
+    fi
+}
+
+venv_setup() {
+    [ -x $PY ] || python3 -m venv $VENV
+    local stamp=$VENV/.installed
+    if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
+        $PY -m pip install -q --upgrade pip >&2
+        $PY -m pip install -q -e '.[dev]' >&2
+        touch $stamp
+    fi
+}
+
+setup() { apt_setup; venv_setup; }
+
+cmd=${1:-help}; shift || true
+case "$cmd" in
+    setup) setup ;;
+    demo) setup; exec $VENV/bin/iotsphere demo "$@" ;;
+    test)
+        setup
+        $VENV/bin/ruff check .
+        $VENV/bin/mypy edge cloud common firmware_stubs
+        exec $PY -m pytest "$@" ;;
+    test-soak) setup; exec $PY -m pytest -m soak "$@" ;;
+    bench) setup; for b in bench/*.py; do echo "== $b"; $PY "$b" "$@"; done ;;
+    *) sed -n '2,8p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+esac

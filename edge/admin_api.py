@@ -1,0 +1,142 @@
+"""The running gateway's local admin API (127.0.0.1 only), used by the `iotsphere gateway` CLI.
+
+Authenticated by a bearer secret in the data dir (mode 0600): whoever can read the gateway's
+data can administer it, nobody else. Errors are RFC 9457 problem documents.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from common.problem import Problem
+from edge.backend import AdminBackend, BackendError
+
+log = logging.getLogger("iotsphere.admin")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _problem(status: int, title: str, detail: str = "") -> web.Response:
+    doc = Problem(slug=title.lower().replace(" ", "-"), title=title, status=status, detail=detail)
+    return web.Response(
+        status=status, body=doc.to_json(), content_type="application/problem+json"
+    )
+
+
+def _json(data: Any) -> web.Response:
+    return web.Response(text=json.dumps(data, default=str), content_type="application/json")
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer") from exc
+    return max(1, min(value, 100_000))
+
+
+class AdminApi:
+    def __init__(self, backend: AdminBackend, secret: str) -> None:
+        self._backend = backend
+        self._secret = secret
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth, self._errors])
+        b = self._backend
+        app.add_routes(
+            [
+                web.post("/admin/devices", self._add_device),
+                web.get("/admin/devices", lambda r: self._wrap(b.list_devices())),
+                web.post(
+                    "/admin/devices/{id}/revoke",
+                    lambda r: self._wrap(b.revoke_device(r.match_info["id"])),
+                ),
+                web.post("/admin/rules", self._add_rule),
+                web.get("/admin/rules", lambda r: self._wrap(b.list_rules())),
+                web.get(
+                    "/admin/readings",
+                    lambda r: self._wrap(
+                        b.readings(
+                            r.query.get("device"),
+                            r.query.get("metric"),
+                            _int_param(r, "limit", 100),
+                        )
+                    ),
+                ),
+                web.get("/admin/alerts", lambda r: self._wrap(b.alerts(r.query.get("state")))),
+                web.get(
+                    "/admin/errors", lambda r: self._wrap(b.errors(_int_param(r, "limit", 100)))
+                ),
+                web.get(
+                    "/admin/audit", lambda r: self._wrap(b.audit(_int_param(r, "limit", 100)))
+                ),
+                web.get("/admin/status", lambda r: self._wrap(b.status())),
+            ]
+        )
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("admin API on 127.0.0.1:%d", self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self._secret}".encode()):
+            return _problem(401, "Unauthorized", "missing or wrong admin secret")
+        return await handler(request)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BackendError as exc:
+            return _problem(400, "Request refused", str(exc))
+        except web.HTTPException as exc:
+            return _problem(exc.status, exc.reason, exc.text or "")
+        except Exception as exc:
+            log.exception("admin API: %s %s failed", request.method, request.path)
+            return _problem(500, "Internal error", f"{type(exc).__name__}: {exc}")
+
+    async def _wrap(self, result: Awaitable[Any]) -> web.Response:
+        return _json(await result)
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BackendError("the request body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise BackendError("the request body must be a JSON object")
+        return body
+
+    async def _add_device(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        device_id = body.get("device_id")
+        if not isinstance(device_id, str):
+            raise BackendError("device_id is required")
+        return _json(await self._backend.add_device(device_id, body.get("type")))
+
+    async def _add_rule(self, request: web.Request) -> web.Response:
+        return _json(await self._backend.add_rule(await self._body(request)))

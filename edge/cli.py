@@ -1,0 +1,252 @@
+"""`iotsphere gateway ...`: run the gateway and administer it, running or stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from common.cli import CliError, add_common_args, data_dir_of, print_json
+from edge.backend import (
+    AdminBackend,
+    BackendError,
+    LocalBackend,
+    RemoteBackend,
+    admin_secret,
+    running_gateway_url,
+)
+from edge.config import ConfigError, GatewayConfig, load_config
+from edge.store import GatewayStore, StoreError
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> GatewayConfig:
+    try:
+        return load_config(data_dir_of(args), **overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from exc
+
+
+def with_backend(
+    args: argparse.Namespace, action: Callable[[AdminBackend], Awaitable[Any]]
+) -> Any:
+    """Run action against the running gateway's admin API, or directly on the stopped store."""
+    cfg = _config(args)
+
+    async def go() -> Any:
+        url = running_gateway_url(cfg.run_dir)
+        if url is not None:
+            remote = RemoteBackend(url, admin_secret(cfg.data_dir))
+            try:
+                return await action(remote)
+            finally:
+                await remote.aclose()
+        try:
+            store = GatewayStore(cfg.db_path, memory_limit=cfg.duckdb_memory_limit,
+                                 threads=cfg.duckdb_threads)
+        except StoreError as exc:
+            raise CliError(str(exc)) from exc
+        try:
+            return await action(LocalBackend(store))
+        finally:
+            store.close()
+
+    try:
+        return asyncio.run(go())
+    except BackendError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _emit(args: argparse.Namespace, data: Any) -> int:
+    if getattr(args, "json", False) or not isinstance(data, list):
+        print_json(data)
+    else:
+        for item in data:
+            print(json.dumps(item, default=str))
+        if not data:
+            print("(none)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.broker import BrokerError
+    from edge.gateway import run_gateway
+    from edge.mqtt_front.proxy import MqttFrontError
+
+    cfg = _config(
+        args,
+        bind=args.bind,
+        mqtt_port=args.mqtt_port,
+        http_port=args.http_port,
+        coap_port=args.coap_port,
+        broker_url=args.broker,
+    )
+    try:
+        run_gateway(cfg)
+    except (StoreError, BrokerError, MqttFrontError) as exc:
+        raise CliError(str(exc)) from exc
+    return 0
+
+
+def _cmd_device_add(args: argparse.Namespace) -> int:
+    result = with_backend(args, lambda b: b.add_device(args.id, args.type))
+    print_json(result)
+    return 0
+
+
+def _cmd_device_list(args: argparse.Namespace) -> int:
+    return _emit(args, with_backend(args, lambda b: b.list_devices()))
+
+
+def _cmd_device_revoke(args: argparse.Namespace) -> int:
+    print_json(with_backend(args, lambda b: b.revoke_device(args.id)))
+    return 0
+
+
+def _cmd_rule_add(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "metric": args.metric,
+        "operator": args.op,
+        "threshold": _threshold(args.threshold) if args.threshold is not None else None,
+        "for_seconds": args.for_seconds,
+        "hysteresis": args.hysteresis,
+        "severity": args.severity,
+    }
+    if args.op == "nodata":
+        body.pop("threshold")
+    for key, value in (("name", args.name), ("device_id", args.device), ("device_type", args.type)):
+        if value is not None:
+            body[key] = value
+    print_json(with_backend(args, lambda b: b.add_rule(body)))
+    return 0
+
+
+def _threshold(raw: str) -> float | bool | str:
+    if raw in ("true", "false"):
+        return raw == "true"
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+def _cmd_rule_list(args: argparse.Namespace) -> int:
+    return _emit(args, with_backend(args, lambda b: b.list_rules()))
+
+
+def _cmd_readings(args: argparse.Namespace) -> int:
+    return _emit(args, with_backend(args, lambda b: b.readings(args.device, args.metric,
+                                                                args.limit)))
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    return _emit(args, with_backend(args, lambda b: b.alerts(args.state)))
+
+
+def _cmd_errors(args: argparse.Namespace) -> int:
+    return _emit(args, with_backend(args, lambda b: b.errors(args.limit)))
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    return _emit(args, with_backend(args, lambda b: b.audit(args.limit)))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print_json(with_backend(args, lambda b: b.status()))
+    return 0
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from exc
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("ports are 0-65535")
+    return value
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
+    add_common_args(run)
+    run.add_argument("--bind", help="address of the device-facing listeners (default 0.0.0.0)")
+    run.add_argument("--mqtt-port", type=_port, help="device MQTT port (default 1883)")
+    run.add_argument("--http-port", type=_port, help="device HTTP port (default 8080)")
+    run.add_argument("--coap-port", type=_port, help="device CoAP port (default 5683)")
+    run.add_argument("--broker", metavar="URL",
+                     help="use an external broker (mqtt://user:pass@host:1883) instead of the "
+                          "managed Mosquitto")
+    run.set_defaults(handler=_cmd_run)
+
+    device = sub.add_parser("device", help="provision, list and revoke devices")
+    dsub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    add = dsub.add_parser("add", help="add a device; prints its token once")
+    add.add_argument("id")
+    add.add_argument("--type", help="device type (declares its metrics)")
+    add_common_args(add, json_flag=True)
+    add.set_defaults(handler=_cmd_device_add)
+    lst = dsub.add_parser("list", help="list devices")
+    add_common_args(lst, json_flag=True)
+    lst.set_defaults(handler=_cmd_device_list)
+    rev = dsub.add_parser("revoke", help="revoke a device and disconnect it")
+    rev.add_argument("id")
+    add_common_args(rev, json_flag=True)
+    rev.set_defaults(handler=_cmd_device_revoke)
+
+    rule = sub.add_parser("rule", help="local alert rules")
+    rsub = rule.add_subparsers(dest="rule_command", metavar="ACTION", required=True)
+    radd = rsub.add_parser("add", help="add a rule; prints it as JSON")
+    radd.add_argument("--metric", required=True)
+    radd.add_argument("--op", required=True, choices=[">", ">=", "<", "<=", "==", "!=", "nodata"])
+    radd.add_argument("--threshold")
+    scope = radd.add_mutually_exclusive_group()
+    scope.add_argument("--device", help="only this device")
+    scope.add_argument("--type", help="only devices of this type")
+    radd.add_argument("--for", dest="for_seconds", type=float, default=0.0, metavar="SECONDS")
+    radd.add_argument("--hysteresis", type=float, default=0.0)
+    radd.add_argument("--severity", choices=["info", "warning", "critical"], default="warning")
+    radd.add_argument("--name")
+    add_common_args(radd, json_flag=True)
+    radd.set_defaults(handler=_cmd_rule_add)
+    rlist = rsub.add_parser("list", help="list rules")
+    add_common_args(rlist, json_flag=True)
+    rlist.set_defaults(handler=_cmd_rule_list)
+
+    readings = sub.add_parser("readings", help="stored readings, newest first")
+    readings.add_argument("--device")
+    readings.add_argument("--metric")
+    readings.add_argument("--limit", type=_positive_int, default=20)
+    add_common_args(readings, json_flag=True)
+    readings.set_defaults(handler=_cmd_readings)
+
+    alerts = sub.add_parser("alerts", help="local alerts")
+    alerts.add_argument("--state", choices=["active", "acknowledged", "resolved"])
+    add_common_args(alerts, json_flag=True)
+    alerts.set_defaults(handler=_cmd_alerts)
+
+    errors = sub.add_parser("errors", help="rejected messages, newest first")
+    errors.add_argument("--limit", type=_positive_int, default=20)
+    add_common_args(errors, json_flag=True)
+    errors.set_defaults(handler=_cmd_errors)
+
+    audit = sub.add_parser("audit", help="authentication failures and lockouts, newest first")
+    audit.add_argument("--limit", type=_positive_int, default=20)
+    add_common_args(audit, json_flag=True)
+    audit.set_defaults(handler=_cmd_audit)
+
+    status = sub.add_parser("status", help="devices, readings, alerts, broker")
+    add_common_args(status, json_flag=True)
+    status.set_defaults(handler=_cmd_status)

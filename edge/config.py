@@ -1,0 +1,103 @@
+"""Typed gateway configuration, loaded once: defaults < gateway.toml in the data dir < flags.
+
+Every field is documented where it is declared; nothing below reads config with ad-hoc
+defaults. The defaults are sized for a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from common.validation import DeviceTypeSpec, device_type_from_dict
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutConfig:
+    max_failures_per_user: int = 10  # failed CONNECTs of one username within window_s
+    max_failures_per_address: int = 10  # failed CONNECTs from one source address within window_s
+    window_s: float = 300.0
+    cooldown_s: float = 300.0  # how long a locked-out username/address is refused
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    data_dir: Path
+    bind: str = "0.0.0.0"  # LAN-facing listeners
+    mqtt_port: int = 1883  # the device-facing MQTT front (0 = any free port)
+    http_port: int = 8080  # device HTTP ingress and the local status page (later issue)
+    coap_port: int = 5683  # CoAP ingress (later issue)
+    broker_url: str | None = None  # external broker (mqtt://user:pass@host:port); None = managed
+    broker_port: int = 0  # private Mosquitto port on 127.0.0.1 (0 = a free port at each start)
+    broker_max_queued: int = 1_000_000  # QoS 1 messages the broker holds for the gateway
+    batch_max_readings: int = 500  # the store commits when this many readings are pending...
+    batch_max_delay_ms: int = 50  # ...or when the oldest pending one waited this long
+    ingest_queue: int = 20_000  # store mailbox (messages); full = backpressure to ingress
+    duckdb_memory_limit: str = "256MB"  # DuckDB's own default takes 80% of RAM
+    duckdb_threads: int = 1
+    max_future_skew_s: float = 86_400.0  # device ts further ahead than this is flagged
+    rule_tick_s: float = 1.0  # how often `for` timers and no-data rules are checked
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
+    device_types: dict[str, DeviceTypeSpec] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gateway.duckdb"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+
+def load_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
+    """Defaults, then `gateway.toml` in the data dir, then non-None overrides (CLI flags)."""
+    cfg = GatewayConfig(data_dir=data_dir)
+    toml_path = data_dir / "gateway.toml"
+    if toml_path.exists():
+        try:
+            raw = tomllib.loads(toml_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{toml_path}: {exc}") from exc
+        cfg = _apply_toml(cfg, raw, toml_path)
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.broker_url is not None:
+        parts = urlsplit(cfg.broker_url)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ConfigError(
+                f"--broker must look like mqtt://user:pass@host:1883, not {cfg.broker_url!r}"
+            )
+    return cfg
+
+
+def _apply_toml(cfg: GatewayConfig, raw: dict[str, Any], path: Path) -> GatewayConfig:
+    known = {f.name for f in fields(GatewayConfig)} - {"data_dir", "lockout", "device_types"}
+    gw = raw.get("gateway", {})
+    unknown = set(gw) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown [gateway] settings: {', '.join(sorted(unknown))}")
+    updates: dict[str, Any] = dict(gw)
+    if "lockout" in raw:
+        try:
+            updates["lockout"] = LockoutConfig(**raw["lockout"])
+        except TypeError as exc:
+            raise ConfigError(f"{path}: [lockout]: {exc}") from exc
+    types: dict[str, DeviceTypeSpec] = {}
+    for name, body in raw.get("device_types", {}).items():
+        try:
+            types[name] = device_type_from_dict({"name": name, **body})
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [device_types.{name}]: {exc}") from exc
+    if types:
+        updates["device_types"] = types
+    return replace(cfg, **updates)

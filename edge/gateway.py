@@ -1,0 +1,339 @@
+"""The running gateway: builds the actor tree and the listeners, runs until told to stop.
+
+Start order (each step needs the one before): store -> rules -> private broker -> ingress
+subscribed -> MQTT front listening -> admin API. Devices can reach the broker only through the
+front, and the front opens only once the ingress session exists, so the broker queues every
+accepted reading for the gateway from the first device on. Stop runs the other way round and
+flushes the store before DuckDB closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import signal
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from common.actors import ActorRef, ChildSpec, MailboxFull, Supervisor
+from common.alerts import AlertEvent
+from common.clock import Clock, SystemClock
+from common.validation import ValidationPolicy
+from edge import ops
+from edge.admin_api import AdminApi
+from edge.backend import BackendError, admin_secret, write_run_info
+from edge.broker import INGRESS_USER, BrokerCredentials, ManagedMosquitto, free_port
+from edge.config import GatewayConfig
+from edge.dynsec import DynsecClient, DynsecError
+from edge.lockout import LockoutPolicy, LockoutTracker
+from edge.mqtt_front.proxy import AuthEvent, MqttFront
+from edge.mqtt_ingress import MqttIngress
+from edge.pipeline import Classifier
+from edge.rules_actor import ChangeAlert, ReloadRules, RulesActor, RulesMsg
+from edge.store import AuthFailure, GatewayStore
+from edge.store_actor import Committed, RecordAuth, StoreActor, StoreMsg, call
+
+log = logging.getLogger("iotsphere.gateway")
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, clock: Clock | None = None) -> None:
+        self.cfg = config
+        self.clock: Clock = clock or SystemClock()
+        self.started_at = self.clock.now_ms()
+        self.ready = asyncio.Event()
+        self._stopping = False
+        self._store_ref: ActorRef[StoreMsg] | None = None
+        self._rules_ref: ActorRef[RulesMsg] | None = None
+        self._broker: ManagedMosquitto | None = None
+        self._broker_restarts = 0
+        self._dynsec: DynsecClient | None = None
+        self._ingress: MqttIngress | None = None
+        self._front: MqttFront | None = None
+        self._classifier = Classifier(
+            config.device_types,
+            ValidationPolicy(max_future_skew_ms=int(config.max_future_skew_s * 1000)),
+        )
+        lk = config.lockout
+        self._tracker = LockoutTracker(
+            LockoutPolicy(
+                max_failures_per_user=lk.max_failures_per_user,
+                max_failures_per_address=lk.max_failures_per_address,
+                window_s=lk.window_s,
+                cooldown_s=lk.cooldown_s,
+            ),
+            self.clock,
+        )
+        self.auth_events_lost = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def mqtt_port(self) -> int:
+        assert self._front is not None
+        return self._front.port
+
+    @property
+    def store_ref(self) -> ActorRef[StoreMsg]:
+        assert self._store_ref is not None
+        return self._store_ref
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        store = GatewayStore(
+            cfg.db_path, memory_limit=cfg.duckdb_memory_limit, threads=cfg.duckdb_threads
+        )
+        root = Supervisor("gateway", clock=self.clock)
+        tasks: list[asyncio.Task[Any]] = []
+        admin: AdminApi | None = None
+        try:
+            devices = store.devices(include_secrets=True)
+            for dev in devices:
+                self._classifier.set_device_type(dev["device_id"], dev["type"])
+            self._store_ref = await root.start_child(
+                ChildSpec(
+                    "store",
+                    lambda: StoreActor(
+                        store,
+                        max_readings=cfg.batch_max_readings,
+                        max_delay_ms=cfg.batch_max_delay_ms,
+                        on_commit=self._on_commit,
+                    ),
+                    capacity=cfg.ingest_queue,
+                )
+            )
+            self._rules_ref = await root.start_child(
+                ChildSpec(
+                    "rules",
+                    lambda: RulesActor(
+                        self.store_ref, self.clock, self._device_type_of, cfg.rule_tick_s
+                    ),
+                    capacity=10_000,
+                )
+            )
+            host, port, user, password = await self._start_broker(devices)
+            if self._broker is not None:
+                tasks.append(asyncio.create_task(self._watch_broker(), name="broker-watch"))
+            self._ingress = MqttIngress(
+                host=host,
+                port=port,
+                username=user,
+                password=password,
+                store=self.store_ref,
+                classifier=self._classifier,
+                clock=self.clock,
+            )
+            tasks.append(asyncio.create_task(self._ingress.run(), name="mqtt-ingress"))
+            await asyncio.wait_for(self._ingress.connected.wait(), 30)
+            if self._broker is not None:
+                self._front = MqttFront(
+                    cfg.bind, cfg.mqtt_port, host, port, self._tracker, self._on_auth_event,
+                    self.clock,
+                )
+                await self._front.start()
+            admin = AdminApi(self, admin_secret(cfg.data_dir))
+            await admin.start()
+            write_run_info(cfg.run_dir, admin.port)
+            self.ready.set()
+            log.info(
+                "gateway ready: MQTT on %s:%s, data in %s",
+                cfg.bind, self._front.port if self._front else "(external broker)", cfg.data_dir,
+            )
+            escalation = asyncio.create_task(root.wait(), name="supervisor")
+            tasks.append(escalation)
+            stopper = asyncio.create_task(stop.wait(), name="stop")
+            done, _ = await asyncio.wait(
+                {stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopper.cancel()
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self._stopping = True
+            log.info("gateway stopping: closing listeners, flushing the store")
+            (cfg.run_dir / "admin.json").unlink(missing_ok=True)
+            if admin is not None:
+                await admin.stop()
+            if self._front is not None:
+                await self._front.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await root.stop()  # drains mailboxes: the store commits what it holds
+            store.close()
+            if self._broker is not None:
+                await self._broker.stop()
+            log.info("gateway stopped")
+
+    async def _start_broker(self, devices: list[dict[str, Any]]) -> tuple[str, int, str, str]:
+        cfg = self.cfg
+        if cfg.broker_url is not None:
+            url = urlsplit(cfg.broker_url)
+            return (
+                url.hostname or "127.0.0.1",
+                url.port or 1883,
+                unquote(url.username or ""),
+                unquote(url.password or ""),
+            )
+        creds = BrokerCredentials.generate()
+        port = cfg.broker_port or free_port()
+        self._broker = ManagedMosquitto(cfg.broker_dir, port, cfg.broker_max_queued)
+        self._broker.prepare(devices, creds)
+        await self._broker.start()
+        self._broker_creds = creds
+        self._dynsec = DynsecClient("127.0.0.1", port, creds.admin_password)
+        return "127.0.0.1", port, INGRESS_USER, creds.ingress_password
+
+    async def _watch_broker(self) -> None:
+        """Restart the private broker whenever it dies, with backoff; DuckDB rebuilds its auth."""
+        assert self._broker is not None
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            code = await self._broker.wait()
+            if self._stopping:
+                return
+            self._broker_restarts += 1
+            log.error("mosquitto exited with %s; restarting (restart #%d)", code,
+                      self._broker_restarts)
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 30.0)
+            devices = await call(self.store_ref, lambda s: s.devices(include_secrets=True))
+            self._broker.prepare(devices, self._broker_creds)
+            await self._broker.start()
+
+    # -- wiring between parts ----------------------------------------------------------------
+
+    async def _on_commit(self, committed: Committed) -> None:
+        if self._rules_ref is not None:
+            await self._rules_ref.send(committed)
+
+    def _device_type_of(self, device_id: str) -> str | None:
+        return self._classifier.device_type(device_id)
+
+    def _on_auth_event(self, event: AuthEvent) -> None:
+        failure = AuthFailure(
+            at=event.at_ms,
+            kind=event.kind,
+            transport="mqtt",
+            address=event.address,
+            username=event.username,
+            client_id=event.client_id,
+            reason=event.reason if event.key is None else f"{event.reason} ({event.key})",
+        )
+        if event.kind == "lockout":
+            log.warning("security: %s locked out after repeated failures", event.key)
+        try:
+            self.store_ref.tell(RecordAuth(failure))
+        except MailboxFull:
+            self.auth_events_lost += 1
+            log.error("audit: store mailbox full, auth event not recorded (%d lost)",
+                      self.auth_events_lost)
+
+    # -- AdminBackend ------------------------------------------------------------------------
+
+    async def add_device(self, device_id: str, device_type: str | None) -> dict[str, Any]:
+        try:
+            result = await call(self.store_ref, lambda s: ops.add_device(s, device_id, device_type))
+        except ops.OpError as exc:
+            raise BackendError(str(exc)) from exc
+        self._classifier.set_device_type(device_id, device_type)
+        if self._dynsec is not None:
+            try:
+                await self._dynsec.add_device(device_id, result["token"])
+            except (DynsecError, OSError, Exception) as exc:
+                # Stored already: the broker gets it from DuckDB at its next start.
+                log.error("broker: could not provision %s now: %s", device_id, exc)
+                result["broker"] = "pending (applied at the next broker start)"
+        return result
+
+    async def list_devices(self) -> list[dict[str, Any]]:
+        return await call(self.store_ref, lambda s: s.devices())
+
+    async def revoke_device(self, device_id: str) -> dict[str, Any]:
+        try:
+            result = await call(self.store_ref, lambda s: ops.revoke_device(s, device_id))
+        except ops.OpError as exc:
+            raise BackendError(str(exc)) from exc
+        if self._dynsec is not None:
+            try:
+                await self._dynsec.remove_device(device_id)
+            except Exception as exc:
+                log.error("broker: could not remove %s now: %s; restarting broker", device_id, exc)
+                if self._broker is not None:
+                    await self._broker.stop()  # the watcher restarts it from DuckDB
+        return result
+
+    async def add_rule(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            rule = await call(self.store_ref, lambda s: ops.add_rule(s, body))
+        except ops.OpError as exc:
+            raise BackendError(str(exc)) from exc
+        if self._rules_ref is not None:
+            await self._rules_ref.send(ReloadRules())
+        return rule
+
+    async def list_rules(self) -> list[dict[str, Any]]:
+        return await call(self.store_ref, lambda s: s.rules())
+
+    async def readings(
+        self, device_id: str | None, metric: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await call(
+            self.store_ref, lambda s: s.readings(device_id=device_id, metric=metric, limit=limit)
+        )
+
+    async def alerts(self, state: str | None) -> list[dict[str, Any]]:
+        rows = await call(self.store_ref, lambda s: s.alerts(state))
+        return [a.to_dict() for a in rows]
+
+    async def change_alert(self, alert_id: str, event: AlertEvent) -> dict[str, Any]:
+        assert self._rules_ref is not None
+        result: dict[str, Any] = await self._rules_ref.ask(ChangeAlert(alert_id, event))  # type: ignore[assignment]
+        return result
+
+    async def errors(self, limit: int) -> list[dict[str, Any]]:
+        return await call(self.store_ref, lambda s: s.rejections(limit))
+
+    async def audit(self, limit: int) -> list[dict[str, Any]]:
+        return await call(self.store_ref, lambda s: s.auth_failures(limit))
+
+    async def status(self) -> dict[str, Any]:
+        base = await call(self.store_ref, ops.status)
+        broker: dict[str, Any] = {"mode": "external" if self._broker is None else "managed"}
+        if self._broker is not None:
+            broker.update(
+                {"state": "running", "pid": self._broker.pid, "port": self._broker.port,
+                 "restarts": self._broker_restarts}
+            )
+        return {
+            "gateway": "running",
+            "started_at": self.started_at,
+            **base,
+            "broker": broker,
+            "mqtt_front": dataclasses.asdict(self._front.stats) if self._front else None,
+            "ingress": dict(self._ingress.stats) if self._ingress else None,
+            "store_mailbox": self.store_ref.mailbox_size,
+            "auth_events_lost": self.auth_events_lost,
+        }
+
+
+def run_gateway(cfg: GatewayConfig) -> None:
+    """Run until SIGINT/SIGTERM; raises on a failure that stopped the gateway."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(cfg).run(stop)
+
+    asyncio.run(main())

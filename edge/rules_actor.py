@@ -1,0 +1,149 @@
+"""Local alerting: evaluates rules on every committed batch and on a timer; owns alert episodes.
+
+The rule engine (common.rules) is pure; this actor turns its transitions into stored alerts
+(one per episode, lifecycle in common.alerts) and persists the engine's state so an episode
+survives a restart without being raised twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from common.actors import Actor, ActorRef
+from common.alerts import AlertEvent, AlertState, next_state
+from common.clock import Clock
+from common.rules import EngineState, Observation, Rule, RuleEngine, Transition, parse_rule
+from edge.store import AlertRow, GatewayStore
+from edge.store_actor import Committed, SaveAlerts, StoreMsg, call
+
+log = logging.getLogger("iotsphere.rules")
+ENGINE_STATE_KEY = "rules.engine_state"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRules:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeAlert:
+    """An operator's acknowledge/resolve of an alert; ask() returns the updated alert dict."""
+
+    alert_id: str
+    event: AlertEvent
+
+
+RulesMsg = Committed | Tick | ReloadRules | ChangeAlert
+
+
+def _load_rules(store: GatewayStore) -> list[Rule]:
+    rules = []
+    for body in store.rules():
+        try:
+            rules.append(parse_rule(body, id=body["id"], version=int(body.get("version", 1))))
+        except Exception:
+            log.exception("stored rule %s is invalid; skipped", body.get("id"))
+    return rules
+
+
+class RulesActor(Actor[RulesMsg]):
+    def __init__(
+        self,
+        store: ActorRef[StoreMsg],
+        clock: Clock,
+        device_type_of: Callable[[str], str | None],
+        tick_s: float,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._device_type_of = device_type_of
+        self._tick_s = tick_s
+        self._engine = RuleEngine([])
+        self._open: dict[tuple[str, str], AlertRow] = {}  # (rule, subject) -> open alert
+
+    async def on_start(self) -> None:
+        rules = await call(self._store, _load_rules)
+        raw_state = await call(self._store, lambda s: s.kv_get(ENGINE_STATE_KEY))
+        state = EngineState.from_json(raw_state) if raw_state else None
+        self._engine = RuleEngine(rules, state)
+        open_alerts = await call(self._store, lambda s: s.alerts())
+        self._open = {
+            (a.rule_id, a.subject): a for a in open_alerts if a.state != AlertState.RESOLVED
+        }
+        self.schedule_every(self._tick_s, Tick())
+
+    async def receive(self, msg: RulesMsg) -> object:
+        now = self._clock.now_ms()
+        match msg:
+            case Committed(readings, _result):
+                types = self._device_type_of
+                obs = [Observation.from_reading(r, types(r.device_id)) for r in readings]
+                await self._apply(self._engine.observe(obs, now))
+            case Tick():
+                await self._apply(self._engine.tick(now))
+            case ReloadRules():
+                rules = await call(self._store, _load_rules)
+                await self._apply(self._engine.set_rules(rules, now))
+            case ChangeAlert(alert_id, event):
+                return await self._change(alert_id, event, now)
+        return None
+
+    async def _apply(self, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
+        changed: list[AlertRow] = []
+        for t in transitions:
+            key = (t.rule_id, t.subject)
+            if t.kind == "raised":
+                alert = AlertRow(
+                    id=str(uuid.uuid4()),
+                    rule_id=t.rule_id,
+                    subject=t.subject,
+                    metric=t.metric,
+                    severity=t.severity,
+                    state=AlertState.ACTIVE,
+                    value=t.value,
+                    started_at=t.at_ms,
+                )
+                self._open[key] = alert
+                log.warning("alert raised: rule %s on %s (%s=%r)", t.rule_id, t.subject,
+                            t.metric, t.value)
+            else:
+                opened = self._open.pop(key, None)
+                if opened is None:
+                    continue
+                alert = replace(
+                    opened,
+                    state=next_state(AlertState(opened.state), AlertEvent.RESOLVE),
+                    resolved_at=t.at_ms,
+                )
+                log.info("alert resolved: rule %s on %s", t.rule_id, t.subject)
+            changed.append(alert)
+        state = self._engine.state().to_json()
+        await self._store.send(SaveAlerts(changed, {ENGINE_STATE_KEY: state}))
+
+    async def _change(self, alert_id: str, event: AlertEvent, now: int) -> dict[str, object]:
+        for key, alert in self._open.items():
+            if alert.id == alert_id:
+                new_state = next_state(AlertState(alert.state), event)
+                updated = replace(
+                    alert,
+                    state=new_state,
+                    acknowledged_at=now if event == AlertEvent.ACK else alert.acknowledged_at,
+                    resolved_at=now if new_state == AlertState.RESOLVED else None,
+                )
+                if new_state == AlertState.RESOLVED:
+                    del self._open[key]
+                else:
+                    self._open[key] = updated
+                await self._store.send(SaveAlerts([updated]))
+                return updated.to_dict()
+        raise KeyError(f"no open alert {alert_id!r}")

@@ -1,0 +1,567 @@
+"""The gateway's DuckDB store: schema, batched durable writes, and the queries the CLI needs.
+
+Synchronous on purpose: while the gateway runs, exactly one actor (edge.store_actor) owns an
+instance and calls it from a worker thread; while it is stopped, the CLI opens it directly.
+DuckDB allows one writer process, so nothing else ever opens the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from common.model import FieldError, Reading
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    seq         BIGINT NOT NULL,   -- gateway-wide monotonic sequence, the sync cursor
+    device_id   VARCHAR NOT NULL,
+    metric      VARCHAR NOT NULL,
+    ts          BIGINT NOT NULL,   -- ms, device time (or receive time when the device sent none)
+    received_at BIGINT NOT NULL,   -- ms, gateway clock
+    value_num   DOUBLE,
+    value_bool  BOOLEAN,
+    value_str   VARCHAR,
+    flags       UTINYINT NOT NULL,
+    dev_seq     BIGINT
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id     VARCHAR PRIMARY KEY,
+    type          VARCHAR,
+    token_lookup  VARCHAR NOT NULL,   -- sha256 of the token, to find a device by token
+    pw_hash       VARCHAR NOT NULL,   -- PBKDF2-SHA512, the format Mosquitto's dynsec stores
+    pw_salt       VARCHAR NOT NULL,
+    pw_iterations INTEGER NOT NULL,
+    status        VARCHAR NOT NULL,   -- active | revoked
+    created_at    BIGINT NOT NULL,
+    revoked_at    BIGINT,
+    last_seen     BIGINT
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    occurred_at    BIGINT NOT NULL,
+    device_id      VARCHAR NOT NULL,
+    transport      VARCHAR NOT NULL,
+    status         INTEGER NOT NULL,
+    title          VARCHAR NOT NULL,
+    detail         VARCHAR,
+    errors         VARCHAR,           -- JSON array of {path, message}
+    payload_sha256 VARCHAR NOT NULL,
+    payload_size   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_failures (
+    occurred_at BIGINT NOT NULL,
+    kind      VARCHAR NOT NULL,       -- auth_failure | lockout
+    transport VARCHAR NOT NULL,
+    address   VARCHAR,
+    username  VARCHAR,
+    client_id VARCHAR,
+    reason    VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rules (
+    id         VARCHAR PRIMARY KEY,
+    body       VARCHAR NOT NULL,      -- the rule as CONTRACT JSON
+    version    BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id              VARCHAR PRIMARY KEY,
+    rule_id         VARCHAR NOT NULL,
+    subject         VARCHAR NOT NULL,
+    metric          VARCHAR NOT NULL,
+    severity        VARCHAR NOT NULL,
+    state           VARCHAR NOT NULL,
+    value           VARCHAR,          -- JSON
+    started_at      BIGINT NOT NULL,
+    acknowledged_at BIGINT,
+    resolved_at     BIGINT,
+    change_seq      BIGINT NOT NULL   -- bumped on every change, for sync
+);
+CREATE TABLE IF NOT EXISTS kv (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+"""
+
+READINGS_ARROW_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("device_id", pa.string()),
+        ("metric", pa.string()),
+        ("ts", pa.int64()),
+        ("received_at", pa.int64()),
+        ("value_num", pa.float64()),
+        ("value_bool", pa.bool_()),
+        ("value_str", pa.string()),
+        ("flags", pa.uint8()),
+        ("dev_seq", pa.int64()),
+    ]
+)
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (carries a user-facing message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    at: int
+    device_id: str
+    transport: str
+    status: int
+    title: str
+    detail: str
+    errors: Sequence[FieldError]
+    payload: bytes
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.payload).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    at: int
+    kind: str
+    transport: str
+    address: str | None
+    username: str | None
+    client_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    id: str
+    rule_id: str
+    subject: str
+    metric: str
+    severity: str
+    state: str
+    value: object
+    started_at: int
+    acknowledged_at: int | None = None
+    resolved_at: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule_id": self.rule_id,
+            "state": self.state,
+            "severity": self.severity,
+            "metric": self.metric,
+            "value": self.value,
+            "device_id": self.subject,
+            "started_at": self.started_at,
+            "acknowledged_at": self.acknowledged_at,
+            "resolved_at": self.resolved_at,
+        }
+
+
+@dataclass
+class Batch:
+    """Everything one commit makes durable together."""
+
+    readings: list[Reading] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    auth_failures: list[AuthFailure] = field(default_factory=list)
+    alerts: list[AlertRow] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    kv: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    inserted: int
+    duplicates: int
+    first_seq: int | None
+    last_seq: int | None
+
+
+class GatewayStore:
+    def __init__(self, path: Path, *, memory_limit: str = "256MB", threads: int = 1) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(
+                str(path),
+                config={"memory_limit": memory_limit, "threads": threads},
+            )
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreError(
+                    f"the database {path} is in use by another process (is the gateway running?)"
+                ) from exc
+            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+        self._lock = threading.Lock()  # one statement sequence at a time, whatever the thread
+        self._con.execute(SCHEMA)
+        row = self._con.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchall()[0]
+        self._next_seq = int(row[0]) + 1
+        row = self._con.execute("SELECT coalesce(max(change_seq), 0) FROM alerts").fetchall()[0]
+        self._next_change = int(row[0]) + 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.execute("CHECKPOINT")
+            self._con.close()
+
+    # -- writes -------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> CommitResult:
+        """Make a batch durable in one transaction; dedupes readings on (device, metric, ts)."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                result = self._insert_readings(batch.readings)
+                self._insert_rejections(batch.rejections)
+                self._insert_auth_failures(batch.auth_failures)
+                self._upsert_alerts(batch.alerts)
+                self._touch_last_seen(batch.readings)
+                for name, delta in batch.counters.items():
+                    con.execute(
+                        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) "
+                        "DO UPDATE SET value = counters.value + excluded.value",
+                        [name, delta],
+                    )
+                for key, value in batch.kv.items():
+                    con.execute(
+                        "INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value]
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return result
+
+    def _insert_readings(self, readings: Sequence[Reading]) -> CommitResult:
+        if not readings:
+            return CommitResult(0, 0, None, None)
+        # First occurrence wins inside the batch; the anti-join below handles the table.
+        unique: dict[tuple[str, str, int], Reading] = {}
+        for r in readings:
+            unique.setdefault((r.device_id, r.metric, r.ts), r)
+        rows = list(unique.values())
+        first = self._next_seq
+        table = _readings_table(rows, first)
+        lo = min(r.ts for r in rows)
+        hi = max(r.ts for r in rows)
+        # Zone maps on ts prune the scan to the row groups overlapping this batch's time range,
+        # so dedup costs a few ms without a PRIMARY KEY index (10x larger on disk).
+        self._con.register("incoming", table)
+        try:
+            inserted = int(
+                self._con.execute(
+                    "INSERT INTO readings SELECT b.* FROM incoming b ANTI JOIN ("
+                    " SELECT device_id, metric, ts FROM readings WHERE ts BETWEEN ? AND ?"
+                    ") r USING (device_id, metric, ts) ORDER BY b.seq",
+                    [lo, hi],
+                ).fetchall()[0][0]
+            )
+        finally:
+            self._con.unregister("incoming")
+        self._next_seq = first + len(rows)
+        return CommitResult(
+            inserted=inserted,
+            duplicates=len(readings) - inserted,
+            first_seq=first,
+            last_seq=self._next_seq - 1,
+        )
+
+    def _insert_rejections(self, rejections: Sequence[Rejection]) -> None:
+        for rj in rejections:
+            self._con.execute(
+                "INSERT INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    rj.at,
+                    rj.device_id,
+                    rj.transport,
+                    rj.status,
+                    rj.title,
+                    rj.detail,
+                    json.dumps([{"path": e.path, "message": e.message} for e in rj.errors]),
+                    rj.digest,
+                    len(rj.payload),
+                ],
+            )
+
+    def _insert_auth_failures(self, failures: Sequence[AuthFailure]) -> None:
+        for f in failures:
+            self._con.execute(
+                "INSERT INTO auth_failures VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [f.at, f.kind, f.transport, f.address, f.username, f.client_id, f.reason],
+            )
+
+    def _upsert_alerts(self, alerts: Sequence[AlertRow]) -> None:
+        for a in alerts:
+            self._con.execute(
+                "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    a.id,
+                    a.rule_id,
+                    a.subject,
+                    a.metric,
+                    a.severity,
+                    a.state,
+                    json.dumps(a.value),
+                    a.started_at,
+                    a.acknowledged_at,
+                    a.resolved_at,
+                    self._next_change,
+                ],
+            )
+            self._next_change += 1
+
+    def _touch_last_seen(self, readings: Iterable[Reading]) -> None:
+        latest: dict[str, int] = {}
+        for r in readings:
+            if r.received_at > latest.get(r.device_id, 0):
+                latest[r.device_id] = r.received_at
+        for device_id, at in latest.items():
+            self._con.execute(
+                "UPDATE devices SET last_seen = greatest(coalesce(last_seen, 0), ?) "
+                "WHERE device_id = ?",
+                [at, device_id],
+            )
+
+    # -- devices --------------------------------------------------------------------------
+
+    def add_device(
+        self,
+        device_id: str,
+        device_type: str | None,
+        token_lookup: str,
+        pw_hash: str,
+        pw_salt: str,
+        pw_iterations: int,
+        now_ms: int,
+    ) -> None:
+        with self._lock:
+            existing = self._con.execute(
+                "SELECT status FROM devices WHERE device_id = ?", [device_id]
+            ).fetchall()
+            if existing and existing[0][0] == "active":
+                raise StoreError(f"device {device_id!r} already exists")
+            self._con.execute(
+                "INSERT OR REPLACE INTO devices "
+                "VALUES (?, ?, ?, ?, ?, ?, 'active', ?, NULL, NULL)",
+                [device_id, device_type, token_lookup, pw_hash, pw_salt, pw_iterations, now_ms],
+            )
+
+    def revoke_device(self, device_id: str, now_ms: int) -> None:
+        with self._lock:
+            found = self._con.execute(
+                "SELECT status FROM devices WHERE device_id = ?", [device_id]
+            ).fetchall()
+            if not found:
+                raise StoreError(f"no device {device_id!r}")
+            if found[0][0] == "revoked":
+                raise StoreError(f"device {device_id!r} is already revoked")
+            self._con.execute(
+                "UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device_id = ?",
+                [now_ms, device_id],
+            )
+
+    def devices(self, *, include_secrets: bool = False) -> list[dict[str, Any]]:
+        cols = "device_id, type, status, created_at, revoked_at, last_seen"
+        if include_secrets:
+            cols += ", pw_hash, pw_salt, pw_iterations, token_lookup"
+        with self._lock:
+            cur = self._con.execute(f"SELECT {cols} FROM devices ORDER BY device_id")
+            names = [d[0] for d in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def device_by_token(self, token_lookup: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT device_id, type, status FROM devices WHERE token_lookup = ?",
+                [token_lookup],
+            ).fetchall()
+        if not rows:
+            return None
+        return {"device_id": rows[0][0], "type": rows[0][1], "status": rows[0][2]}
+
+    # -- rules and kv ------------------------------------------------------------------------
+
+    def save_rule(self, rule_id: str, body: dict[str, Any], version: int, now_ms: int) -> None:
+        with self._lock:
+            self._con.execute(
+                "INSERT OR REPLACE INTO rules VALUES (?, ?, ?, ?)",
+                [rule_id, json.dumps(body), version, now_ms],
+            )
+
+    def delete_rule(self, rule_id: str) -> bool:
+        with self._lock:
+            n = self._con.execute("DELETE FROM rules WHERE id = ?", [rule_id]).fetchall()[0][0]
+        return bool(n)
+
+    def rules(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._con.execute("SELECT body FROM rules ORDER BY created_at, id").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def kv_get(self, key: str) -> str | None:
+        with self._lock:
+            rows = self._con.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchall()
+        return str(rows[0][0]) if rows else None
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def readings(
+        self, *, device_id: str | None = None, metric: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        where, params = _filters(device_id=device_id, metric=metric)
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
+                f"value_str, flags, dev_seq FROM readings {where} ORDER BY seq DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        out = []
+        for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows:
+            value = vnum if vnum is not None else vbool if vbool is not None else vstr
+            out.append(
+                {
+                    "seq": seq,
+                    "device_id": dev,
+                    "metric": met,
+                    "ts": ts,
+                    "received_at": rec,
+                    "value": value,
+                    "flags": flags,
+                    "dev_seq": dev_seq,
+                }
+            )
+        return out
+
+    def count_readings(self, device_id: str | None = None) -> int:
+        where, params = _filters(device_id=device_id)
+        with self._lock:
+            return int(
+                self._con.execute(f"SELECT count(*) FROM readings {where}", params).fetchall()[0][0]
+            )
+
+    def alerts(self, state: str | None = None) -> list[AlertRow]:
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT id, rule_id, subject, metric, severity, state, value, started_at, "
+                f"acknowledged_at, resolved_at FROM alerts {where} ORDER BY started_at, id",
+                params,
+            ).fetchall()
+        return [
+            AlertRow(
+                id=r[0],
+                rule_id=r[1],
+                subject=r[2],
+                metric=r[3],
+                severity=r[4],
+                state=r[5],
+                value=json.loads(r[6]) if r[6] is not None else None,
+                started_at=r[7],
+                acknowledged_at=r[8],
+                resolved_at=r[9],
+            )
+            for r in rows
+        ]
+
+    def rejections(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT occurred_at AS at, device_id, transport, status, title, detail, errors, "
+            "payload_sha256, payload_size FROM rejections ORDER BY occurred_at DESC LIMIT ?",
+            [limit],
+            json_cols=("errors",),
+        )
+
+    def auth_failures(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT occurred_at AS at, kind, transport, address, username, client_id, reason "
+            "FROM auth_failures ORDER BY occurred_at DESC LIMIT ?",
+            [limit],
+        )
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._con.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+        return {str(n): int(v) for n, v in rows}
+
+    def _dicts(
+        self, sql: str, params: list[Any], json_cols: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._con.execute(sql, params)
+            names = [d[0] for d in cur.description or []]
+            rows = cur.fetchall()
+        out = [dict(zip(names, row, strict=True)) for row in rows]
+        for item in out:
+            for col in json_cols:
+                if item.get(col) is not None:
+                    item[col] = json.loads(item[col])
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            q = self._con.execute
+            readings = int(q("SELECT count(*) FROM readings").fetchall()[0][0])
+            devices = q(
+                "SELECT status, count(*) FROM devices GROUP BY status ORDER BY status"
+            ).fetchall()
+            active_alerts = int(
+                q("SELECT count(*) FROM alerts WHERE state != 'resolved'").fetchall()[0][0]
+            )
+            rejections = int(q("SELECT count(*) FROM rejections").fetchall()[0][0])
+            auth = int(q("SELECT count(*) FROM auth_failures").fetchall()[0][0])
+        return {
+            "readings_stored": readings,
+            "last_seq": self._next_seq - 1,
+            "devices": {str(s): int(n) for s, n in devices},
+            "active_alerts": active_alerts,
+            "rejections": rejections,
+            "auth_failures": auth,
+        }
+
+
+def _filters(**conds: str | None) -> tuple[str, list[Any]]:
+    parts = [f"{col} = ?" for col, v in conds.items() if v is not None]
+    params = [v for v in conds.values() if v is not None]
+    return ("WHERE " + " AND ".join(parts) if parts else "", params)
+
+
+def _readings_table(rows: Sequence[Reading], first_seq: int) -> pa.Table:
+    nums: list[float | None] = []
+    bools: list[bool | None] = []
+    strs: list[str | None] = []
+    for r in rows:
+        v = r.value
+        if isinstance(v, bool):
+            nums.append(None)
+            bools.append(v)
+            strs.append(None)
+        elif isinstance(v, str):
+            nums.append(None)
+            bools.append(None)
+            strs.append(v)
+        else:
+            nums.append(float(v))
+            bools.append(None)
+            strs.append(None)
+    columns = [
+        list(range(first_seq, first_seq + len(rows))),
+        [r.device_id for r in rows],
+        [r.metric for r in rows],
+        [r.ts for r in rows],
+        [r.received_at for r in rows],
+        nums,
+        bools,
+        strs,
+        [int(r.flags) for r in rows],
+        [r.seq for r in rows],
+    ]
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, READINGS_ARROW_SCHEMA, strict=True)],
+        schema=READINGS_ARROW_SCHEMA,
+    )

@@ -1,0 +1,181 @@
+"""The one actor that owns DuckDB: batches ingest into transactions, then confirms.
+
+A reading is confirmed (and so acknowledged to its device or broker) only after the transaction
+that holds it has committed. Batches close at `batch_max_readings` or after
+`batch_max_delay_ms`, whichever comes first; the DuckDB work runs in a worker thread so the
+event loop keeps serving sockets meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from common.actors import Actor, ActorRef
+from common.model import Reading
+from edge.store import AlertRow, AuthFailure, Batch, CommitResult, GatewayStore, Rejection
+
+log = logging.getLogger("iotsphere.store")
+T = TypeVar("T")
+
+Confirm = Callable[[BaseException | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """Readings of one accepted message, or the record of one rejected message."""
+
+    readings: list[Reading]
+    rejection: Rejection | None = None
+    confirm: Confirm | None = None  # called with None after commit, or with the failure
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAuth:
+    failure: AuthFailure
+
+
+@dataclass(frozen=True, slots=True)
+class SaveAlerts:
+    alerts: list[AlertRow]
+    kv: dict[str, str] = field(default_factory=dict)
+    confirm: Confirm | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run a function on the store (admin API, queries); ask() returns its result."""
+
+    fn: Callable[[GatewayStore], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Told to the subscriber (the rules actor) after every commit with readings."""
+
+    readings: list[Reading]
+    result: CommitResult
+
+
+StoreMsg = Ingest | RecordAuth | SaveAlerts | Call | Flush
+
+
+class StoreActor(Actor[StoreMsg]):
+    def __init__(
+        self,
+        store: GatewayStore,
+        *,
+        max_readings: int,
+        max_delay_ms: int,
+        on_commit: Callable[[Committed], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._max_readings = max_readings
+        self._max_delay_s = max_delay_ms / 1000
+        self._on_commit = on_commit
+        self._batch = Batch()
+        self._confirms: list[Confirm] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.commits = 0
+
+    async def receive(self, msg: StoreMsg) -> object:
+        match msg:
+            case Ingest(readings, rejection, confirm):
+                self._batch.readings.extend(readings)
+                if rejection is not None:
+                    self._batch.rejections.append(rejection)
+                    self._count("rejected_messages", 1)
+                if readings:
+                    self._count("accepted_readings", len(readings))
+                if confirm is not None:
+                    self._confirms.append(confirm)
+                await self._maybe_flush()
+            case RecordAuth(failure):
+                self._batch.auth_failures.append(failure)
+                self._count(f"auth_{failure.kind}", 1)
+                await self._maybe_flush()
+            case SaveAlerts(alerts, kv, confirm):
+                self._batch.alerts.extend(alerts)
+                self._batch.kv.update(kv)
+                if confirm is not None:
+                    self._confirms.append(confirm)
+                await self._flush()  # alerts are rare and matter: no waiting
+            case Call(fn):
+                await self._flush()  # queries see everything received before them
+                try:
+                    return _Ok(await asyncio.to_thread(fn, self._store))
+                except Exception as exc:  # the caller's error (bad input), not this actor's
+                    return _Failed(exc)
+            case Flush():
+                await self._flush()
+        return None
+
+    async def on_stop(self) -> None:
+        await self._flush()
+
+    def _count(self, name: str, n: int) -> None:
+        self._batch.counters[name] = self._batch.counters.get(name, 0) + n
+
+    async def _maybe_flush(self) -> None:
+        if len(self._batch.readings) >= self._max_readings:
+            await self._flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._max_delay_s, self._tell_flush)
+
+    def _tell_flush(self) -> None:
+        self._timer = None
+        self.ref.tell(Flush())
+
+    async def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, confirms = self._batch, self._confirms
+        if not (batch.readings or batch.rejections or batch.auth_failures or batch.alerts
+                or batch.kv or batch.counters):
+            return
+        self._batch, self._confirms = Batch(), []
+        if batch.readings:
+            batch.counters["stored_batches"] = 1
+        try:
+            result = await asyncio.to_thread(self._store.commit, batch)
+        except Exception as exc:
+            log.exception("commit of %d readings failed", len(batch.readings))
+            for confirm in confirms:
+                confirm(exc)
+            raise  # a failed commit is a crash: the supervisor restarts this actor
+        self.commits += 1
+        for confirm in confirms:
+            confirm(None)
+        if batch.readings and self._on_commit is not None:
+            await self._on_commit(Committed(batch.readings, result))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ok:
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
+
+
+async def call(ref: ActorRef[StoreMsg], fn: Callable[[GatewayStore], T]) -> T:
+    """Run fn on the store actor; its exceptions reach the caller without crashing the actor."""
+    reply = await ref.ask(Call(fn))
+    if isinstance(reply, _Failed):
+        raise reply.error
+    assert isinstance(reply, _Ok)
+    value: T = reply.value
+    return value

@@ -1,0 +1,273 @@
+"""`iotsphere sim ...`: simulated devices. One subcommand per protocol (mqtt now; coap and
+http slot in beside it and share the fleet arguments defined here)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from common.cli import CliError, add_common_args, print_json
+from firmware_stubs.mqtt_sim import (
+    METRIC_NAME,
+    DeviceCredentials,
+    SimConfig,
+    SimConfigError,
+    SimStats,
+    load_credentials,
+    run_simulation,
+)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="sim_protocol", metavar="PROTOCOL", required=True)
+    mqtt = sub.add_parser(
+        "mqtt",
+        help="MQTT sensors, one connection per device",
+        description=(
+            "Simulate MQTT sensors: each device connects with its own id and token, publishes "
+            "to devices/{id}/telemetry, reconnects with backoff and resends what the broker "
+            "did not acknowledge. Stops after --count messages per device, or on Ctrl-C."
+        ),
+    )
+    _add_fleet_args(mqtt)
+    _add_mqtt_args(mqtt)
+    add_common_args(mqtt, json_flag=True)
+    mqtt.set_defaults(handler=_run_mqtt)
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _int_at_least(minimum: int) -> type[int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}: {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse shows it in errors
+    return parse  # type: ignore[return-value]
+
+
+def _port(text: str) -> int:
+    value = _int_at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}")
+    return value
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("at least one metric is needed")
+    for name in names:
+        if not METRIC_NAME.fullmatch(name):
+            raise argparse.ArgumentTypeError(f"invalid metric name {name!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("a metric is listed twice")
+    return names
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
+    """Which devices, how fast, what they send: the same for every protocol."""
+    who = parser.add_argument_group("devices")
+    source = who.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE",
+        help='JSON array of {"device_id", "token"} objects (what `gateway device add` prints)',
+    )
+    source.add_argument("--device", metavar="ID", help="simulate this one device (needs --token)")
+    who.add_argument("--token", metavar="T", help="the token of --device")
+    who.add_argument(
+        "--devices",
+        type=_int_at_least(1),
+        metavar="N",
+        help="use the first N entries of the credentials file (default: all)",
+    )
+    what = parser.add_argument_group("traffic")
+    what.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=1.0,
+        metavar="R",
+        help="messages per second per device (default: 1)",
+    )
+    what.add_argument(
+        "--count",
+        type=_int_at_least(0),
+        default=10,
+        metavar="C",
+        help="messages per device; 0 = until Ctrl-C (default: 10)",
+    )
+    what.add_argument(
+        "--metrics",
+        type=_metric_list,
+        default=("temperature", "humidity"),
+        metavar="M1,M2",
+        help="comma-separated metric names (default: temperature,humidity)",
+    )
+    what.add_argument(
+        "--malformed-every",
+        type=_int_at_least(0),
+        default=0,
+        metavar="K",
+        help="every K-th message is malformed JSON (default: 0 = never)",
+    )
+    what.add_argument(
+        "--no-clock",
+        action="store_true",
+        help="send flat objects without ts or seq, like a device without a clock",
+    )
+    what.add_argument(
+        "--wrong-password",
+        action="store_true",
+        help="connect with a wrong token and expect refusal (exit 1 if any device gets in)",
+    )
+
+
+def _add_mqtt_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("MQTT")
+    group.add_argument("--host", default="127.0.0.1", help="broker host (default: 127.0.0.1)")
+    group.add_argument("--port", type=_port, default=1883, help="broker port (default: 1883)")
+    group.add_argument("--qos", type=int, choices=(0, 1), default=1, help="(default: 1)")
+    group.add_argument(
+        "--protocol", type=int, choices=(5, 311), default=5, help="MQTT version (default: 5)"
+    )
+    group.add_argument(
+        "--inflight",
+        type=_int_at_least(1),
+        default=20,
+        metavar="N",
+        help="unacknowledged QoS 1 messages per connection (default: 20)",
+    )
+    group.add_argument(
+        "--backoff",
+        type=_positive_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="first reconnect delay; doubles per failure up to 30 s, with jitter (default: 0.5)",
+    )
+    group.add_argument(
+        "--acked-log",
+        type=Path,
+        metavar="FILE",
+        help='append "device_id seq ts_ms" per PUBACKed message, flushed line by line',
+    )
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _devices_of(args: argparse.Namespace) -> tuple[DeviceCredentials, ...]:
+    if args.device is not None:
+        if not args.token:
+            raise CliError("--device needs --token", exit_code=2)
+        if args.devices not in (None, 1):
+            raise CliError("--devices needs --credentials", exit_code=2)
+        return (DeviceCredentials(args.device, args.token),)
+    if args.token is not None:
+        raise CliError("--token goes with --device, not --credentials", exit_code=2)
+    return load_credentials(args.credentials, args.devices)
+
+
+def _mqtt_config(args: argparse.Namespace) -> SimConfig:
+    try:
+        return SimConfig(
+            devices=_devices_of(args),
+            host=args.host,
+            port=args.port,
+            rate=args.rate,
+            count=args.count,
+            qos=args.qos,
+            protocol=args.protocol,
+            metrics=args.metrics,
+            malformed_every=args.malformed_every,
+            wrong_password=args.wrong_password,
+            no_clock=args.no_clock,
+            acked_log=args.acked_log,
+            max_inflight=args.inflight,
+            backoff_initial=args.backoff,
+            backoff_max=max(30.0, args.backoff),
+        )
+    except SimConfigError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop sampling and drain; a second SIGINT: stop at once."""
+    main_task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and main_task is not None:
+            main_task.cancel()
+        stop.set()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests) or no signal support: Ctrl-C ends the process
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _simulate(config: SimConfig) -> SimStats:
+    stop = asyncio.Event()
+    with _stop_on_signals(asyncio.get_running_loop(), stop):
+        return await run_simulation(config, stop=stop)
+
+
+def _run_mqtt(args: argparse.Namespace) -> int:
+    config = _mqtt_config(args)
+    try:
+        stats = asyncio.run(_simulate(config))
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None  # second Ctrl-C: common.cli exits 130
+    except OSError as exc:  # e.g. the acked log cannot be opened
+        raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+    if args.json:
+        print_json(stats.to_dict())
+    else:
+        print(
+            f"devices {stats.devices}, sent {stats.sent}, acked {stats.acked}, "
+            f"refused {stats.refused}, reconnects {stats.reconnects}, errors {stats.errors}, "
+            f"resent {stats.resent}, unacked {stats.unacked}, in {stats.elapsed_s:.2f} s"
+        )
+    sys.stdout.flush()
+    if config.wrong_password:
+        accepted = stats.devices - stats.refused
+        if accepted:
+            raise CliError(f"{accepted} of {stats.devices} devices got in with a wrong password")
+    elif stats.refused:
+        names = ", ".join(stats.refused_devices[:5]) + (", ..." if stats.refused > 5 else "")
+        raise CliError(f"credentials refused for {stats.refused} devices: {names}")
+    return 0

@@ -1,0 +1,138 @@
+"""Shared fixtures: a real gateway (managed Mosquitto, DuckDB) on loopback with free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config import GatewayConfig, LockoutConfig, load_config
+from edge.gateway import Gateway
+
+REPO = Path(__file__).resolve().parent.parent
+IOTSPHERE = [sys.executable, "-m", "common.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str, data_dir: Path, input: str | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `iotsphere ...` as a user would, in a subprocess."""
+    proc = subprocess.run(
+        [*IOTSPHERE, *args, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, input=input,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"iotsphere {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def cli_json(*args: str, data_dir: Path) -> Any:
+    return json.loads(cli(*args, "--json", data_dir=data_dir).stdout)
+
+
+THERMO_TOML = """
+[lockout]
+max_failures_per_user = 10
+max_failures_per_address = 1000
+cooldown_s = 300
+
+[device_types.thermo.metrics.temperature]
+type = "number"
+unit = "°C"
+min = -40
+max = 85
+"""
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "gateway.toml").write_text(THERMO_TOML)
+    return d
+
+
+@pytest.fixture
+def gateway_config(data_dir: Path) -> GatewayConfig:
+    return load_config(data_dir, bind="127.0.0.1", mqtt_port=free_port())
+
+
+class GatewayProcess:
+    """`iotsphere gateway run` in a subprocess, as an installer runs it."""
+
+    def __init__(self, data_dir: Path, mqtt_port: int) -> None:
+        self.data_dir = data_dir
+        self.mqtt_port = mqtt_port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "gateway.log"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.proc = subprocess.Popen(
+            [*IOTSPHERE, "gateway", "run", "--data-dir", str(self.data_dir),
+             "--bind", "127.0.0.1", "--mqtt-port", str(self.mqtt_port)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited: {self.log.read_text()[-2000:]}")
+            if "gateway ready" in self.log.read_text():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"gateway not ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        # the ready marker must not match the next start
+        self.log.write_text(self.log.read_text().replace("gateway ready", "gateway was ready"))
+        return code
+
+
+@pytest.fixture
+def gateway_process(data_dir: Path) -> Iterator[GatewayProcess]:
+    gp = GatewayProcess(data_dir, free_port())
+    yield gp
+    if gp.proc is not None and gp.proc.poll() is None:
+        gp.stop()
+    _kill_stale_broker(data_dir)
+
+
+def _kill_stale_broker(data_dir: Path) -> None:
+    pid_file = data_dir / "broker" / "mosquitto.pid"
+    with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.fixture
+async def gateway(gateway_config: GatewayConfig) -> AsyncIterator[Gateway]:
+    """An in-process gateway (for tests that inspect it directly)."""
+    gw = Gateway(replace(gateway_config, lockout=LockoutConfig(max_failures_per_address=1000)))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    ready = asyncio.create_task(gw.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    yield gw
+    stop.set()
+    await asyncio.wait_for(task, 30)

@@ -1,0 +1,164 @@
+"""LockoutTracker: sliding window, per-user and per-address limits, cooldown, bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.clock import ManualClock
+from edge.lockout import LockoutPolicy, LockoutTracker, address_bucket
+
+
+def make(**policy: float) -> tuple[LockoutTracker, ManualClock]:
+    clock = ManualClock()
+    return LockoutTracker(LockoutPolicy(**policy), clock), clock  # type: ignore[arg-type]
+
+
+def test_tenth_failure_locks_user_and_address_exactly_once() -> None:
+    tracker, _ = make()
+    for _ in range(9):
+        assert tracker.record_failure("dev1", "10.0.0.5") == []
+        assert not tracker.check("dev1", "10.0.0.5").locked
+    assert tracker.record_failure("dev1", "10.0.0.5") == ["user:dev1", "addr:10.0.0.5"]
+    decision = tracker.check("dev1", "10.0.0.5")
+    assert decision.locked
+    assert decision.retry_after_s == pytest.approx(300.0)
+    # Further failures while locked (racing attempts) neither re-announce nor extend the lock.
+    assert tracker.record_failure("dev1", "10.0.0.5") == []
+    assert tracker.check("dev1", "10.0.0.5").retry_after_s == pytest.approx(300.0)
+
+
+def test_lock_ends_after_cooldown_and_count_starts_from_zero() -> None:
+    tracker, clock = make(cooldown_s=60, window_s=600)
+    for _ in range(10):
+        tracker.record_failure("dev1", None)
+    clock.advance(59.5)
+    decision = tracker.check("dev1", None)
+    assert decision.locked and decision.key == "user:dev1"
+    assert decision.retry_after_s == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert not tracker.check("dev1", None).locked
+    # The failures that caused the lock are still inside the 600 s window, but must not count.
+    assert tracker.record_failure("dev1", None) == []
+    assert not tracker.check("dev1", None).locked
+
+
+def test_failures_outside_the_window_do_not_count() -> None:
+    tracker, clock = make(window_s=100)
+    for _ in range(9):
+        tracker.record_failure("dev1", None)
+    clock.advance(100)
+    assert tracker.record_failure("dev1", None) == []
+    assert not tracker.check("dev1", None).locked
+
+
+def test_address_lock_catches_username_rotation() -> None:
+    tracker, _ = make(max_failures_per_address=5)
+    locked: list[str] = []
+    for i in range(5):
+        locked += tracker.record_failure(f"guess{i}", "192.0.2.9")
+    assert locked == ["addr:192.0.2.9"]
+    # A fresh username from that address is refused; the same username elsewhere is not.
+    assert tracker.check("fresh", "192.0.2.9").key == "addr:192.0.2.9"
+    assert not tracker.check("fresh", "192.0.2.10").locked
+
+
+def test_user_lock_applies_from_any_address() -> None:
+    tracker, _ = make(max_failures_per_user=3)
+    for i in range(3):
+        tracker.record_failure("dev1", f"192.0.2.{i}")
+    decision = tracker.check("dev1", "198.51.100.1")
+    assert decision.locked and decision.key == "user:dev1"
+
+
+def test_check_reports_the_longest_remaining_lock() -> None:
+    tracker, clock = make(max_failures_per_user=2, max_failures_per_address=4)
+    tracker.record_failure("a", "192.0.2.1")
+    tracker.record_failure("a", "192.0.2.1")  # user:a locked at t=0
+    clock.advance(10)
+    tracker.record_failure("b", "192.0.2.1")
+    tracker.record_failure("b", "192.0.2.1")  # addr locked at t=10 (4th failure), user:b too
+    decision = tracker.check("a", "192.0.2.1")
+    assert decision.key == "addr:192.0.2.1"
+    assert decision.retry_after_s == pytest.approx(300.0)
+
+
+def test_success_clears_the_users_failures_but_not_the_addresss() -> None:
+    tracker, _ = make(max_failures_per_user=3, max_failures_per_address=3)
+    tracker.record_failure("dev1", "10.0.0.1")
+    tracker.record_failure("dev1", "10.0.0.1")
+    tracker.record_success("dev1", "10.0.0.1")
+    assert tracker.record_failure("dev1", "10.0.0.2") == []  # user count restarted at 1
+    assert tracker.record_failure("other", "10.0.0.1") == ["addr:10.0.0.1"]
+
+
+def test_success_does_not_lift_a_lock() -> None:
+    tracker, _ = make(max_failures_per_user=1)
+    tracker.record_failure("dev1", None)
+    tracker.record_success("dev1", None)
+    assert tracker.check("dev1", None).locked
+
+
+def test_missing_username_counts_only_the_address() -> None:
+    tracker, _ = make(max_failures_per_address=2)
+    assert tracker.record_failure(None, "10.0.0.1") == []
+    assert tracker.record_failure(None, "10.0.0.1") == ["addr:10.0.0.1"]
+    assert tracker.tracked_keys == 1
+
+
+def test_memory_is_bounded_and_oldest_keys_are_evicted() -> None:
+    tracker, _ = make(max_tracked_keys=100, max_failures_per_user=2)
+    tracker.record_failure("victim", None)
+    tracker.record_failure("victim", None)
+    assert tracker.check("victim", None).locked
+    for i in range(150):
+        tracker.record_failure(f"u{i}", None)
+    assert tracker.tracked_keys == 100
+    assert tracker.evictions == 51
+    # The least recently changed key went first: here the lock (documented trade-off).
+    assert not tracker.check("victim", None).locked
+
+
+def test_stale_keys_are_dropped_without_hitting_the_cap() -> None:
+    tracker, clock = make(window_s=10, cooldown_s=20)
+    for i in range(50):
+        tracker.record_failure(f"u{i}", None)
+    clock.advance(11)
+    tracker.record_failure("late", None)
+    assert tracker.tracked_keys == 1
+    assert tracker.evictions == 0
+
+
+def test_a_lock_is_not_dropped_as_stale_before_its_cooldown() -> None:
+    tracker, clock = make(window_s=10, cooldown_s=100, max_failures_per_user=1)
+    tracker.record_failure("dev1", None)
+    clock.advance(50)
+    tracker.record_failure("other", None)
+    assert tracker.check("dev1", None).locked
+
+
+@pytest.mark.parametrize(
+    ("address", "bucket"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("not-an-ip", "not-an-ip"),
+    ],
+)
+def test_address_bucket(address: str, bucket: str) -> None:
+    assert address_bucket(address) == bucket
+
+
+def test_ipv6_hosts_in_one_prefix_share_a_count() -> None:
+    tracker, _ = make(max_failures_per_address=2)
+    tracker.record_failure(None, "2001:db8::1")
+    assert tracker.record_failure(None, "2001:db8::2") == ["addr:2001:db8::/64"]
+    assert tracker.check(None, "2001:db8::ffff").locked
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        LockoutPolicy(max_failures_per_user=0)
+    with pytest.raises(ValueError):
+        LockoutPolicy(cooldown_s=0)
