@@ -23,9 +23,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _problem(status: int, title: str, detail: str = "") -> web.Response:
     doc = Problem(slug=title.lower().replace(" ", "-"), title=title, status=status, detail=detail)
-    return web.Response(
-        status=status, body=doc.to_json(), content_type="application/problem+json"
-    )
+    return web.Response(status=status, body=doc.to_json(), content_type="application/problem+json")
 
 
 def _json(data: Any) -> web.Response:
@@ -77,9 +75,7 @@ class AdminApi:
                 web.get(
                     "/admin/errors", lambda r: self._wrap(b.errors(_int_param(r, "limit", 100)))
                 ),
-                web.get(
-                    "/admin/audit", lambda r: self._wrap(b.audit(_int_param(r, "limit", 100)))
-                ),
+                web.get("/admin/audit", lambda r: self._wrap(b.audit(_int_param(r, "limit", 100)))),
                 web.get("/admin/status", lambda r: self._wrap(b.status())),
             ]
         )

@@ -28,9 +28,7 @@ def _config(args: argparse.Namespace, **overrides: Any) -> GatewayConfig:
         raise CliError(str(exc), 2) from exc
 
 
-def with_backend(
-    args: argparse.Namespace, action: Callable[[AdminBackend], Awaitable[Any]]
-) -> Any:
+def with_backend(args: argparse.Namespace, action: Callable[[AdminBackend], Awaitable[Any]]) -> Any:
     """Run action against the running gateway's admin API, or directly on the stopped store."""
     cfg = _config(args)
 
@@ -43,8 +41,9 @@ def with_backend(
             finally:
                 await remote.aclose()
         try:
-            store = GatewayStore(cfg.db_path, memory_limit=cfg.duckdb_memory_limit,
-                                 threads=cfg.duckdb_threads)
+            store = GatewayStore(
+                cfg.db_path, memory_limit=cfg.duckdb_memory_limit, threads=cfg.duckdb_threads
+            )
         except StoreError as exc:
             raise CliError(str(exc)) from exc
         try:
@@ -136,8 +135,9 @@ def _cmd_rule_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_readings(args: argparse.Namespace) -> int:
-    return _emit(args, with_backend(args, lambda b: b.readings(args.device, args.metric,
-                                                                args.limit)))
+    return _emit(
+        args, with_backend(args, lambda b: b.readings(args.device, args.metric, args.limit))
+    )
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
@@ -186,9 +186,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--mqtt-port", type=_port, help="device MQTT port (default 1883)")
     run.add_argument("--http-port", type=_port, help="device HTTP port (default 8080)")
     run.add_argument("--coap-port", type=_port, help="device CoAP port (default 5683)")
-    run.add_argument("--broker", metavar="URL",
-                     help="use an external broker (mqtt://user:pass@host:1883) instead of the "
-                          "managed Mosquitto")
+    run.add_argument(
+        "--broker",
+        metavar="URL",
+        help="use an external broker (mqtt://user:pass@host:1883) instead of the managed Mosquitto",
+    )
     run.set_defaults(handler=_cmd_run)
 
     device = sub.add_parser("device", help="provision, list and revoke devices")

@@ -15,12 +15,14 @@ import json
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from common.cli import CliError, add_common_args, data_dir_of
-from edge.config import ConfigError, load_config
-from edge.gateway import Gateway
-from firmware_stubs.mqtt_sim import DeviceCredentials, SimConfig, run_simulation
+from edge.config import ConfigError, GatewayConfig, load_config
+
+if TYPE_CHECKING:
+    from edge.gateway import Gateway
+    from firmware_stubs.mqtt_sim import DeviceCredentials
 
 log = logging.getLogger("iotsphere.demo")
 DEMO_DEVICES = ("demo-sensor-1", "demo-sensor-2", "demo-sensor-3")
@@ -45,7 +47,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _demo(cfg: Any, rate: float, seconds: float) -> None:
+async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
+    # Imported here: `iotsphere gateway ...` must not pay for the whole gateway at start-up.
+    from edge.gateway import Gateway
+    from firmware_stubs.mqtt_sim import SimConfig, run_simulation
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,8 +69,14 @@ async def _demo(cfg: Any, rate: float, seconds: float) -> None:
     rules = await gateway.list_rules()
     if not rules:
         await gateway.add_rule(
-            {"name": "hot", "metric": "temperature", "operator": ">", "threshold": 30,
-             "hysteresis": 1, "severity": "warning"}
+            {
+                "name": "hot",
+                "metric": "temperature",
+                "operator": ">",
+                "threshold": 30,
+                "hysteresis": 1,
+                "severity": "warning",
+            }
         )
     print(
         f"IoTSphere gateway demo: MQTT on 127.0.0.1:{gateway.mqtt_port}, data in {cfg.data_dir}\n"
@@ -92,6 +104,8 @@ async def _demo(cfg: Any, rate: float, seconds: float) -> None:
 async def _provision(gateway: Gateway) -> tuple[DeviceCredentials, ...]:
     """Demo devices get fresh tokens each run (revoke + add), as an installer would rotate."""
     existing = {d["device_id"]: d for d in await gateway.list_devices()}
+    from firmware_stubs.mqtt_sim import DeviceCredentials
+
     creds = []
     for device_id in DEMO_DEVICES:
         if existing.get(device_id, {}).get("status") == "active":

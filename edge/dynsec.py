@@ -28,14 +28,17 @@ class DynsecClient:
         self._lock = asyncio.Lock()
 
     async def run(self, commands: list[dict[str, Any]], timeout_s: float = 10.0) -> None:
-        async with self._lock, aiomqtt.Client(
-            self._host,
-            self._port,
-            username=ADMIN_USER,
-            password=self._password,
-            identifier="iotsphere-dynsec",
-            timeout=timeout_s,
-        ) as client:
+        async with (
+            self._lock,
+            aiomqtt.Client(
+                self._host,
+                self._port,
+                username=ADMIN_USER,
+                password=self._password,
+                identifier="iotsphere-dynsec",
+                timeout=timeout_s,
+            ) as client,
+        ):
             await client.subscribe(RESPONSE_TOPIC, qos=1)
             await client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
             async with asyncio.timeout(timeout_s):

@@ -131,7 +131,12 @@ class Gateway:
             await asyncio.wait_for(self._ingress.connected.wait(), 30)
             if self._broker is not None:
                 self._front = MqttFront(
-                    cfg.bind, cfg.mqtt_port, host, port, self._tracker, self._on_auth_event,
+                    cfg.bind,
+                    cfg.mqtt_port,
+                    host,
+                    port,
+                    self._tracker,
+                    self._on_auth_event,
                     self.clock,
                 )
                 await self._front.start()
@@ -141,14 +146,14 @@ class Gateway:
             self.ready.set()
             log.info(
                 "gateway ready: MQTT on %s:%s, data in %s",
-                cfg.bind, self._front.port if self._front else "(external broker)", cfg.data_dir,
+                cfg.bind,
+                self._front.port if self._front else "(external broker)",
+                cfg.data_dir,
             )
             escalation = asyncio.create_task(root.wait(), name="supervisor")
             tasks.append(escalation)
             stopper = asyncio.create_task(stop.wait(), name="stop")
-            done, _ = await asyncio.wait(
-                {stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             for task in done:
                 if task is not stopper and not task.cancelled() and task.exception():
@@ -200,8 +205,9 @@ class Gateway:
             if self._stopping:
                 return
             self._broker_restarts += 1
-            log.error("mosquitto exited with %s; restarting (restart #%d)", code,
-                      self._broker_restarts)
+            log.error(
+                "mosquitto exited with %s; restarting (restart #%d)", code, self._broker_restarts
+            )
             if time.monotonic() - started > 60:
                 delay = 0.5
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -235,8 +241,10 @@ class Gateway:
             self.store_ref.tell(RecordAuth(failure))
         except MailboxFull:
             self.auth_events_lost += 1
-            log.error("audit: store mailbox full, auth event not recorded (%d lost)",
-                      self.auth_events_lost)
+            log.error(
+                "audit: store mailbox full, auth event not recorded (%d lost)",
+                self.auth_events_lost,
+            )
 
     # -- AdminBackend ------------------------------------------------------------------------
 
@@ -311,8 +319,12 @@ class Gateway:
         broker: dict[str, Any] = {"mode": "external" if self._broker is None else "managed"}
         if self._broker is not None:
             broker.update(
-                {"state": "running", "pid": self._broker.pid, "port": self._broker.port,
-                 "restarts": self._broker_restarts}
+                {
+                    "state": "running",
+                    "pid": self._broker.pid,
+                    "port": self._broker.port,
+                    "restarts": self._broker_restarts,
+                }
             )
         return {
             "gateway": "running",

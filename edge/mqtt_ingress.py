@@ -133,9 +133,7 @@ class MqttIngress:
             consume = asyncio.create_task(self._consume(client))
             broken = asyncio.create_task(self._broken.wait())
             try:
-                done, _ = await asyncio.wait(
-                    {consume, broken}, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait({consume, broken}, return_when=asyncio.FIRST_COMPLETED)
                 if consume in done:
                     consume.result()
                 else:
@@ -171,9 +169,7 @@ class MqttIngress:
                 )
             )
 
-    def _confirmer(
-        self, client: aiomqtt.Client, msg: InboundMessage, outcome: Outcome
-    ) -> Confirm:
+    def _confirmer(self, client: aiomqtt.Client, msg: InboundMessage, outcome: Outcome) -> Confirm:
         def confirm(error: BaseException | None) -> None:
             if error is not None:
                 self.stats["failures"] += 1
@@ -207,9 +203,6 @@ class MqttIngress:
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 if msg.correlation_data is not None:
                     props.CorrelationData = msg.correlation_data
-                await client.publish(
-                    msg.response_topic, json.dumps(body), qos=1, properties=props
-                )
+                await client.publish(msg.response_topic, json.dumps(body), qos=1, properties=props)
         except aiomqtt.MqttError as exc:
             log.warning("ingress: could not publish the outcome to %s: %s", msg.device_id, exc)
-

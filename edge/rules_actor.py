@@ -114,8 +114,9 @@ class RulesActor(Actor[RulesMsg]):
                     started_at=t.at_ms,
                 )
                 self._open[key] = alert
-                log.warning("alert raised: rule %s on %s (%s=%r)", t.rule_id, t.subject,
-                            t.metric, t.value)
+                log.warning(
+                    "alert raised: rule %s on %s (%s=%r)", t.rule_id, t.subject, t.metric, t.value
+                )
             else:
                 opened = self._open.pop(key, None)
                 if opened is None:

@@ -229,9 +229,7 @@ class GatewayStore:
                         [name, delta],
                     )
                 for key, value in batch.kv.items():
-                    con.execute(
-                        "INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value]
-                    )
+                    con.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -347,8 +345,7 @@ class GatewayStore:
             if existing and existing[0][0] == "active":
                 raise StoreError(f"device {device_id!r} already exists")
             self._con.execute(
-                "INSERT OR REPLACE INTO devices "
-                "VALUES (?, ?, ?, ?, ?, ?, 'active', ?, NULL, NULL)",
+                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, 'active', ?, NULL, NULL)",
                 [device_id, device_type, token_lookup, pw_hash, pw_salt, pw_iterations, now_ms],
             )
 

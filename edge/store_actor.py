@@ -141,8 +141,14 @@ class StoreActor(Actor[StoreMsg]):
             self._timer.cancel()
             self._timer = None
         batch, confirms = self._batch, self._confirms
-        if not (batch.readings or batch.rejections or batch.auth_failures or batch.alerts
-                or batch.kv or batch.counters):
+        if not (
+            batch.readings
+            or batch.rejections
+            or batch.auth_failures
+            or batch.alerts
+            or batch.kv
+            or batch.counters
+        ):
             return
         self._batch, self._confirms = Batch(), []
         if batch.readings:

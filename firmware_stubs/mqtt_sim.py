@@ -503,6 +503,8 @@ class _MqttDevice:
                 timeout=self._config.connect_timeout,
                 max_inflight_messages=self._config.max_inflight,
             )
+            # aiomqtt warns beyond 10 pending calls; our window is deliberate and bounded.
+            client.pending_calls_threshold = self._config.max_inflight + 1
             try:
                 async with client:
                     if connected_before:

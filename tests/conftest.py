@@ -31,12 +31,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cli(*args: str, data_dir: Path, input: str | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, data_dir: Path, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run `iotsphere ...` as a user would, in a subprocess."""
     proc = subprocess.run(
         [*IOTSPHERE, *args, "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=60, cwd=REPO, input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        input=input,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"iotsphere {' '.join(args)} failed: {proc.stderr}")
@@ -85,9 +91,20 @@ class GatewayProcess:
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.proc = subprocess.Popen(
-            [*IOTSPHERE, "gateway", "run", "--data-dir", str(self.data_dir),
-             "--bind", "127.0.0.1", "--mqtt-port", str(self.mqtt_port)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
+            [
+                *IOTSPHERE,
+                "gateway",
+                "run",
+                "--data-dir",
+                str(self.data_dir),
+                "--bind",
+                "127.0.0.1",
+                "--mqtt-port",
+                str(self.mqtt_port),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -15,12 +15,38 @@ from tests.conftest import GatewayProcess, cli, cli_json
 pytestmark = pytest.mark.timeout(180)
 
 
-def pub(port: int, user: str, password: str, payload: str, topic: str | None = None,
-        version: str = "mqttv311") -> subprocess.CompletedProcess[str]:
+def pub(
+    port: int,
+    user: str,
+    password: str,
+    payload: str,
+    topic: str | None = None,
+    version: str = "mqttv311",
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password,
-         "-t", topic or f"devices/{user}/telemetry", "-m", payload, "-q", "1", "-V", version],
-        capture_output=True, text=True, timeout=20,
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-u",
+            user,
+            "-P",
+            password,
+            "-t",
+            topic or f"devices/{user}/telemetry",
+            "-m",
+            payload,
+            "-q",
+            "1",
+            "-V",
+            version,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
 
 
@@ -35,8 +61,7 @@ def wait_for(predicate, timeout_s: float = 15.0, what: str = "condition"):  # ty
 
 
 def readings(data_dir: Path, device: str) -> list[dict]:  # type: ignore[type-arg]
-    return cli_json("gateway", "readings", "--device", device, "--limit", "1000",
-                    data_dir=data_dir)
+    return cli_json("gateway", "readings", "--device", device, "--limit", "1000", data_dir=data_dir)
 
 
 def test_device_data_flow(gateway_process: GatewayProcess) -> None:
@@ -52,24 +77,52 @@ def test_device_data_flow(gateway_process: GatewayProcess) -> None:
     assert all("token" not in d and "pw_hash" not in d for d in listed)
 
     # happy path: JSON flat, ts/values, and SenML, with real Mosquitto clients
-    assert pub(port, "dev1", dev1["token"], '{"temperature": 21.5, "door_open": false}').returncode == 0
-    assert pub(port, "dev1", dev1["token"],
-               '{"ts": 1764300000123, "values": {"temperature": 22.0}, "seq": 7}').returncode == 0
-    senml = '[{"bn": "env.", "bt": 1764300000, "n": "humidity", "v": 40.5}, {"n": "temp", "v": 20, "t": 1}]'
+    assert (
+        pub(port, "dev1", dev1["token"], '{"temperature": 21.5, "door_open": false}').returncode
+        == 0
+    )
+    assert (
+        pub(
+            port,
+            "dev1",
+            dev1["token"],
+            '{"ts": 1764300000123, "values": {"temperature": 22.0}, "seq": 7}',
+        ).returncode
+        == 0
+    )
+    senml = json.dumps(
+        [
+            {"bn": "env.", "bt": 1764300000, "n": "humidity", "v": 40.5},
+            {"n": "temp", "v": 20, "t": 1},
+        ]
+    )
     assert pub(port, "dev2", dev2["token"], senml, version="mqttv5").returncode == 0
-    rows1 = wait_for(lambda: len(readings(data_dir, "dev1")) == 3 and readings(data_dir, "dev1"),
-                     what="dev1 readings")
+    rows1 = wait_for(
+        lambda: len(readings(data_dir, "dev1")) == 3 and readings(data_dir, "dev1"),
+        what="dev1 readings",
+    )
     assert {(r["metric"], r["value"]) for r in rows1} == {
-        ("temperature", 21.5), ("door_open", False), ("temperature", 22.0)}
+        ("temperature", 21.5),
+        ("door_open", False),
+        ("temperature", 22.0),
+    }
     assert any(r["ts"] == 1764300000123 and r["dev_seq"] == 7 for r in rows1)
-    rows2 = wait_for(lambda: len(readings(data_dir, "dev2")) == 2 and readings(data_dir, "dev2"),
-                     what="dev2 SenML readings")
+    rows2 = wait_for(
+        lambda: len(readings(data_dir, "dev2")) == 2 and readings(data_dir, "dev2"),
+        what="dev2 SenML readings",
+    )
     assert {(r["metric"], r["ts"]) for r in rows2} == {
-        ("env.humidity", 1764300000000), ("env.temp", 1764300001000)}
+        ("env.humidity", 1764300000000),
+        ("env.temp", 1764300001000),
+    }
 
     # the same reading again is stored once
-    assert pub(port, "dev1", dev1["token"],
-               '{"ts": 1764300000123, "values": {"temperature": 22.0}}').returncode == 0
+    assert (
+        pub(
+            port, "dev1", dev1["token"], '{"ts": 1764300000123, "values": {"temperature": 22.0}}'
+        ).returncode
+        == 0
+    )
 
     # wrong password: refused CONNACK and an audit row
     bad = pub(port, "dev1", "not-the-token", '{"temperature": 1}')
@@ -83,9 +136,28 @@ def test_device_data_flow(gateway_process: GatewayProcess) -> None:
 
     # malformed JSON and a value outside its declared range: problem document + error row
     sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", "dev1", "-P", dev1["token"],
-         "-t", "devices/dev1/errors", "-C", "2", "-W", "30", "-q", "1"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-u",
+            "dev1",
+            "-P",
+            dev1["token"],
+            "-t",
+            "devices/dev1/errors",
+            "-C",
+            "2",
+            "-W",
+            "30",
+            "-q",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)  # let the subscription settle before publishing
     assert pub(port, "dev1", dev1["token"], '{"temperature": 21.5').returncode == 0
     assert pub(port, "dev1", dev1["token"], '{"temperature": 120}').returncode == 0
@@ -118,29 +190,57 @@ def test_device_data_flow(gateway_process: GatewayProcess) -> None:
 def test_rule_raises_one_alert_per_episode(gateway_process: GatewayProcess) -> None:
     data_dir, port = gateway_process.data_dir, gateway_process.mqtt_port
     dev = cli_json("gateway", "device", "add", "hot1", data_dir=data_dir)
-    rule = cli_json("gateway", "rule", "add", "--metric", "temperature", "--op", ">",
-                    "--threshold", "30", "--for", "0", "--hysteresis", "2",
-                    "--severity", "critical", data_dir=data_dir)
+    rule = cli_json(
+        "gateway",
+        "rule",
+        "add",
+        "--metric",
+        "temperature",
+        "--op",
+        ">",
+        "--threshold",
+        "30",
+        "--for",
+        "0",
+        "--hysteresis",
+        "2",
+        "--severity",
+        "critical",
+        data_dir=data_dir,
+    )
     assert rule["operator"] == ">" and rule["threshold"] == 30 and rule["severity"] == "critical"
     gateway_process.start()
     for i, value in enumerate([31, 32, 33]):
-        pub(port, "hot1", dev["token"], json.dumps({"ts": 1764300000000 + i, "values": {"temperature": value}}))
+        pub(
+            port,
+            "hot1",
+            dev["token"],
+            json.dumps({"ts": 1764300000000 + i, "values": {"temperature": value}}),
+        )
     alerts = wait_for(lambda: cli_json("gateway", "alerts", data_dir=data_dir), what="alert")
     time.sleep(0.5)
     alerts = cli_json("gateway", "alerts", data_dir=data_dir)
     assert len(alerts) == 1 and alerts[0]["state"] == "active" and alerts[0]["value"] == 31
     # 29 is below 30 but not below 30 - hysteresis: still active
-    pub(port, "hot1", dev["token"], json.dumps({"ts": 1764300000010, "values": {"temperature": 29}}))
+    pub(
+        port, "hot1", dev["token"], json.dumps({"ts": 1764300000010, "values": {"temperature": 29}})
+    )
     time.sleep(0.5)
     assert cli_json("gateway", "alerts", "--state", "active", data_dir=data_dir)
-    pub(port, "hot1", dev["token"], json.dumps({"ts": 1764300000020, "values": {"temperature": 27}}))
-    resolved = wait_for(lambda: cli_json("gateway", "alerts", "--state", "resolved",
-                                         data_dir=data_dir), what="resolved alert")
+    pub(
+        port, "hot1", dev["token"], json.dumps({"ts": 1764300000020, "values": {"temperature": 27}})
+    )
+    resolved = wait_for(
+        lambda: cli_json("gateway", "alerts", "--state", "resolved", data_dir=data_dir),
+        what="resolved alert",
+    )
     assert len(resolved) == 1 and resolved[0]["resolved_at"] is not None
     # the lifecycle survives a restart: a new breach is a new episode, raised once
     gateway_process.stop()
     gateway_process.start()
-    pub(port, "hot1", dev["token"], json.dumps({"ts": 1764300000030, "values": {"temperature": 40}}))
+    pub(
+        port, "hot1", dev["token"], json.dumps({"ts": 1764300000030, "values": {"temperature": 40}})
+    )
     wait_for(lambda: len(cli_json("gateway", "alerts", data_dir=data_dir)) == 2, what="2nd alert")
 
 

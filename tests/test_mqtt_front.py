@@ -336,8 +336,9 @@ async def test_slow_connect_times_out_and_silent_probe_is_not_audited(broker_por
         assert await read_until_eof(reader) == b""
         writer.close()
         probe_reader, probe = await asyncio.open_connection("127.0.0.1", harness.port)
-        probe.close()
+        probe.write_eof()  # a port probe: connects, sends nothing, closes its side
         assert await read_until_eof(probe_reader) == b""
+        probe.close()
         # Each EOF above arrives only after the front has counted and closed that connection.
         assert harness.reasons() == [("auth_failure", "connect_timeout")]
         assert harness.front.stats.no_connect == 1

@@ -11,8 +11,10 @@ import itertools
 import json
 import random
 import re
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -37,6 +39,7 @@ from firmware_stubs.mqtt_sim import (
 )
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = (DeviceCredentials("dev-a", "tok-a"), DeviceCredentials("dev-b", "tok-b"))
 OBSERVER = ("observer", "observer-pw")
 
@@ -401,6 +404,45 @@ async def test_cli_exit_codes_for_refusal(
         open_broker.stop()
     assert code == 1
     assert json.loads(capsys.readouterr().out)["refused"] == 0
+
+
+# The `iotsphere` dispatcher in miniature, for a real process that receives a real SIGINT.
+_SIM_MAIN = """
+import argparse, sys
+from common.cli import CliError
+from firmware_stubs.cli import register
+parser = argparse.ArgumentParser(prog="iotsphere")
+register(parser.add_subparsers(dest="group", required=True).add_parser("sim"))
+args = parser.parse_args(sys.argv[1:])
+try:
+    sys.exit(args.handler(args))
+except CliError as exc:
+    sys.exit(exc.exit_code)
+"""
+
+
+async def test_ctrl_c_drains_and_prints_stats(broker: Broker, tmp_path: Path) -> None:
+    log_path = tmp_path / "acked.log"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SIM_MAIN,
+        "sim", "mqtt", "--host", broker.host, "--port", str(broker.port),
+        "--device", "dev-a", "--token", "tok-a", "--count", "0", "--rate", "100",
+        "--acked-log", str(log_path), "--json",
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: len(acked_lines(log_path)) >= 5)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    stats = json.loads(out)
+    assert stats["acked"] >= 5
+    assert stats["acked"] == len(acked_lines(log_path))  # drained: nothing acked unlogged
 
 
 def _groups_importable() -> bool:

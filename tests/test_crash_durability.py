@@ -1,0 +1,119 @@
+"""kill -9 of the gateway during a QoS 1 stream: every reading the simulator got a PUBACK for
+is stored exactly once after restart (the broker's queue, ack-after-commit and dedup)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import REPO, GatewayProcess, cli_json
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run_crash_scenario(
+    gp: GatewayProcess, tmp_path: Path, devices: int, per_device: int, kills: int
+) -> None:
+    data_dir = gp.data_dir
+    creds = [
+        cli_json("gateway", "device", "add", f"crash{i}", data_dir=data_dir) for i in range(devices)
+    ]
+    creds_file = tmp_path / "creds.json"
+    creds_file.write_text(json.dumps(creds))
+    acked_log = tmp_path / "acked.log"
+    gp.start()
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "common.cli",
+            "sim",
+            "mqtt",
+            "--credentials",
+            str(creds_file),
+            "--port",
+            str(gp.mqtt_port),
+            "--rate",
+            "2000",
+            "--count",
+            str(per_device),
+            "--metrics",
+            "temperature",
+            "--inflight",
+            "50",
+            "--backoff",
+            "0.2",
+            "--acked-log",
+            str(acked_log),
+            "--json",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(kills):
+        # kill once the stream is well under way
+        deadline = time.monotonic() + 60
+        start_lines = _count_lines(acked_log)
+        while _count_lines(acked_log) < start_lines + devices * per_device // (kills + 2):
+            assert time.monotonic() < deadline, "simulator made no progress"
+            time.sleep(0.05)
+        gp.stop(signal.SIGKILL)
+        time.sleep(0.3)
+        gp.start()
+    out, err = sim.communicate(timeout=240)
+    assert sim.returncode == 0, err[-2000:]
+    stats = json.loads(out)
+    acked = set()
+    for line in acked_log.read_text().splitlines():
+        device_id, _seq, ts = line.split()
+        acked.add((device_id, int(ts)))
+    # the simulator resends what was not acknowledged, so in the end all of it was
+    assert len(acked) == devices * per_device
+    assert stats["acked"] >= len(acked) and stats["dropped"] == 0
+
+    # wait until the gateway has drained the broker's queue
+    deadline = time.monotonic() + 120
+    while True:
+        count = cli_json("gateway", "status", data_dir=data_dir)["readings_stored"]
+        if count >= len(acked) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert gp.stop() == 0
+    con = duckdb.connect(str(data_dir / "gateway.duckdb"), read_only=True)
+    rows = con.execute(
+        "SELECT device_id, ts, count(*) FROM readings WHERE metric = 'temperature' GROUP BY ALL"
+    ).fetchall()
+    con.close()
+    dupes = [r for r in rows if r[2] != 1]
+    assert dupes == []
+    have = {(d, ts) for d, ts, _n in rows}
+    missing = acked - have
+    assert not missing, f"{len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:3]}"
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def test_kill9_during_qos1_stream_loses_nothing(
+    gateway_process: GatewayProcess, tmp_path: Path
+) -> None:
+    run_crash_scenario(gateway_process, tmp_path, devices=4, per_device=5000, kills=2)
+
+
+@pytest.mark.soak
+def test_kill9_repeatedly_soak(gateway_process: GatewayProcess, tmp_path: Path) -> None:
+    run_crash_scenario(gateway_process, tmp_path, devices=10, per_device=10_000, kills=6)
