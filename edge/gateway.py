@@ -35,7 +35,7 @@ from edge.mqtt_ingress import MqttIngress
 from edge.pipeline import Classifier
 from edge.rules_actor import ChangeAlert, ReloadRules, RulesActor, RulesMsg
 from edge.store import AuthFailure, GatewayStore
-from edge.store_actor import Committed, RecordAuth, StoreActor, StoreMsg, call
+from edge.store_actor import Committed, LagWindow, RecordAuth, StoreActor, StoreMsg, call
 
 log = logging.getLogger("iotsphere.gateway")
 
@@ -69,6 +69,7 @@ class Gateway:
             self.clock,
         )
         self.auth_events_lost = 0
+        self.ingest_lag = LagWindow()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class Gateway:
                         max_readings=cfg.batch_max_readings,
                         max_delay_ms=cfg.batch_max_delay_ms,
                         on_commit=self._on_commit,
+                        lag=self.ingest_lag,
                     ),
                     capacity=cfg.ingest_queue,
                 )
@@ -334,6 +336,7 @@ class Gateway:
             "mqtt_front": dataclasses.asdict(self._front.stats) if self._front else None,
             "ingress": dict(self._ingress.stats) if self._ingress else None,
             "store_mailbox": self.store_ref.mailbox_size,
+            "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,
         }
 

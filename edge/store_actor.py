@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,6 +70,43 @@ class Committed:
 StoreMsg = Ingest | RecordAuth | SaveAlerts | Call | Flush
 
 
+class LagWindow:
+    """Ingest lag of recent commits: commit time minus the reading's device timestamp.
+
+    With device clocks in sync (simulators on the same host, NTP on site) this is the
+    publish-to-durable latency; readings whose ts the gateway supplied measure receive-to-commit.
+    A fixed window of recent samples keeps memory bounded.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._samples: deque[int] = deque(maxlen=size)
+
+    def add_batch(self, readings: list[Reading]) -> None:
+        now = time.time_ns() // 1_000_000
+        # one sample per distinct message timestamp: a 10-value message counts once
+        seen: set[tuple[str, int]] = set()
+        for r in readings:
+            key = (r.device_id, r.ts)
+            if key not in seen:
+                seen.add(key)
+                self._samples.append(now - r.ts)
+
+    def summary(self) -> dict[str, int | None]:
+        if not self._samples:
+            return {"samples": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+        ordered = sorted(self._samples)
+        n = len(ordered)
+        return {
+            "samples": n,
+            "p50_ms": ordered[n // 2],
+            "p99_ms": ordered[min(n - 1, (n * 99) // 100)],
+            "max_ms": ordered[-1],
+        }
+
+    def reset(self) -> None:
+        self._samples.clear()
+
+
 class StoreActor(Actor[StoreMsg]):
     def __init__(
         self,
@@ -76,6 +115,7 @@ class StoreActor(Actor[StoreMsg]):
         max_readings: int,
         max_delay_ms: int,
         on_commit: Callable[[Committed], Awaitable[None]] | None = None,
+        lag: LagWindow | None = None,
     ) -> None:
         super().__init__()
         self._store = store
@@ -86,6 +126,7 @@ class StoreActor(Actor[StoreMsg]):
         self._confirms: list[Confirm] = []
         self._timer: asyncio.TimerHandle | None = None
         self.commits = 0
+        self.lag = lag if lag is not None else LagWindow()  # shared: survives restarts
 
     async def receive(self, msg: StoreMsg) -> object:
         match msg:
@@ -161,6 +202,8 @@ class StoreActor(Actor[StoreMsg]):
                 confirm(exc)
             raise  # a failed commit is a crash: the supervisor restarts this actor
         self.commits += 1
+        if batch.readings:
+            self.lag.add_batch(batch.readings)
         for confirm in confirms:
             confirm(None)
         if batch.readings and self._on_commit is not None:
