@@ -50,36 +50,49 @@ class AdminApi:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth, self._errors])
-        b = self._backend
         app.add_routes(
             [
                 web.post("/admin/devices", self._add_device),
-                web.get("/admin/devices", lambda r: self._wrap(b.list_devices())),
-                web.post(
-                    "/admin/devices/{id}/revoke",
-                    lambda r: self._wrap(b.revoke_device(r.match_info["id"])),
-                ),
+                web.get("/admin/devices", self._list_devices),
+                web.post("/admin/devices/{id}/revoke", self._revoke_device),
                 web.post("/admin/rules", self._add_rule),
-                web.get("/admin/rules", lambda r: self._wrap(b.list_rules())),
-                web.get(
-                    "/admin/readings",
-                    lambda r: self._wrap(
-                        b.readings(
-                            r.query.get("device"),
-                            r.query.get("metric"),
-                            _int_param(r, "limit", 100),
-                        )
-                    ),
-                ),
-                web.get("/admin/alerts", lambda r: self._wrap(b.alerts(r.query.get("state")))),
-                web.get(
-                    "/admin/errors", lambda r: self._wrap(b.errors(_int_param(r, "limit", 100)))
-                ),
-                web.get("/admin/audit", lambda r: self._wrap(b.audit(_int_param(r, "limit", 100)))),
-                web.get("/admin/status", lambda r: self._wrap(b.status())),
+                web.get("/admin/rules", self._list_rules),
+                web.get("/admin/readings", self._readings),
+                web.get("/admin/alerts", self._alerts),
+                web.get("/admin/errors", self._errors_list),
+                web.get("/admin/audit", self._audit),
+                web.get("/admin/status", self._status),
             ]
         )
         return app
+
+    async def _list_devices(self, _r: web.Request) -> web.Response:
+        return _json(await self._backend.list_devices())
+
+    async def _revoke_device(self, r: web.Request) -> web.Response:
+        return _json(await self._backend.revoke_device(r.match_info["id"]))
+
+    async def _list_rules(self, _r: web.Request) -> web.Response:
+        return _json(await self._backend.list_rules())
+
+    async def _readings(self, r: web.Request) -> web.Response:
+        return _json(
+            await self._backend.readings(
+                r.query.get("device"), r.query.get("metric"), _int_param(r, "limit", 100)
+            )
+        )
+
+    async def _alerts(self, r: web.Request) -> web.Response:
+        return _json(await self._backend.alerts(r.query.get("state")))
+
+    async def _errors_list(self, r: web.Request) -> web.Response:
+        return _json(await self._backend.errors(_int_param(r, "limit", 100)))
+
+    async def _audit(self, r: web.Request) -> web.Response:
+        return _json(await self._backend.audit(_int_param(r, "limit", 100)))
+
+    async def _status(self, _r: web.Request) -> web.Response:
+        return _json(await self._backend.status())
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)
@@ -114,9 +127,6 @@ class AdminApi:
         except Exception as exc:
             log.exception("admin API: %s %s failed", request.method, request.path)
             return _problem(500, "Internal error", f"{type(exc).__name__}: {exc}")
-
-    async def _wrap(self, result: Awaitable[Any]) -> web.Response:
-        return _json(await result)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:

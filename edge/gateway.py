@@ -33,7 +33,7 @@ from edge.lockout import LockoutPolicy, LockoutTracker
 from edge.mqtt_front.proxy import AuthEvent, MqttFront
 from edge.mqtt_ingress import MqttIngress
 from edge.pipeline import Classifier
-from edge.rules_actor import ChangeAlert, ReloadRules, RulesActor, RulesMsg
+from edge.rules_actor import ChangeAlert, ReloadRules, RulesActor, RulesMsg, SecurityLockout
 from edge.store import AuthFailure, GatewayStore
 from edge.store_actor import Committed, LagWindow, RecordAuth, StoreActor, StoreMsg, call
 
@@ -237,8 +237,14 @@ class Gateway:
             client_id=event.client_id,
             reason=event.reason if event.key is None else f"{event.reason} ({event.key})",
         )
-        if event.kind == "lockout":
+        if event.kind == "lockout" and event.key is not None and self._rules_ref is not None:
             log.warning("security: %s locked out after repeated failures", event.key)
+            try:
+                self._rules_ref.tell(
+                    SecurityLockout(event.key, event.at_ms, self.cfg.lockout.cooldown_s)
+                )
+            except MailboxFull:
+                log.error("rules mailbox full: security alert for %s not raised", event.key)
         try:
             self.store_ref.tell(RecordAuth(failure))
         except MailboxFull:

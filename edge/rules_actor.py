@@ -41,7 +41,19 @@ class ChangeAlert:
     event: AlertEvent
 
 
-RulesMsg = Committed | Tick | ReloadRules | ChangeAlert
+@dataclass(frozen=True, slots=True)
+class SecurityLockout:
+    """A username or address was locked out after repeated auth failures (a critical alert
+    that resolves itself when the cooling period ends)."""
+
+    key: str  # "user:<name>" or "addr:<address>"
+    at_ms: int
+    cooldown_s: float
+
+
+SECURITY_RULE = "security.lockout"
+
+RulesMsg = Committed | Tick | ReloadRules | ChangeAlert | SecurityLockout
 
 
 def _load_rules(store: GatewayStore) -> list[Rule]:
@@ -89,12 +101,49 @@ class RulesActor(Actor[RulesMsg]):
                 await self._apply(self._engine.observe(obs, now))
             case Tick():
                 await self._apply(self._engine.tick(now))
+                await self._expire_security(now)
             case ReloadRules():
                 rules = await call(self._store, _load_rules)
                 await self._apply(self._engine.set_rules(rules, now))
             case ChangeAlert(alert_id, event):
                 return await self._change(alert_id, event, now)
+            case SecurityLockout(key, at_ms, cooldown_s):
+                await self._security(key, at_ms, cooldown_s)
         return None
+
+    async def _security(self, key: str, at_ms: int, cooldown_s: float) -> None:
+        """One critical alert per lockout; resolved by a Tick once the cooldown has passed."""
+        if (SECURITY_RULE, key) in self._open:
+            return
+        alert = AlertRow(
+            id=str(uuid.uuid4()),
+            rule_id=SECURITY_RULE,
+            subject=key,
+            metric="auth_failures",
+            severity="critical",
+            state=AlertState.ACTIVE,
+            value={"until": at_ms + int(cooldown_s * 1000)},
+            started_at=at_ms,
+        )
+        self._open[(SECURITY_RULE, key)] = alert
+        log.warning("security alert: %s locked out", key)
+        await self._store.send(SaveAlerts([alert]))
+
+    async def _expire_security(self, now: int) -> None:
+        expired = []
+        for key, alert in list(self._open.items()):
+            until = alert.value.get("until") if isinstance(alert.value, dict) else None
+            if key[0] == SECURITY_RULE and isinstance(until, int) and now >= until:
+                del self._open[key]
+                expired.append(
+                    replace(
+                        alert,
+                        state=next_state(AlertState(alert.state), AlertEvent.RESOLVE),
+                        resolved_at=now,
+                    )
+                )
+        if expired:
+            await self._store.send(SaveAlerts(expired))
 
     async def _apply(self, transitions: list[Transition]) -> None:
         if not transitions:

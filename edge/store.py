@@ -512,6 +512,7 @@ class GatewayStore:
             )
             rejections = int(q("SELECT count(*) FROM rejections").fetchall()[0][0])
             auth = int(q("SELECT count(*) FROM auth_failures").fetchall()[0][0])
+            oldest = q("SELECT min(received_at) FROM readings").fetchall()[0][0]
         return {
             "readings_stored": readings,
             "last_seq": self._next_seq - 1,
@@ -519,6 +520,12 @@ class GatewayStore:
             "active_alerts": active_alerts,
             "rejections": rejections,
             "auth_failures": auth,
+            # Until this gateway is enrolled with a cloud, every stored reading is backlog.
+            "sync": {
+                "state": "not enrolled",
+                "backlog_readings": readings,
+                "oldest_unsynced_at": oldest,
+            },
         }
 
 

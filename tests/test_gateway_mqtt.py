@@ -258,3 +258,7 @@ def test_lockout_after_repeated_failures(gateway_process: GatewayProcess) -> Non
     assert any(a["kind"] == "lockout" for a in audit)
     assert any(r.startswith("locked_out") for r in reasons)
     assert readings(data_dir, "victim") == []
+    alerts = cli_json("gateway", "alerts", "--state", "active", data_dir=data_dir)
+    assert [(a["rule_id"], a["device_id"], a["severity"]) for a in alerts] == [
+        ("security.lockout", "user:victim", "critical")
+    ]
