@@ -290,9 +290,9 @@ class _Walk:
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append(FieldError(path, message))
 
-    def reserve(self, count: int) -> None:
+    def limit_readings(self, adding: int = 0) -> None:
         """Refuse (413) before building readings past the per-message limit."""
-        if len(self.out) + count > self.limits.max_readings:
+        if len(self.out) + adding > self.limits.max_readings:
             raise PayloadError.too_large(
                 f"the payload holds more than {self.limits.max_readings} readings"
             )
@@ -348,7 +348,7 @@ class _Walk:
         *,
         flat: bool,  # a flat object has no ts, so a "ts" key there is a mistake
     ) -> None:
-        self.reserve(len(obj))
+        self.limit_readings(len(obj))
         out = self.out
         for name, value in obj.items():
             if type(value) not in _SCALARS:
@@ -372,7 +372,6 @@ class _Walk:
         if type(doc) is not list:
             self.error("", "a SenML pack must be an array of records")
             return
-        self.reserve(len(doc))
         base = _SenmlBase()
         for i, record in enumerate(doc):
             if type(record) is not dict:
@@ -380,6 +379,9 @@ class _Walk:
                 continue
             fields = _senml_names(record) if cbor else record
             self.senml_record(fields, f"/{i}", base)
+        # Counted after the walk: records of base fields only yield no reading. The work done
+        # first is bounded by max_bytes.
+        self.limit_readings()
 
     def senml_record(self, rec: dict[Any, Any], path: str, base: _SenmlBase) -> None:
         errors_before = self.error_count

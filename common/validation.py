@@ -224,13 +224,13 @@ def _problems(raw: RawReading, spec: DeviceTypeSpec | None, max_string: int) -> 
     named = type(metric) is str and METRIC_NAME.fullmatch(metric) is not None
     if not named:
         found.append(_Invalid("metric", _bad_name(metric)))
+    declared = spec.metrics.get(metric) if named and spec is not None else None
+    if named and spec is not None and declared is None and not spec.allow_undeclared:
+        found.append(_undeclared(metric, spec))
     try:
         value = _value(raw.value, max_string)
-        declared = spec.metrics.get(metric) if named and spec is not None else None
         if declared is not None:
             _check_declared(metric, value, declared)
-        elif named and spec is not None and not spec.allow_undeclared:
-            found.append(_undeclared(metric, spec))
     except _Invalid as exc:
         found.append(exc)
     if raw.ts is not None:

@@ -70,13 +70,14 @@ class Gateway:
         )
         self.auth_events_lost = 0
         self.ingest_lag = LagWindow()
+        self._mqtt_port = config.mqtt_port
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
     def mqtt_port(self) -> int:
-        assert self._front is not None
-        return self._front.port
+        """The device-facing MQTT port (stays the same while the front restarts)."""
+        return self._mqtt_port
 
     @property
     def store_ref(self) -> ActorRef[StoreMsg]:
@@ -132,16 +133,9 @@ class Gateway:
             tasks.append(asyncio.create_task(self._ingress.run(), name="mqtt-ingress"))
             await asyncio.wait_for(self._ingress.connected.wait(), 30)
             if self._broker is not None:
-                self._front = MqttFront(
-                    cfg.bind,
-                    cfg.mqtt_port,
-                    host,
-                    port,
-                    self._tracker,
-                    self._on_auth_event,
-                    self.clock,
-                )
+                self._front = self._new_front(cfg.mqtt_port, host, port)
                 await self._front.start()
+                self._mqtt_port = self._front.port
             admin = AdminApi(self, admin_secret(cfg.data_dir))
             await admin.start()
             write_run_info(cfg.run_dir, admin.port)
@@ -210,6 +204,12 @@ class Gateway:
             log.error(
                 "mosquitto exited with %s; restarting (restart #%d)", code, self._broker_restarts
             )
+            # Devices must not reach the new broker before the ingress has subscribed again:
+            # a QoS 1 message accepted with no subscriber is acknowledged and then dropped.
+            if self._ingress is not None:
+                self._ingress.connected.clear()
+            if self._front is not None:
+                await self._front.stop()
             if time.monotonic() - started > 60:
                 delay = 0.5
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -217,6 +217,23 @@ class Gateway:
             devices = await call(self.store_ref, lambda s: s.devices(include_secrets=True))
             self._broker.prepare(devices, self._broker_creds)
             await self._broker.start()
+            if self._ingress is not None:
+                await self._ingress.connected.wait()
+            if self._front is not None:
+                self._front = self._new_front(self._mqtt_port, "127.0.0.1", self._broker.port)
+                await self._front.start()
+                log.info("MQTT front open again after the broker restart")
+
+    def _new_front(self, port: int, broker_host: str, broker_port: int) -> MqttFront:
+        return MqttFront(
+            self.cfg.bind,
+            port,
+            broker_host,
+            broker_port,
+            self._tracker,
+            self._on_auth_event,
+            self.clock,
+        )
 
     # -- wiring between parts ----------------------------------------------------------------
 
