@@ -243,6 +243,15 @@ _SENML_RELATIVE_BELOW = 2**28  # seconds: smaller resolved times are relative to
 _SENML_MAX_SECONDS = 1e15  # ~31 million years: far past any valid ts, still exact in ms
 
 
+def _entry_problem(name: object, value: object, reserved: frozenset[str]) -> str:
+    if type(value) not in _SCALARS:
+        return _value_problem(value)
+    if type(name) is not str:
+        return "metric names must be strings"
+    assert name in reserved  # the only other way to get here
+    return f'"{name}" is reserved: send {{"ts": ms, "values": {{...}}}} to give a time'
+
+
 def _value_problem(value: object) -> str:
     if value is None:
         return "value is missing (null)"
@@ -349,22 +358,16 @@ class _Walk:
         flat: bool,  # a flat object has no ts, so a "ts" key there is a mistake
     ) -> None:
         self.limit_readings(len(obj))
-        out = self.out
+        out, sources, scalars = self.out, self.sources, _SCALARS  # locals: this is the hot loop
+        reserved = _RESERVED if flat else frozenset()
         for name, value in obj.items():
-            if type(value) not in _SCALARS:
-                self.error(pointer(prefix, name), _value_problem(value))
-            elif type(name) is not str:
-                self.error(pointer(prefix, name), "metric names must be strings")
-            elif flat and name in _RESERVED:
-                self.error(
-                    pointer(prefix, name),
-                    f'"{name}" is reserved: send {{"ts": ms, "values": {{...}}}} to give a time',
-                )
-            else:
+            if type(value) in scalars and type(name) is str and name not in reserved:
                 out.append(RawReading(name, value, ts, seq))
-                if self.sources is not None:
+                if sources is not None:
                     path = pointer(prefix, name)
-                    self.sources.append(Source(path, path, ts_path))
+                    sources.append(Source(path, path, ts_path))
+            else:
+                self.error(pointer(prefix, name), _entry_problem(name, value, reserved))
 
     # SenML (RFC 8428)
 

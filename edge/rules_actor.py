@@ -11,16 +11,20 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from common.actors import Actor, ActorRef
 from common.alerts import AlertEvent, AlertState, next_state
 from common.clock import Clock
+from common.model import Reading
 from common.rules import EngineState, Observation, Rule, RuleEngine, Transition, parse_rule
 from edge.store import AlertRow, GatewayStore
 from edge.store_actor import Committed, SaveAlerts, StoreMsg, call
 
 log = logging.getLogger("iotsphere.rules")
 ENGINE_STATE_KEY = "rules.engine_state"
+CURSOR_KEY = "rules.cursor"  # the last reading seq the saved engine state has seen
+REPLAY_CHUNK = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,10 @@ SECURITY_RULE = "security.lockout"
 RulesMsg = Committed | Tick | ReloadRules | ChangeAlert | SecurityLockout
 
 
+def _chunk_after(cursor: int, store: GatewayStore) -> tuple[int, list[Reading]]:
+    return store.readings_after(cursor, REPLAY_CHUNK)
+
+
 def _load_rules(store: GatewayStore) -> list[Rule]:
     rules = []
     for body in store.rules():
@@ -80,6 +88,8 @@ class RulesActor(Actor[RulesMsg]):
         self._tick_s = tick_s
         self._engine = RuleEngine([])
         self._open: dict[tuple[str, str], AlertRow] = {}  # (rule, subject) -> open alert
+        self._cursor = 0  # highest reading seq evaluated
+        self._saved_cursor = 0
 
     async def on_start(self) -> None:
         rules = await call(self._store, _load_rules)
@@ -90,18 +100,56 @@ class RulesActor(Actor[RulesMsg]):
         self._open = {
             (a.rule_id, a.subject): a for a in open_alerts if a.state != AlertState.RESOLVED
         }
+        await self._replay()
         self.schedule_every(self._tick_s, Tick())
+
+    async def _replay(self) -> None:
+        """Evaluate readings committed after the saved state (a crash between a commit and its
+        evaluation must not swallow an alert). The engine ignores readings it has seen."""
+        raw = await call(self._store, lambda s: s.kv_get(CURSOR_KEY))
+        if raw is None:  # first start of this store: nothing was evaluated, nothing is owed
+            self._cursor = self._saved_cursor = await call(self._store, lambda s: s.last_seq())
+            return
+        self._cursor = self._saved_cursor = int(raw)
+        replayed = 0
+        while True:
+            cursor = self._cursor
+            last, chunk = await call(self._store, partial(_chunk_after, cursor))
+            if not chunk:
+                break
+            self._cursor = last
+            await self._observe(chunk)
+            replayed += len(chunk)
+        if replayed:
+            log.info(
+                "rules: re-evaluated %d readings committed after the last saved state", replayed
+            )
+            await self._save_state()
+
+    async def _observe(self, readings: list[Reading]) -> None:
+        types = self._device_type_of
+        obs = [Observation.from_reading(r, types(r.device_id)) for r in readings]
+        await self._apply(self._engine.observe(obs, self._clock.now_ms()))
+
+    async def _save_state(self) -> None:
+        await self._store.send(SaveAlerts([], self._state_kv()))
+
+    def _state_kv(self) -> dict[str, str]:
+        self._saved_cursor = self._cursor
+        return {ENGINE_STATE_KEY: self._engine.state().to_json(), CURSOR_KEY: str(self._cursor)}
 
     async def receive(self, msg: RulesMsg) -> object:
         now = self._clock.now_ms()
         match msg:
-            case Committed(readings, _result):
-                types = self._device_type_of
-                obs = [Observation.from_reading(r, types(r.device_id)) for r in readings]
-                await self._apply(self._engine.observe(obs, now))
+            case Committed(readings, result):
+                if result.last_seq is not None:
+                    self._cursor = max(self._cursor, result.last_seq)
+                await self._observe(readings)
             case Tick():
                 await self._apply(self._engine.tick(now))
                 await self._expire_security(now)
+                if self._cursor != self._saved_cursor:
+                    await self._save_state()
             case ReloadRules():
                 rules = await call(self._store, _load_rules)
                 await self._apply(self._engine.set_rules(rules, now))
@@ -177,8 +225,7 @@ class RulesActor(Actor[RulesMsg]):
                 )
                 log.info("alert resolved: rule %s on %s", t.rule_id, t.subject)
             changed.append(alert)
-        state = self._engine.state().to_json()
-        await self._store.send(SaveAlerts(changed, {ENGINE_STATE_KEY: state}))
+        await self._store.send(SaveAlerts(changed, self._state_kv()))
 
     async def _change(self, alert_id: str, event: AlertEvent, now: int) -> dict[str, object]:
         for key, alert in self._open.items():

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from common.model import FieldError, Reading
+from common.model import FieldError, Reading, ReadingFlag
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -434,6 +434,31 @@ class GatewayStore:
                 }
             )
         return out
+
+    def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
+        """(last seq returned, readings with a sequence number above seq), in order."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT device_id, metric, ts, received_at, value_num, value_bool, value_str, "
+                "flags, dev_seq, seq FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+                [seq, limit],
+            ).fetchall()
+        last = int(rows[-1][-1]) if rows else seq
+        return last, [
+            Reading(
+                device_id=dev,
+                metric=met,
+                ts=ts,
+                value=vnum if vnum is not None else vbool if vbool is not None else vstr,
+                received_at=rec,
+                flags=ReadingFlag(flags),
+                seq=dev_seq,
+            )
+            for dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq, _seq in rows
+        ]
+
+    def last_seq(self) -> int:
+        return self._next_seq - 1
 
     def count_readings(self, device_id: str | None = None) -> int:
         where, params = _filters(device_id=device_id)

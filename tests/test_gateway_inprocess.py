@@ -12,7 +12,7 @@ import cbor2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from common.model import ReadingFlag
+from common.model import Reading, ReadingFlag
 from edge.gateway import Gateway
 
 
@@ -121,3 +121,28 @@ async def test_admin_errors_are_clean(gateway: Gateway) -> None:
         assert "already exists" in str(exc)
     else:
         raise AssertionError("duplicate device accepted")
+
+
+async def test_rules_replay_readings_committed_before_a_crash(gateway_config) -> None:  # type: ignore[no-untyped-def]
+    """A crash between a commit and its rule evaluation must not swallow the alert."""
+    from edge import ops
+    from edge.rules_actor import CURSOR_KEY
+    from edge.store import Batch, GatewayStore
+
+    store = GatewayStore(gateway_config.db_path)
+    ops.add_rule(store, {"metric": "temperature", "operator": ">", "threshold": 30})
+    store.commit(Batch(kv={CURSOR_KEY: "0"}))  # evaluated up to seq 0 ...
+    store.commit(  # ... then this committed and the process died before evaluating it
+        Batch(readings=[Reading("r1", "temperature", 1764300000000, 45.0, 1764300000001)])
+    )
+    store.close()
+    gw = Gateway(gateway_config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    await gw.ready.wait()
+    try:
+        alerts = await until(lambda: gw.alerts("active"))
+        assert [(a["device_id"], a["value"]) for a in alerts] == [("r1", 45.0)]
+    finally:
+        stop.set()
+        await task
