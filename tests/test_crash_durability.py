@@ -4,6 +4,7 @@ is stored exactly once after restart (the broker's queue, ack-after-commit and d
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -117,3 +118,61 @@ def test_kill9_during_qos1_stream_loses_nothing(
 @pytest.mark.soak
 def test_kill9_repeatedly_soak(gateway_process: GatewayProcess, tmp_path: Path) -> None:
     run_crash_scenario(gateway_process, tmp_path, devices=10, per_device=10_000, kills=6)
+
+
+def _broker_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "broker" / "mosquitto.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purpose
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def _wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_no_orphan_broker_after_kill9_and_stale_broker_is_replaced(
+    gateway_process: GatewayProcess,
+) -> None:
+    data_dir = gateway_process.data_dir
+    gateway_process.start()
+    first = _broker_pid(data_dir)
+    assert first is not None
+    gateway_process.stop(signal.SIGKILL)
+    assert _wait_dead(first), "the managed Mosquitto outlived a kill -9 of its gateway"
+
+    # A broker left running on the gateway's config (e.g. started by hand): the next start
+    # stops it and starts its own.
+    stale = subprocess.Popen(
+        ["/usr/sbin/mosquitto", "-c", str(data_dir / "broker" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while _broker_pid(data_dir) != stale.pid:
+            assert time.monotonic() < deadline, "stale broker did not write its pid file"
+            time.sleep(0.05)
+        gateway_process.start()
+        assert stale.wait(timeout=15) is not None  # stopped by the new gateway
+        assert _broker_pid(data_dir) != stale.pid
+        assert cli_json("gateway", "status", data_dir=data_dir)["broker"]["state"] == "running"
+    finally:
+        if stale.poll() is None:
+            stale.kill()
