@@ -72,6 +72,10 @@ _MEDIA_TYPES: dict[ContentFormat, str] = {
 }
 
 
+_CBOR_FORMATS = (ContentFormat.CBOR, ContentFormat.SENML_CBOR)
+_OBJECT_FORMATS = (ContentFormat.JSON, ContentFormat.CBOR)  # the others are SenML
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-message limits from the contract: 64 KiB, 1000 readings, 256-character strings."""
@@ -159,10 +163,10 @@ def _run(
         )
     if not body:
         _fail("", "the payload is empty")
-    cbor = fmt in (ContentFormat.CBOR, ContentFormat.SENML_CBOR)
+    cbor = fmt in _CBOR_FORMATS
     doc = _parse_cbor(body) if cbor else _parse_json(body)
     walk = _Walk(limits, now_ms, sources)
-    if fmt in (ContentFormat.JSON, ContentFormat.CBOR):
+    if fmt in _OBJECT_FORMATS:
         walk.document(doc, "CBOR" if cbor else "JSON")
     else:
         walk.senml_pack(doc, cbor)
