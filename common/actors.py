@@ -428,7 +428,7 @@ class _ActorCell(Generic[M]):
         if self._state == "stopped":
             return
         self._halt_requested = True
-        await self._end_task()
+        await self._end_task(self._supervisor.shutdown_timeout_s)
         self._state = "halted"
 
     async def resume(self) -> None:
@@ -446,12 +446,12 @@ class _ActorCell(Generic[M]):
         self.mailbox.close()
         if not drain:
             self._discard_pending("stopped without drain")
-        await self._end_task()
+        await self._end_task(self._supervisor.shutdown_timeout_s)
         # Left over when there was no instance to drain them: halted, in backoff, or crashed.
         self._discard_pending("stopped while not running")
         self._state = "stopped"
 
-    async def _end_task(self) -> None:
+    async def _end_task(self, timeout_s: float | None) -> None:
         task = self._task
         if task is None or task.done():
             return
@@ -460,7 +460,12 @@ class _ActorCell(Generic[M]):
         elif self._halt_requested:
             self.mailbox.interrupt()
         # else: stopping, and the mailbox is closed: the loop ends once it is empty.
-        await asyncio.wait({task})  # never raises, unlike awaiting a cancelled task
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)  # never raises
+        if not done:
+            # A receive() that never returns must not hang shutdown or escalation forever.
+            log.error("actor %r did not end within %gs: cancelling it", self.name, timeout_s)
+            task.cancel()
+            await asyncio.wait({task}, timeout=timeout_s)
 
     def schedule_every(self, interval_s: float, msg: M) -> Timer:
         task = asyncio.create_task(self._tick(interval_s, msg), name=f"timer:{self.name}")
@@ -573,6 +578,10 @@ class Supervisor:
     restarts within window_s and this supervisor gives up. The backoff before a restart is
     backoff_base_s * 2**(n-1), capped at backoff_max_s, where n counts that child's restarts
     inside the window, so a child that has been quiet for window_s starts again from base.
+
+    shutdown_timeout_s bounds, per actor, how long stop() (including its drain) and a halt
+    for escalation wait before cancelling the actor's task (real time, like Erlang's shutdown);
+    the in-flight asker then gets ActorStopped and on_stop() still runs.
     """
 
     def __init__(
@@ -583,16 +592,20 @@ class Supervisor:
         window_s: float = 60.0,
         backoff_base_s: float = 0.1,
         backoff_max_s: float = 30.0,
+        shutdown_timeout_s: float | None = 30.0,
         clock: Clock | None = None,
         sleep: SleepFn | None = None,
     ) -> None:
         if max_restarts < 0 or window_s <= 0 or backoff_base_s < 0 or backoff_max_s < 0:
             raise ValueError("max_restarts, window_s and the backoff times must be positive")
+        if shutdown_timeout_s is not None and shutdown_timeout_s <= 0:
+            raise ValueError("shutdown_timeout_s must be positive (or None: wait forever)")
         self._name = name
         self.max_restarts = max_restarts
         self.window_s = window_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.shutdown_timeout_s = shutdown_timeout_s
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.sleep: SleepFn = sleep if sleep is not None else asyncio.sleep
         self._state: SupervisorState = "running"

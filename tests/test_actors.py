@@ -96,17 +96,25 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def root(fake_sleep: FakeSleep, clock: ManualClock) -> AsyncIterator[Supervisor]:
+def gate() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+async def root(
+    fake_sleep: FakeSleep, clock: ManualClock, gate: asyncio.Event
+) -> AsyncIterator[Supervisor]:
     sup = Supervisor("root", max_restarts=10, clock=clock, sleep=fake_sleep)
     yield sup
-    await sup.stop(drain=False)
+    gate.set()  # a test that failed half-way must not leave an actor stuck at the gate
+    await guarded(sup.stop(drain=False))
 
 
 async def start_gated(
-    sup: Supervisor, policy: OverflowPolicy, capacity: int = 2
-) -> tuple[ActorRef[int], asyncio.Event, list[object]]:
+    sup: Supervisor, policy: OverflowPolicy, gate: asyncio.Event, capacity: int = 2
+) -> tuple[ActorRef[int], list[object]]:
     """A gated actor already holding message 1, with an empty mailbox of `capacity`."""
-    gate, entered = asyncio.Event(), asyncio.Event()
+    entered = asyncio.Event()
     seen: list[object] = []
     ref = await sup.start_child(
         ChildSpec("gated", lambda: Gated(gate, entered, seen), capacity=capacity, policy=policy)
@@ -114,7 +122,7 @@ async def start_gated(
     ref.tell(1)
     await guarded(entered.wait())
     assert ref.mailbox_size == 0
-    return ref, gate, seen
+    return ref, seen
 
 
 # --- messaging --------------------------------------------------------------------------------
@@ -148,8 +156,10 @@ async def test_ask_raises_the_actors_exception_and_it_counts_as_a_crash(
     assert (ref.stats.failures, ref.stats.restarts) == (1, 1)
 
 
-async def test_ask_timeout(root: Supervisor) -> None:
-    ref, gate, _ = await start_gated(root, OverflowPolicy.BLOCK)
+async def test_ask_timeout(
+    root: Supervisor, gate: asyncio.Event
+) -> None:
+    ref, _ = await start_gated(root, OverflowPolicy.BLOCK, gate)
     with pytest.raises(TimeoutError):
         await ref.ask(2, timeout=0.01)
     gate.set()
@@ -308,8 +318,10 @@ async def test_transient_child_stays_down_after_a_normal_exit_permanent_restarts
 # --- overflow policies ------------------------------------------------------------------------
 
 
-async def test_drop_newest_drops_and_counts_the_incoming(root: Supervisor) -> None:
-    ref, gate, seen = await start_gated(root, OverflowPolicy.DROP_NEWEST)
+async def test_drop_newest_drops_and_counts_the_incoming(
+    root: Supervisor, gate: asyncio.Event
+) -> None:
+    ref, seen = await start_gated(root, OverflowPolicy.DROP_NEWEST, gate)
     for msg in (2, 3, 4, 5):
         ref.tell(msg)
     with pytest.raises(MailboxFull):  # an ask would never get its reply: it fails instead
@@ -321,8 +333,10 @@ async def test_drop_newest_drops_and_counts_the_incoming(root: Supervisor) -> No
     assert (ref.stats.dropped, ref.stats.rejected, ref.stats.received) == (3, 0, 3)
 
 
-async def test_drop_oldest_drops_and_counts_the_queued(root: Supervisor) -> None:
-    ref, gate, seen = await start_gated(root, OverflowPolicy.DROP_OLDEST)
+async def test_drop_oldest_drops_and_counts_the_queued(
+    root: Supervisor, gate: asyncio.Event
+) -> None:
+    ref, seen = await start_gated(root, OverflowPolicy.DROP_OLDEST, gate)
     pushed_out = asyncio.ensure_future(ref.ask(2))
     await asyncio.sleep(0)
     for msg in (3, 4, 5):
@@ -335,8 +349,10 @@ async def test_drop_oldest_drops_and_counts_the_queued(root: Supervisor) -> None
     assert (ref.stats.dropped, ref.stats.rejected) == (2, 0)
 
 
-async def test_reject_raises_and_counts(root: Supervisor) -> None:
-    ref, gate, seen = await start_gated(root, OverflowPolicy.REJECT)
+async def test_reject_raises_and_counts(
+    root: Supervisor, gate: asyncio.Event
+) -> None:
+    ref, seen = await start_gated(root, OverflowPolicy.REJECT, gate)
     ref.tell(2)
     ref.tell(3)
     with pytest.raises(MailboxFull):
@@ -349,8 +365,10 @@ async def test_reject_raises_and_counts(root: Supervisor) -> None:
     assert (ref.stats.rejected, ref.stats.dropped) == (2, 0)
 
 
-async def test_block_applies_backpressure_to_send_and_tell_raises(root: Supervisor) -> None:
-    ref, gate, seen = await start_gated(root, OverflowPolicy.BLOCK)
+async def test_block_applies_backpressure_to_send_and_tell_raises(
+    root: Supervisor, gate: asyncio.Event
+) -> None:
+    ref, seen = await start_gated(root, OverflowPolicy.BLOCK, gate)
     await guarded(ref.send(2))
     await guarded(ref.send(3))
     with pytest.raises(MailboxFull):
@@ -371,8 +389,10 @@ async def test_block_applies_backpressure_to_send_and_tell_raises(root: Supervis
 # --- graceful stop ----------------------------------------------------------------------------
 
 
-async def test_stop_drains_the_mailbox_then_calls_on_stop(root: Supervisor) -> None:
-    ref, gate, seen = await start_gated(root, OverflowPolicy.BLOCK, capacity=10)
+async def test_stop_drains_the_mailbox_then_calls_on_stop(
+    root: Supervisor, gate: asyncio.Event
+) -> None:
+    ref, seen = await start_gated(root, OverflowPolicy.BLOCK, gate, capacity=10)
     for msg in (2, 3, 4):
         ref.tell(msg)
     reply = asyncio.ensure_future(ref.ask(5))
@@ -387,8 +407,10 @@ async def test_stop_drains_the_mailbox_then_calls_on_stop(root: Supervisor) -> N
     assert ref.stats.dropped == 0
 
 
-async def test_stop_without_drain_drops_the_queue(root: Supervisor) -> None:
-    ref, gate, seen = await start_gated(root, OverflowPolicy.BLOCK, capacity=10)
+async def test_stop_without_drain_drops_the_queue(
+    root: Supervisor, gate: asyncio.Event
+) -> None:
+    ref, seen = await start_gated(root, OverflowPolicy.BLOCK, gate, capacity=10)
     ref.tell(2)
     ref.tell(3)
     reply = asyncio.ensure_future(ref.ask(4))
@@ -455,3 +477,17 @@ async def test_schedule_every_ticks_and_is_cancelled_when_the_instance_ends(
     assert not timers[0].active and timers[1].active
     await guarded(root.stop())
     assert not timers[1].active
+
+
+async def test_stop_cancels_an_actor_stuck_past_the_shutdown_timeout(
+    fake_sleep: FakeSleep, clock: ManualClock, gate: asyncio.Event
+) -> None:
+    sup = Supervisor("root", shutdown_timeout_s=0.01, clock=clock, sleep=fake_sleep)
+    ref, seen = await start_gated(sup, OverflowPolicy.BLOCK, gate)  # the gate never opens
+    in_flight = asyncio.ensure_future(ref.ask(2))
+    await asyncio.sleep(0)
+    await guarded(sup.stop())
+    with pytest.raises(ActorStopped):
+        await guarded(in_flight)
+    assert seen == ["on_stop"]  # message 1 never completed, the queued ask was dropped
+    assert ref.stats.dropped == 1

@@ -9,6 +9,7 @@ import signal
 
 import aiomqtt
 import cbor2
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -146,3 +147,17 @@ async def test_rules_replay_readings_committed_before_a_crash(gateway_config) ->
     finally:
         stop.set()
         await task
+
+
+async def test_revoke_disconnects_a_connected_device(gateway: Gateway) -> None:
+    dev = await gateway.add_device("kick1", None)
+    async with client(gateway, dev) as c:
+        await c.subscribe("devices/kick1/errors", qos=1)
+        await gateway.revoke_device("kick1")
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(10):
+                async for _ in c.messages:
+                    pass
+    with pytest.raises(aiomqtt.MqttError):
+        async with client(gateway, dev) as c:
+            pass

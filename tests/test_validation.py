@@ -352,7 +352,7 @@ def test_device_type_errors_say_what_is_wrong(doc: Any, message: str) -> None:
 # --- fuzzing: decode_and_validate never raises anything else, and what it accepts is sound --
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(case=PLAUSIBLE)
 def test_fuzz_accepted_readings_are_sound(case: tuple[ContentFormat, Any]) -> None:
     fmt, doc = case
