@@ -286,11 +286,13 @@ class ResourceWatch:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def watch(self, name: str, pid: int) -> None:
+    def watch(self, name: str, pid: int, *, baseline: bool = False) -> None:
+        """baseline: record the RSS now, for a process that is up and idle (not a sim)."""
         self.procs[name] = psutil.Process(pid)
         self.peak_rss.setdefault(name, 0)
-        with suppress(psutil.Error):
-            self.start_rss[name] = self.procs[name].memory_info().rss
+        if baseline:
+            with suppress(psutil.Error):
+                self.start_rss[name] = self.procs[name].memory_info().rss
 
     def start(self) -> None:
         def run() -> None:
@@ -545,8 +547,8 @@ def phase_ceiling(s: Settings, procs: Processes, workdir: Path) -> dict[str, Any
     _wait_for("SUBACK", lambda: sub.last("ready") is not None, sub, 15)
 
     watch = ResourceWatch()
-    watch.watch("mosquitto", broker.proc.pid)
-    watch.watch("subscriber", sub.proc.pid)
+    watch.watch("mosquitto", broker.proc.pid, baseline=True)
+    watch.watch("subscriber", sub.proc.pid, baseline=True)
     creds = _credentials_for_plain_broker(workdir, s.devices)
     sims = _start_sims(procs, "A", creds, port, s, FULL_SPEED_TOTAL_RATE, s.metrics)
     for sim in sims:
@@ -608,8 +610,8 @@ def _gateway_run(
         assert first is not None
         broker_pid = first[1]["broker"]["pid"]
         watch = ResourceWatch()
-        watch.watch("gateway", gw.proc.pid)
-        watch.watch("gateway_mosquitto", broker_pid)
+        watch.watch("gateway", gw.proc.pid, baseline=True)
+        watch.watch("gateway_mosquitto", broker_pid, baseline=True)
         sims = _start_sims(procs, tag, creds, mqtt_port, s, total_rate, metrics)
         for sim in sims:
             watch.watch(sim.name.split("-", 1)[1], sim.proc.pid)
@@ -734,8 +736,10 @@ def _print_phase(title: str, r: dict[str, Any]) -> None:
         f"  {'host busy':32} {cpu['host_busy_percent']}% of {cpu['cores']} cores; "
         f"other processes {cpu['other_processes_percent']}%"
     )
+    idle = r["start_rss_mb"]
     rss = ", ".join(
-        f"{k} {v} MB (idle {r['start_rss_mb'].get(k, '?')})" for k, v in r["peak_rss_mb"].items()
+        f"{k} {v} MB" + (f" (idle {idle[k]})" if k in idle else "")
+        for k, v in r["peak_rss_mb"].items()
     )
     print(f"  {'peak RSS':32} {rss}")
     sim = r["sim"]
@@ -767,7 +771,7 @@ def run(s: Settings) -> dict[str, Any]:
         "saturated": "B. gateway saturated: simulator at full speed",
         "latency": f"C. gateway at {s.rate:g} readings/s (1 reading per message)",
     }
-    ok = False
+    keep = s.keep
     try:
         for letter, key, fn in phases:
             if letter not in s.phases:
@@ -776,10 +780,12 @@ def run(s: Settings) -> dict[str, Any]:
             result[key] = fn(s, procs, workdir)
             procs.stop_all()
             _print_phase(titles[key], result[key])
-        ok = True
+    except BenchError:
+        keep = True  # the logs in it say why
+        raise
     finally:
         procs.stop_all()
-        if s.keep or not ok:
+        if keep:
             print(f"\nwork dir kept: {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)

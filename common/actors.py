@@ -72,7 +72,11 @@ class EscalationError(ActorError):
     """A supervisor gave up: a child failed more often than its restart budget allows."""
 
     def __init__(
-        self, supervisor: str, child: str, max_restarts: int, window_s: float,
+        self,
+        supervisor: str,
+        child: str,
+        max_restarts: int,
+        window_s: float,
         cause: BaseException | None,
     ) -> None:
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else "exited"
@@ -401,8 +405,13 @@ class _ActorCell(Generic[M]):
             log.warning(
                 "actor %r: mailbox full (capacity %d, policy %s): %d message(s) %s since last "
                 "report; totals dropped=%d rejected=%d",
-                self.name, self.spec.capacity, self.spec.policy.value, self._overflow_unlogged,
-                counter, self._counts["dropped"], self._counts["rejected"],
+                self.name,
+                self.spec.capacity,
+                self.spec.policy.value,
+                self._overflow_unlogged,
+                counter,
+                self._counts["dropped"],
+                self._counts["rejected"],
             )
             self._overflow_logged_at = now
             self._overflow_unlogged = 0
@@ -737,4 +746,3 @@ class Supervisor:
             raise ActorStopped(f"supervisor {self._name!r} is {self._state}")
         if any(c.name == name for c in self._children):
             raise ValueError(f"supervisor {self._name!r} already has a child named {name!r}")
-

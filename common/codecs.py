@@ -287,6 +287,18 @@ def _as_float(value: object) -> float | None:
     return None
 
 
+def _device_prefix_stripped(base_name: str) -> str:
+    """A SenML base name that identifies the device is not part of the metric name.
+
+    RFC 8428 recommends base names like "urn:dev:mac:0024befffe804ff1:" (a device URN ending in
+    ':' or '/'). The gateway knows the device from its credentials, so such a prefix is dropped
+    and "temp" stays "temp"; a plain base name such as "env." still prefixes the metric.
+    """
+    if base_name.startswith("urn:") or base_name.endswith((":", "/")):
+        return ""
+    return base_name
+
+
 class _Walk:
     """One pass over a decoded document, collecting readings and every error it meets."""
 
@@ -411,7 +423,7 @@ class _Walk:
         ts = self.senml_time(rec, path, base)
         if self.error_count != errors_before:
             return
-        full_name = base.name + str(name)
+        full_name = _device_prefix_stripped(base.name) + str(name)
         if not full_name:
             self.error(f"{path}/n", "record has no name (n or bn)")
             return

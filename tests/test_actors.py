@@ -156,9 +156,7 @@ async def test_ask_raises_the_actors_exception_and_it_counts_as_a_crash(
     assert (ref.stats.failures, ref.stats.restarts) == (1, 1)
 
 
-async def test_ask_timeout(
-    root: Supervisor, gate: asyncio.Event
-) -> None:
+async def test_ask_timeout(root: Supervisor, gate: asyncio.Event) -> None:
     ref, _ = await start_gated(root, OverflowPolicy.BLOCK, gate)
     with pytest.raises(TimeoutError):
         await ref.ask(2, timeout=0.01)
@@ -188,8 +186,13 @@ async def test_backoff_delays_grow_cap_and_reset_after_the_window(
     fake_sleep: FakeSleep, clock: ManualClock
 ) -> None:
     sup = Supervisor(
-        "root", max_restarts=10, window_s=60, backoff_base_s=0.1, backoff_max_s=0.3,
-        clock=clock, sleep=fake_sleep,
+        "root",
+        max_restarts=10,
+        window_s=60,
+        backoff_base_s=0.1,
+        backoff_max_s=0.3,
+        clock=clock,
+        sleep=fake_sleep,
     )
     ref = await sup.start_child(ChildSpec("counter", Counter))
     for _ in range(4):
@@ -349,9 +352,7 @@ async def test_drop_oldest_drops_and_counts_the_queued(
     assert (ref.stats.dropped, ref.stats.rejected) == (2, 0)
 
 
-async def test_reject_raises_and_counts(
-    root: Supervisor, gate: asyncio.Event
-) -> None:
+async def test_reject_raises_and_counts(root: Supervisor, gate: asyncio.Event) -> None:
     ref, seen = await start_gated(root, OverflowPolicy.REJECT, gate)
     ref.tell(2)
     ref.tell(3)
@@ -407,9 +408,7 @@ async def test_stop_drains_the_mailbox_then_calls_on_stop(
     assert ref.stats.dropped == 0
 
 
-async def test_stop_without_drain_drops_the_queue(
-    root: Supervisor, gate: asyncio.Event
-) -> None:
+async def test_stop_without_drain_drops_the_queue(root: Supervisor, gate: asyncio.Event) -> None:
     ref, seen = await start_gated(root, OverflowPolicy.BLOCK, gate, capacity=10)
     ref.tell(2)
     ref.tell(3)
@@ -484,10 +483,10 @@ async def test_stop_cancels_an_actor_stuck_past_the_shutdown_timeout(
 ) -> None:
     sup = Supervisor("root", shutdown_timeout_s=0.01, clock=clock, sleep=fake_sleep)
     ref, seen = await start_gated(sup, OverflowPolicy.BLOCK, gate)  # the gate never opens
-    in_flight = asyncio.ensure_future(ref.ask(2))
+    queued = asyncio.ensure_future(ref.ask(2))
     await asyncio.sleep(0)
     await guarded(sup.stop())
     with pytest.raises(ActorStopped):
-        await guarded(in_flight)
+        await guarded(queued)
     assert seen == ["on_stop"]  # message 1 never completed, the queued ask was dropped
     assert ref.stats.dropped == 1

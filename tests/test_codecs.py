@@ -284,9 +284,9 @@ def test_rfc8428_multiple_datapoints_example() -> None:
     ]
     got = dec(json.dumps(pack).encode(), SJ)
     assert got == [
-        RawReading("urn:dev:ow:10e2073a01080063:voltage", 120.1, 1276020076001),
-        RawReading("urn:dev:ow:10e2073a01080063:current", 1.2, 1276020071001),
-        RawReading("urn:dev:ow:10e2073a01080063:current", 1.3, 1276020072001),
+        RawReading("voltage", 120.1, 1276020076001),
+        RawReading("current", 1.2, 1276020071001),
+        RawReading("current", 1.3, 1276020072001),
     ]
 
 
@@ -544,3 +544,15 @@ PLAUSIBLE = st.one_of(
 def test_fuzz_plausible_documents(case: tuple[ContentFormat, Any]) -> None:
     fmt, doc = case
     _only_payload_errors(encode_plausible(doc, fmt), fmt)
+
+
+def test_senml_device_urn_base_name_is_not_part_of_the_metric() -> None:
+    body = (
+        b'[{"bn": "urn:dev:ow:10e2073a01080063:", "n": "temp", "v": 23.1}, {"n": "hum", "v": 40}]'
+    )
+    got = decode(body, ContentFormat.SENML_JSON, now_ms=1764300000000)
+    assert [r.metric for r in got] == ["temp", "hum"]
+    prefixed = decode(
+        b'[{"bn": "env.", "n": "temp", "v": 1}]', ContentFormat.SENML_JSON, now_ms=1764300000000
+    )
+    assert [r.metric for r in prefixed] == ["env.temp"]

@@ -261,11 +261,11 @@ def test_errors_point_into_senml_payloads() -> None:
     pack = [
         {"bn": "", "bt": 1764300000, "n": "temperature", "v": 20},
         {"n": "temperature", "v": 101, "t": 1},
-        {"bn": "urn:dev:1:", "n": "temperature", "v": 5},
+        {"bn": "dev 1.", "n": "temperature", "v": 5},
     ]
     expected = [
         "/1/v: value 101 above max 100 for temperature (°C)",
-        "/2/n: invalid metric name 'urn:dev:1:temperature': "
+        "/2/n: invalid metric name 'dev 1.temperature': "
         "use 1-64 characters from A-Z a-z 0-9 _ . -",
     ]
     assert body_errors(json.dumps(pack).encode(), ContentFormat.SENML_JSON, spec=THERMO) == expected

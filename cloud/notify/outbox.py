@@ -1,0 +1,395 @@
+"""The durable notification outbox: a pure state table and backoff, and its DuckDB storage.
+
+Lifecycle (one row per alert x channel x event):
+
+    pending --claim--> sending --succeed--> sent
+                       sending --retry----> retrying --claim--> sending ...
+                       sending --give_up--> failed      (permanent error, or max_attempts used)
+                       sending --recover--> retrying    (process died mid-send; on start)
+
+`attempts` counts claims, so a notification that crashes the process on every try still ends
+in `failed` instead of looping forever.
+
+Delivery guarantee: at-least-once, not exactly-once. A crash (or a lost HTTP response) after
+the receiver accepted a message but before `mark_sent` committed means it is sent again after
+recovery. Exactly-once needs the receiver's help: every attempt of one notification carries the
+same `Idempotency-Key` header (webhook) / Message-ID (email) = the notification id, which is
+derived from (org, alert, channel, event) and so is also stable if the same event is enqueued
+again. A receiver that remembers keys it has processed sees each notification exactly once.
+
+Concurrency: `recover_interrupted` assumes one worker per database (the embedded DuckDB
+deployment). Several workers (the later PostgreSQL scale-out) need a lease instead: claim with
+`next_attempt_at = now + lease` and let an expired lease be claimed again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+import duckdb
+
+from cloud.notify.format import Notification, NotificationEvent
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class OutboxEvent(StrEnum):
+    CLAIM = "claim"
+    SUCCEED = "succeed"
+    RETRY = "retry"
+    GIVE_UP = "give_up"
+    RECOVER = "recover"
+
+
+S, E = NotificationStatus, OutboxEvent
+TRANSITIONS: Mapping[tuple[NotificationStatus, OutboxEvent], NotificationStatus] = MappingProxyType(
+    {
+        (S.PENDING, E.CLAIM): S.SENDING,
+        (S.RETRYING, E.CLAIM): S.SENDING,
+        (S.SENDING, E.SUCCEED): S.SENT,
+        (S.SENDING, E.RETRY): S.RETRYING,
+        (S.SENDING, E.GIVE_UP): S.FAILED,
+        (S.SENDING, E.RECOVER): S.RETRYING,
+    }
+)
+DUE_STATUSES = (S.PENDING, S.RETRYING)
+TERMINAL = frozenset({S.SENT, S.FAILED})
+
+
+class OutboxError(Exception):
+    """Root of the outbox's own errors."""
+
+
+class InvalidOutboxTransition(OutboxError):
+    def __init__(self, status: NotificationStatus, event: OutboxEvent) -> None:
+        super().__init__(f"cannot {event.value} a notification that is {status.value}")
+        self.status = status
+        self.event = event
+
+
+class UnknownNotification(OutboxError):
+    pass
+
+
+def next_status(status: NotificationStatus, event: OutboxEvent) -> NotificationStatus:
+    try:
+        return TRANSITIONS[(status, event)]
+    except KeyError:
+        raise InvalidOutboxTransition(status, event) from None
+
+
+def after_failure(*, attempts: int, max_attempts: int, retryable: bool) -> OutboxEvent:
+    """RETRY while a retryable failure has attempts left, else GIVE_UP."""
+    return E.RETRY if retryable and attempts < max_attempts else E.GIVE_UP
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
+    Jitter"): spreading retries uniformly over [0, ceiling] keeps a recovered receiver from
+    being hit by every queued notification at the same instant."""
+
+    max_attempts: int = 8
+    base_s: float = 2.0
+    cap_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.base_s <= 0 or self.cap_s < self.base_s:
+            raise ValueError("need max_attempts >= 1 and 0 < base_s <= cap_s")
+
+
+def backoff_ceiling_s(attempts: int, policy: RetryPolicy) -> float:
+    """min(cap, base * 2^(attempts-1)): the upper bound of the wait after `attempts` tries."""
+    exponent = min(max(attempts - 1, 0), 60)  # 2**60 * base is beyond any cap; avoid overflow
+    return min(policy.cap_s, policy.base_s * 2.0**exponent)
+
+
+def backoff_delay_s(
+    attempts: int,
+    policy: RetryPolicy,
+    rand: Callable[[], float],
+    retry_after_s: float | None = None,
+) -> float:
+    """Seconds to wait after the `attempts`-th failed try: uniform in [0, ceiling].
+
+    `rand` returns a float in [0, 1) (inject `random.Random(seed).random` in tests). A receiver's
+    Retry-After is honoured as a lower bound, but never beyond the cap.
+    """
+    r = min(max(rand(), 0.0), 1.0)
+    delay = r * backoff_ceiling_s(attempts, policy)
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, policy.cap_s))
+    return delay
+
+
+def notification_id(org_id: str, alert_id: str, channel_id: str, event: str) -> str:
+    """Deterministic, so the idempotency key survives re-enqueueing the same event."""
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join((org_id, alert_id, channel_id, event))))
+
+
+_NAMESPACE = uuid.UUID("5b0f7f0e-6c1e-4f0b-9a53-4f7a3c2b9d11")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    id VARCHAR PRIMARY KEY,
+    org_id VARCHAR NOT NULL,
+    alert_id VARCHAR NOT NULL,
+    channel_id VARCHAR NOT NULL,
+    event VARCHAR NOT NULL,
+    payload JSON NOT NULL,
+    status VARCHAR NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    last_error VARCHAR,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    sent_at BIGINT,
+    UNIQUE (alert_id, channel_id, event)
+)
+"""
+# No index on (status, next_attempt_at) on purpose: DuckDB rewrites an update of an indexed
+# column as delete+insert, which trips its over-eager unique checks within one transaction;
+# and the outbox is small (terminal rows could be pruned), so the scan is cheap.
+
+_COLUMNS = (
+    "id, org_id, alert_id, channel_id, event, payload, status, attempts, next_attempt_at, "
+    "last_error, created_at, updated_at, sent_at"
+)
+MAX_ERROR = 1000
+
+
+class OutboxStore:
+    """The outbox table in a DuckDB database the caller owns (connection and lock shared with
+    the rest of the cloud store: DuckDB connections are not safe for concurrent use).
+
+    All methods are synchronous and short; call them from async code via asyncio.to_thread.
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, lock: threading.Lock) -> None:
+        self._conn = conn
+        self._lock = lock
+
+    def ensure_schema(self) -> None:
+        with self._lock:
+            self._conn.execute(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self._conn.execute("BEGIN TRANSACTION")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def enqueue(
+        self,
+        *,
+        org_id: str,
+        alert_id: str,
+        channel_id: str,
+        event: NotificationEvent,
+        payload: Mapping[str, Any],
+        now_ms: int,
+    ) -> tuple[str, bool]:
+        """Queue one notification (status pending, due now). Returns (id, created): enqueueing
+        the same (alert, channel, event) again is a no-op, so re-raising never double-sends."""
+        nid = notification_id(org_id, alert_id, channel_id, event.value)
+        body = json.dumps(dict(payload), separators=(",", ":"), default=str)
+        with self._lock:
+            row = self._conn.execute(
+                f"INSERT INTO notifications ({_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, NULL) ON CONFLICT DO NOTHING",
+                [
+                    nid,
+                    org_id,
+                    alert_id,
+                    channel_id,
+                    event.value,
+                    body,
+                    S.PENDING.value,
+                    now_ms,
+                    now_ms,
+                    now_ms,
+                ],
+            ).fetchone()
+        return nid, bool(row and row[0])
+
+    def enqueue_alert(
+        self,
+        *,
+        org_id: str,
+        alert: Mapping[str, Any],
+        channel_ids: Sequence[str],
+        event: NotificationEvent,
+        now_ms: int,
+    ) -> list[str]:
+        """One notification per channel for an alert event; returns the ids (new or existing)."""
+        return [
+            self.enqueue(
+                org_id=org_id,
+                alert_id=str(alert["id"]),
+                channel_id=cid,
+                event=event,
+                payload=alert,
+                now_ms=now_ms,
+            )[0]
+            for cid in dict.fromkeys(channel_ids)
+        ]
+
+    def claim_due(self, now_ms: int, limit: int) -> list[Notification]:
+        """Move up to `limit` due rows (pending/retrying, next_attempt_at <= now) to sending,
+        counting the attempt, and return them oldest-due first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id, org_id, alert_id, channel_id, event, payload, status, attempts, "
+                "created_at FROM notifications WHERE status IN (?, ?) AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, created_at, id LIMIT ?",
+                [DUE_STATUSES[0].value, DUE_STATUSES[1].value, now_ms, limit],
+            ).fetchall()
+            claimed: list[Notification] = []
+            for nid, org, alert_id, cid, event, payload, status, attempts, created in rows:
+                new = next_status(NotificationStatus(status), E.CLAIM)
+                conn.execute(
+                    "UPDATE notifications SET status = ?, attempts = attempts + 1, "
+                    "updated_at = ? WHERE id = ?",
+                    [new.value, now_ms, nid],
+                )
+                claimed.append(
+                    Notification(
+                        id=nid,
+                        org_id=org,
+                        alert_id=alert_id,
+                        channel_id=cid,
+                        event=NotificationEvent(event),
+                        alert=MappingProxyType(json.loads(payload)),
+                        attempt=attempts + 1,
+                        created_at=created,
+                    )
+                )
+        return claimed
+
+    def mark_sent(self, nid: str, now_ms: int) -> None:
+        self._move(nid, E.SUCCEED, now_ms, sent_at=now_ms)
+
+    def mark_retry(self, nid: str, now_ms: int, next_attempt_at: int, error: str) -> None:
+        self._move(nid, E.RETRY, now_ms, next_attempt_at=next_attempt_at, error=error)
+
+    def mark_failed(self, nid: str, now_ms: int, error: str) -> None:
+        self._move(nid, E.GIVE_UP, now_ms, error=error)
+
+    def _move(
+        self,
+        nid: str,
+        event: OutboxEvent,
+        now_ms: int,
+        *,
+        next_attempt_at: int | None = None,
+        error: str | None = None,
+        sent_at: int | None = None,
+    ) -> None:
+        with self._tx() as conn:
+            row = conn.execute("SELECT status FROM notifications WHERE id = ?", [nid]).fetchone()
+            if row is None:
+                raise UnknownNotification(nid)
+            new = next_status(NotificationStatus(row[0]), event)
+            conn.execute(
+                "UPDATE notifications SET status = ?, updated_at = ?, "
+                "next_attempt_at = coalesce(?, next_attempt_at), "
+                "last_error = coalesce(?, last_error), sent_at = coalesce(?, sent_at) "
+                "WHERE id = ?",
+                [new.value, now_ms, next_attempt_at, _clip(error), sent_at, nid],
+            )
+
+    def recover_interrupted(self, now_ms: int, max_attempts: int) -> int:
+        """On start: rows left in `sending` by a crash go back to `retrying`, due now (or to
+        `failed` when they already used every attempt). Returns how many were recovered."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id, attempts FROM notifications WHERE status = ?", [S.SENDING.value]
+            ).fetchall()
+            for nid, attempts in rows:
+                event = E.RECOVER if attempts < max_attempts else E.GIVE_UP
+                new = next_status(S.SENDING, event)
+                conn.execute(
+                    "UPDATE notifications SET status = ?, next_attempt_at = ?, updated_at = ?, "
+                    "last_error = ? WHERE id = ?",
+                    [new.value, now_ms, now_ms, "interrupted mid-send (process restarted)", nid],
+                )
+        return len(rows)
+
+    def status_for_alert(self, alert_id: str) -> list[dict[str, Any]]:
+        """The alert's `notifications` member: one entry per channel and event."""
+        return self.status_for_alerts([alert_id]).get(alert_id, [])
+
+    def status_for_alerts(self, alert_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Batch form for alert lists (one query, not one per alert)."""
+        out: dict[str, list[dict[str, Any]]] = {a: [] for a in alert_ids}
+        if not alert_ids:
+            return out
+        marks = ", ".join("?" for _ in alert_ids)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT alert_id, channel_id, event, status, attempts, last_error, sent_at, "
+                f"next_attempt_at FROM notifications WHERE alert_id IN ({marks}) "
+                "ORDER BY alert_id, created_at, channel_id, event",
+                list(alert_ids),
+            ).fetchall()
+        for alert_id, cid, event, status, attempts, error, sent_at, next_at in rows:
+            # "sending" is an internal, transient state; to users it is still on its way.
+            shown = S.RETRYING.value if status == S.SENDING.value and attempts > 1 else status
+            if status == S.SENDING.value and attempts <= 1:
+                shown = S.PENDING.value
+            entry: dict[str, Any] = {
+                "channel_id": cid,
+                "status": shown,
+                "attempts": attempts,
+                "event": event,
+                "last_error": error,
+                "sent_at": sent_at,
+            }
+            if shown == S.RETRYING.value:
+                entry["next_attempt_at"] = next_at
+            out[alert_id].append(entry)
+        return out
+
+    def get(self, nid: str) -> dict[str, Any] | None:
+        """One row as a dict (diagnostics and tests)."""
+        with self._lock:
+            cur = self._conn.execute(f"SELECT {_COLUMNS} FROM notifications WHERE id = ?", [nid])
+            row = cur.fetchone()
+        if row is None:
+            return None
+        doc = dict(zip(_COLUMNS.split(", "), row, strict=True))
+        doc["payload"] = json.loads(doc["payload"])
+        return doc
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status, every status present (a /metrics gauge of the backlog)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT status, count(*) FROM notifications GROUP BY status"
+            ).fetchall()
+        out = {s.value: 0 for s in NotificationStatus}
+        out.update({status: int(n) for status, n in rows})
+        return out
+
+
+def _clip(error: str | None) -> str | None:
+    return error if error is None or len(error) <= MAX_ERROR else error[:MAX_ERROR] + "..."

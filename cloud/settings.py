@@ -1,0 +1,43 @@
+"""Typed configuration of the cloud aggregator, loaded once and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DB_FILE = "cloud.duckdb"
+JWT_SECRET_FILE = "cloud_jwt.key"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """Failed-login throttling (per account and per source address, sliding window)."""
+
+    max_failures: int = 5  # failures allowed inside the window before 429
+    window_s: float = 15 * 60.0  # length of the sliding window
+
+
+@dataclass(frozen=True, slots=True)
+class CloudSettings:
+    data_dir: Path
+    bind: str = "127.0.0.1"  # the cloud is local-only unless the operator says otherwise
+    port: int = 8000
+    issuer: str = "iotsphere-cloud"  # JWT `iss`; checked on every request
+    audience: str = "iotsphere-api"  # JWT `aud`; checked on every request
+    access_ttl_s: int = 15 * 60  # short-lived access tokens; refresh tokens renew them
+    refresh_ttl_s: int = 14 * 24 * 3600
+    enrollment_ttl_s: int = 24 * 3600  # gateway enrollment tokens expire unused after this
+    online_threshold_s: float = 300.0  # a device not heard from for longer is "offline"
+    store_attempts: int = 3  # the seed: a failing database query is tried 3 times in all
+    store_backoff_s: float = 0.05  # first retry delay; doubles on each further retry
+    retry_after_s: int = 5  # Retry-After sent with 503 when the store stays down
+    max_points: int = 10_000  # cap on raw telemetry points in one response
+    login: LoginLimits = field(default_factory=LoginLimits)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_FILE
+
+    @property
+    def jwt_secret_path(self) -> Path:
+        return self.data_dir / JWT_SECRET_FILE

@@ -1,0 +1,223 @@
+"""The narrow storage interface of the cloud (CloudStore) and the frozen values it returns.
+
+The API layer only sees this Protocol, so a PostgreSQL store can follow without touching it.
+Every method that reads or changes tenant data takes the org id: scoping is part of the
+interface, not something each endpoint has to remember. Errors: StoreError and its subclasses
+(cloud.db), nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from common.alerts import AlertState
+from common.model import Reading, Value
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _RANKS[self]
+
+
+_RANKS = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    email: str
+    org_id: str
+    role: Role
+    password_hash: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayInfo:
+    gateway_id: str
+    org_id: str
+    name: str
+    created_at: int
+    enrolled_at: int | None
+    last_seen: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gateway_id": self.gateway_id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "enrolled": self.enrolled_at is not None,
+            "enrolled_at": self.enrolled_at,
+            "last_seen": self.last_seen,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    device_id: str
+    gateway_id: str | None
+    type: str | None
+    last_seen: int | None  # gateway receive time of its newest reading, ms
+    latest: Mapping[str, Value] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    ts: int
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    ts: int  # bucket start, ms
+    min: float | None  # None when the metric is not numeric
+    max: float | None
+    avg: float | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertInfo:
+    id: str
+    org_id: str
+    rule_id: str | None
+    state: AlertState
+    severity: str
+    metric: str
+    value: Value | None
+    device_id: str | None
+    source: str | None
+    started_at: int
+    acknowledged_at: int | None
+    resolved_at: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule_id": self.rule_id,
+            "state": self.state.value,
+            "severity": self.severity,
+            "metric": self.metric,
+            "value": self.value,
+            "device_id": self.device_id,
+            "source": self.source,
+            "started_at": self.started_at,
+            "acknowledged_at": self.acknowledged_at,
+            "resolved_at": self.resolved_at,
+            # filled by the notification area (cloud/notify) when it is plugged in
+            "notifications": [],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    rule_id: str | None
+    severity: str
+    metric: str
+    value: Value | None
+    started_at: int
+    device_id: str | None = None
+    source: str | None = None
+
+
+class RefreshUse(StrEnum):
+    OK = "ok"  # valid and now consumed: issue the next token of the family
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    REUSED = "reused"  # already rotated: a stolen copy; the whole family is now revoked
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    token_hash: str  # sha256 of the opaque token; the token itself is never stored
+    family_id: str  # all tokens rotated from one login
+    user_id: str
+    expires_at: int
+
+
+class CloudStore(Protocol):
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers a trivial query."""
+        ...
+
+    # tenants and users
+    async def ensure_org(self, name: str, now_ms: int) -> Org: ...
+    async def create_user(
+        self, email: str, password_hash: str, role: Role, org_id: str, now_ms: int
+    ) -> User:
+        """Raises Conflict when the e-mail is taken (e-mails are unique across orgs)."""
+        ...
+
+    async def user_by_email(self, email: str) -> User | None: ...
+    async def user_by_id(self, user_id: str) -> User | None: ...
+
+    # refresh tokens
+    async def save_refresh_token(self, token: RefreshToken) -> None: ...
+    async def consume_refresh_token(
+        self, token_hash: str, now_ms: int
+    ) -> tuple[RefreshUse, RefreshToken | None]:
+        """Atomically mark the token used; on reuse, revoke its whole family."""
+        ...
+
+    # gateways
+    async def create_gateway(
+        self, org_id: str, name: str, token_hash: str, expires_at: int, now_ms: int
+    ) -> GatewayInfo:
+        """Raises Conflict when the org already has a gateway of that name."""
+        ...
+
+    async def list_gateways(self, org_id: str) -> list[GatewayInfo]: ...
+
+    # dashboard
+    async def get_dashboard_config(self, org_id: str) -> dict[str, Any] | None: ...
+    async def put_dashboard_config(
+        self, org_id: str, config: Mapping[str, Any], now_ms: int
+    ) -> None: ...
+
+    # devices and telemetry
+    async def list_devices(self, org_id: str) -> list[DeviceInfo]: ...
+    async def get_device(self, org_id: str, device_id: str) -> DeviceInfo | None: ...
+    async def upsert_device(
+        self, org_id: str, device_id: str, gateway_id: str | None, device_type: str | None
+    ) -> None: ...
+    async def insert_readings(
+        self, org_id: str, gateway_id: str, readings: Sequence[Reading], now_ms: int
+    ) -> int:
+        """Store readings once per (device, metric, ts); returns how many were new."""
+        ...
+
+    async def telemetry_points(
+        self, org_id: str, device_id: str, metric: str, from_ms: int, to_ms: int, limit: int
+    ) -> list[Point]:
+        """Raw points in [from_ms, to_ms), oldest first."""
+        ...
+
+    async def telemetry_buckets(
+        self, org_id: str, device_id: str, metric: str, from_ms: int, to_ms: int, bucket_ms: int
+    ) -> list[Bucket]:
+        """Buckets aligned to the epoch, covering [from_ms, to_ms), oldest first."""
+        ...
+
+    # alerts (the monitoring area creates them; users ack and resolve them)
+    async def create_alert(self, org_id: str, alert: NewAlert) -> AlertInfo: ...
+    async def list_alerts(
+        self, org_id: str, states: frozenset[AlertState] | None = None
+    ) -> list[AlertInfo]: ...
+    async def get_alert(self, org_id: str, alert_id: str) -> AlertInfo | None: ...
+    async def set_alert_state(
+        self, org_id: str, alert_id: str, state: AlertState, now_ms: int
+    ) -> AlertInfo | None: ...

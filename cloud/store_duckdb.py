@@ -1,0 +1,530 @@
+"""CloudStore on embedded DuckDB (the default): one file in the data dir.
+
+Readings carry no PRIMARY KEY: an ART index on (device, metric, ts) makes the file ~10x larger
+(measured, see ARCHITECTURE.md). Dedup is an anti-join limited to the batch's time range, and
+queries rely on DuckDB's per-row-group min/max (zonemaps) on ts: sync batches arrive roughly in
+time order, so a 24-hour query touches only the row groups of that day.
+The newest value per (device, metric) is kept in `latest`, so the dashboard never scans readings.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from cloud.db import Database, Migration
+from cloud.store import (
+    AlertInfo,
+    Bucket,
+    DeviceInfo,
+    GatewayInfo,
+    NewAlert,
+    Org,
+    Point,
+    RefreshToken,
+    RefreshUse,
+    Role,
+    User,
+)
+from common.alerts import AlertState
+from common.model import Reading, Value
+
+CORE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        (
+            """CREATE TABLE orgs (
+                id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL UNIQUE,
+                created_at BIGINT NOT NULL)""",
+            """CREATE TABLE users (
+                id VARCHAR PRIMARY KEY, email VARCHAR NOT NULL UNIQUE, org_id VARCHAR NOT NULL,
+                role VARCHAR NOT NULL, password_hash VARCHAR NOT NULL,
+                created_at BIGINT NOT NULL)""",
+            """CREATE TABLE refresh_tokens (
+                token_hash VARCHAR PRIMARY KEY, family_id VARCHAR NOT NULL,
+                user_id VARCHAR NOT NULL, expires_at BIGINT NOT NULL, used_at BIGINT,
+                revoked BOOLEAN NOT NULL DEFAULT false)""",
+            """CREATE TABLE gateways (
+                id VARCHAR PRIMARY KEY, org_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
+                enrollment_token_hash VARCHAR, enrollment_expires_at BIGINT, enrolled_at BIGINT,
+                created_at BIGINT NOT NULL, last_seen BIGINT, UNIQUE (org_id, name))""",
+            """CREATE TABLE devices (
+                org_id VARCHAR NOT NULL, device_id VARCHAR NOT NULL, gateway_id VARCHAR,
+                type VARCHAR, last_seen BIGINT, PRIMARY KEY (org_id, device_id))""",
+            """CREATE TABLE latest (
+                org_id VARCHAR NOT NULL, device_id VARCHAR NOT NULL, metric VARCHAR NOT NULL,
+                ts BIGINT NOT NULL, value_num DOUBLE, value_bool BOOLEAN, value_str VARCHAR,
+                PRIMARY KEY (org_id, device_id, metric))""",
+            """CREATE TABLE readings (
+                org_id VARCHAR NOT NULL, gateway_id VARCHAR NOT NULL, device_id VARCHAR NOT NULL,
+                metric VARCHAR NOT NULL, ts BIGINT NOT NULL, value_num DOUBLE,
+                value_bool BOOLEAN, value_str VARCHAR, gateway_received_at BIGINT,
+                cloud_received_at BIGINT NOT NULL)""",
+            """CREATE TABLE dashboard_configs (
+                org_id VARCHAR PRIMARY KEY, config VARCHAR NOT NULL, updated_at BIGINT NOT NULL)""",
+            """CREATE TABLE alerts (
+                id VARCHAR PRIMARY KEY, org_id VARCHAR NOT NULL, rule_id VARCHAR,
+                state VARCHAR NOT NULL, severity VARCHAR NOT NULL, metric VARCHAR NOT NULL,
+                value_num DOUBLE, value_bool BOOLEAN, value_str VARCHAR, device_id VARCHAR,
+                source VARCHAR, started_at BIGINT NOT NULL, acknowledged_at BIGINT,
+                resolved_at BIGINT, updated_at BIGINT NOT NULL)""",
+        ),
+    ),
+)
+
+_BATCH_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("metric", pa.string()),
+        ("ts", pa.int64()),
+        ("value_num", pa.float64()),
+        ("value_bool", pa.bool_()),
+        ("value_str", pa.string()),
+        ("gateway_received_at", pa.int64()),
+    ]
+)
+
+_ALERT_COLS = (
+    "id, org_id, rule_id, state, severity, metric, value_num, value_bool, value_str, "
+    "device_id, source, started_at, acknowledged_at, resolved_at"
+)
+
+
+def _split(value: Value | None) -> tuple[float | None, bool | None, str | None]:
+    # bool before number: bool is an int subclass in Python
+    if isinstance(value, bool):
+        return None, value, None
+    if isinstance(value, int | float):
+        return float(value), None, None
+    if isinstance(value, str):
+        return None, None, value
+    return None, None, None
+
+
+def _join(num: float | None, flag: bool | None, text: str | None) -> Value | None:
+    if flag is not None:
+        return bool(flag)
+    if num is not None:
+        return float(num)
+    return text
+
+
+def _alert(row: tuple[Any, ...]) -> AlertInfo:
+    return AlertInfo(
+        id=row[0],
+        org_id=row[1],
+        rule_id=row[2],
+        state=AlertState(row[3]),
+        severity=row[4],
+        metric=row[5],
+        value=_join(row[6], row[7], row[8]),
+        device_id=row[9],
+        source=row[10],
+        started_at=row[11],
+        acknowledged_at=row[12],
+        resolved_at=row[13],
+    )
+
+
+def _user(row: tuple[Any, ...] | None) -> User | None:
+    if row is None:
+        return None
+    return User(
+        id=row[0],
+        email=row[1],
+        org_id=row[2],
+        role=Role(row[3]),
+        password_hash=row[4],
+        created_at=row[5],
+    )
+
+
+class DuckCloudStore:
+    """The embedded CloudStore. `db` is shared: other areas add tables via db.migrate()."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.migrate("core", CORE_MIGRATIONS)
+
+    # availability hooks (a real outage: the connection is closed)
+    def make_unavailable(self) -> None:
+        self.db.make_unavailable()
+
+    def make_available(self) -> None:
+        self.db.make_available()
+
+    def close(self) -> None:
+        self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.run(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- tenants and users ----------------------------------------------------------------
+
+    async def ensure_org(self, name: str, now_ms: int) -> Org:
+        def go(c: duckdb.DuckDBPyConnection) -> Org:
+            row = c.execute("SELECT id, name FROM orgs WHERE name = ?", [name]).fetchone()
+            if row is None:
+                org_id = uuid.uuid4().hex
+                c.execute("INSERT INTO orgs VALUES (?, ?, ?)", [org_id, name, now_ms])
+                return Org(org_id, name)
+            return Org(row[0], row[1])
+
+        return await self.db.run(self.db.transaction(go))
+
+    async def create_user(
+        self, email: str, password_hash: str, role: Role, org_id: str, now_ms: int
+    ) -> User:
+        user = User(uuid.uuid4().hex, email.lower(), org_id, role, password_hash, now_ms)
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)",
+                [user.id, user.email, org_id, role.value, password_hash, now_ms],
+            )
+        )
+        return user
+
+    async def user_by_email(self, email: str) -> User | None:
+        return await self.db.run(
+            lambda c: _user(
+                c.execute(
+                    "SELECT id, email, org_id, role, password_hash, created_at FROM users"
+                    " WHERE email = ?",
+                    [email.lower()],
+                ).fetchone()
+            )
+        )
+
+    async def user_by_id(self, user_id: str) -> User | None:
+        return await self.db.run(
+            lambda c: _user(
+                c.execute(
+                    "SELECT id, email, org_id, role, password_hash, created_at FROM users"
+                    " WHERE id = ?",
+                    [user_id],
+                ).fetchone()
+            )
+        )
+
+    # -- refresh tokens -------------------------------------------------------------------
+
+    async def save_refresh_token(self, token: RefreshToken) -> None:
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                [token.token_hash, token.family_id, token.user_id, token.expires_at],
+            )
+        )
+
+    async def consume_refresh_token(
+        self, token_hash: str, now_ms: int
+    ) -> tuple[RefreshUse, RefreshToken | None]:
+        def go(c: duckdb.DuckDBPyConnection) -> tuple[RefreshUse, RefreshToken | None]:
+            row = c.execute(
+                "SELECT family_id, user_id, expires_at, used_at, revoked FROM refresh_tokens"
+                " WHERE token_hash = ?",
+                [token_hash],
+            ).fetchone()
+            if row is None:
+                return RefreshUse.UNKNOWN, None
+            token = RefreshToken(token_hash, row[0], row[1], row[2])
+            if row[3] is not None or row[4]:
+                # a rotated (or revoked) token came back: someone holds a copy. Kill the family.
+                c.execute(
+                    "UPDATE refresh_tokens SET revoked = true WHERE family_id = ?", [row[0]]
+                )
+                return RefreshUse.REUSED, token
+            if row[2] <= now_ms:
+                return RefreshUse.EXPIRED, token
+            c.execute(
+                "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", [now_ms, token_hash]
+            )
+            return RefreshUse.OK, token
+
+        return await self.db.run(self.db.transaction(go))
+
+    # -- gateways -------------------------------------------------------------------------
+
+    async def create_gateway(
+        self, org_id: str, name: str, token_hash: str, expires_at: int, now_ms: int
+    ) -> GatewayInfo:
+        gw = GatewayInfo(uuid.uuid4().hex, org_id, name, now_ms, None, None)
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO gateways (id, org_id, name, enrollment_token_hash,"
+                " enrollment_expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [gw.gateway_id, org_id, name, token_hash, expires_at, now_ms],
+            )
+        )
+        return gw
+
+    async def list_gateways(self, org_id: str) -> list[GatewayInfo]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT id, org_id, name, created_at, enrolled_at, last_seen FROM gateways"
+                " WHERE org_id = ? ORDER BY name",
+                [org_id],
+            ).fetchall()
+        )
+        return [GatewayInfo(*r) for r in rows]
+
+    # -- dashboard ------------------------------------------------------------------------
+
+    async def get_dashboard_config(self, org_id: str) -> dict[str, Any] | None:
+        row = await self.db.run(
+            lambda c: c.execute(
+                "SELECT config FROM dashboard_configs WHERE org_id = ?", [org_id]
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        config: dict[str, Any] = json.loads(row[0])
+        return config
+
+    async def put_dashboard_config(
+        self, org_id: str, config: Mapping[str, Any], now_ms: int
+    ) -> None:
+        text = json.dumps(dict(config))
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO dashboard_configs VALUES (?, ?, ?) ON CONFLICT (org_id)"
+                " DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+                [org_id, text, now_ms],
+            )
+        )
+
+    # -- devices and telemetry ------------------------------------------------------------
+
+    async def list_devices(self, org_id: str) -> list[DeviceInfo]:
+        return await self.db.run(lambda c: self._devices(c, org_id, None))
+
+    async def get_device(self, org_id: str, device_id: str) -> DeviceInfo | None:
+        found = await self.db.run(lambda c: self._devices(c, org_id, device_id))
+        return found[0] if found else None
+
+    @staticmethod
+    def _devices(
+        c: duckdb.DuckDBPyConnection, org_id: str, device_id: str | None
+    ) -> list[DeviceInfo]:
+        where, params = "d.org_id = ?", [org_id]
+        if device_id is not None:
+            where += " AND d.device_id = ?"
+            params.append(device_id)
+        rows = c.execute(
+            "SELECT d.device_id, d.gateway_id, d.type, d.last_seen, l.metric, l.value_num,"
+            " l.value_bool, l.value_str FROM devices d LEFT JOIN latest l"
+            " ON l.org_id = d.org_id AND l.device_id = d.device_id"
+            f" WHERE {where} ORDER BY d.device_id, l.metric",
+            params,
+        ).fetchall()
+        out: list[DeviceInfo] = []
+        for r in rows:
+            if not out or out[-1].device_id != r[0]:
+                out.append(DeviceInfo(r[0], r[1], r[2], r[3], {}))
+            if r[4] is not None:
+                latest = out[-1].latest
+                assert isinstance(latest, dict)
+                value = _join(r[5], r[6], r[7])
+                if value is not None:
+                    latest[r[4]] = value
+        return out
+
+    async def upsert_device(
+        self, org_id: str, device_id: str, gateway_id: str | None, device_type: str | None
+    ) -> None:
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO devices (org_id, device_id, gateway_id, type) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (org_id, device_id) DO UPDATE SET"
+                " gateway_id = coalesce(excluded.gateway_id, devices.gateway_id),"
+                " type = coalesce(excluded.type, devices.type)",
+                [org_id, device_id, gateway_id, device_type],
+            )
+        )
+
+    async def insert_readings(
+        self, org_id: str, gateway_id: str, readings: Sequence[Reading], now_ms: int
+    ) -> int:
+        if not readings:
+            return 0
+        cols: dict[str, list[Any]] = {name: [] for name in _BATCH_SCHEMA.names}
+        for r in readings:
+            num, flag, text = _split(r.value)
+            cols["device_id"].append(r.device_id)
+            cols["metric"].append(r.metric)
+            cols["ts"].append(r.ts)
+            cols["value_num"].append(num)
+            cols["value_bool"].append(flag)
+            cols["value_str"].append(text)
+            cols["gateway_received_at"].append(r.received_at)
+        batch = pa.table(cols, schema=_BATCH_SCHEMA)
+        lo, hi = min(cols["ts"]), max(cols["ts"])
+
+        def go(c: duckdb.DuckDBPyConnection) -> int:
+            c.register("incoming_batch", batch)
+            try:
+                return self._insert_batch(c, org_id, gateway_id, lo, hi, now_ms)
+            finally:
+                c.unregister("incoming_batch")
+
+        return await self.db.run(self.db.transaction(go))
+
+    @staticmethod
+    def _insert_batch(
+        c: duckdb.DuckDBPyConnection, org_id: str, gateway_id: str, lo: int, hi: int, now: int
+    ) -> int:
+        # the first copy wins inside a batch, the stored copy wins across batches
+        c.execute(
+            "CREATE OR REPLACE TEMP TABLE new_readings AS"
+            " SELECT * FROM (SELECT DISTINCT ON (device_id, metric, ts) * FROM incoming_batch) b"
+            " WHERE NOT EXISTS (SELECT 1 FROM readings r WHERE r.org_id = ?"
+            " AND r.ts BETWEEN ? AND ? AND r.device_id = b.device_id"
+            " AND r.metric = b.metric AND r.ts = b.ts)",
+            [org_id, lo, hi],
+        )
+        row = c.execute("SELECT count(*) FROM new_readings").fetchone()
+        inserted = int(row[0]) if row else 0
+        if inserted == 0:
+            return 0
+        c.execute(
+            "INSERT INTO readings SELECT ?, ?, device_id, metric, ts, value_num, value_bool,"
+            " value_str, gateway_received_at, ? FROM new_readings ORDER BY ts",
+            [org_id, gateway_id, now],
+        )
+        c.execute(
+            "INSERT INTO devices (org_id, device_id, gateway_id, last_seen)"
+            " SELECT ?, device_id, ?, max(coalesce(gateway_received_at, ts)) FROM new_readings"
+            " GROUP BY device_id ON CONFLICT (org_id, device_id) DO UPDATE SET"
+            " gateway_id = excluded.gateway_id,"
+            " last_seen = greatest(coalesce(devices.last_seen, 0), excluded.last_seen)",
+            [org_id, gateway_id],
+        )
+        c.execute(
+            "INSERT INTO latest SELECT ?, device_id, metric, max(ts),"
+            " arg_max(value_num, ts), arg_max(value_bool, ts), arg_max(value_str, ts)"
+            " FROM new_readings GROUP BY device_id, metric"
+            " ON CONFLICT (org_id, device_id, metric) DO UPDATE SET ts = excluded.ts,"
+            " value_num = excluded.value_num, value_bool = excluded.value_bool,"
+            " value_str = excluded.value_str WHERE excluded.ts >= latest.ts",
+            [org_id],
+        )
+        c.execute("DROP TABLE new_readings")
+        return inserted
+
+    async def telemetry_points(
+        self, org_id: str, device_id: str, metric: str, from_ms: int, to_ms: int, limit: int
+    ) -> list[Point]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT ts, value_num, value_bool, value_str FROM readings"
+                " WHERE org_id = ? AND ts >= ? AND ts < ? AND device_id = ? AND metric = ?"
+                " ORDER BY ts LIMIT ?",
+                [org_id, from_ms, to_ms, device_id, metric, limit],
+            ).fetchall()
+        )
+        points = []
+        for ts, num, flag, text in rows:
+            value = _join(num, flag, text)
+            if value is not None:
+                points.append(Point(ts, value))
+        return points
+
+    async def telemetry_buckets(
+        self, org_id: str, device_id: str, metric: str, from_ms: int, to_ms: int, bucket_ms: int
+    ) -> list[Bucket]:
+        # integer division on ms keeps buckets aligned to the epoch, like time_bucket does
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT (ts // $b) * $b AS bucket, min(v), max(v), avg(v), count(*) FROM ("
+                " SELECT ts, coalesce(value_num, CAST(value_bool AS DOUBLE)) AS v FROM readings"
+                " WHERE org_id = $org AND ts >= $lo AND ts < $hi AND device_id = $dev"
+                " AND metric = $metric) GROUP BY bucket ORDER BY bucket",
+                {
+                    "b": bucket_ms,
+                    "org": org_id,
+                    "lo": from_ms,
+                    "hi": to_ms,
+                    "dev": device_id,
+                    "metric": metric,
+                },
+            ).fetchall()
+        )
+        return [Bucket(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    async def create_alert(self, org_id: str, alert: NewAlert) -> AlertInfo:
+        alert_id = uuid.uuid4().hex
+        num, flag, text = _split(alert.value)
+        await self.db.run(
+            lambda c: c.execute(
+                f"INSERT INTO alerts ({_ALERT_COLS}, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
+                [
+                    alert_id,
+                    org_id,
+                    alert.rule_id,
+                    AlertState.ACTIVE.value,
+                    alert.severity,
+                    alert.metric,
+                    num,
+                    flag,
+                    text,
+                    alert.device_id,
+                    alert.source,
+                    alert.started_at,
+                    alert.started_at,
+                ],
+            )
+        )
+        found = await self.get_alert(org_id, alert_id)
+        assert found is not None
+        return found
+
+    async def list_alerts(
+        self, org_id: str, states: frozenset[AlertState] | None = None
+    ) -> list[AlertInfo]:
+        where, params = "org_id = ?", [org_id]
+        if states is not None:
+            wanted = sorted(s.value for s in states)
+            where += f" AND state IN ({', '.join('?' for _ in wanted)})"
+            params.extend(wanted)
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {_ALERT_COLS} FROM alerts WHERE {where} ORDER BY started_at DESC, id",
+                params,
+            ).fetchall()
+        )
+        return [_alert(r) for r in rows]
+
+    async def get_alert(self, org_id: str, alert_id: str) -> AlertInfo | None:
+        row = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {_ALERT_COLS} FROM alerts WHERE org_id = ? AND id = ?",
+                [org_id, alert_id],
+            ).fetchone()
+        )
+        return _alert(row) if row else None
+
+    async def set_alert_state(
+        self, org_id: str, alert_id: str, state: AlertState, now_ms: int
+    ) -> AlertInfo | None:
+        column = {
+            AlertState.ACKNOWLEDGED: "acknowledged_at",
+            AlertState.RESOLVED: "resolved_at",
+        }.get(state)
+        stamp = f", {column} = $now" if column else ""
+        await self.db.run(
+            lambda c: c.execute(
+                f"UPDATE alerts SET state = $state, updated_at = $now{stamp}"
+                " WHERE org_id = $org AND id = $id",
+                {"state": state.value, "now": now_ms, "org": org_id, "id": alert_id},
+            )
+        )
+        return await self.get_alert(org_id, alert_id)
