@@ -59,6 +59,7 @@ TARGET_CEILING_SHARE = 0.60
 FULL_SPEED_TOTAL_RATE = 100_000.0  # offered msgs/s in A and B: far above what one host sends
 SAMPLE_EVERY_S = 0.25  # RSS sampling and subscriber progress period
 LAG_SAMPLE_EVERY_S = 2.0  # ingest_lag covers the last 20k commits: ~2 s at 10k/s
+SIM_GRACE_S = 120.0  # sims outlive their phase by at most this if the bench stalls
 
 
 class BenchError(Exception):
@@ -367,6 +368,7 @@ class GatewayStatus:
     def __init__(self, data_dir: Path) -> None:
         self._data_dir = data_dir
         self._client: httpx.Client | None = None
+        self.last_delay = 0.0  # seconds the last answer took
 
     def _connect(self) -> httpx.Client | None:
         if self._client is None:
@@ -376,7 +378,7 @@ class GatewayStatus:
             self._client = httpx.Client(
                 base_url=url,
                 headers={"Authorization": f"Bearer {admin_secret(self._data_dir)}"},
-                timeout=30.0,
+                timeout=120.0,
             )
         return self._client
 
@@ -385,6 +387,10 @@ class GatewayStatus:
         client = self._connect()
         if client is None:
             return None
+        # The status query queues behind the readings in the store's mailbox: under load the
+        # answer can take seconds. Its counts are read when the store gets to it, i.e. just
+        # before the answer, so the answer's arrival time is the time of the figures.
+        asked = time.monotonic()
         try:
             resp = client.get("/admin/status")
         except httpx.HTTPError:
@@ -392,7 +398,9 @@ class GatewayStatus:
         if resp.status_code != 200:
             return None
         doc: dict[str, Any] = resp.json()
-        return time.monotonic(), doc
+        answered = time.monotonic()
+        self.last_delay = answered - asked
+        return answered, doc
 
     def close(self) -> None:
         if self._client is not None:
@@ -486,7 +494,9 @@ def _start_sims(
             "--port", str(port),
             "--rate", str(per_device),
             "--metrics", str(metrics),
-            "--seconds", str(s.seconds),
+            # A safety stop only: the phase stops them (SIGTERM) once measured, so a slow
+            # status answer at the end of the window still sees the gateway under load.
+            "--seconds", str(s.seconds + SIM_GRACE_S),
             "--seed", str(w),
         )  # fmt: skip
         sims.append(procs.start(f"{tag}-sim{w}", argv, pipe=True))
@@ -495,12 +505,12 @@ def _start_sims(
 
 
 def _sim_totals(sims: list[Child]) -> dict[str, Any]:
-    """Wait for every sim worker's final stats and add them up."""
+    """Stop every sim worker (they drain in-flight messages) and add up their stats."""
     for sim in sims:
-        try:
-            sim.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            sim.stop()
+        if sim.alive():
+            sim.proc.send_signal(signal.SIGTERM)
+    for sim in sims:
+        sim.stop()
     totals: dict[str, Any] = {}
     for sim in sims:
         line = sim.last("sent")
@@ -638,18 +648,21 @@ def _gateway_run(
         dt = tb - ta
         stored = sb["readings_stored"] - sa["readings_stored"]
         ingress_a, ingress_b = sa.get("ingress") or {}, sb.get("ingress") or {}
-        received = ingress_b.get("received", 0) - ingress_a.get("received", 0)
+        # acked = committed messages; "received" also counts what waits in the mailbox
+        acked = ingress_b.get("acked", 0) - ingress_a.get("acked", 0)
         p99s = [x["p99_ms"] for x in lag_samples if x.get("p99_ms") is not None]
         return {
             "readings_per_s": round(stored / dt),
-            "msgs_per_s": round(received / dt),
+            "msgs_per_s": round(acked / dt),
             "readings_per_message": metrics,
-            "readings_per_message_measured": round(stored / received, 3) if received else None,
+            "readings_per_message_measured": round(stored / acked, 3) if acked else None,
             "window_s": round(dt, 2),
             "ingest_lag_at_end": sb["ingest_lag"],
             "ingest_lag_p99_worst_ms": max(p99s) if p99s else None,
-            # What the sims had PUBACKed by the broker but the gateway had not received yet.
-            "broker_backlog_at_end": (sim_stats.get("acked", 0) - ingress_b.get("received", 0)),
+            # About what the broker had PUBACKed to the sims but not yet delivered to the
+            # gateway (the sims' total includes the last moments before they stopped).
+            "broker_backlog_at_end": sim_stats.get("acked", 0) - ingress_b.get("received", 0),
+            "status_answer_s": round(status.last_delay, 2),
             "store_mailbox_at_end": sb.get("store_mailbox"),
             "cpu": _cpu_report(cpu_a, cpu_b),
             "peak_rss_mb": {k: _mb(v) for k, v in watch.peak_rss.items()},
@@ -729,6 +742,7 @@ def _print_phase(title: str, r: dict[str, Any]) -> None:
         )
         print(f"  {'worst p99 during window':32} {r['ingest_lag_p99_worst_ms']} ms")
         print(f"  {'broker backlog at end (msgs)':32} {r['broker_backlog_at_end']}")
+        print(f"  {'last status answer took':32} {r['status_answer_s']} s")
     cpu = r["cpu"]
     procs = ", ".join(f"{k} {v}%" for k, v in cpu["process_percent"].items())
     print(f"  {'CPU (100% = one core)':32} {procs}")

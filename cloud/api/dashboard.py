@@ -1,0 +1,41 @@
+"""GET /api/dashboard (the seed's flow) and the per-org dashboard configuration."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+
+from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
+from cloud.api.schemas import DashboardOut
+from cloud.dashboard import assemble, default_config
+from cloud.problems import HttpProblem
+from common.problem import Problem
+
+router = APIRouter(prefix="/api/dashboard", tags=["dashboard"])
+
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+@router.get("", response_model=DashboardOut, responses=problems(*AUTHED))
+async def dashboard(principal: Viewer, services: ServicesDep) -> dict[str, Any]:
+    return await assemble(services, principal.org_id)
+
+
+@router.get("/config", response_model=dict[str, Any], responses=problems(*AUTHED))
+async def get_config(principal: Viewer, services: ServicesDep) -> dict[str, Any]:
+    config = await services.store.get_dashboard_config(principal.org_id)
+    return config if config is not None else default_config(services.settings.online_threshold_s)
+
+
+@router.put("/config", response_model=dict[str, Any], responses=problems(*AUTHED, 403, 413, 422))
+async def put_config(
+    principal: Operator, services: ServicesDep, config: Annotated[dict[str, Any], Body()]
+) -> dict[str, Any]:
+    if len(json.dumps(config)) > MAX_CONFIG_BYTES:
+        raise HttpProblem(
+            Problem("too-large", "Payload too large", 413, "dashboard config over 64 KiB")
+        )
+    await services.store.put_dashboard_config(principal.org_id, config, services.clock.now_ms())
+    return config

@@ -1,0 +1,102 @@
+"""Devices, telemetry (raw or bucketed) and gateways, all scoped to the caller's org."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from cloud.api.deps import AUTHED, ServicesDep, Viewer, problems
+from cloud.api.schemas import DeviceOut, GatewayOut, TelemetryOut
+from cloud.problems import not_found
+from cloud.views import (
+    MAX_BUCKETS,
+    BadQuery,
+    bucket_view,
+    device_view,
+    parse_bucket,
+    point_view,
+    time_range,
+)
+from common.model import FieldError
+from common.problem import Problem, ProblemError
+
+router = APIRouter(prefix="/api", tags=["devices"])
+
+DeviceId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+def _bad(exc: BadQuery) -> ProblemError:
+    return ProblemError(
+        Problem(
+            "invalid-request",
+            "Invalid request",
+            422,
+            str(exc),
+            errors=(FieldError(f"/query/{exc.param}", str(exc)),),
+        )
+    )
+
+
+@router.get("/devices", response_model=list[DeviceOut], responses=problems(*AUTHED))
+async def list_devices(principal: Viewer, services: ServicesDep) -> list[dict[str, Any]]:
+    now, threshold = services.clock.now_ms(), services.settings.online_threshold_s
+    devices = await services.store.list_devices(principal.org_id)
+    return [device_view(d, now, threshold) for d in devices]
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut, responses=problems(*AUTHED, 404))
+async def get_device(
+    device_id: DeviceId, principal: Viewer, services: ServicesDep
+) -> dict[str, Any]:
+    info = await services.store.get_device(principal.org_id, device_id)
+    if info is None:  # also for other orgs' devices: no existence leak
+        raise not_found(f"no device {device_id!r}")
+    return device_view(info, services.clock.now_ms(), services.settings.online_threshold_s)
+
+
+@router.get(
+    "/devices/{device_id}/telemetry",
+    response_model=TelemetryOut,
+    responses=problems(*AUTHED, 404, 422),
+)
+async def telemetry(
+    device_id: DeviceId,
+    principal: Viewer,
+    services: ServicesDep,
+    metric: Annotated[str, Query(min_length=1, max_length=64)],
+    from_ms: Annotated[
+        int | None, Query(alias="from", ge=0, le=2**62, description="ms since the epoch")
+    ] = None,
+    to_ms: Annotated[
+        int | None, Query(alias="to", ge=0, le=2**62, description="ms, exclusive")
+    ] = None,
+    bucket: Annotated[
+        str | None, Query(max_length=16, description="e.g. 300, 30s, 5m, 1h, 1d")
+    ] = None,
+) -> dict[str, Any]:
+    try:
+        lo, hi = time_range(services.clock.now_ms(), from_ms, to_ms)
+        bucket_ms = parse_bucket(bucket) if bucket is not None else None
+        if bucket_ms is not None and (hi - lo) // bucket_ms > MAX_BUCKETS:
+            raise BadQuery("bucket", f"more than {MAX_BUCKETS} buckets: widen the bucket")
+    except BadQuery as exc:
+        raise _bad(exc) from exc
+    store, org = services.store, principal.org_id
+    if await store.get_device(org, device_id) is None:
+        raise not_found(f"no device {device_id!r}")
+    points: list[dict[str, Any]]
+    if bucket_ms is None:
+        raw = await store.telemetry_points(
+            org, device_id, metric, lo, hi, services.settings.max_points
+        )
+        points = [point_view(p) for p in raw]
+    else:
+        buckets = await store.telemetry_buckets(org, device_id, metric, lo, hi, bucket_ms)
+        points = [bucket_view(b) for b in buckets]
+    return {"device_id": device_id, "metric": metric, "bucket_ms": bucket_ms, "points": points}
+
+
+@router.get("/gateways", response_model=list[GatewayOut], responses=problems(*AUTHED))
+async def list_gateways(principal: Viewer, services: ServicesDep) -> list[dict[str, Any]]:
+    return [g.to_dict() for g in await services.store.list_gateways(principal.org_id)]

@@ -1,0 +1,92 @@
+"""create_app: the cloud's ASGI application, built from already-constructed Services.
+
+Areas plug in as routers: create_app(services, extra_routers=[notify_router, ...]). Their
+problem responses are documented like ours (document_problems), their requests are counted
+and logged by the same access middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloud.api import alerts, auth, dashboard, devices, ops
+from cloud.problems import document_problems, install
+from cloud.services import ApiMetrics, Services
+
+access_log = logging.getLogger("iotsphere.cloud.access")
+
+
+class AccessMiddleware:
+    """Counts and times every request by route template (bounded label set), logs one line."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app dies before answering
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            self.metrics.requests.inc(scope["method"], template, str(status))
+            self.metrics.latency.observe(elapsed, template)
+            client = scope.get("client")
+            access_log.info(
+                "request method=%s path=%s route=%s status=%d duration_ms=%.1f client=%s",
+                scope["method"],
+                scope["path"],
+                template,
+                status,
+                elapsed * 1000,
+                client[0] if client else "-",
+            )
+
+
+def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
+    app = FastAPI(
+        title="IoTSphere cloud aggregator",
+        version="0.1.0",
+        description="Dashboards, devices, telemetry and alerts of an IoTSphere organization.",
+    )
+    app.state.services = services
+    install(app, retry_after_s=services.settings.retry_after_s)
+    for router in (auth.router, dashboard.router, devices.router, alerts.router, ops.router):
+        app.include_router(router)
+    for router in extra_routers:
+        app.include_router(router)
+    app.add_middleware(AccessMiddleware, metrics=services.metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            app.openapi_schema = document_problems(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,205 @@
+"""Users' credentials: argon2id passwords, JWT access tokens (RFC 8725), refresh tokens and
+failed-login throttling. No I/O here beyond the signing-secret file; time is injected.
+
+RFC 8725 choices: the algorithm is pinned (HS256 with a 256-bit secret from the data dir; the
+token's own `alg` header is never trusted, so alg=none and algorithm confusion fail), the
+header `typ` is explicit (`at+jwt`, RFC 9068) so other JWTs cannot be replayed as access tokens,
+and `exp`, `iat`, `iss`, `aud`, `sub` are required and checked. Expiry is checked against the
+injected clock, not PyJWT's wall clock, so tests can move time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from cloud.settings import LoginLimits
+from cloud.store import Role
+from common.clock import Clock
+
+ALGORITHM = "HS256"
+TOKEN_TYPE = "at+jwt"
+
+
+class AuthError(Exception):
+    """A credential was refused (becomes 401 with WWW-Authenticate: Bearer)."""
+
+
+# -- passwords --------------------------------------------------------------------------------
+
+_hasher = PasswordHasher()  # argon2id with the library's RFC 9106 "low memory" defaults
+# verified against when the e-mail is unknown, so both paths cost the same (no enumeration)
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# -- secrets and opaque tokens ----------------------------------------------------------------
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The JWT signing key: 32 random bytes, created once with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = bytes.fromhex(path.read_text().strip())
+        if len(key) < 32:
+            raise ValueError(f"{path}: signing key shorter than 256 bits") from None
+        return key
+    key = secrets.token_bytes(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    return key
+
+
+def new_opaque_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What the store keeps of a refresh/enrollment token (high-entropy: no salt needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- access tokens ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: every query is scoped by org_id."""
+
+    user_id: str
+    org_id: str
+    role: Role
+
+    def may(self, needed: Role) -> bool:
+        return self.role.rank >= needed.rank
+
+
+class TokenService:
+    def __init__(
+        self, key: bytes, clock: Clock, *, issuer: str, audience: str, ttl_s: int
+    ) -> None:
+        self._key = key
+        self._clock = clock
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_s = ttl_s
+
+    def issue(self, principal: Principal) -> str:
+        now = self._clock.now_ms() // 1000
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": principal.user_id,
+            "org": principal.org_id,
+            "role": principal.role.value,
+            "iat": now,
+            "exp": now + self.ttl_s,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("typ") != TOKEN_TYPE:
+                raise AuthError("not an access token")
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],  # pinned: never taken from the token
+                audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "require": ["exp", "iat", "iss", "aud", "sub"],
+                    "verify_exp": False,  # checked below against the injected clock
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {exc}") from exc
+        now = self._clock.now_ms() / 1000
+        exp, iat = claims["exp"], claims["iat"]
+        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+            raise AuthError("invalid token: exp/iat not numeric")
+        if now >= exp:
+            raise AuthError("token expired")
+        try:
+            return Principal(str(claims["sub"]), str(claims["org"]), Role(claims["role"]))
+        except (KeyError, ValueError) as exc:
+            raise AuthError("invalid token: bad org/role claims") from exc
+
+
+# -- failed-login throttling ------------------------------------------------------------------
+
+
+class LoginLimiter:
+    """Sliding-window count of failed logins per key ("user:<email>", "addr:<ip>").
+
+    Bounded: keys whose failures all left the window are dropped when the table grows, so a
+    spray of random e-mails cannot grow memory without limit.
+    """
+
+    MAX_KEYS = 100_000
+
+    def __init__(self, limits: LoginLimits, clock: Clock) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _window(self, key: str) -> deque[float]:
+        now = self._clock.monotonic()
+        q = self._failures.get(key)
+        if q is None:
+            return deque()
+        while q and q[0] <= now - self._limits.window_s:
+            q.popleft()
+        return q
+
+    def retry_after(self, *keys: str) -> float | None:
+        """Seconds until one more attempt is allowed, or None when allowed now."""
+        waits = []
+        for key in keys:
+            q = self._window(key)
+            if len(q) >= self._limits.max_failures:
+                oldest_relevant = q[len(q) - self._limits.max_failures]
+                waits.append(oldest_relevant + self._limits.window_s - self._clock.monotonic())
+        return max(waits) if waits else None
+
+    def record_failure(self, *keys: str) -> None:
+        now = self._clock.monotonic()
+        if len(self._failures) >= self.MAX_KEYS:
+            self._prune()
+        for key in keys:
+            self._failures.setdefault(key, deque()).append(now)
+
+    def reset(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def _prune(self) -> None:
+        for key in list(self._failures):
+            if not self._window(key):
+                del self._failures[key]
+        while len(self._failures) >= self.MAX_KEYS:  # still full: forget the oldest keys
+            del self._failures[next(iter(self._failures))]

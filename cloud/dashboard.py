@@ -1,0 +1,55 @@
+"""The seed's 'Monitoring Service' side of the dashboard flow.
+
+config -> device status -> active alerts -> assembled JSON. Each query is tried up to
+settings.store_attempts times (each failure logged); if one still fails, StoreUnavailable
+propagates and the API answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from cloud.retry import with_store_retries
+from cloud.services import Services
+from cloud.views import device_view
+from common.alerts import OPEN_STATES
+
+T = TypeVar("T")
+
+
+def default_config(online_threshold_s: float) -> dict[str, Any]:
+    """What an org sees before anyone saved a layout."""
+    return {
+        "title": "IoTSphere",
+        "refresh_seconds": 30,
+        "online_threshold_s": online_threshold_s,
+        "widgets": [
+            {"type": "device_table"},
+            {"type": "active_alerts"},
+            {"type": "telemetry_chart", "range": "24h", "bucket": "5m"},
+        ],
+    }
+
+
+async def assemble(services: Services, org_id: str) -> dict[str, Any]:
+    settings, store = services.settings, services.store
+
+    def retried(what: str, op: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        return with_store_retries(
+            what,
+            op,
+            attempts=settings.store_attempts,
+            backoff_s=settings.store_backoff_s,
+            sleep=services.sleep,
+        )
+
+    config = await retried("dashboard configuration", lambda: store.get_dashboard_config(org_id))
+    devices = await retried("device status", lambda: store.list_devices(org_id))
+    alerts = await retried("active alerts", lambda: store.list_alerts(org_id, OPEN_STATES))
+    now = services.clock.now_ms()
+    return {
+        "config": config if config is not None else default_config(settings.online_threshold_s),
+        "devices": [device_view(d, now, settings.online_threshold_s) for d in devices],
+        "alerts": [a.to_dict() for a in alerts],
+    }

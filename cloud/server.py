@@ -1,0 +1,84 @@
+"""`iotsphere cloud serve`: uvicorn, one worker, in this process; exits 0 on SIGINT/SIGTERM.
+
+uvicorn re-raises a captured signal after its graceful shutdown (so a plain `server.run()`
+would end with KeyboardInterrupt / death by SIGTERM); we catch the signals ourselves, let
+uvicorn drain in-flight requests, close the store and return normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator, Iterable
+
+import uvicorn
+from fastapi import APIRouter
+
+from cloud.app import create_app
+from cloud.services import Services, build_services, open_duckdb_store
+from cloud.settings import CloudSettings
+
+log = logging.getLogger("iotsphere.cloud")
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn.Server whose signal handling ends serve() without re-raising the signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        except (RuntimeError, NotImplementedError, ValueError):  # not the main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("received %s: shutting down", signal.Signals(sig).name)
+        if self.should_exit:  # a second signal: stop waiting for in-flight requests
+            self.force_exit = True
+        self.should_exit = True
+
+
+def uvicorn_server(
+    services: Services, host: str, port: int, extra: Iterable[APIRouter] = ()
+) -> GracefulServer:
+    config = uvicorn.Config(
+        create_app(services, extra),
+        host=host,
+        port=port,
+        workers=1,
+        log_config=None,  # our logging setup (stderr, common format) stays in charge
+        access_log=False,  # AccessMiddleware logs one structured line per request
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+    )
+    return GracefulServer(config)
+
+
+def serve(settings: CloudSettings) -> None:
+    """Run until SIGINT/SIGTERM. Raises StoreError / OSError on start-up failures."""
+    store = open_duckdb_store(settings)
+    try:
+        services = build_services(settings, store)
+        server = uvicorn_server(services, settings.bind, settings.port)
+        log.info(
+            "cloud ready on http://%s:%d (data dir %s)",
+            settings.bind,
+            settings.port,
+            settings.data_dir,
+        )
+        server.run()
+        if not server.started:
+            raise OSError(f"could not listen on {settings.bind}:{settings.port}")
+    finally:
+        store.close()
+    log.info("cloud stopped")
