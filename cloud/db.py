@@ -16,13 +16,19 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 
 log = logging.getLogger("iotsphere.cloud.db")
 
 T = TypeVar("T")
+
+
+def first(rows: list[Any]) -> Any:
+    """The first row or None. (Fetch whole results: DuckDB refuses new work on a connection
+    whose last result was only partly fetched, e.g. by fetchone().)"""
+    return rows[0] if rows else None
 
 
 class StoreError(Exception):
@@ -65,9 +71,11 @@ class Database:
         """Apply the not-yet-applied migrations of one component; returns its new version."""
 
         def go(conn: duckdb.DuckDBPyConnection) -> int:
-            row = conn.execute(
-                "SELECT version FROM schema_versions WHERE component = ?", [component]
-            ).fetchone()
+            row = first(
+                conn.execute(
+                    "SELECT version FROM schema_versions WHERE component = ?", [component]
+                ).fetchall()
+            )
             current = int(row[0]) if row else 0
             for m in sorted(migrations, key=lambda m: m.version):
                 if m.version <= current:
@@ -84,7 +92,7 @@ class Database:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
-                log.info("migrated %s to schema version %d", component, m.version)
+                log.debug("migrated %s to schema version %d", component, m.version)
                 current = m.version
             return current
 

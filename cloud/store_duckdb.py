@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from cloud.db import Database, Migration
+from cloud.db import Database, Migration, first
 from cloud.store import (
     AlertInfo,
     Bucket,
@@ -162,13 +162,13 @@ class DuckCloudStore:
         self.db.close()
 
     async def ping(self) -> None:
-        await self.db.run(lambda c: c.execute("SELECT 1").fetchone())
+        await self.db.run(lambda c: c.execute("SELECT 1").fetchall())
 
     # -- tenants and users ----------------------------------------------------------------
 
     async def ensure_org(self, name: str, now_ms: int) -> Org:
         def go(c: duckdb.DuckDBPyConnection) -> Org:
-            row = c.execute("SELECT id, name FROM orgs WHERE name = ?", [name]).fetchone()
+            row = first(c.execute("SELECT id, name FROM orgs WHERE name = ?", [name]).fetchall())
             if row is None:
                 org_id = uuid.uuid4().hex
                 c.execute("INSERT INTO orgs VALUES (?, ?, ?)", [org_id, name, now_ms])
@@ -192,22 +192,26 @@ class DuckCloudStore:
     async def user_by_email(self, email: str) -> User | None:
         return await self.db.run(
             lambda c: _user(
-                c.execute(
-                    "SELECT id, email, org_id, role, password_hash, created_at FROM users"
-                    " WHERE email = ?",
-                    [email.lower()],
-                ).fetchone()
+                first(
+                    c.execute(
+                        "SELECT id, email, org_id, role, password_hash, created_at FROM users"
+                        " WHERE email = ?",
+                        [email.lower()],
+                    ).fetchall()
+                )
             )
         )
 
     async def user_by_id(self, user_id: str) -> User | None:
         return await self.db.run(
             lambda c: _user(
-                c.execute(
-                    "SELECT id, email, org_id, role, password_hash, created_at FROM users"
-                    " WHERE id = ?",
-                    [user_id],
-                ).fetchone()
+                first(
+                    c.execute(
+                        "SELECT id, email, org_id, role, password_hash, created_at FROM users"
+                        " WHERE id = ?",
+                        [user_id],
+                    ).fetchall()
+                )
             )
         )
 
@@ -226,19 +230,19 @@ class DuckCloudStore:
         self, token_hash: str, now_ms: int
     ) -> tuple[RefreshUse, RefreshToken | None]:
         def go(c: duckdb.DuckDBPyConnection) -> tuple[RefreshUse, RefreshToken | None]:
-            row = c.execute(
-                "SELECT family_id, user_id, expires_at, used_at, revoked FROM refresh_tokens"
-                " WHERE token_hash = ?",
-                [token_hash],
-            ).fetchone()
+            row = first(
+                c.execute(
+                    "SELECT family_id, user_id, expires_at, used_at, revoked FROM refresh_tokens"
+                    " WHERE token_hash = ?",
+                    [token_hash],
+                ).fetchall()
+            )
             if row is None:
                 return RefreshUse.UNKNOWN, None
             token = RefreshToken(token_hash, row[0], row[1], row[2])
             if row[3] is not None or row[4]:
                 # a rotated (or revoked) token came back: someone holds a copy. Kill the family.
-                c.execute(
-                    "UPDATE refresh_tokens SET revoked = true WHERE family_id = ?", [row[0]]
-                )
+                c.execute("UPDATE refresh_tokens SET revoked = true WHERE family_id = ?", [row[0]])
                 return RefreshUse.REUSED, token
             if row[2] <= now_ms:
                 return RefreshUse.EXPIRED, token
@@ -277,10 +281,12 @@ class DuckCloudStore:
     # -- dashboard ------------------------------------------------------------------------
 
     async def get_dashboard_config(self, org_id: str) -> dict[str, Any] | None:
-        row = await self.db.run(
-            lambda c: c.execute(
-                "SELECT config FROM dashboard_configs WHERE org_id = ?", [org_id]
-            ).fetchone()
+        row = first(
+            await self.db.run(
+                lambda c: c.execute(
+                    "SELECT config FROM dashboard_configs WHERE org_id = ?", [org_id]
+                ).fetchall()
+            )
         )
         if row is None:
             return None
@@ -388,7 +394,7 @@ class DuckCloudStore:
             " AND r.metric = b.metric AND r.ts = b.ts)",
             [org_id, lo, hi],
         )
-        row = c.execute("SELECT count(*) FROM new_readings").fetchone()
+        row = first(c.execute("SELECT count(*) FROM new_readings").fetchall())
         inserted = int(row[0]) if row else 0
         if inserted == 0:
             return 0
@@ -504,11 +510,13 @@ class DuckCloudStore:
         return [_alert(r) for r in rows]
 
     async def get_alert(self, org_id: str, alert_id: str) -> AlertInfo | None:
-        row = await self.db.run(
-            lambda c: c.execute(
-                f"SELECT {_ALERT_COLS} FROM alerts WHERE org_id = ? AND id = ?",
-                [org_id, alert_id],
-            ).fetchone()
+        row = first(
+            await self.db.run(
+                lambda c: c.execute(
+                    f"SELECT {_ALERT_COLS} FROM alerts WHERE org_id = ? AND id = ?",
+                    [org_id, alert_id],
+                ).fetchall()
+            )
         )
         return _alert(row) if row else None
 

@@ -239,6 +239,10 @@ class ManagedMosquitto:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
     def prepare(self, devices: Iterable[Mapping[str, Any]], creds: BrokerCredentials) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         stop_stale_broker(self.dir)

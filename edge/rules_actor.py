@@ -19,7 +19,7 @@ from common.clock import Clock
 from common.model import Reading
 from common.rules import EngineState, Observation, Rule, RuleEngine, Transition, parse_rule
 from edge.store import AlertRow, GatewayStore
-from edge.store_actor import Committed, SaveAlerts, StoreMsg, call
+from edge.store_actor import Committed, LiveStats, SaveAlerts, StoreMsg, call
 
 log = logging.getLogger("iotsphere.rules")
 ENGINE_STATE_KEY = "rules.engine_state"
@@ -81,6 +81,7 @@ class RulesActor(Actor[RulesMsg]):
         clock: Clock,
         device_type_of: Callable[[str], str | None],
         tick_s: float,
+        stats: LiveStats | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -88,6 +89,7 @@ class RulesActor(Actor[RulesMsg]):
         self._tick_s = tick_s
         self._engine = RuleEngine([])
         self._open: dict[tuple[str, str], AlertRow] = {}  # (rule, subject) -> open alert
+        self._stats = stats
         self._cursor = 0  # highest reading seq evaluated
         self._saved_cursor = 0
 
@@ -130,6 +132,11 @@ class RulesActor(Actor[RulesMsg]):
         types = self._device_type_of
         obs = [Observation.from_reading(r, types(r.device_id)) for r in readings]
         await self._apply(self._engine.observe(obs, self._clock.now_ms()))
+
+    async def _persist(self, alerts: list[AlertRow], kv: dict[str, str] | None = None) -> None:
+        if self._stats is not None:
+            self._stats.active_alerts = len(self._open)
+        await self._store.send(SaveAlerts(alerts, kv or {}))
 
     async def _save_state(self) -> None:
         await self._store.send(SaveAlerts([], self._state_kv()))
@@ -175,7 +182,7 @@ class RulesActor(Actor[RulesMsg]):
         )
         self._open[(SECURITY_RULE, key)] = alert
         log.warning("security alert: %s locked out", key)
-        await self._store.send(SaveAlerts([alert]))
+        await self._persist([alert])
 
     async def _expire_security(self, now: int) -> None:
         expired = []
@@ -191,7 +198,7 @@ class RulesActor(Actor[RulesMsg]):
                     )
                 )
         if expired:
-            await self._store.send(SaveAlerts(expired))
+            await self._persist(expired)
 
     async def _apply(self, transitions: list[Transition]) -> None:
         if not transitions:
@@ -225,7 +232,7 @@ class RulesActor(Actor[RulesMsg]):
                 )
                 log.info("alert resolved: rule %s on %s", t.rule_id, t.subject)
             changed.append(alert)
-        await self._store.send(SaveAlerts(changed, self._state_kv()))
+        await self._persist(changed, self._state_kv())
 
     async def _change(self, alert_id: str, event: AlertEvent, now: int) -> dict[str, object]:
         for key, alert in self._open.items():
@@ -241,6 +248,6 @@ class RulesActor(Actor[RulesMsg]):
                     del self._open[key]
                 else:
                     self._open[key] = updated
-                await self._store.send(SaveAlerts([updated]))
+                await self._persist([updated])
                 return updated.to_dict()
         raise KeyError(f"no open alert {alert_id!r}")

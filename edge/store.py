@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,18 @@ class Batch:
     alerts: list[AlertRow] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     kv: dict[str, str] = field(default_factory=dict)
+    last_seen: dict[str, int] = field(default_factory=dict)  # device id -> ms
+
+    def is_empty(self) -> bool:
+        return not (
+            self.readings
+            or self.rejections
+            or self.auth_failures
+            or self.alerts
+            or self.counters
+            or self.kv
+            or self.last_seen
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,13 +233,8 @@ class GatewayStore:
                 self._insert_rejections(batch.rejections)
                 self._insert_auth_failures(batch.auth_failures)
                 self._upsert_alerts(batch.alerts)
-                self._touch_last_seen(batch.readings)
-                for name, delta in batch.counters.items():
-                    con.execute(
-                        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) "
-                        "DO UPDATE SET value = counters.value + excluded.value",
-                        [name, delta],
-                    )
+                self._write_last_seen(batch.last_seen)
+                self._add_counters(batch.counters)
                 for key, value in batch.kv.items():
                     con.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value])
                 con.execute("COMMIT")
@@ -314,17 +321,27 @@ class GatewayStore:
             )
             self._next_change += 1
 
-    def _touch_last_seen(self, readings: Iterable[Reading]) -> None:
-        latest: dict[str, int] = {}
-        for r in readings:
-            if r.received_at > latest.get(r.device_id, 0):
-                latest[r.device_id] = r.received_at
-        for device_id, at in latest.items():
-            self._con.execute(
-                "UPDATE devices SET last_seen = greatest(coalesce(last_seen, 0), ?) "
-                "WHERE device_id = ?",
-                [at, device_id],
-            )
+    def _write_last_seen(self, last_seen: dict[str, int]) -> None:
+        # One statement for all devices: a per-device UPDATE costs ~3 ms each in DuckDB.
+        if not last_seen:
+            return
+        items = sorted(last_seen.items())
+        self._con.execute(
+            "UPDATE devices SET last_seen = greatest(coalesce(devices.last_seen, 0), v.at) "
+            "FROM (SELECT unnest($1::VARCHAR[]) AS id, unnest($2::BIGINT[]) AS at) v "
+            "WHERE devices.device_id = v.id",
+            [[k for k, _ in items], [at for _, at in items]],
+        )
+
+    def _add_counters(self, counters: dict[str, int]) -> None:
+        if not counters:
+            return
+        items = sorted(counters.items())
+        self._con.execute(
+            "INSERT INTO counters SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[]) "
+            "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+            [[k for k, _ in items], [n for _, n in items]],
+        )
 
     # -- devices --------------------------------------------------------------------------
 

@@ -107,7 +107,31 @@ class LagWindow:
         self._samples.clear()
 
 
+@dataclass
+class LiveStats:
+    """What `status` shows without queuing behind ingest: kept current by the store actor."""
+
+    readings_stored: int = 0
+    duplicates: int = 0
+    rejections: int = 0
+    auth_failures: int = 0
+    last_seq: int = 0
+    commits: int = 0
+    last_commit_at: int | None = None
+    active_alerts: int = 0  # kept by the rules actor
+
+
+META_INTERVAL_S = 2.0  # last_seen and counters are written at most this often
+
+
 class StoreActor(Actor[StoreMsg]):
+    """Owns the GatewayStore while the gateway runs.
+
+    Per-device last_seen and the counters change with every message but matter only
+    approximately: they are aggregated in memory and written with a commit at most every
+    META_INTERVAL_S (and at stop), which keeps the per-commit cost flat as devices grow.
+    """
+
     def __init__(
         self,
         store: GatewayStore,
@@ -116,6 +140,7 @@ class StoreActor(Actor[StoreMsg]):
         max_delay_ms: int,
         on_commit: Callable[[Committed], Awaitable[None]] | None = None,
         lag: LagWindow | None = None,
+        stats: LiveStats | None = None,
     ) -> None:
         super().__init__()
         self._store = store
@@ -125,8 +150,12 @@ class StoreActor(Actor[StoreMsg]):
         self._batch = Batch()
         self._confirms: list[Confirm] = []
         self._timer: asyncio.TimerHandle | None = None
-        self.commits = 0
         self.lag = lag if lag is not None else LagWindow()  # shared: survives restarts
+        self.stats = stats if stats is not None else LiveStats()
+        self._last_seen: dict[str, int] = {}
+        self._counters: dict[str, int] = {}
+        self._meta_due = time.monotonic() + META_INTERVAL_S
+        self._meta_timer: asyncio.TimerHandle | None = None
 
     async def receive(self, msg: StoreMsg) -> object:
         match msg:
@@ -137,6 +166,10 @@ class StoreActor(Actor[StoreMsg]):
                     self._count("rejected_messages", 1)
                 if readings:
                     self._count("accepted_readings", len(readings))
+                    last_seen = self._last_seen
+                    for r in readings:
+                        if r.received_at > last_seen.get(r.device_id, 0):
+                            last_seen[r.device_id] = r.received_at
                 if confirm is not None:
                     self._confirms.append(confirm)
                 await self._maybe_flush()
@@ -161,10 +194,14 @@ class StoreActor(Actor[StoreMsg]):
         return None
 
     async def on_stop(self) -> None:
+        self._meta_due = 0.0  # write last_seen and counters now
         await self._flush()
+        for timer in (self._timer, self._meta_timer):
+            if timer is not None:
+                timer.cancel()
 
     def _count(self, name: str, n: int) -> None:
-        self._batch.counters[name] = self._batch.counters.get(name, 0) + n
+        self._counters[name] = self._counters.get(name, 0) + n
 
     async def _maybe_flush(self) -> None:
         if len(self._batch.readings) >= self._max_readings:
@@ -175,6 +212,10 @@ class StoreActor(Actor[StoreMsg]):
 
     def _tell_flush(self) -> None:
         self._timer = None
+        self.ref.tell(Flush())
+
+    def _tell_meta(self) -> None:
+        self._meta_timer = None
         self.ref.tell(Flush())
 
     async def _flush(self) -> None:
@@ -201,7 +242,15 @@ class StoreActor(Actor[StoreMsg]):
             for confirm in confirms:
                 confirm(exc)
             raise  # a failed commit is a crash: the supervisor restarts this actor
-        self.commits += 1
+        st = self.stats
+        st.commits += 1
+        st.last_commit_at = time.time_ns() // 1_000_000
+        st.readings_stored += result.inserted
+        st.duplicates += result.duplicates
+        st.rejections += len(batch.rejections)
+        st.auth_failures += len(batch.auth_failures)
+        if result.last_seq is not None:
+            st.last_seq = result.last_seq
         if batch.readings:
             self.lag.add_batch(batch.readings)
         for confirm in confirms:

@@ -7,15 +7,16 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from common.clock import ManualClock
-from edge.lockout import LockoutPolicy, LockoutTracker
+from edge.lockout import LockoutDecision, LockoutPolicy, LockoutTracker
 from edge.mqtt_front import AuthEvent, MqttFront
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -377,3 +378,66 @@ async def test_stop_closes_piped_connections(broker_port: int) -> None:
     writer.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+# -- against a scripted broker, for orderings a real one does not let a test pin down -------
+
+
+async def scripted_broker(
+    script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]],
+) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await script(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def test_bytes_sent_while_waiting_for_connack_are_not_lost() -> None:
+    connect = raw_connect(4, "dev1", "secret1")
+    subscribe = b"\x82\x08\x00\x01" + _s(b"a/b") + b"\x00"
+    got_connect: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    got_rest: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got_connect.set_result(await reader.readexactly(len(connect)))
+        await release.wait()
+        writer.write(b"\x20\x02\x00\x00")
+        got_rest.set_result(await reader.readexactly(len(subscribe)))
+
+    server, port = await scripted_broker(script)
+    harness = await make_harness(port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", harness.port)
+        writer.write(connect)
+        async with asyncio.timeout(5):
+            assert await got_connect == connect
+            writer.write(subscribe)  # the client does not wait for CONNACK
+            await asyncio.sleep(0.05)  # let it reach the front while the broker holds CONNACK
+            release.set()
+            assert await reader.readexactly(4) == b"\x20\x02\x00\x00"
+            assert await got_rest == subscribe
+        writer.close()
+    finally:
+        await harness.front.stop()
+        server.close()
+
+
+async def test_broker_closing_without_connack_is_audited_not_counted() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+
+    server, port = await scripted_broker(script)
+    harness = await make_harness(port)
+    try:
+        assert await raw_refusal(harness.port, raw_connect(5, "dev1", "x")) == b""
+        assert harness.reasons() == [("auth_failure", "no_connack")]
+        assert harness.front.stats.upstream_errors == 1
+        assert harness.front._tracker.check(None, "127.0.0.1") == LockoutDecision(False)
+    finally:
+        await harness.front.stop()
+        server.close()

@@ -240,6 +240,7 @@ def connects(draw: st.DrawFn) -> Connect:
     )
 
 
+@settings(deadline=None)  # a busy CI machine must not turn a slow example into a failure
 @given(connects(), st.binary(max_size=20))
 def test_round_trip(c: Connect, trailing: bytes) -> None:
     pkt = c.encode()
@@ -269,7 +270,7 @@ def _parse_or_malformed(data: bytes) -> ConnectInfo | None:
     return info
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_garbage_never_raises_anything_but_malformed(data: bytes) -> None:
     _parse_or_malformed(data)
@@ -282,7 +283,7 @@ def test_garbage_never_raises_anything_but_malformed(data: bytes) -> None:
         assert got[1] <= len(data)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(connects(), st.data())
 def test_mutated_connects_parse_or_fail_cleanly(c: Connect, data: st.DataObject) -> None:
     pkt = bytearray(c.encode())

@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from cloud.notify.senders import EmailSender, Sender, SmtpSettings, WebhookSende
 from cloud.notify.worker import NotificationWorker
 from common.clock import ManualClock
 
-ALERT = {
+ALERT: dict[str, Any] = {
     "id": "a-1",
     "rule_id": "r-1",
     "state": "active",
@@ -54,11 +54,14 @@ class Receiver:
     script: list[int] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    got_delivery: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         status = self.script.pop(0) if self.script else 200
         self.requests.append({"headers": dict(request.headers), "body": body, "status": status})
+        if status == 200:
+            self.got_delivery.set()
         headers = {"Retry-After": "30"} if status == 429 else {}
         return web.Response(status=status, text="nope" if status >= 300 else "ok", headers=headers)
 
@@ -185,6 +188,7 @@ async def test_fails_twice_then_sent_on_third_attempt(
     clock.advance(0.1)
     assert await cloud.worker.run_once() == 1
     assert cloud.status() == [("hook", "sent", 3)]
+    sent_at = clock.now_ms()
 
     clock.advance(3600)
     assert await cloud.worker.run_once() == 0  # sent is final
@@ -199,7 +203,7 @@ async def test_fails_twice_then_sent_on_third_attempt(
     payload = json.loads(last["body"])
     assert payload["event"] == "alert.raised" and payload["id"] == nid
     assert payload["alert"]["source"] == "model:churn-v3"
-    assert payload["sent_at"] == clock.now_ms()
+    assert payload["sent_at"] == sent_at
     expected = hmac.new(b"s3cret-s3cret-s3cret", last["body"], hashlib.sha256).hexdigest()
     assert last["headers"]["X-IoTSphere-Signature"] == f"sha256={expected}"
     assert cloud.lookups[0] == ("org-1", "hook")
@@ -322,9 +326,7 @@ async def test_run_loop_delivers_on_wake_and_stops(cloud: Cloud, receiver: Recei
     task = asyncio.create_task(cloud.worker.run(stop))
     cloud.enqueue()
     cloud.worker.wake()
-    async with asyncio.timeout(5):
-        while not receiver.delivered:
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(receiver.got_delivery.wait(), 5)
     stop.set()
     await asyncio.wait_for(task, 2)
     assert cloud.status() == [("hook", "sent", 1)]
@@ -338,13 +340,13 @@ class MailSink:
         self.messages: list[bytes] = []
         self.refuse = refuse
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.refuse:
             return "550 5.1.1 no such user"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         self.messages.append(envelope.original_content or envelope.content)
         return "250 Message accepted"
 
@@ -400,13 +402,13 @@ async def test_smtp_down_then_up(
     assert mail_cloud.status() == [("mail", "sent", 2)]
 
     [raw] = sink.messages
-    msg = message_from_bytes(raw)
+    msg = message_from_bytes(raw, policy=policy.default)
     assert msg["Subject"] == (
         "[IoTSphere] CRITICAL: accuracy = 0.7 on model:churn-v3 - alert raised"
     )
     assert msg["To"] == "ops@example.com" and msg["From"] == "alerts@iotsphere.example"
     assert msg["X-IoTSphere-Notification-Id"] == nid and nid in msg["Message-ID"]
-    assert "Value:     0.7" in msg.get_payload(decode=True).decode()
+    assert "Value:     0.7" in msg.get_content()
 
 
 async def test_smtp_rejected_recipient_is_permanent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -32,7 +33,7 @@ def open_store(path: Path) -> tuple[duckdb.DuckDBPyConnection, OutboxStore]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
+def store(tmp_path: Path) -> Iterator[OutboxStore]:
     conn, store = open_store(tmp_path / "cloud.duckdb")
     yield store
     conn.close()

@@ -352,10 +352,7 @@ class OutboxStore:
                 list(alert_ids),
             ).fetchall()
         for alert_id, cid, event, status, attempts, error, sent_at, next_at in rows:
-            # "sending" is an internal, transient state; to users it is still on its way.
-            shown = S.RETRYING.value if status == S.SENDING.value and attempts > 1 else status
-            if status == S.SENDING.value and attempts <= 1:
-                shown = S.PENDING.value
+            shown = _shown_status(status, attempts)
             entry: dict[str, Any] = {
                 "channel_id": cid,
                 "status": shown,
@@ -389,6 +386,13 @@ class OutboxStore:
         out = {s.value: 0 for s in NotificationStatus}
         out.update({status: int(n) for status, n in rows})
         return out
+
+
+def _shown_status(status: str, attempts: int) -> str:
+    """`sending` is internal and brief; users see the CONTRACT's pending/retrying for it."""
+    if status != S.SENDING.value:
+        return status
+    return S.PENDING.value if attempts <= 1 else S.RETRYING.value
 
 
 def _clip(error: str | None) -> str | None:

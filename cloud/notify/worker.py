@@ -54,6 +54,14 @@ class NotifyStats:
 
 
 class NotificationWorker:
+    """Delivers due outbox rows. One per database (see outbox.py on recovery and leases).
+
+    Wiring: `senders` maps channel type -> Sender; `get_channel(org_id, channel_id)` returns the
+    current channel or None (deleted: the notification fails, it is not retried). `run(stop)`
+    first recovers rows a crash left in `sending`; if the task is cancelled instead of stopped,
+    the sends in flight are recovered and repeated on the next start (at-least-once).
+    """
+
     def __init__(
         self,
         store: OutboxStore,
@@ -103,8 +111,12 @@ class NotificationWorker:
         batch = await asyncio.to_thread(
             self._store.claim_due, self._clock.now_ms(), self._batch_size
         )
-        if batch:
-            await asyncio.gather(*(self._attempt(n) for n in batch))
+        # Let every attempt finish (and record its outcome) before reporting any error, so no
+        # send is left running unobserved behind a failed sibling.
+        results = await asyncio.gather(*(self._attempt(n) for n in batch), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
         return len(batch)
 
     async def run(self, stop: asyncio.Event) -> None:

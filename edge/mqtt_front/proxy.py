@@ -193,7 +193,6 @@ class _Session:
         self.head = bytearray()  # client bytes up to and after the CONNECT
         self.down = bytearray()  # broker bytes up to and after the CONNACK
         self.connack: asyncio.Future[tuple[int, int] | None] | None = None
-        self.info: ConnectInfo | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.eofs: set[bool] = set()
@@ -261,10 +260,13 @@ class _Session:
         # Hold further client bytes in the kernel until the broker has admitted the client.
         self.client.pause_reading()
         self.phase = _Phase.ESTABLISH
-        self.info = info
         self.task = self.front._spawn(self._establish(info), self)
 
     def eof(self, client: bool) -> bool:
+        if not client and self.phase is _Phase.ESTABLISH:
+            # The admission task decides (refusal, or closed without CONNACK) and closes.
+            self._no_connack()
+            return False
         if self.phase is not _Phase.PIPE:
             if client and self.phase is _Phase.READ_CONNECT:
                 self._cancel_timer()
@@ -273,8 +275,6 @@ class _Session:
                 else:
                     # A port probe or health check, not a login attempt: nothing to audit.
                     self.counters.no_connect += 1
-            elif not client and self.connack is not None and not self.connack.done():
-                self.connack.set_result(None)
             self.close()
             return False
         # Half-close: pass the EOF on and keep the other direction flowing for a while.
@@ -303,10 +303,15 @@ class _Session:
             self.front._sessions.discard(self)
             if not self.closed.done():
                 self.closed.set_result(None)
-        elif self.connack is not None and not self.connack.done():
-            self.connack.set_result(None)
+        elif self.phase is _Phase.ESTABLISH:
+            self._no_connack()
+            return
         # One side gone ends the session; close() still flushes what the other side has queued.
         self.close()
+
+    def _no_connack(self) -> None:
+        if self.connack is not None and not self.connack.done():
+            self.connack.set_result(None)
 
     def set_reading(self, client: bool, *, paused: bool) -> None:
         transport = self.client if client else self.upstream
