@@ -82,6 +82,7 @@ def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 class Harness:
     front: MqttFront
     clock: ManualClock
+    tracker: LockoutTracker
     events: list[AuthEvent] = field(default_factory=list)
 
     @property
@@ -111,7 +112,7 @@ async def make_harness(
         connect_timeout_s=connect_timeout_s,
     )
     await front.start()
-    return Harness(front, clock, events)
+    return Harness(front, clock, tracker, events)
 
 
 @pytest.fixture
@@ -425,6 +426,7 @@ async def test_bytes_sent_while_waiting_for_connack_are_not_lost() -> None:
     finally:
         await harness.front.stop()
         server.close()
+        await server.wait_closed()
 
 
 async def test_broker_closing_without_connack_is_audited_not_counted() -> None:
@@ -437,7 +439,8 @@ async def test_broker_closing_without_connack_is_audited_not_counted() -> None:
         assert await raw_refusal(harness.port, raw_connect(5, "dev1", "x")) == b""
         assert harness.reasons() == [("auth_failure", "no_connack")]
         assert harness.front.stats.upstream_errors == 1
-        assert harness.front._tracker.check(None, "127.0.0.1") == LockoutDecision(False)
+        assert harness.tracker.check(None, "127.0.0.1") == LockoutDecision(False)
     finally:
         await harness.front.stop()
         server.close()
+        await server.wait_closed()
