@@ -39,8 +39,8 @@ class GatewayConfig:
     broker_max_queued: int = 1_000_000  # QoS 1 messages the broker holds for the gateway
     batch_max_readings: int = 500  # the store commits when this many readings are pending...
     batch_max_delay_ms: int = 50  # ...or when the oldest pending one waited this long
-    ingest_queue: int = 20_000  # store mailbox (messages); full = backpressure to ingress
-    duckdb_memory_limit: str = "256MB"  # DuckDB's own default takes 80% of RAM
+    ingest_queue: int = 5_000  # store mailbox (messages); full = backpressure to ingress
+    duckdb_memory_limit: str = "64MB"  # DuckDB's own default takes 80% of RAM; it spills beyond
     duckdb_threads: int = 1
     max_future_skew_s: float = 86_400.0  # device ts further ahead than this is flagged
     rule_tick_s: float = 1.0  # how often `for` timers and no-data rules are checked

@@ -196,7 +196,7 @@ class CommitResult:
 
 
 class GatewayStore:
-    def __init__(self, path: Path, *, memory_limit: str = "256MB", threads: int = 1) -> None:
+    def __init__(self, path: Path, *, memory_limit: str = "64MB", threads: int = 1) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._con = duckdb.connect(

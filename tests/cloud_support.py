@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -74,14 +75,14 @@ async def add_user(
     return await store.create_user(email, hash_password(PASSWORD), role, o.id, T0)
 
 
-async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, str]:
+async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
     r = await client.post("/api/auth/login", json={"email": email, "password": password})
     assert r.status_code == 200, r.text
-    body: dict[str, str] = r.json()
+    body: dict[str, Any] = r.json()
     return body
 
 
-def bearer(tokens: dict[str, str]) -> dict[str, str]:
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cloud.auth import LoginLimiter, load_or_create_secret
@@ -105,7 +107,7 @@ async def test_retries_then_gives_up() -> None:
     assert calls == -7
 
 
-def test_secret_created_once_with_mode_0600(tmp_path) -> None:
+def test_secret_created_once_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "d" / "cloud_jwt.key"
     key = load_or_create_secret(path)
     assert len(key) == 32 and path.stat().st_mode & 0o777 == 0o600
