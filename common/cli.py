@@ -53,6 +53,28 @@ def add_common_args(parser: argparse.ArgumentParser, *, json_flag: bool = False)
         parser.add_argument("--json", action="store_true", help="print only JSON on stdout")
 
 
+def port_number(raw: str) -> int:
+    """argparse type for --*-port flags."""
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from exc
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("ports are 0-65535")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    """argparse type for counts and limits."""
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
 def data_dir_of(args: argparse.Namespace) -> Path:
     path: Path = args.data_dir or default_data_dir()
     return path

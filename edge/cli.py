@@ -8,7 +8,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common.cli import CliError, add_common_args, data_dir_of, print_json
+from common.cli import (
+    CliError,
+    add_common_args,
+    data_dir_of,
+    port_number,
+    positive_int,
+    print_json,
+)
 from edge.backend import (
     AdminBackend,
     BackendError,
@@ -157,35 +164,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
-def _port(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from exc
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("ports are 0-65535")
-    return value
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
     add_common_args(run)
     run.add_argument("--bind", help="address of the device-facing listeners (default 0.0.0.0)")
-    run.add_argument("--mqtt-port", type=_port, help="device MQTT port (default 1883)")
-    run.add_argument("--http-port", type=_port, help="device HTTP port (default 8080)")
-    run.add_argument("--coap-port", type=_port, help="device CoAP port (default 5683)")
+    run.add_argument("--mqtt-port", type=port_number, help="device MQTT port (default 1883)")
+    run.add_argument("--http-port", type=port_number, help="device HTTP port (default 8080)")
+    run.add_argument("--coap-port", type=port_number, help="device CoAP port (default 5683)")
     run.add_argument(
         "--broker",
         metavar="URL",
@@ -230,7 +217,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     readings = sub.add_parser("readings", help="stored readings, newest first")
     readings.add_argument("--device")
     readings.add_argument("--metric")
-    readings.add_argument("--limit", type=_positive_int, default=20)
+    readings.add_argument("--limit", type=positive_int, default=20)
     add_common_args(readings, json_flag=True)
     readings.set_defaults(handler=_cmd_readings)
 
@@ -240,12 +227,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     alerts.set_defaults(handler=_cmd_alerts)
 
     errors = sub.add_parser("errors", help="rejected messages, newest first")
-    errors.add_argument("--limit", type=_positive_int, default=20)
+    errors.add_argument("--limit", type=positive_int, default=20)
     add_common_args(errors, json_flag=True)
     errors.set_defaults(handler=_cmd_errors)
 
     audit = sub.add_parser("audit", help="authentication failures and lockouts, newest first")
-    audit.add_argument("--limit", type=_positive_int, default=20)
+    audit.add_argument("--limit", type=positive_int, default=20)
     add_common_args(audit, json_flag=True)
     audit.set_defaults(handler=_cmd_audit)
 

@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from common.cli import CliError, add_common_args, data_dir_of
+from common.cli import CliError, add_common_args, data_dir_of, port_number
 from edge.config import ConfigError, GatewayConfig, load_config
 
 if TYPE_CHECKING:
@@ -30,7 +30,9 @@ DEMO_DEVICES = ("demo-sensor-1", "demo-sensor-2", "demo-sensor-3")
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_common_args(parser)
-    parser.add_argument("--mqtt-port", type=int, default=1883, help="device MQTT port (1883)")
+    parser.add_argument(
+        "--mqtt-port", type=port_number, default=1883, help="device MQTT port (1883)"
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per sensor (1)")
     parser.add_argument(
         "--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)"
