@@ -130,4 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m common.cli`: this file is then `__main__`, a second copy of the module;
+    # the subcommands raise common.cli.CliError, so dispatch through the real module.
+    from common.cli import main as _main
+
+    sys.exit(_main())
