@@ -23,7 +23,7 @@ from cloud.services import open_duckdb_store
 from cloud.settings import CloudSettings
 from cloud.store import Role
 from cloud.store_duckdb import DuckCloudStore
-from common.cli import CliError, add_common_args, data_dir_of, print_json
+from common.cli import CliError, add_common_args, data_dir_of, port_number, print_json
 from common.clock import SystemClock
 
 T = TypeVar("T")
@@ -115,23 +115,13 @@ def _cmd_gateway_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from exc
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("ports are 0-65535")
-    return value
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser("serve", help="run the cloud aggregator until SIGINT/SIGTERM")
     add_common_args(serve)
     serve.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, help="HTTP port (default 8000)")
     serve.set_defaults(handler=_cmd_serve)
 
     user = sub.add_parser("user", help="manage users")
