@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cloud.api import alerts, auth, dashboard, devices, ops
+from cloud.api import alerts, api_keys, auth, channels, dashboard, devices, monitoring, ops
 from cloud.problems import document_problems, install
 from cloud.services import ApiMetrics, Services
 
@@ -64,14 +65,36 @@ class AccessMiddleware:
 
 
 def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The monitoring loop and notification worker live exactly as long as the server.
+        from cloud.runtime import Background
+
+        background = Background(services)
+        await background.start()
+        try:
+            yield
+        finally:
+            await background.stop()
+
     app = FastAPI(
         title="IoTSphere cloud aggregator",
         version="0.1.0",
         description="Dashboards, devices, telemetry and alerts of an IoTSphere organization.",
+        lifespan=lifespan,
     )
     app.state.services = services
     install(app, retry_after_s=services.settings.retry_after_s)
-    for router in (auth.router, dashboard.router, devices.router, alerts.router, ops.router):
+    for router in (
+        auth.router,
+        dashboard.router,
+        devices.router,
+        alerts.router,
+        monitoring.router,
+        channels.router,
+        api_keys.router,
+        ops.router,
+    ):
         app.include_router(router)
     for router in extra_routers:
         app.include_router(router)

@@ -98,9 +98,7 @@ class Principal:
 
 
 class TokenService:
-    def __init__(
-        self, key: bytes, clock: Clock, *, issuer: str, audience: str, ttl_s: int
-    ) -> None:
+    def __init__(self, key: bytes, clock: Clock, *, issuer: str, audience: str, ttl_s: int) -> None:
         self._key = key
         self._clock = clock
         self.issuer = issuer

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from cloud.notify.store import alert_documents
 from cloud.retry import with_store_retries
 from cloud.services import Services
 from cloud.views import device_view
@@ -47,9 +48,12 @@ async def assemble(services: Services, org_id: str) -> dict[str, Any]:
     config = await retried("dashboard configuration", lambda: store.get_dashboard_config(org_id))
     devices = await retried("device status", lambda: store.list_devices(org_id))
     alerts = await retried("active alerts", lambda: store.list_alerts(org_id, OPEN_STATES))
+    alert_docs = await retried(
+        "alert notification status", lambda: alert_documents(services.notify, alerts)
+    )
     now = services.clock.now_ms()
     return {
         "config": config if config is not None else default_config(settings.online_threshold_s),
         "devices": [device_view(d, now, settings.online_threshold_s) for d in devices],
-        "alerts": [a.to_dict() for a in alerts],
+        "alerts": alert_docs,
     }

@@ -150,3 +150,16 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    # -- for code that manages the lock itself (cloud/notify's OutboxStore) ---------------
+
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock every use of the connection must hold (DuckDB connections are not
+        safe for concurrent use)."""
+        return self._lock
+
+    def current_connection(self) -> duckdb.DuckDBPyConnection:
+        """The connection now in use: make_available() replaces it, so callers that keep a
+        handle keep this method, not its result. Hold `lock` while using it."""
+        return self._conn

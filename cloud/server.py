@@ -64,7 +64,7 @@ def uvicorn_server(
         workers=1,
         log_config=None,  # our logging setup (stderr, common format) stays in charge
         access_log=False,  # AccessMiddleware logs one structured line per request
-        lifespan="off",
+        lifespan="on",  # starts/stops the monitoring loop and notification worker
         timeout_graceful_shutdown=10,
     )
     return GracefulServer(config)
@@ -76,12 +76,10 @@ def serve(settings: CloudSettings) -> None:
     try:
         services = build_services(settings, store)
         server = uvicorn_server(services, settings.bind, settings.port)
-        log.info(
-            "cloud ready on http://%s:%d (data dir %s)",
-            settings.bind,
-            settings.port,
-            settings.data_dir,
-        )
+        # "cloud ready" is logged by GracefulServer.startup once the socket listens (scripts
+        # and tests wait for it), not here, before it does.
+        log.info("starting cloud on %s:%d (data dir %s)", settings.bind, settings.port,
+                 settings.data_dir)  # fmt: skip
         server.run()
         if not server.started:
             raise OSError(f"could not listen on {settings.bind}:{settings.port}")

@@ -7,11 +7,15 @@ opens sockets or starts threads.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cloud.auth import LoginLimiter, TokenService, load_or_create_secret
 from cloud.db import Database
 from cloud.metrics import Counter, Histogram, Registry
+from cloud.monitoring.loop import MonitorMetrics
+from cloud.monitoring.store import DuckMonitoringStore
+from cloud.notify.store import DuckNotifyStore
 from cloud.retry import Sleep
 from cloud.settings import CloudSettings
 from cloud.store import CloudStore
@@ -46,6 +50,23 @@ class ApiMetrics:
         )
 
 
+def _noop() -> None:
+    return None
+
+
+def _no_stats() -> str:
+    return ""
+
+
+@dataclass(slots=True)
+class Hooks:
+    """Set by the background tasks while they run (cloud/runtime.py); harmless no-ops before,
+    so the API works the same without them (in-process tests without a lifespan)."""
+
+    wake_monitor: Callable[[], None] = _noop  # evaluate rules now (metrics just arrived)
+    notify_stats: Callable[[], str] = _no_stats  # the worker's counters, Prometheus text
+
+
 @dataclass(frozen=True)
 class Services:
     settings: CloudSettings
@@ -56,6 +77,11 @@ class Services:
     registry: Registry
     metrics: ApiMetrics
     sleep: Sleep = field(default=asyncio.sleep)
+    # The monitoring and notification areas (None on a store that lacks them).
+    monitoring: DuckMonitoringStore | None = None
+    notify: DuckNotifyStore | None = None
+    monitor_metrics: MonitorMetrics | None = None
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 def build_services(
@@ -67,6 +93,10 @@ def build_services(
     clock = clock or SystemClock()
     key = load_or_create_secret(settings.jwt_secret_path)
     registry = Registry()
+    monitoring = notify = None
+    if isinstance(store, DuckCloudStore):  # they share its Database (one file, one lock)
+        notify = DuckNotifyStore(store.db)
+        monitoring = DuckMonitoringStore(store.db)
     return Services(
         settings=settings,
         store=store,
@@ -82,6 +112,9 @@ def build_services(
         registry=registry,
         metrics=ApiMetrics.on(registry),
         sleep=sleep or asyncio.sleep,
+        monitoring=monitoring,
+        notify=notify,
+        monitor_metrics=MonitorMetrics.on(registry),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud.notify.senders import SmtpSettings
+
 DB_FILE = "cloud.duckdb"
 JWT_SECRET_FILE = "cloud_jwt.key"
 
@@ -15,6 +17,27 @@ class LoginLimits:
 
     max_failures: int = 5  # failures allowed inside the window before 429
     window_s: float = 15 * 60.0  # length of the sliding window
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """The cloud's alert evaluation loop (rules against model metrics and device readings)."""
+
+    interval_s: float = 10.0  # evaluate at least this often (no-data and for_seconds rules)
+    batch: int = 10_000  # most metric rows one pass reads per org; the rest follow at once
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """Delivery of alert notifications through the durable outbox."""
+
+    max_attempts: int = 8  # tries before a notification is `failed`
+    base_delay_s: float = 2.0  # backoff ceiling after the first failure; doubles per failure
+    max_delay_s: float = 900.0  # backoff cap (a receiver's Retry-After is honoured up to it)
+    poll_interval_s: float = 1.0  # how often due retries are looked for (new ones wake it)
+    concurrency: int = 8  # sends in flight at once
+    webhook_timeout_s: float = 10.0
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)  # the relay email channels use
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +56,8 @@ class CloudSettings:
     retry_after_s: int = 5  # Retry-After sent with 503 when the store stays down
     max_points: int = 10_000  # cap on raw telemetry points in one response
     login: LoginLimits = field(default_factory=LoginLimits)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def db_path(self) -> Path:

@@ -131,6 +131,40 @@ def _alert(row: tuple[Any, ...]) -> AlertInfo:
     )
 
 
+def insert_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str, alert: NewAlert) -> None:
+    """Insert a new active alert on a connection the caller holds (so the monitoring loop can
+    create it in the same transaction as its notifications and engine state)."""
+    num, flag, text = _split(alert.value)
+    c.execute(
+        f"INSERT INTO alerts ({_ALERT_COLS}, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
+        [
+            alert_id,
+            org_id,
+            alert.rule_id,
+            AlertState.ACTIVE.value,
+            alert.severity,
+            alert.metric,
+            num,
+            flag,
+            text,
+            alert.device_id,
+            alert.source,
+            alert.started_at,
+            alert.started_at,
+        ],
+    )
+
+
+def select_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str) -> AlertInfo | None:
+    row = first(
+        c.execute(
+            f"SELECT {_ALERT_COLS} FROM alerts WHERE org_id = ? AND id = ?", [org_id, alert_id]
+        ).fetchall()
+    )
+    return _alert(row) if row else None
+
+
 def _user(row: tuple[Any, ...] | None) -> User | None:
     if row is None:
         return None
@@ -467,28 +501,7 @@ class DuckCloudStore:
 
     async def create_alert(self, org_id: str, alert: NewAlert) -> AlertInfo:
         alert_id = uuid.uuid4().hex
-        num, flag, text = _split(alert.value)
-        await self.db.run(
-            lambda c: c.execute(
-                f"INSERT INTO alerts ({_ALERT_COLS}, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
-                [
-                    alert_id,
-                    org_id,
-                    alert.rule_id,
-                    AlertState.ACTIVE.value,
-                    alert.severity,
-                    alert.metric,
-                    num,
-                    flag,
-                    text,
-                    alert.device_id,
-                    alert.source,
-                    alert.started_at,
-                    alert.started_at,
-                ],
-            )
-        )
+        await self.db.run(lambda c: insert_alert(c, org_id, alert_id, alert))
         found = await self.get_alert(org_id, alert_id)
         assert found is not None
         return found

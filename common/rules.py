@@ -554,6 +554,11 @@ class RuleEngine:
             self._restore(state)
 
     @property
+    def metrics(self) -> frozenset[str]:
+        """Metrics some enabled rule watches: readings of other metrics need not be observed."""
+        return frozenset(self._by_metric)
+
+    @property
     def rules(self) -> tuple[Rule, ...]:
         """The rules as last given, disabled ones included."""
         return self._rules

@@ -129,8 +129,10 @@ class RulesActor(Actor[RulesMsg]):
             await self._save_state()
 
     async def _observe(self, readings: list[Reading]) -> None:
-        types = self._device_type_of
-        obs = [Observation.from_reading(r, types(r.device_id)) for r in readings]
+        types, watched = self._device_type_of, self._engine.metrics
+        obs = [
+            Observation.from_reading(r, types(r.device_id)) for r in readings if r.metric in watched
+        ]
         await self._apply(self._engine.observe(obs, self._clock.now_ms()))
 
     async def _persist(self, alerts: list[AlertRow], kv: dict[str, str] | None = None) -> None:

@@ -85,7 +85,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     change_seq      BIGINT NOT NULL   -- bumped on every change, for sync
 );
 CREATE TABLE IF NOT EXISTS kv (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+-- Append-only deltas, summed on read and compacted at open: an upsert on a keyed table costs
+-- ~85 ms per commit in DuckDB, an append next to nothing.
+CREATE TABLE IF NOT EXISTS counters (name VARCHAR NOT NULL, value BIGINT NOT NULL);
 """
 
 READINGS_ARROW_SCHEMA = pa.schema(
@@ -211,10 +213,23 @@ class GatewayStore:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
         self._lock = threading.Lock()  # one statement sequence at a time, whatever the thread
         self._con.execute(SCHEMA)
+        self._compact_counters()
         row = self._con.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchall()[0]
         self._next_seq = int(row[0]) + 1
         row = self._con.execute("SELECT coalesce(max(change_seq), 0) FROM alerts").fetchall()[0]
         self._next_change = int(row[0]) + 1
+
+    def _compact_counters(self) -> None:
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        rows = con.execute("SELECT name, sum(value) FROM counters GROUP BY name").fetchall()
+        con.execute("DELETE FROM counters")
+        if rows:
+            con.execute(
+                "INSERT INTO counters SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[])",
+                [[r[0] for r in rows], [int(r[1]) for r in rows]],
+            )
+        con.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -338,8 +353,7 @@ class GatewayStore:
             return
         items = sorted(counters.items())
         self._con.execute(
-            "INSERT INTO counters SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[]) "
-            "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+            "INSERT INTO counters SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[])",
             [[k for k, _ in items], [n for _, n in items]],
         )
 
@@ -525,7 +539,9 @@ class GatewayStore:
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            rows = self._con.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+            rows = self._con.execute(
+                "SELECT name, sum(value) FROM counters GROUP BY name ORDER BY name"
+            ).fetchall()
         return {str(n): int(v) for n, v in rows}
 
     def _dicts(

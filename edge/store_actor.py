@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,10 +28,10 @@ Confirm = Callable[[BaseException | None], None]
 
 @dataclass(frozen=True, slots=True)
 class Ingest:
-    """Readings of one accepted message, or the record of one rejected message."""
+    """Readings of accepted messages and records of rejected ones, confirmed together."""
 
     readings: list[Reading]
-    rejection: Rejection | None = None
+    rejections: Sequence[Rejection] = ()
     confirm: Confirm | None = None  # called with None after commit, or with the failure
 
 
@@ -159,11 +159,11 @@ class StoreActor(Actor[StoreMsg]):
 
     async def receive(self, msg: StoreMsg) -> object:
         match msg:
-            case Ingest(readings, rejection, confirm):
+            case Ingest(readings, rejections, confirm):
                 self._batch.readings.extend(readings)
-                if rejection is not None:
-                    self._batch.rejections.append(rejection)
-                    self._count("rejected_messages", 1)
+                if rejections:
+                    self._batch.rejections.extend(rejections)
+                    self._count("rejected_messages", len(rejections))
                 if readings:
                     self._count("accepted_readings", len(readings))
                     last_seen = self._last_seen

@@ -142,6 +142,11 @@ def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
         help="send flat objects without ts or seq, like a device without a clock",
     )
     what.add_argument(
+        "--saturate",
+        action="store_true",
+        help="benchmarks: publish as fast as PUBACKs come back (closed loop; --rate ignored)",
+    )
+    what.add_argument(
         "--wrong-password",
         action="store_true",
         help="connect with a wrong token and expect refusal (exit 1 if any device gets in)",
@@ -207,6 +212,7 @@ def _mqtt_config(args: argparse.Namespace) -> SimConfig:
             malformed_every=args.malformed_every,
             wrong_password=args.wrong_password,
             no_clock=args.no_clock,
+            saturate=args.saturate,
             acked_log=args.acked_log,
             max_inflight=args.inflight,
             backoff_initial=args.backoff,

@@ -128,6 +128,10 @@ class SimConfig:
     malformed_every: int = 0  # every K-th message (by seq) is broken JSON; 0 = never
     wrong_password: bool = False  # connect with a wrong token, to exercise refusal
     no_clock: bool = False  # flat objects without ts/seq, like a device without a clock
+    # Closed loop for benchmarks: sample only while fewer than max_inflight messages await
+    # their PUBACK, so "as fast as possible" measures the broker path, not a generator that
+    # burns CPU producing messages it must drop.
+    saturate: bool = False
     acked_log: Path | None = None  # "device_id seq ts_ms" appended per PUBACKed message
     max_inflight: int = 20  # QoS 1 messages awaiting PUBACK per connection (paho's default)
     buffer_limit: int = 10_000  # unacked messages kept per device; oldest dropped beyond
@@ -443,6 +447,7 @@ class _MqttDevice:
         self._backoff = Backoff(config.backoff_initial, config.backoff_max, rng)
         self._outbox = Outbox(config.buffer_limit)
         self._wake = asyncio.Event()  # the outbox changed or a stop was requested
+        self._space = asyncio.Event()  # a message was acknowledged (saturate mode)
         self._stop = asyncio.Event()
         self._sampling_done = False
         self._sampler: asyncio.Task[None] | None = None
@@ -450,6 +455,7 @@ class _MqttDevice:
     def request_stop(self) -> None:
         """Stop sampling; in-flight messages may still be acknowledged, then disconnect."""
         self._stop.set()
+        self._space.set()
         self._wake.set()
         if self._sampler is not None:
             self._sampler.cancel()
@@ -472,8 +478,13 @@ class _MqttDevice:
         start = clock.monotonic()
         k = 0
         while config.count == 0 or k < config.count:
-            delay = start + k / config.rate - clock.monotonic()
-            await asyncio.sleep(max(delay, 0.0))  # 0 still yields to the loop when behind
+            if config.saturate:
+                while len(self._outbox) >= config.max_inflight and not self._stop.is_set():
+                    self._space.clear()
+                    await self._space.wait()
+            else:
+                delay = start + k / config.rate - clock.monotonic()
+                await asyncio.sleep(max(delay, 0.0))  # 0 still yields to the loop when behind
             self._outbox.add(self._generator.next(clock.now_ms()))
             self._wake.set()
             k += 1
@@ -583,6 +594,7 @@ class _MqttDevice:
             self._topic, message.payload, qos=self._config.qos, timeout=self._config.ack_timeout
         )
         if self._outbox.ack(message.seq) and self._config.qos == 1:
+            self._space.set()
             self._counters.acked += 1
             if self._acked_log is not None:
                 self._acked_log.record(self.device_id, message.seq, message.ts)

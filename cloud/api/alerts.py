@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
 from cloud.api.schemas import AlertOut
+from cloud.notify.store import alert_documents
 from cloud.problems import not_found
 from cloud.services import Services
 from cloud.store import AlertInfo
@@ -23,7 +24,8 @@ async def list_alerts(
     principal: Viewer, services: ServicesDep, state: Annotated[AlertState | None, Query()] = None
 ) -> list[dict[str, Any]]:
     states = frozenset({state}) if state is not None else None
-    return [a.to_dict() for a in await services.store.list_alerts(principal.org_id, states)]
+    alerts = await services.store.list_alerts(principal.org_id, states)
+    return await alert_documents(services.notify, alerts)
 
 
 async def _found(services: Services, org_id: str, alert_id: str) -> AlertInfo:
@@ -35,7 +37,11 @@ async def _found(services: Services, org_id: str, alert_id: str) -> AlertInfo:
 
 @router.get("/{alert_id}", response_model=AlertOut, responses=problems(*AUTHED, 404))
 async def get_alert(alert_id: AlertId, principal: Viewer, services: ServicesDep) -> dict[str, Any]:
-    return (await _found(services, principal.org_id, alert_id)).to_dict()
+    return await _doc(services, await _found(services, principal.org_id, alert_id))
+
+
+async def _doc(services: Services, alert: AlertInfo) -> dict[str, Any]:
+    return (await alert_documents(services.notify, [alert]))[0]
 
 
 async def _move(services: Services, org_id: str, alert_id: str, event: AlertEvent) -> AlertInfo:
@@ -49,11 +55,12 @@ async def _move(services: Services, org_id: str, alert_id: str, event: AlertEven
 
 @router.post("/{alert_id}/ack", response_model=AlertOut, responses=problems(*AUTHED, 403, 404, 409))
 async def ack(alert_id: AlertId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
-    return (await _move(services, principal.org_id, alert_id, AlertEvent.ACK)).to_dict()
+    return await _doc(services, await _move(services, principal.org_id, alert_id, AlertEvent.ACK))
 
 
 @router.post(
     "/{alert_id}/resolve", response_model=AlertOut, responses=problems(*AUTHED, 403, 404, 409)
 )
 async def resolve(alert_id: AlertId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
-    return (await _move(services, principal.org_id, alert_id, AlertEvent.RESOLVE)).to_dict()
+    moved = await _move(services, principal.org_id, alert_id, AlertEvent.RESOLVE)
+    return await _doc(services, moved)

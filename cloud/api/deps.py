@@ -6,14 +6,20 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from cloud.auth import AuthError, Principal
-from cloud.problems import forbidden, unauthorized
+from cloud.auth import AuthError, Principal, token_digest
+from cloud.monitoring.store import DuckMonitoringStore
+from cloud.notify.store import DuckNotifyStore
+from cloud.problems import HttpProblem, forbidden, unauthorized
 from cloud.services import Services
 from cloud.store import Role
+from common.problem import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="JWT access token from /api/auth/login")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="an API key from POST /api/api_keys"
+)
 
 
 def get_services(request: Request) -> Services:
@@ -59,3 +65,49 @@ def problems(*codes: int) -> dict[int | str, dict[str, object]]:
 
 
 AUTHED = (401, 503)
+
+
+def monitoring_of(services: Services) -> DuckMonitoringStore:
+    if services.monitoring is None:
+        raise unavailable_area("monitoring")
+    return services.monitoring
+
+
+def notify_of(services: Services) -> DuckNotifyStore:
+    if services.notify is None:
+        raise unavailable_area("notification")
+    return services.notify
+
+
+def unavailable_area(area: str) -> HttpProblem:
+    return HttpProblem(
+        Problem("not-configured", "Service unavailable", 503, f"{area} storage not configured"),
+        {"Retry-After": "60"},
+    )
+
+
+API_KEY_PREFIX = "isk_"  # tells API keys apart from JWTs in an Authorization header
+
+
+async def metrics_writer(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+) -> Principal:
+    """An operator's JWT, or an API key (X-API-Key, or Authorization: Bearer isk_...)."""
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        if not credentials.credentials.startswith(API_KEY_PREFIX):
+            principal = await current_principal(services, credentials)
+            if not principal.may(Role.OPERATOR):
+                raise forbidden("posting metrics needs the operator role or an API key")
+            return principal
+        api_key = credentials.credentials
+    if api_key is None:
+        raise unauthorized("an API key (X-API-Key) or a bearer access token is required")
+    info = await monitoring_of(services).api_key_by_hash(token_digest(api_key))
+    if info is None:
+        raise unauthorized("unknown or revoked API key")
+    return Principal(f"api_key:{info.id}", info.org_id, Role.OPERATOR)
+
+
+MetricsWriter = Annotated[Principal, Depends(metrics_writer)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from fastapi import APIRouter, Response
 
 from cloud.api.deps import ServicesDep, problems
@@ -11,6 +14,7 @@ from cloud.metrics import Registry
 from cloud.problems import unavailable
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("iotsphere.cloud.api")
 
 
 @router.get("/healthz", response_model=StatusOut)
@@ -33,4 +37,14 @@ async def readyz(services: ServicesDep) -> StatusOut:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(services: ServicesDep) -> Response:
-    return Response(services.registry.render(), media_type=Registry.CONTENT_TYPE)
+    text = services.registry.render() + services.hooks.notify_stats()
+    if services.notify is not None:
+        try:
+            counts = await asyncio.to_thread(services.notify.outbox.counts)
+        except Exception as exc:  # the backlog gauge is optional; the rest still answers
+            log.warning("notification backlog not available for /metrics: %s", exc)
+        else:
+            name = "iotsphere_notifications_backlog"
+            text += f"# HELP {name} outbox rows by status\n# TYPE {name} gauge\n"
+            text += "".join(f'{name}{{status="{s}"}} {n}\n' for s, n in sorted(counts.items()))
+    return Response(text, media_type=Registry.CONTENT_TYPE)

@@ -45,8 +45,12 @@ class GatewayOut(BaseModel):
 
 class NotificationStatus(BaseModel):
     channel_id: str
-    status: str
+    status: str = Field(pattern="^(pending|retrying|sent|failed)$")
     attempts: int
+    event: str | None = None  # alert.raised or alert.resolved
+    last_error: str | None = None
+    sent_at: int | None = None
+    next_attempt_at: int | None = None  # while retrying
 
 
 class AlertOut(BaseModel):
@@ -92,3 +96,67 @@ class DashboardOut(BaseModel):
 
 class StatusOut(BaseModel):
     status: str
+
+
+class RuleOut(BaseModel):
+    id: str
+    name: str
+    metric: str
+    operator: str = Field(pattern="^(>|>=|<|<=|==|!=|nodata)$")
+    threshold: Value | None
+    for_seconds: float
+    hysteresis: float
+    severity: str = Field(pattern="^(info|warning|critical)$")
+    enabled: bool
+    channels: list[str]
+    version: int
+    device_id: str | None = None
+    device_type: str | None = None
+    source: str | None = None
+
+
+class RuleTombstone(BaseModel):
+    id: str
+    version: int
+
+
+class RuleChangesOut(BaseModel):
+    version: int
+    rules: list[RuleOut]
+    deleted: list[RuleTombstone]
+
+
+class MetricsAccepted(BaseModel):
+    received: int
+    stored: int  # new ones; a (source, metric, ts) sent again is stored once
+
+
+class MetricPointsOut(BaseModel):
+    source: str
+    metric: str
+    points: list[PointOut]
+
+
+class ChannelOut(BaseModel):
+    id: str
+    name: str
+    type: str = Field(pattern="^(webhook|email)$")
+    url: str | None = None
+    signed: bool | None = None  # webhook: deliveries carry an HMAC signature
+    to: str | None = None
+
+
+class ApiKeyRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    created_by: str
+    created_at: int
+    revoked_at: int | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str  # shown once; only its digest is stored

@@ -179,9 +179,19 @@ class OutboxStore:
     All methods are synchronous and short; call them from async code via asyncio.to_thread.
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, lock: threading.Lock) -> None:
-        self._conn = conn
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection | Callable[[], duckdb.DuckDBPyConnection],
+        lock: threading.Lock,
+    ) -> None:
+        # A callable is asked for the connection on every use: the cloud's Database replaces
+        # its connection when the store comes back after an outage.
+        self._get_conn = conn if callable(conn) else (lambda: conn)
         self._lock = lock
+
+    @property
+    def _conn(self) -> duckdb.DuckDBPyConnection:
+        return self._get_conn()
 
     def ensure_schema(self) -> None:
         with self._lock:
@@ -190,13 +200,14 @@ class OutboxStore:
     @contextmanager
     def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
-            self._conn.execute("BEGIN TRANSACTION")
+            conn = self._conn
+            conn.execute("BEGIN TRANSACTION")
             try:
-                yield self._conn
+                yield conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
     def enqueue(
         self,
@@ -210,26 +221,16 @@ class OutboxStore:
     ) -> tuple[str, bool]:
         """Queue one notification (status pending, due now). Returns (id, created): enqueueing
         the same (alert, channel, event) again is a no-op, so re-raising never double-sends."""
-        nid = notification_id(org_id, alert_id, channel_id, event.value)
-        body = json.dumps(dict(payload), separators=(",", ":"), default=str)
         with self._lock:
-            row = self._conn.execute(
-                f"INSERT INTO notifications ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, NULL) ON CONFLICT DO NOTHING",
-                [
-                    nid,
-                    org_id,
-                    alert_id,
-                    channel_id,
-                    event.value,
-                    body,
-                    S.PENDING.value,
-                    now_ms,
-                    now_ms,
-                    now_ms,
-                ],
-            ).fetchone()
-        return nid, bool(row and row[0])
+            return enqueue_on(
+                self._conn,
+                org_id=org_id,
+                alert_id=alert_id,
+                channel_id=channel_id,
+                event=event,
+                payload=payload,
+                now_ms=now_ms,
+            )
 
     def enqueue_alert(
         self,
@@ -241,17 +242,15 @@ class OutboxStore:
         now_ms: int,
     ) -> list[str]:
         """One notification per channel for an alert event; returns the ids (new or existing)."""
-        return [
-            self.enqueue(
+        with self._lock:
+            return enqueue_alert_on(
+                self._conn,
                 org_id=org_id,
-                alert_id=str(alert["id"]),
-                channel_id=cid,
+                alert=alert,
+                channel_ids=channel_ids,
                 event=event,
-                payload=alert,
                 now_ms=now_ms,
-            )[0]
-            for cid in dict.fromkeys(channel_ids)
-        ]
+            )
 
     def claim_due(self, now_ms: int, limit: int) -> list[Notification]:
         """Move up to `limit` due rows (pending/retrying, next_attempt_at <= now) to sending,
@@ -340,31 +339,8 @@ class OutboxStore:
 
     def status_for_alerts(self, alert_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Batch form for alert lists (one query, not one per alert)."""
-        out: dict[str, list[dict[str, Any]]] = {a: [] for a in alert_ids}
-        if not alert_ids:
-            return out
-        marks = ", ".join("?" for _ in alert_ids)
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT alert_id, channel_id, event, status, attempts, last_error, sent_at, "
-                f"next_attempt_at FROM notifications WHERE alert_id IN ({marks}) "
-                "ORDER BY alert_id, created_at, channel_id, event",
-                list(alert_ids),
-            ).fetchall()
-        for alert_id, cid, event, status, attempts, error, sent_at, next_at in rows:
-            shown = _shown_status(status, attempts)
-            entry: dict[str, Any] = {
-                "channel_id": cid,
-                "status": shown,
-                "attempts": attempts,
-                "event": event,
-                "last_error": error,
-                "sent_at": sent_at,
-            }
-            if shown == S.RETRYING.value:
-                entry["next_attempt_at"] = next_at
-            out[alert_id].append(entry)
-        return out
+            return status_for_alerts_on(self._conn, alert_ids)
 
     def get(self, nid: str) -> dict[str, Any] | None:
         """One row as a dict (diagnostics and tests)."""
@@ -386,6 +362,97 @@ class OutboxStore:
         out = {s.value: 0 for s in NotificationStatus}
         out.update({status: int(n) for status, n in rows})
         return out
+
+
+# -- connection-level forms, for callers that run them inside their own transaction ----------
+# (the monitoring loop creates an alert and enqueues its notifications in ONE transaction, so a
+# crash can neither lose the notification nor send one for an alert that was rolled back).
+
+
+def enqueue_on(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    org_id: str,
+    alert_id: str,
+    channel_id: str,
+    event: NotificationEvent,
+    payload: Mapping[str, Any],
+    now_ms: int,
+) -> tuple[str, bool]:
+    """OutboxStore.enqueue on a connection the caller holds (and locks)."""
+    nid = notification_id(org_id, alert_id, channel_id, event.value)
+    body = json.dumps(dict(payload), separators=(",", ":"), default=str)
+    row = conn.execute(
+        f"INSERT INTO notifications ({_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, NULL) ON CONFLICT DO NOTHING",
+        [
+            nid,
+            org_id,
+            alert_id,
+            channel_id,
+            event.value,
+            body,
+            S.PENDING.value,
+            now_ms,
+            now_ms,
+            now_ms,
+        ],
+    ).fetchone()
+    return nid, bool(row and row[0])
+
+
+def enqueue_alert_on(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    org_id: str,
+    alert: Mapping[str, Any],
+    channel_ids: Sequence[str],
+    event: NotificationEvent,
+    now_ms: int,
+) -> list[str]:
+    """OutboxStore.enqueue_alert on a connection the caller holds (and locks)."""
+    return [
+        enqueue_on(
+            conn,
+            org_id=org_id,
+            alert_id=str(alert["id"]),
+            channel_id=cid,
+            event=event,
+            payload=alert,
+            now_ms=now_ms,
+        )[0]
+        for cid in dict.fromkeys(channel_ids)
+    ]
+
+
+def status_for_alerts_on(
+    conn: duckdb.DuckDBPyConnection, alert_ids: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """OutboxStore.status_for_alerts on a connection the caller holds (and locks)."""
+    out: dict[str, list[dict[str, Any]]] = {a: [] for a in alert_ids}
+    if not alert_ids:
+        return out
+    marks = ", ".join("?" for _ in alert_ids)
+    rows = conn.execute(
+        "SELECT alert_id, channel_id, event, status, attempts, last_error, sent_at, "
+        f"next_attempt_at FROM notifications WHERE alert_id IN ({marks}) "
+        "ORDER BY alert_id, created_at, channel_id, event",
+        list(alert_ids),
+    ).fetchall()
+    for alert_id, cid, event, status, attempts, error, sent_at, next_at in rows:
+        shown = _shown_status(status, attempts)
+        entry: dict[str, Any] = {
+            "channel_id": cid,
+            "status": shown,
+            "attempts": attempts,
+            "event": event,
+            "last_error": error,
+            "sent_at": sent_at,
+        }
+        if shown == S.RETRYING.value:
+            entry["next_attempt_at"] = next_at
+        out[alert_id].append(entry)
+    return out
 
 
 def _shown_status(status: str, attempts: int) -> str:

@@ -1,0 +1,96 @@
+"""Notification channels (webhook, email), org-scoped. Operators read them, admins change
+them (a channel decides where alert data leaves the system). Secrets are never returned."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Response
+
+from cloud.api.deps import AUTHED, Admin, Operator, ServicesDep, notify_of, problems
+from cloud.api.monitoring import json_body
+from cloud.api.schemas import ChannelOut
+from cloud.notify.channels import Channel, apply_patch, parse_channel
+from cloud.problems import conflict, not_found
+from cloud.services import Services
+
+router = APIRouter(prefix="/api/notification_channels", tags=["notifications"])
+
+ChannelId = Annotated[str, Path(min_length=1, max_length=128)]
+
+CHANNEL_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "type": {"type": "string", "enum": ["webhook", "email"]},
+        "url": {"type": "string", "description": "webhook: http(s) URL"},
+        "to": {"type": "string", "description": "email: recipient address"},
+        "secret": {"type": "string", "description": "webhook: HMAC key (write-only)"},
+    },
+}
+
+
+@router.get("", response_model=list[ChannelOut], responses=problems(*AUTHED, 403))
+async def list_channels(principal: Operator, services: ServicesDep) -> list[dict[str, Any]]:
+    return [c.to_dict() for c in await notify_of(services).list_channels(principal.org_id)]
+
+
+@router.post(
+    "",
+    response_model=ChannelOut,
+    responses=problems(*AUTHED, 403, 422),
+    openapi_extra=json_body(CHANNEL_BODY_SCHEMA, "a notification channel"),
+)
+async def create_channel(
+    principal: Admin, services: ServicesDep, body: Annotated[Any, Body()]
+) -> dict[str, Any]:
+    channel = parse_channel(body, id=uuid.uuid4().hex)  # 422 listing every problem
+    await notify_of(services).save_channel(principal.org_id, channel, services.clock.now_ms())
+    return channel.to_dict()
+
+
+async def _found(services: Services, org_id: str, channel_id: str) -> Channel:
+    channel = await notify_of(services).get_channel(org_id, channel_id)
+    if channel is None:  # other orgs' channels too: no existence leak
+        raise not_found(f"no notification channel {channel_id!r}")
+    return channel
+
+
+@router.get("/{channel_id}", response_model=ChannelOut, responses=problems(*AUTHED, 403, 404))
+async def get_channel(
+    channel_id: ChannelId, principal: Operator, services: ServicesDep
+) -> dict[str, Any]:
+    return (await _found(services, principal.org_id, channel_id)).to_dict()
+
+
+@router.patch(
+    "/{channel_id}",
+    response_model=ChannelOut,
+    responses=problems(*AUTHED, 403, 404, 422),
+    openapi_extra=json_body(CHANNEL_BODY_SCHEMA, "fields to change"),
+)
+async def patch_channel(
+    channel_id: ChannelId, principal: Admin, services: ServicesDep, body: Annotated[Any, Body()]
+) -> dict[str, Any]:
+    channel = apply_patch(await _found(services, principal.org_id, channel_id), body)
+    await notify_of(services).save_channel(principal.org_id, channel, services.clock.now_ms())
+    return channel.to_dict()
+
+
+@router.delete(
+    "/{channel_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problems(*AUTHED, 403, 404, 409),
+)
+async def delete_channel(
+    channel_id: ChannelId, principal: Admin, services: ServicesDep
+) -> Response:
+    await _found(services, principal.org_id, channel_id)
+    if services.monitoring is not None:
+        users = await services.monitoring.rules_using_channel(principal.org_id, channel_id)
+        if users:
+            raise conflict(f"channel is used by alert rule(s) {', '.join(users)}; edit them first")
+    await notify_of(services).delete_channel(principal.org_id, channel_id)
+    return Response(status_code=204)

@@ -1,0 +1,243 @@
+"""Alert rules (seed "Alert Rule Creation") and metrics from ML models and jobs.
+
+Rules are validated by common.rules.parse_rule, the same validator the gateway uses; the
+rule's channels must be channels of the caller's org. Bodies are taken as raw JSON (and
+documented in OpenAPI by hand) so that one validator reports every problem with its JSON
+Pointer, instead of a framework model stopping at the first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Response
+
+from cloud.api.deps import (
+    AUTHED,
+    MetricsWriter,
+    Operator,
+    ServicesDep,
+    Viewer,
+    monitoring_of,
+    notify_of,
+    problems,
+)
+from cloud.api.schemas import MetricPointsOut, MetricsAccepted, RuleChangesOut, RuleOut
+from cloud.monitoring.ingest import SOURCE, parse_metrics
+from cloud.problems import not_found
+from cloud.services import Services
+from cloud.views import BadQuery, time_range
+from common.model import FieldError
+from common.problem import Problem, ProblemError
+from common.rules import (
+    METRIC_NAME,
+    OPERATORS,
+    SCOPE_FIELDS,
+    SEVERITIES,
+    InvalidRule,
+    Rule,
+    parse_rule,
+)
+
+router = APIRouter(prefix="/api/monitoring", tags=["monitoring"])
+
+RuleId = Annotated[str, Path(min_length=1, max_length=128)]
+
+_ID = {"type": "string", "minLength": 1, "maxLength": 128}
+RULE_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "metric": {"type": "string", "pattern": f"^{METRIC_NAME.pattern}$"},
+        "operator": {"type": "string", "enum": list(OPERATORS)},
+        "threshold": {"type": ["number", "boolean", "string", "null"]},
+        "for_seconds": {"type": "number", "minimum": 0},
+        "hysteresis": {"type": "number", "minimum": 0},
+        "severity": {"type": "string", "enum": list(SEVERITIES)},
+        "enabled": {"type": "boolean"},
+        "channels": {"type": "array", "items": _ID},
+        "device_id": _ID,
+        "device_type": _ID,
+        "source": _ID,
+    },
+}
+METRICS_BODY_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 1000,
+    "items": {
+        "type": "object",
+        "required": ["source", "metric", "value"],
+        "properties": {
+            "source": {"type": "string", "pattern": f"^{SOURCE.pattern}$"},
+            "metric": {"type": "string", "pattern": f"^{METRIC_NAME.pattern}$"},
+            "value": {"type": ["number", "boolean"]},
+            "ts": {"type": "integer", "description": "ms since the epoch (default: now)"},
+        },
+    },
+}
+
+
+def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+async def _check_channels(services: Services, org_id: str, rule: Rule) -> None:
+    missing = await notify_of(services).missing_channels(org_id, list(rule.channels))
+    if missing:
+        raise InvalidRule(
+            [
+                FieldError(f"/channels/{i}", f"no notification channel {cid!r}")
+                for i, cid in enumerate(rule.channels)
+                if cid in missing
+            ]
+        )
+
+
+@router.post(
+    "/alert_rules",
+    response_model=RuleOut,
+    responses=problems(*AUTHED, 403, 422),
+    openapi_extra=json_body(RULE_BODY_SCHEMA, "an alert rule (CONTRACT.md shape)"),
+)
+async def create_rule(
+    principal: Operator, services: ServicesDep, body: Annotated[Any, Body()]
+) -> dict[str, Any]:
+    rule = parse_rule(body, id=uuid.uuid4().hex, version=1)  # 422 listing every problem
+    await _check_channels(services, principal.org_id, rule)
+    stored = await monitoring_of(services).create_rule(
+        principal.org_id, rule, services.clock.now_ms()
+    )
+    services.hooks.wake_monitor()
+    return stored.to_dict()
+
+
+@router.get("/alert_rules", response_model=list[RuleOut], responses=problems(*AUTHED))
+async def list_rules(principal: Viewer, services: ServicesDep) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in await monitoring_of(services).list_rules(principal.org_id)]
+
+
+@router.get("/alert_rules/changes", response_model=RuleChangesOut, responses=problems(*AUTHED, 422))
+async def rule_changes(
+    principal: Viewer,
+    services: ServicesDep,
+    since: Annotated[int, Query(ge=0, le=2**62, description="the version last seen")] = 0,
+) -> dict[str, Any]:
+    """What changed after version `since` (rules and deletions): what a gateway syncs."""
+    changes = await monitoring_of(services).rule_changes_since(principal.org_id, since)
+    return changes.to_dict()
+
+
+async def _found(services: Services, org_id: str, rule_id: str) -> Rule:
+    rule = await monitoring_of(services).get_rule(org_id, rule_id)
+    if rule is None:  # also other orgs' rules: no existence leak
+        raise not_found(f"no alert rule {rule_id!r}")
+    return rule
+
+
+@router.get("/alert_rules/{rule_id}", response_model=RuleOut, responses=problems(*AUTHED, 404))
+async def get_rule(rule_id: RuleId, principal: Viewer, services: ServicesDep) -> dict[str, Any]:
+    return (await _found(services, principal.org_id, rule_id)).to_dict()
+
+
+@router.patch(
+    "/alert_rules/{rule_id}",
+    response_model=RuleOut,
+    responses=problems(*AUTHED, 403, 404, 422),
+    openapi_extra=json_body(RULE_BODY_SCHEMA, "fields to change; null resets to the default"),
+)
+async def patch_rule(
+    rule_id: RuleId, principal: Operator, services: ServicesDep, body: Annotated[Any, Body()]
+) -> dict[str, Any]:
+    current = await _found(services, principal.org_id, rule_id)
+    if not isinstance(body, dict):
+        raise InvalidRule([FieldError("", "a rule patch must be a JSON object")])
+    base = current.to_dict()
+    if any(body.get(f) is not None for f in SCOPE_FIELDS):
+        for f in SCOPE_FIELDS:  # a new scope replaces the old one rather than adding to it
+            base.pop(f, None)
+    merged = {**base, **{k: v for k, v in body.items() if k not in ("id", "version")}}
+    rule = parse_rule(merged, id=current.id, version=current.version)
+    await _check_channels(services, principal.org_id, rule)
+    stored = await monitoring_of(services).update_rule(
+        principal.org_id, rule, services.clock.now_ms()
+    )
+    if stored is None:  # deleted meanwhile
+        raise not_found(f"no alert rule {rule_id!r}")
+    services.hooks.wake_monitor()
+    return stored.to_dict()
+
+
+@router.delete(
+    "/alert_rules/{rule_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problems(*AUTHED, 403, 404),
+)
+async def delete_rule(rule_id: RuleId, principal: Operator, services: ServicesDep) -> Response:
+    if not await monitoring_of(services).delete_rule(
+        principal.org_id, rule_id, services.clock.now_ms()
+    ):
+        raise not_found(f"no alert rule {rule_id!r}")
+    services.hooks.wake_monitor()  # its open alerts resolve on the next pass
+    return Response(status_code=204)
+
+
+# -- metrics from models and jobs --------------------------------------------------------------
+
+
+@router.post(
+    "/metrics",
+    response_model=MetricsAccepted,
+    responses=problems(400, 401, 403, 422, 503),
+    openapi_extra={
+        **json_body(METRICS_BODY_SCHEMA, "metric values, e.g. a model's accuracy"),
+        "security": [{"HTTPBearer": []}, {"APIKeyHeader": []}],
+    },
+)
+async def post_metrics(
+    principal: MetricsWriter, services: ServicesDep, body: Annotated[Any, Body()]
+) -> dict[str, Any]:
+    now = services.clock.now_ms()
+    points = parse_metrics(body, now)  # 400 problem; nothing stored from a bad request
+    stored = await monitoring_of(services).insert_metrics(principal.org_id, points, now)
+    services.hooks.wake_monitor()  # judge them now, not at the next period
+    return {"received": len(points), "stored": stored}
+
+
+@router.get("/metrics", response_model=MetricPointsOut, responses=problems(*AUTHED, 422))
+async def get_metrics(
+    principal: Viewer,
+    services: ServicesDep,
+    source: Annotated[str, Query(min_length=1, max_length=130)],
+    metric: Annotated[str, Query(min_length=1, max_length=64)],
+    from_ms: Annotated[int | None, Query(alias="from", ge=0, le=2**62)] = None,
+    to_ms: Annotated[int | None, Query(alias="to", ge=0, le=2**62)] = None,
+) -> dict[str, Any]:
+    try:
+        lo, hi = time_range(services.clock.now_ms(), from_ms, to_ms)
+    except BadQuery as exc:
+        raise ProblemError(
+            Problem(
+                "invalid-request",
+                "Invalid request",
+                422,
+                str(exc),
+                errors=(FieldError(f"/query/{exc.param}", str(exc)),),
+            )
+        ) from exc
+    points = await monitoring_of(services).metric_points(
+        principal.org_id, source, metric, lo, hi, services.settings.max_points
+    )
+    return {
+        "source": source,
+        "metric": metric,
+        "points": [{"ts": ts, "value": value} for ts, value in points],
+    }
