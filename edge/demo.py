@@ -61,7 +61,8 @@ async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
     if seconds:
         loop.call_later(seconds, stop.set)
     gateway = Gateway(cfg)
-    run = asyncio.create_task(gateway.run(stop))
+    gateway_stop = asyncio.Event()  # set only after the sensors stopped: they drain first
+    run = asyncio.create_task(gateway.run(gateway_stop))
     ready = asyncio.create_task(gateway.ready.wait())
     await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
     if run.done():
@@ -99,6 +100,7 @@ async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
     stats = await sim
+    gateway_stop.set()
     await run
     print(json.dumps({"simulator": dataclasses.asdict(stats)}, default=str))
 

@@ -223,18 +223,19 @@ class StoreActor(Actor[StoreMsg]):
             self._timer.cancel()
             self._timer = None
         batch, confirms = self._batch, self._confirms
-        if not (
-            batch.readings
-            or batch.rejections
-            or batch.auth_failures
-            or batch.alerts
-            or batch.kv
-            or batch.counters
-        ):
+        if batch.readings:
+            self._count("commits_with_readings", 1)
+        if time.monotonic() >= self._meta_due and (self._counters or self._last_seen):
+            batch.counters, self._counters = self._counters, {}
+            batch.last_seen, self._last_seen = self._last_seen, {}
+            self._meta_due = time.monotonic() + META_INTERVAL_S
+        if (self._counters or self._last_seen) and self._meta_timer is None:
+            # quiet after a burst: write the pending metadata when it falls due anyway
+            delay = max(0.0, self._meta_due - time.monotonic())
+            self._meta_timer = asyncio.get_running_loop().call_later(delay, self._tell_meta)
+        if batch.is_empty():
             return
         self._batch, self._confirms = Batch(), []
-        if batch.readings:
-            batch.counters["stored_batches"] = 1
         try:
             result = await asyncio.to_thread(self._store.commit, batch)
         except Exception as exc:

@@ -184,7 +184,16 @@ def test_device_data_flow(gateway_process: GatewayProcess) -> None:
     assert gateway_process.stop() == 0  # graceful SIGTERM exits 0
     # stopped: the CLI reads the same data directly
     assert len(readings(data_dir, "dev1")) == 3
-    assert cli_json("gateway", "status", data_dir=data_dir)["gateway"] == "stopped"
+    stopped = cli_json("gateway", "status", data_dir=data_dir)
+    assert stopped["gateway"] == "stopped"
+    # last_seen and counters are written in the background and flushed at stop
+    assert stopped["counters"]["accepted_readings"] == 5 + 1  # + the duplicate, stored once
+    assert stopped["counters"]["rejected_messages"] == 2
+    seen = {
+        d["device_id"]: d["last_seen"]
+        for d in cli_json("gateway", "device", "list", data_dir=data_dir)
+    }
+    assert seen["dev1"] is not None and seen["dev2"] is not None
 
 
 def test_rule_raises_one_alert_per_episode(gateway_process: GatewayProcess) -> None:
