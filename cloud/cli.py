@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import re
 import sys
 from collections.abc import Callable, Coroutine
@@ -70,7 +71,16 @@ def _read_password() -> str:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cloud.server import serve
 
-    settings = replace(_settings(args), bind=args.bind, port=args.port)
+    base = _settings(args)
+    smtp = replace(
+        base.notify.smtp,
+        host=args.smtp_host,
+        port=args.smtp_port,
+        from_addr=args.smtp_from,
+        username=os.environ.get("IOTSPHERE_SMTP_USERNAME") or None,
+        password=os.environ.get("IOTSPHERE_SMTP_PASSWORD") or None,
+    )
+    settings = replace(base, bind=args.bind, port=args.port, notify=replace(base.notify, smtp=smtp))
     try:
         serve(settings)
     except StoreError as exc:
@@ -122,6 +132,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_common_args(serve)
     serve.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument(
+        "--smtp-host", default="localhost", help="SMTP relay for email channels (localhost)"
+    )
+    serve.add_argument("--smtp-port", type=port_number, default=25, help="SMTP port (default 25)")
+    serve.add_argument(
+        "--smtp-from",
+        default="iotsphere@localhost",
+        help="sender address of alert emails; credentials from $IOTSPHERE_SMTP_USERNAME and "
+        "$IOTSPHERE_SMTP_PASSWORD",
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     user = sub.add_parser("user", help="manage users")
