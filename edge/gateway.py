@@ -105,7 +105,8 @@ class Gateway:
         try:
             devices = store.devices(include_secrets=True)
             for dev in devices:
-                self._classifier.set_device_type(dev["device_id"], dev["type"])
+                if dev["status"] == "active":
+                    self._classifier.set_device_type(dev["device_id"], dev["type"])
                 self._device_status[dev["device_id"]] = dev["status"]
             initial = store.stats()
             self.live.readings_stored = initial["readings_stored"]
@@ -329,6 +330,7 @@ class Gateway:
         except ops.OpError as exc:
             raise BackendError(str(exc)) from exc
         self._device_status[device_id] = "revoked"
+        self._classifier.forget(device_id)
         if self._dynsec is not None:
             try:
                 await self._dynsec.remove_device(device_id)

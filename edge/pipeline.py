@@ -41,6 +41,14 @@ def sniff_format(payload: bytes, content_type: str | None = None) -> ContentForm
     return ContentFormat.JSON
 
 
+UNKNOWN_DEVICE = Problem(
+    slug="unknown-device",
+    title="Unknown or revoked device",
+    status=403,
+    detail="this device is not registered at the gateway (or was revoked)",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     readings: list[Reading]
@@ -67,7 +75,12 @@ class Classifier:
         self._limits = limits or Limits()
 
     def set_device_type(self, device_id: str, device_type: str | None) -> None:
+        """Register an active device (and its type); only registered devices are accepted."""
         self._device_type[device_id] = device_type
+
+    def forget(self, device_id: str) -> None:
+        """A revoked device: its messages (e.g. still queued in an external broker) are refused."""
+        self._device_type.pop(device_id, None)
 
     def device_type(self, device_id: str) -> str | None:
         return self._device_type.get(device_id)
@@ -81,7 +94,10 @@ class Classifier:
         transport: str,
     ) -> Outcome:
         """Classify one message; content_type None means sniff it (MQTT 3.x)."""
-        type_name = self._device_type.get(device_id)
+        if device_id not in self._device_type:
+            # The managed broker admits registered devices only; an external broker may not.
+            return self._rejected(device_id, payload, received_at_ms, transport, UNKNOWN_DEVICE)
+        type_name = self._device_type[device_id]
         spec = self._types.get(type_name) if type_name else None
         try:
             fmt = (
@@ -99,16 +115,21 @@ class Classifier:
                 limits=self._limits,
             )
         except PayloadError as exc:
-            problem = exc.problem
-            rejection = Rejection(
-                at=received_at_ms,
-                device_id=device_id,
-                transport=transport,
-                status=problem.status,
-                title=problem.title,
-                detail=problem.detail,
-                errors=tuple(problem.errors),
-                payload=payload,
-            )
-            return Outcome([], rejection, problem)
+            return self._rejected(device_id, payload, received_at_ms, transport, exc.problem)
         return Outcome(readings)
+
+    @staticmethod
+    def _rejected(
+        device_id: str, payload: bytes, at: int, transport: str, problem: Problem
+    ) -> Outcome:
+        rejection = Rejection(
+            at=at,
+            device_id=device_id,
+            transport=transport,
+            status=problem.status,
+            title=problem.title,
+            detail=problem.detail,
+            errors=tuple(problem.errors),
+            payload=payload,
+        )
+        return Outcome([], rejection, problem)
