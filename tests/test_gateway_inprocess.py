@@ -161,3 +161,33 @@ async def test_revoke_disconnects_a_connected_device(gateway: Gateway) -> None:
     with pytest.raises(aiomqtt.MqttError):
         async with client(gateway, dev) as c:
             pass
+
+
+async def test_retained_telemetry_is_stored_once(gateway_config) -> None:  # type: ignore[no-untyped-def]
+    """A retained message is replayed on every subscribe; only its first delivery counts."""
+
+    async def run_gateway() -> tuple[Gateway, asyncio.Event, asyncio.Task[None]]:
+        gw = Gateway(gateway_config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        await gw.ready.wait()
+        return gw, stop, task
+
+    gw, stop, task = await run_gateway()
+    dev = await gw.add_device("ret1", None)
+    async with client(gw, dev) as c:  # no ts: a replay would be a second reading
+        await c.publish("devices/ret1/telemetry", b'{"battery": 3.3}', qos=1, retain=True)
+    await until(lambda: gw.readings("ret1", None, 10))
+    stop.set()
+    await task
+    gw, stop, task = await run_gateway()  # the ingress subscribes again: Mosquitto replays
+    try:
+        await until(lambda: _replayed(gw))
+        assert len(await gw.readings("ret1", None, 10)) == 1
+    finally:
+        stop.set()
+        await task
+
+
+async def _replayed(gateway: Gateway) -> bool:
+    return gateway._ingress is not None and gateway._ingress.stats["retained_replays"] >= 1

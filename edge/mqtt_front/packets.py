@@ -99,7 +99,7 @@ def decode_fixed_header(buf: Buffer, max_len: int) -> tuple[int, int, int] | Non
     raise MalformedPacket("remaining length longer than 4 bytes")
 
 
-class _Reader:
+class Reader:
     """Bounded cursor over one packet's variable header and payload."""
 
     __slots__ = ("_buf", "_end", "pos")
@@ -172,7 +172,7 @@ def parse_connect(buf: Buffer, max_len: int = MAX_CONNECT_LEN) -> ConnectInfo | 
     packet_len = header_len + remaining
     if len(buf) < packet_len:
         return None
-    r = _Reader(buf, header_len, packet_len)
+    r = Reader(buf, header_len, packet_len)
 
     name = r.utf8("protocol name")
     level = r.u8("protocol level")
