@@ -1,0 +1,594 @@
+"""Cloud API benchmark: the dashboard and bucketed telemetry over a large DuckDB store.
+
+    .venv/bin/python bench/cloud_api.py [--readings N] [--devices D]
+
+1. Seed    a fresh data dir: an org, an admin user, one gateway and a few open alerts through
+           DuckCloudStore (the same code as `iotsphere cloud user add`), then N readings for D
+           devices x --metrics metrics bulk-loaded with one INSERT ... SELECT FROM range() into
+           the same `readings` table, plus the `devices` and `latest` rows the ingest path
+           would have written. Readings are ts-major (all series of one instant together), as
+           gateway sync batches arrive, one per series every --interval-s seconds, ending now.
+2. Serve   `iotsphere cloud serve` as a subprocess on a free 127.0.0.1 port.
+3. Measure over HTTP with httpx after logging in (one bearer token for every client):
+           a. GET /api/dashboard, one client, sequential: p50/p95
+           b. GET /api/devices/{id}/telemetry?metric=..&bucket=5m over 24 hours ending at the
+              newest reading, one client, sequential, rotating over devices and metrics
+           c. GET /api/dashboard with --clients concurrent clients: requests/s, p50/p95
+           Each figure: --warmup requests not measured, then a fixed number measured.
+
+Defaults are the issue's figures (10 million readings, 1,000 devices x 10 metrics), which
+take a few minutes on a 2-core machine, mostly seeding. The client shares the machine with the
+server: its CPU share during c. is printed. Targets are printed as met / MISSED for
+information only; this is a measurement, not a test, and exits 0 when the measurement worked.
+Output: human lines, then one final JSON line with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere, installed or not
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+from cloud.auth import hash_password  # noqa: E402
+from cloud.db import StoreError  # noqa: E402
+from cloud.services import open_duckdb_store  # noqa: E402
+from cloud.settings import CloudSettings  # noqa: E402
+from cloud.store import NewAlert, Role  # noqa: E402
+from cloud.store_duckdb import DuckCloudStore  # noqa: E402
+from edge.broker import free_port  # noqa: E402
+
+# The issue's targets for this machine.
+TARGET_DASHBOARD_P95_MS = 100.0
+TARGET_BUCKETS_P95_MS = 100.0
+
+EMAIL = "bench@example.com"
+PASSWORD = "bench-password-not-secret"
+ORG = "bench"
+DAY_MS = 86_400_000
+BUCKET = "5m"
+BUCKET_MS = 300_000
+READY_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 120.0
+
+
+class BenchError(Exception):
+    """The benchmark could not measure (the server did not start, a request failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    readings: int
+    devices: int
+    metrics: int
+    interval_s: int
+    requests: int  # measured requests for each sequential latency figure
+    concurrent_requests: int  # measured requests for the throughput figure, in all
+    clients: int
+    warmup: int
+    alerts: int
+    keep: bool
+
+    @property
+    def per_series(self) -> int:
+        return self.readings // (self.devices * self.metrics)
+
+    @property
+    def stored(self) -> int:
+        return self.per_series * self.devices * self.metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    newest_ms: int  # ts of the newest readings (one per series)
+    seconds: float
+    db_mb: float
+
+
+def device_id(i: int) -> str:
+    return f"dev-{i:05d}"
+
+
+def metric_name(i: int) -> str:
+    return f"m{i}"
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+def _interruptible(store: DuckCloudStore, fn: Callable[[Any], object]) -> None:
+    """store.db.run_sync(fn) in a thread: a long DuckDB statement only notices Ctrl-C
+    (KeyboardInterrupt in the main thread) when asked through connection.interrupt()."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            store.db.run_sync(fn)
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="seed", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        store.db.current_connection().interrupt()
+        worker.join()
+        raise
+    if failure:
+        raise failure[0]
+
+
+def seed(data_dir: Path, s: Settings) -> Seeded:
+    """Fill a fresh cloud store in data_dir; the server is not running yet (one writer)."""
+    started = time.monotonic()
+    settings = CloudSettings(data_dir=data_dir)
+    now = int(time.time() * 1000)
+    interval_ms = s.interval_s * 1000
+    # The newest instant is a little before now, on an interval boundary (devices online).
+    last_step_ms = now // interval_ms * interval_ms
+    first_ms = last_step_ms - (s.per_series - 1) * interval_ms
+    store = open_duckdb_store(settings)
+    try:
+
+        async def accounts() -> tuple[str, str]:
+            org = await store.ensure_org(ORG, now)
+            await store.create_user(EMAIL, hash_password(PASSWORD), Role.ADMIN, org.id, now)
+            gw = await store.create_gateway(org.id, "bench-gw", "not-a-token-hash", now, now)
+            for i in range(s.alerts):
+                dev = device_id(i * max(1, s.devices // max(1, s.alerts)) % s.devices)
+                await store.create_alert(
+                    org.id,
+                    NewAlert(
+                        rule_id=None,
+                        severity="warning",
+                        metric=metric_name(i % s.metrics),
+                        value=99.5,
+                        started_at=now - i * 60_000,
+                        device_id=dev,
+                    ),
+                )
+            return org.id, gw.gateway_id
+
+        org_id, gw_id = asyncio.run(accounts())
+        per_step = s.devices * s.metrics
+        params = {
+            "org": org_id,
+            "gw": gw_id,
+            "n": s.stored,
+            "per_step": per_step,
+            "m": s.metrics,
+            "t0": first_ms,
+            "dt": interval_ms,
+        }
+
+        def bulk(c: Any) -> None:
+            # i -> (step, device, metric), step-major: the row order of time-ordered sync
+            # batches, which the store's per-row-group ts min/max (zonemaps) rely on.
+            c.execute(
+                "INSERT INTO readings"
+                " SELECT $org, $gw, printf('dev-%05d', (i % $per_step) // $m),"
+                " 'm' || (i % $m), $t0 + (i // $per_step) * $dt AS ts,"
+                " round(20 + 5 * sin((i // $per_step) / 12.0 + i % $per_step) + random(), 3),"
+                " NULL, NULL, $t0 + (i // $per_step) * $dt + 40,"
+                " $t0 + (i // $per_step) * $dt + 900"
+                " FROM range($n) r(i)",
+                params,
+            )
+            c.execute(
+                "INSERT INTO devices (org_id, device_id, gateway_id, type, last_seen)"
+                " SELECT $org, device_id, $gw, 'sensor', max(gateway_received_at)"
+                " FROM readings WHERE org_id = $org AND ts = $last GROUP BY device_id",
+                {"org": org_id, "gw": gw_id, "last": last_step_ms},
+            )
+            c.execute(
+                "INSERT INTO latest SELECT org_id, device_id, metric, ts, value_num, NULL, NULL"
+                " FROM readings WHERE org_id = $org AND ts = $last",
+                {"org": org_id, "last": last_step_ms},
+            )
+
+        _interruptible(store, store.db.transaction(bulk))
+        # Compact the WAL into the file now, so the server starts on a checkpointed store.
+        _interruptible(store, lambda c: c.execute("CHECKPOINT"))
+    except StoreError as exc:
+        raise BenchError(f"seeding failed: {exc}") from exc
+    finally:
+        store.close()
+    size = settings.db_path.stat().st_size
+    return Seeded(last_step_ms, time.monotonic() - started, round(size / 1e6, 1))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    base_url: str
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(data_dir: Path, workdir: Path) -> Server:
+    port = free_port()
+    log = workdir / "cloud.log"
+    argv = [
+        sys.executable, "-m", "common.cli", "cloud", "serve",
+        "--data-dir", str(data_dir), "--bind", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            cwd=ROOT,
+            start_new_session=True,  # a Ctrl-C reaches only us; we stop it in order
+        )
+    server = Server(proc, log, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with httpx.Client(base_url=server.base_url, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(f"cloud serve exited with {proc.returncode}:\n{server.log_tail()}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    server.stop()
+    raise BenchError(f"cloud serve not ready within {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def percentile(sorted_ms: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted samples."""
+    if not sorted_ms:
+        return float("nan")
+    rank = max(1, -(-len(sorted_ms) * p // 100))  # ceil(n * p / 100), at least 1
+    return sorted_ms[int(rank) - 1]
+
+
+def summary(samples_ms: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(samples_ms)
+    return {
+        "requests": len(ordered),
+        "p50_ms": round(percentile(ordered, 50), 2),
+        "p95_ms": round(percentile(ordered, 95), 2),
+        "max_ms": round(ordered[-1], 2) if ordered else None,
+        "mean_ms": round(sum(ordered) / len(ordered), 2) if ordered else None,
+    }
+
+
+Request = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+
+
+async def timed(client: httpx.AsyncClient, request: Request, i: int) -> float:
+    started = time.perf_counter()
+    r = await request(client, i)
+    await r.aread()
+    elapsed = (time.perf_counter() - started) * 1000
+    if r.status_code != 200:
+        raise BenchError(f"{r.request.method} {r.request.url} -> {r.status_code}: {r.text[:300]}")
+    return elapsed
+
+
+@dataclass(frozen=True, slots=True)
+class CpuMark:
+    at: float
+    server: float  # CPU seconds of the server process
+    own: float  # CPU seconds of this process (the load generator)
+    host_busy: float  # host CPU seconds not idle, all cores
+
+
+def cpu_mark(server: psutil.Process) -> CpuMark:
+    t, host = server.cpu_times(), psutil.cpu_times()
+    idle = host.idle + getattr(host, "iowait", 0.0)
+    return CpuMark(time.perf_counter(), t.user + t.system, time.process_time(), sum(host) - idle)
+
+
+def cpu_report(a: CpuMark, b: CpuMark) -> dict[str, Any]:
+    """CPU over a window, 100% = one core. `other_processes` is whatever else ran on the host:
+    figures taken on a shared machine are only comparable when it is near 0."""
+    wall = b.at - a.at
+    server = 100 * (b.server - a.server) / wall
+    own = 100 * (b.own - a.own) / wall
+    host = 100 * (b.host_busy - a.host_busy) / wall
+    return {
+        "server": round(server, 1),
+        "bench_client": round(own, 1),
+        "other_processes": round(max(0.0, host - server - own), 1),
+        "cores": os.cpu_count(),
+    }
+
+
+async def sequential(
+    client: httpx.AsyncClient, request: Request, warmup: int, n: int, server: psutil.Process
+) -> dict[str, Any]:
+    for i in range(warmup):
+        await timed(client, request, i)
+    start = cpu_mark(server)
+    samples = [await timed(client, request, warmup + i) for i in range(n)]
+    result = summary(samples)
+    result["cpu_percent"] = cpu_report(start, cpu_mark(server))
+    return result
+
+
+async def concurrent(
+    client: httpx.AsyncClient,
+    request: Request,
+    clients: int,
+    warmup: int,
+    n: int,
+    server: psutil.Process,
+) -> dict[str, Any]:
+    async def worker(queue: list[int], out: list[float]) -> None:
+        while queue:
+            i = queue.pop()
+            out.append(await timed(client, request, i))
+
+    warm_queue, warm = list(range(warmup)), list[float]()  # opens every client's connection
+    await asyncio.gather(*(worker(warm_queue, warm) for _ in range(clients)))
+    pending, samples = list(range(n)), list[float]()
+    start = cpu_mark(server)
+    await asyncio.gather(*(worker(pending, samples) for _ in range(clients)))
+    end = cpu_mark(server)
+    result = summary(samples)
+    result["clients"] = clients
+    result["wall_s"] = round(end.at - start.at, 2)
+    result["requests_per_s"] = round(len(samples) / (end.at - start.at), 1)
+    result["cpu_percent"] = cpu_report(start, end)
+    return result
+
+
+async def measure(base_url: str, s: Settings, seeded: Seeded, server_pid: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=s.clients, max_keepalive_connections=s.clients)
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=REQUEST_TIMEOUT_S, limits=limits
+    ) as client:
+        r = await client.post("/api/auth/login", json={"email": EMAIL, "password": PASSWORD})
+        if r.status_code != 200:
+            raise BenchError(f"login failed: {r.status_code} {r.text[:300]}")
+        client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+
+        # Sanity: the API sees what was seeded (a figure over an empty answer means nothing).
+        r = await client.get("/api/dashboard")
+        if r.status_code != 200:
+            raise BenchError(f"dashboard: {r.status_code} {r.text[:300]}")
+        doc = r.json()
+        dashboard_bytes = len(r.content)
+        online = sum(1 for d in doc["devices"] if d["status"] == "online")
+        if len(doc["devices"]) != s.devices:
+            raise BenchError(f"dashboard lists {len(doc['devices'])} devices, seeded {s.devices}")
+
+        # The chart's window: the 24 hours of whole buckets ending with the newest reading's.
+        hi = (seeded.newest_ms // BUCKET_MS + 1) * BUCKET_MS
+        lo = hi - DAY_MS
+        stride = max(1, s.devices // 7 * 3 + 1)  # visits devices all over the table
+
+        def dashboard(c: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+            return c.get("/api/dashboard")
+
+        def buckets(c: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
+            dev = device_id(i * stride % s.devices)
+            params: dict[str, str | int] = {
+                "metric": metric_name(i % s.metrics), "from": lo, "to": hi, "bucket": BUCKET
+            }  # fmt: skip
+            return c.get(f"/api/devices/{dev}/telemetry", params=params)
+
+        r = await buckets(client, 0)
+        if r.status_code != 200:
+            raise BenchError(f"telemetry: {r.status_code} {r.text[:300]}")
+        points = r.json()["points"]
+        bucket_rows = sum(p["count"] for p in points)
+
+        result: dict[str, Any] = {}
+        print(f"\n[a] GET /api/dashboard, 1 client ({s.warmup} warm-up) ...", flush=True)
+        server = psutil.Process(server_pid)
+        result["dashboard"] = await sequential(client, dashboard, s.warmup, s.requests, server)
+        result["dashboard"]["response_bytes"] = dashboard_bytes
+        result["dashboard"]["devices_online"] = online
+        print(f"[b] 24 h / {BUCKET} telemetry, 1 client ...", flush=True)
+        result["buckets"] = await sequential(client, buckets, s.warmup, s.requests, server)
+        result["buckets"]["buckets_per_answer"] = len(points)
+        result["buckets"]["readings_per_answer"] = bucket_rows
+        print(f"[c] GET /api/dashboard, {s.clients} concurrent clients ...", flush=True)
+        result["dashboard_concurrent"] = await concurrent(
+            client, dashboard, s.clients, s.warmup, s.concurrent_requests, server
+        )
+        return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "MISSED"
+
+
+def _cpu_line(cpu: dict[str, Any]) -> str:
+    return (
+        f"CPU server {cpu['server']}%, bench client {cpu['bench_client']}%, "
+        f"other processes {cpu['other_processes']}%"
+    )
+
+
+def report(result: dict[str, Any]) -> None:
+    d, b, c = result["dashboard"], result["buckets"], result["dashboard_concurrent"]
+    cores = c["cpu_percent"]["cores"]
+    print(f"\n(CPU: 100% = one core of {cores}; 'other processes' should be near 0)")
+    print(
+        f"  GET /api/dashboard, 1 client       p50 {d['p50_ms']} ms, p95 {d['p95_ms']} ms, "
+        f"max {d['max_ms']} ms over {d['requests']} requests\n"
+        f"  {'':35}{d['response_bytes'] / 1000:.0f} kB, {d['devices_online']} devices online; "
+        f"{_cpu_line(d['cpu_percent'])}"
+    )
+    print(
+        f"  24 h / {BUCKET} telemetry, 1 client   p50 {b['p50_ms']} ms, p95 {b['p95_ms']} ms, "
+        f"max {b['max_ms']} ms over {b['requests']} requests\n"
+        f"  {'':35}{b['buckets_per_answer']} buckets of {b['readings_per_answer']} readings; "
+        f"{_cpu_line(b['cpu_percent'])}"
+    )
+    print(
+        f"  GET /api/dashboard, {c['clients']} clients     {c['requests_per_s']} requests/s, "
+        f"p50 {c['p50_ms']} ms, p95 {c['p95_ms']} ms over {c['requests']} requests\n"
+        f"  {'':35}{_cpu_line(c['cpu_percent'])}"
+    )
+    print("\ntargets (information only; nothing is asserted)")
+    for name, t in result["targets"].items():
+        print(f"  {name:22} {t['value']!s:>8} ms  target {t['target']:>8} ms  {t['verdict']}")
+
+
+def run(s: Settings) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="iotsphere-bench-cloud-"))
+    data_dir = workdir / "cloud"
+    server: Server | None = None
+    keep = s.keep
+    print(
+        f"cloud_api: {s.stored:,} readings = {s.devices:,} devices x {s.metrics} metrics x "
+        f"{s.per_series:,} (one per {s.interval_s} s, "
+        f"{s.per_series * s.interval_s / 3600:.1f} h); work dir {workdir}",
+        flush=True,
+    )
+    try:
+        print("seeding ...", flush=True)
+        seeded = seed(data_dir, s)
+        print(f"  seeded in {seeded.seconds:.1f} s; cloud.duckdb {seeded.db_mb} MB", flush=True)
+        server = start_server(data_dir, workdir)
+        print(f"cloud serve ready at {server.base_url} (pid {server.proc.pid})", flush=True)
+        result: dict[str, Any] = {"bench": "cloud_api"}
+        result.update(asyncio.run(measure(server.base_url, s, seeded, server.proc.pid)))
+    except BenchError:
+        keep = True  # the server log in it says why
+        raise
+    finally:
+        if server is not None:
+            server.stop()
+        if keep:
+            print(f"\nwork dir kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["seed"] = {"seconds": round(seeded.seconds, 1), "db_mb": seeded.db_mb}
+    result["targets"] = {
+        "dashboard_p95": {
+            "value": result["dashboard"]["p95_ms"],
+            "target": TARGET_DASHBOARD_P95_MS,
+            "verdict": _verdict(result["dashboard"]["p95_ms"], TARGET_DASHBOARD_P95_MS),
+        },
+        "buckets_p95": {
+            "value": result["buckets"]["p95_ms"],
+            "target": TARGET_BUCKETS_P95_MS,
+            "verdict": _verdict(result["buckets"]["p95_ms"], TARGET_BUCKETS_P95_MS),
+        },
+    }
+    result["settings"] = {
+        "readings": s.stored,
+        "devices": s.devices,
+        "metrics": s.metrics,
+        "interval_s": s.interval_s,
+        "requests": s.requests,
+        "concurrent_requests": s.concurrent_requests,
+        "clients": s.clients,
+        "warmup": s.warmup,
+        "alerts": s.alerts,
+        "cores": os.cpu_count(),
+    }
+    report(result)
+    return result
+
+
+def _parse(argv: Sequence[str]) -> Settings:
+    p = argparse.ArgumentParser(
+        prog="cloud_api.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+
+    def add(flag: str, default: int, text: str) -> None:
+        p.add_argument(flag, type=int, default=default, help=f"{text} (default {default:,})")
+
+    add("--readings", 10_000_000, "stored readings, split evenly over the series")
+    add("--devices", 1_000, "devices")
+    add("--metrics", 10, "metrics per device")
+    add("--interval-s", 300, "seconds between two readings of one series")
+    add("--requests", 200, "measured requests for each 1-client latency figure")
+    add("--concurrent-requests", 400, "measured requests for the concurrent figure, in all")
+    add("--clients", 20, "concurrent clients for the requests/s figure")
+    add("--warmup", 20, "requests before each figure that are not measured")
+    add("--alerts", 10, "open alerts on the dashboard")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (DuckDB file, log)")
+    a = p.parse_args(argv)
+    if min(a.readings, a.devices, a.metrics, a.interval_s, a.requests, a.clients) < 1:
+        p.error("--readings, --devices, --metrics, --interval-s, --requests, --clients must be > 0")
+    if a.concurrent_requests < 1 or a.warmup < 0 or a.alerts < 0:
+        p.error("--concurrent-requests must be > 0; --warmup and --alerts >= 0")
+    if a.readings < a.devices * a.metrics:
+        p.error("--readings must be at least --devices x --metrics (one reading per series)")
+    return Settings(
+        readings=a.readings,
+        devices=a.devices,
+        metrics=a.metrics,
+        interval_s=a.interval_s,
+        requests=a.requests,
+        concurrent_requests=a.concurrent_requests,
+        clients=a.clients,
+        warmup=a.warmup,
+        alerts=a.alerts,
+        keep=a.keep,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    settings = _parse(argv)
+    # SIGTERM ends the run like Ctrl-C: through the finally block that stops the server.
+    # (SIGINT too: a shell starting us in the background would otherwise leave it ignored.)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = run(settings)
+    except KeyboardInterrupt:
+        print("\ninterrupted; server stopped, work dir removed", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"\ncloud_api: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, separators=(",", ":")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
