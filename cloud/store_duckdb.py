@@ -352,28 +352,23 @@ class DuckCloudStore:
     def _devices(
         c: duckdb.DuckDBPyConnection, org_id: str, device_id: str | None
     ) -> list[DeviceInfo]:
-        where, params = "d.org_id = ?", [org_id]
+        # Latest values aggregated to one JSON object per device inside DuckDB: the joined
+        # form (one row per device and metric) cost ~30 ms per 10k rows to bring into Python.
+        dev_filter, params = "", [org_id, org_id]
         if device_id is not None:
-            where += " AND d.device_id = ?"
+            dev_filter = " AND d.device_id = ?"
             params.append(device_id)
         rows = c.execute(
-            "SELECT d.device_id, d.gateway_id, d.type, d.last_seen, l.metric, l.value_num,"
-            " l.value_bool, l.value_str FROM devices d LEFT JOIN latest l"
-            " ON l.org_id = d.org_id AND l.device_id = d.device_id"
-            f" WHERE {where} ORDER BY d.device_id, l.metric",
+            "SELECT d.device_id, d.gateway_id, d.type, d.last_seen, l.latest FROM devices d"
+            " LEFT JOIN (SELECT device_id, json_group_object(metric, coalesce("
+            "  to_json(value_num), to_json(value_bool), to_json(value_str))) AS latest"
+            "  FROM latest WHERE org_id = ? GROUP BY device_id) l USING (device_id)"
+            f" WHERE d.org_id = ?{dev_filter} ORDER BY d.device_id",
             params,
         ).fetchall()
-        out: list[DeviceInfo] = []
-        for r in rows:
-            if not out or out[-1].device_id != r[0]:
-                out.append(DeviceInfo(r[0], r[1], r[2], r[3], {}))
-            if r[4] is not None:
-                latest = out[-1].latest
-                assert isinstance(latest, dict)
-                value = _join(r[5], r[6], r[7])
-                if value is not None:
-                    latest[r[4]] = value
-        return out
+        return [
+            DeviceInfo(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {}) for r in rows
+        ]
 
     async def upsert_device(
         self, org_id: str, device_id: str, gateway_id: str | None, device_type: str | None

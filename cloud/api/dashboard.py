@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 
 from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
 from cloud.api.schemas import DashboardOut
@@ -19,8 +19,11 @@ MAX_CONFIG_BYTES = 64 * 1024
 
 
 @router.get("", response_model=DashboardOut, responses=problems(*AUTHED))
-async def dashboard(principal: Viewer, services: ServicesDep) -> dict[str, Any]:
-    return await assemble(services, principal.org_id)
+async def dashboard(principal: Viewer, services: ServicesDep) -> Response:
+    # Serialised directly: FastAPI's re-validation of 1,000 devices against DashboardOut cost
+    # 12-30 ms per request; the schema still documents the shape (and the API tests check it).
+    body = await assemble(services, principal.org_id)
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/config", response_model=dict[str, Any], responses=problems(*AUTHED))
