@@ -20,6 +20,10 @@ import pyarrow as pa
 
 from common.model import FieldError, Reading, ReadingFlag
 
+# Arrow's default allocator (jemalloc/mimalloc) keeps its own arenas next to glibc's; batches
+# here are small and short-lived, so the system allocator costs nothing and keeps RSS down.
+pa.set_memory_pool(pa.system_memory_pool())
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     seq         BIGINT NOT NULL,   -- gateway-wide monotonic sequence, the sync cursor

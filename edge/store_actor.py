@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -121,6 +122,7 @@ class LiveStats:
     active_alerts: int = 0  # kept by the rules actor
 
 
+STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
 GROUP_COMMIT_FACTOR = 8
 META_INTERVAL_S = 2.0  # last_seen and counters are written at most this often
 
@@ -142,6 +144,7 @@ class StoreActor(Actor[StoreMsg]):
         on_commit: Callable[[Committed], Awaitable[None]] | None = None,
         lag: LagWindow | None = None,
         stats: LiveStats | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         super().__init__()
         self._store = store
@@ -157,6 +160,7 @@ class StoreActor(Actor[StoreMsg]):
         self._counters: dict[str, int] = {}
         self._meta_due = time.monotonic() + META_INTERVAL_S
         self._meta_timer: asyncio.TimerHandle | None = None
+        self._executor = executor or STORE_THREAD
 
     async def receive(self, msg: StoreMsg) -> object:
         match msg:
@@ -187,12 +191,17 @@ class StoreActor(Actor[StoreMsg]):
             case Call(fn):
                 await self._flush()  # queries see everything received before them
                 try:
-                    return _Ok(await asyncio.to_thread(fn, self._store))
+                    return _Ok(await self._in_store_thread(fn, self._store))
                 except Exception as exc:  # the caller's error (bad input), not this actor's
                     return _Failed(exc)
             case Flush():
                 await self._flush()
         return None
+
+    async def _in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """DuckDB work runs on the store's one thread: the event loop keeps serving sockets,
+        and a single thread keeps one malloc arena instead of one per pool worker."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def on_stop(self) -> None:
         self._meta_due = 0.0  # write last_seen and counters now
@@ -244,7 +253,7 @@ class StoreActor(Actor[StoreMsg]):
             return
         self._batch, self._confirms = Batch(), []
         try:
-            result = await asyncio.to_thread(self._store.commit, batch)
+            result = await self._in_store_thread(self._store.commit, batch)
         except Exception as exc:
             log.exception("commit of %d readings failed", len(batch.readings))
             for confirm in confirms:
