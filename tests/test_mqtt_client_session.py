@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -31,57 +26,18 @@ from edge.mqtt_client.codec import (
     encode_puback,
 )
 from edge.mqtt_front.packets import parse_connect
+from tests.mosquitto_support import free_port, running_broker
 
 pytestmark = pytest.mark.timeout(30)
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 USER, PASSWORD = "gw", "gw-secret"
 _ids = itertools.count()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    if not Path(MOSQUITTO).exists() or not shutil.which("mosquitto_passwd"):
-        pytest.fail("mosquitto and mosquitto_passwd are required (./dev.sh setup installs them)")
-    tmp = tmp_path_factory.mktemp("mosquitto")
-    passwd = tmp / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD], check=True)
-    port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous false\n"
-        f"password_file {passwd}\n"
-        "persistence false\n"
-        # As root Mosquitto drops to user "mosquitto", which cannot read pytest's 0700 tmp dir.
-        "user root\n"
-        "log_dest stderr\n"
-    )
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mosquitto did not start") from None
-                time.sleep(0.02)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
+    with running_broker(tmp_path_factory.mktemp("mosquitto"), {USER: PASSWORD}) as broker:
+        yield broker.port
 
 
 def config(port: int, **kw: object) -> SessionConfig:

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -18,64 +13,18 @@ import pytest
 from common.clock import ManualClock
 from edge.lockout import LockoutDecision, LockoutPolicy, LockoutTracker
 from edge.mqtt_front import AuthEvent, MqttFront
+from tests.mosquitto_support import free_port, running_broker
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 USERS = {"dev1": "secret1", "dev2": "secret2"}
 V311 = aiomqtt.ProtocolVersion.V311
 V5 = aiomqtt.ProtocolVersion.V5
 PROTOCOLS = pytest.mark.parametrize("protocol", [V311, V5], ids=["v311", "v5"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    if not Path(MOSQUITTO).exists() or not shutil.which("mosquitto_passwd"):
-        pytest.fail("mosquitto and mosquitto_passwd are required (./dev.sh setup installs them)")
-    tmp = tmp_path_factory.mktemp("mosquitto")
-    passwd = tmp / "passwd"
-    for i, (user, password) in enumerate(USERS.items()):
-        create = ["-c"] if i == 0 else []
-        subprocess.run(["mosquitto_passwd", "-b", *create, str(passwd), user, password], check=True)
-    port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous false\n"
-        f"password_file {passwd}\n"
-        "persistence false\n"
-        # As root Mosquitto drops to user "mosquitto", which cannot read pytest's 0700 tmp dir.
-        "user root\n"
-        "log_dest stderr\n"
-    )
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"mosquitto did not start: {err}")
-                time.sleep(0.02)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    with running_broker(tmp_path_factory.mktemp("mosquitto"), USERS) as broker:
+        yield broker.port
 
 
 @dataclass

@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import importlib.util
 import itertools
 import json
 import random
 import re
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -37,8 +34,8 @@ from firmware_stubs.mqtt_sim import (
     parse_credentials,
     run_simulation,
 )
+from tests.mosquitto_support import PlainBroker
 
-MOSQUITTO = "/usr/sbin/mosquitto"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = (DeviceCredentials("dev-a", "tok-a"), DeviceCredentials("dev-b", "tok-b"))
 OBSERVER = ("observer", "observer-pw")
@@ -47,74 +44,16 @@ OBSERVER = ("observer", "observer-pw")
 # --------------------------------------------------------------------------- broker fixture
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+USERS = {**{d.device_id: d.token for d in DEVICES}, OBSERVER[0]: OBSERVER[1]}
 
 
-class Broker:
-    def __init__(self, workdir: Path, *, open_access: bool = False) -> None:
-        workdir.mkdir(exist_ok=True)
-        self.host = "127.0.0.1"
-        self.port = _free_port()
-        passwd = workdir / "passwd"
-        users = [(d.device_id, d.token) for d in DEVICES] + [OBSERVER]
-        for index, (user, password) in enumerate(users):
-            create = ["-c"] if index == 0 else []
-            subprocess.run(
-                ["mosquitto_passwd", "-b", *create, str(passwd), user, password],
-                check=True,
-                capture_output=True,
-            )
-        self.conf = workdir / "mosquitto.conf"
-        access = (
-            "allow_anonymous true\n"
-            if open_access  # accepts any username and password: a misconfigured gateway
-            else f"allow_anonymous false\npassword_file {passwd}\n"
-        )
-        self.conf.write_text(
-            f"listener {self.port} {self.host}\n{access}persistence false\n"
-            # Started as root, Mosquitto would switch to user 'mosquitto', which cannot read
-            # pytest's private tmp dir.
-            f"user {getpass.getuser()}\n"
-        )
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port)):
-                return
-            time.sleep(0.01)
-        raise RuntimeError("mosquitto did not start listening")
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
+def make_broker(workdir: Path, *, open_access: bool = False) -> PlainBroker:
+    return PlainBroker(workdir, USERS, open_access=open_access)
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path)
+def broker(tmp_path: Path) -> Iterator[PlainBroker]:
+    b = make_broker(tmp_path)
     b.start()
     try:
         yield b
@@ -123,7 +62,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @contextlib.asynccontextmanager
-async def subscribed(broker: Broker) -> AsyncIterator[list[tuple[str, bytes]]]:
+async def subscribed(broker: PlainBroker) -> AsyncIterator[list[tuple[str, bytes]]]:
     """Everything published to devices/+/telemetry while the block runs, in arrival order."""
     received: list[tuple[str, bytes]] = []
     async with aiomqtt.Client(
@@ -153,7 +92,7 @@ async def wait_until(condition: object, within: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def config_for(broker: Broker, **overrides: object) -> SimConfig:
+def config_for(broker: PlainBroker, **overrides: object) -> SimConfig:
     base = SimConfig(
         devices=DEVICES,
         host=broker.host,
@@ -182,7 +121,7 @@ def acked_lines(path: Path) -> list[tuple[str, int, int]]:
 # --------------------------------------------------------------------------- against Mosquitto
 
 
-async def test_two_devices_publish_all_messages_qos1(broker: Broker, tmp_path: Path) -> None:
+async def test_two_devices_publish_all_messages_qos1(broker: PlainBroker, tmp_path: Path) -> None:
     log_path = tmp_path / "acked.log"
     async with subscribed(broker) as received:
         stats = await run_simulation(config_for(broker, acked_log=log_path))
@@ -211,7 +150,7 @@ async def test_two_devices_publish_all_messages_qos1(broker: Broker, tmp_path: P
 
 
 @pytest.mark.parametrize("protocol", [5, 311])
-async def test_wrong_password_is_refused_and_reported(broker: Broker, protocol: int) -> None:
+async def test_wrong_password_is_refused_and_reported(broker: PlainBroker, protocol: int) -> None:
     config = config_for(broker, devices=DEVICES[:1], wrong_password=True, protocol=protocol)
     async with subscribed(broker) as received:
         stats = await run_simulation(config)
@@ -224,7 +163,7 @@ async def test_wrong_password_is_refused_and_reported(broker: Broker, protocol: 
     assert received == []
 
 
-async def test_malformed_every_fifth_message(broker: Broker) -> None:
+async def test_malformed_every_fifth_message(broker: PlainBroker) -> None:
     config = config_for(broker, devices=DEVICES[:1], count=12, malformed_every=5)
     async with subscribed(broker) as received:
         stats = await run_simulation(config)
@@ -243,7 +182,7 @@ async def test_malformed_every_fifth_message(broker: Broker) -> None:
     assert valid == [s for s in range(1, 13) if s % 5]
 
 
-async def test_no_clock_sends_flat_objects_without_ts(broker: Broker) -> None:
+async def test_no_clock_sends_flat_objects_without_ts(broker: PlainBroker) -> None:
     config = config_for(
         broker, devices=DEVICES[1:], count=5, no_clock=True, metrics=("temperature", "co2")
     )
@@ -258,7 +197,7 @@ async def test_no_clock_sends_flat_objects_without_ts(broker: Broker) -> None:
         assert all(isinstance(v, float) for v in doc.values())
 
 
-async def test_qos0_publishes_without_acks(broker: Broker, tmp_path: Path) -> None:
+async def test_qos0_publishes_without_acks(broker: PlainBroker, tmp_path: Path) -> None:
     log_path = tmp_path / "acked.log"
     config = config_for(broker, devices=DEVICES[:1], count=10, qos=0, acked_log=log_path)
     async with subscribed(broker) as received:
@@ -268,7 +207,9 @@ async def test_qos0_publishes_without_acks(broker: Broker, tmp_path: Path) -> No
     assert acked_lines(log_path) == []
 
 
-async def test_reconnects_and_resends_after_broker_restart(broker: Broker, tmp_path: Path) -> None:
+async def test_reconnects_and_resends_after_broker_restart(
+    broker: PlainBroker, tmp_path: Path
+) -> None:
     log_path = tmp_path / "acked.log"
     config = config_for(broker, devices=DEVICES[:1], count=60, rate=100.0, acked_log=log_path)
     sim = asyncio.create_task(run_simulation(config))
@@ -287,7 +228,7 @@ async def test_reconnects_and_resends_after_broker_restart(broker: Broker, tmp_p
     assert all(a < b for a, b in itertools.pairwise(stamps))
 
 
-async def test_stop_ends_an_endless_run_with_stats(broker: Broker, tmp_path: Path) -> None:
+async def test_stop_ends_an_endless_run_with_stats(broker: PlainBroker, tmp_path: Path) -> None:
     log_path = tmp_path / "acked.log"
     config = config_for(broker, count=0, rate=200.0, acked_log=log_path)
     stop = asyncio.Event()
@@ -354,7 +295,7 @@ def test_cli_devices_larger_than_file_is_a_usage_error(tmp_path: Path) -> None:
 
 
 async def test_cli_runs_a_fleet_from_a_credentials_file(
-    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: PlainBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     creds = tmp_path / "creds.json"
     creds.write_text(json.dumps([{"device_id": d.device_id, "token": d.token} for d in DEVICES]))
@@ -378,9 +319,9 @@ async def test_cli_runs_a_fleet_from_a_credentials_file(
 
 
 async def test_cli_exit_codes_for_refusal(
-    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: PlainBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def argv(b: Broker, *extra: str) -> list[str]:
+    def argv(b: PlainBroker, *extra: str) -> list[str]:
         return [
             "sim", "mqtt", "--host", b.host, "--port", str(b.port), "--json",
             "--device", "dev-a", "--count", "1", "--backoff", "0.01", *extra,
@@ -394,7 +335,7 @@ async def test_cli_exit_codes_for_refusal(
     assert await asyncio.to_thread(run_cli, argv(broker, "--token", "nope")) == 1
     assert json.loads(capsys.readouterr().out)["refused"] == 1
     # A broker that lets a wrong password in fails the --wrong-password check.
-    open_broker = Broker(tmp_path / "open", open_access=True)
+    open_broker = make_broker(tmp_path / "open", open_access=True)
     open_broker.start()
     try:
         code = await asyncio.to_thread(
@@ -421,7 +362,7 @@ except CliError as exc:
 """
 
 
-async def test_ctrl_c_drains_and_prints_stats(broker: Broker, tmp_path: Path) -> None:
+async def test_ctrl_c_drains_and_prints_stats(broker: PlainBroker, tmp_path: Path) -> None:
     log_path = tmp_path / "acked.log"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _SIM_MAIN,
