@@ -13,8 +13,6 @@ import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
 from edge import ops
 from edge.store import GatewayStore
 
@@ -90,6 +88,9 @@ class RemoteBackend:
     """The running gateway's admin API, authenticated by the secret in the data dir."""
 
     def __init__(self, base_url: str, secret: str) -> None:
+        import httpx  # only the CLI needs an HTTP client: keep it out of the gateway process
+
+        self._httpx = httpx
         self._client = httpx.AsyncClient(
             base_url=base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=30.0
         )
@@ -100,7 +101,7 @@ class RemoteBackend:
     async def _req(self, method: str, path: str, **kw: Any) -> Any:
         try:
             resp = await self._client.request(method, path, **kw)
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise BackendError(f"the gateway's admin API did not answer: {exc}") from exc
         if resp.status_code >= 400:
             try:

@@ -7,8 +7,6 @@ import json
 import logging
 from typing import Any
 
-import aiomqtt
-
 from edge.broker import ADMIN_USER, device_role
 
 log = logging.getLogger("iotsphere.dynsec")
@@ -28,6 +26,8 @@ class DynsecClient:
         self._lock = asyncio.Lock()
 
     async def run(self, commands: list[dict[str, Any]], timeout_s: float = 10.0) -> None:
+        import aiomqtt  # used only for provisioning: ~13 MB of RSS the gateway need not carry
+
         async with (
             self._lock,
             aiomqtt.Client(
