@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import random
 import signal
@@ -163,6 +164,9 @@ class Gateway:
             await admin.start()
             write_run_info(cfg.run_dir, admin.port)
             self.ready.set()
+            # What start-up built lives as long as the process: keep it out of the cyclic
+            # collector's generations (fewer, shorter GC pauses on the ingest path).
+            gc.freeze()
             log.info(
                 "gateway ready: MQTT on %s:%s, data in %s",
                 cfg.bind,
