@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud.api import alerts, api_keys, auth, channels, dashboard, devices, monitoring, ops
+from cloud.api.local_admin import router as local_admin_router
 from cloud.problems import document_problems, install
 from cloud.services import ApiMetrics, Services
 
@@ -94,6 +95,7 @@ def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> F
         channels.router,
         api_keys.router,
         ops.router,
+        local_admin_router,
     ):
         app.include_router(router)
     for router in extra_routers:

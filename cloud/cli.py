@@ -1,8 +1,10 @@
 """`iotsphere cloud ...`: serve the aggregator, add users and gateways.
 
-The admin commands open the DuckDB file directly; DuckDB allows one writer process, so they
-fail with a clear line while `cloud serve` runs on the same data dir (an admin API for them
-is a later issue).
+DuckDB allows one writer process. While `cloud serve` runs on the data dir (it names itself
+in run/cloud.json), the admin commands ask it over loopback (/api/local-admin, authenticated
+by a secret in the data dir, like the gateway's admin API); otherwise they open the DuckDB
+file directly. Both paths run the same operation (add_user / add_gateway below), so their
+validation, defaults, output and errors cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,14 +13,24 @@ import argparse
 import asyncio
 import getpass
 import os
-import re
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cloud.auth import hash_password, new_opaque_token, token_digest
+import httpx
+
+from cloud.admin_ops import (
+    DEFAULT_ORG,
+    LOCAL_ADMIN_PREFIX,
+    add_gateway,
+    add_user,
+    check_email,
+    check_password,
+    local_admin_secret,
+    running_cloud_url,
+)
 from cloud.db import Conflict, StoreError
 from cloud.services import open_duckdb_store
 from cloud.settings import CloudSettings
@@ -26,12 +38,44 @@ from cloud.store import Role
 from cloud.store_duckdb import DuckCloudStore
 from common.cli import CliError, add_common_args, data_dir_of, port_number, print_json
 from common.clock import SystemClock
+from common.problem import ProblemError
 
 T = TypeVar("T")
 
-DEFAULT_ORG = "default"
-MIN_PASSWORD = 8
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+def _post_to_running(data_dir: Path, path: str, body: dict[str, Any]) -> dict[str, str] | None:
+    """POST to the running server's local admin API; None when no server runs here."""
+    url = running_cloud_url(data_dir)
+    if url is None:
+        return None
+    try:
+        secret = local_admin_secret(data_dir)
+    except OSError as exc:
+        raise CliError(f"cannot read the cloud's local admin secret: {exc}") from exc
+    try:
+        # trust_env=False: never through an HTTP(S)_PROXY; the password stays on this host
+        with httpx.Client(base_url=url, timeout=60.0, trust_env=False) as http:
+            resp = http.post(path, json=body, headers={"Authorization": f"Bearer {secret}"})
+    except httpx.ConnectError:
+        return None  # nothing listens: stale run info (pid reused); the direct path decides
+    except httpx.HTTPError as exc:
+        raise CliError(f"the running cloud did not answer: {exc}") from exc
+    if resp.status_code >= 400:
+        try:
+            doc = resp.json()
+            message = str(doc.get("detail") or doc.get("title") or resp.text)
+        except (ValueError, AttributeError):
+            message = resp.text.strip() or f"HTTP {resp.status_code}"
+        raise CliError(message, _exit_code(resp.status_code))
+    result: dict[str, str] = resp.json()
+    return result
+
+
+def _exit_code(status: int) -> int:
+    return 2 if status in (400, 422) else 1  # the user's input was wrong: a usage error
+
+
+# -- commands ---------------------------------------------------------------------------------
 
 
 def _settings(args: argparse.Namespace) -> CloudSettings:
@@ -48,6 +92,8 @@ def _with_store(
         raise CliError(f"cannot open the cloud store (is `cloud serve` running?): {exc}") from exc
     try:
         return asyncio.run(action(store))
+    except ProblemError as exc:
+        raise CliError(exc.problem.detail, _exit_code(exc.problem.status)) from exc
     except Conflict as exc:
         raise CliError(str(exc)) from exc
     except StoreError as exc:
@@ -63,9 +109,15 @@ def _read_password() -> str:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
             raise CliError("passwords do not match", 2)
-    if len(password) < MIN_PASSWORD:
-        raise CliError(f"password must be at least {MIN_PASSWORD} characters", 2)
     return password
+
+
+def _checked(check: Callable[[], T]) -> T:
+    """Run a shared validator before any I/O, its ProblemError as a one-line CLI error."""
+    try:
+        return check()
+    except ProblemError as exc:
+        raise CliError(exc.problem.detail, _exit_code(exc.problem.status)) from exc
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -91,37 +143,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_user_add(args: argparse.Namespace) -> int:
-    email = args.email.strip().lower()
-    if not _EMAIL.match(email):
-        raise CliError(f"not an e-mail address: {args.email!r}", 2)
-    password_hash = hash_password(_read_password())
-    now = SystemClock().now_ms()
-
-    async def go(store: DuckCloudStore) -> dict[str, str]:
-        if await store.user_by_email(email) is not None:
-            raise CliError(f"user {email} already exists")
-        org = await store.ensure_org(args.org, now)
-        user = await store.create_user(email, password_hash, Role(args.role), org.id, now)
-        return {"user_id": user.id, "email": user.email, "role": user.role.value, "org": org.name}
-
-    print_json(_with_store(args, go))
+    # Checked here too, before the password prompt; add_user checks again (the API's callers).
+    email = _checked(lambda: check_email(args.email))
+    password = _read_password()
+    _checked(lambda: check_password(password))
+    role, org = Role(args.role), args.org
+    body = {"email": email, "password": password, "role": role.value, "org": org}
+    result = _post_to_running(data_dir_of(args), f"{LOCAL_ADMIN_PREFIX}/users", body)
+    if result is None:
+        now = SystemClock().now_ms()
+        result = _with_store(args, lambda store: add_user(store, email, password, role, org, now))
+    print_json(result)
     return 0
 
 
 def _cmd_gateway_add(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    token = new_opaque_token()
-    now = SystemClock().now_ms()
-
-    async def go(store: DuckCloudStore) -> dict[str, str]:
-        org = await store.ensure_org(args.org, now)
-        if any(g.name == args.name for g in await store.list_gateways(org.id)):
-            raise CliError(f"gateway {args.name!r} already exists in organization {org.name!r}")
-        expires = now + settings.enrollment_ttl_s * 1000
-        gw = await store.create_gateway(org.id, args.name, token_digest(token), expires, now)
-        return {"gateway_id": gw.gateway_id, "enrollment_token": token}
-
-    print_json(_with_store(args, go))
+    name, org = args.name, args.org
+    body = {"name": name, "org": org}
+    result = _post_to_running(data_dir_of(args), f"{LOCAL_ADMIN_PREFIX}/gateways", body)
+    if result is None:
+        ttl, now = _settings(args).enrollment_ttl_s, SystemClock().now_ms()
+        result = _with_store(args, lambda store: add_gateway(store, name, org, ttl, now))
+    print_json(result)
     return 0
 
 

@@ -3,6 +3,10 @@
 uvicorn re-raises a captured signal after its graceful shutdown (so a plain `server.run()`
 would end with KeyboardInterrupt / death by SIGTERM); we catch the signals ourselves, let
 uvicorn drain in-flight requests, close the store and return normally.
+
+While it listens, run/cloud.json in the data dir names it ({pid, port, bind}) and the local
+admin secret exists: `cloud user add` / `cloud gateway add` then go through its local admin
+API (cloud/api/local_admin.py), since DuckDB admits only this process as a writer.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import logging
 import signal
 import socket
 from collections.abc import Generator, Iterable
+from pathlib import Path
 
 import uvicorn
 from fastapi import APIRouter
 
+from cloud.admin_ops import local_admin_secret, remove_run_info, write_run_info
 from cloud.app import create_app
 from cloud.services import Services, build_services, open_duckdb_store
 from cloud.settings import CloudSettings
@@ -26,7 +32,13 @@ log = logging.getLogger("iotsphere.cloud")
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn.Server whose signal handling ends serve() without re-raising the signal."""
+    """uvicorn.Server whose signal handling ends serve() without re-raising the signal.
+
+    With `run_info_dir` set (by serve(), not by in-process tests), it announces itself in that
+    data dir's run/cloud.json once it listens.
+    """
+
+    run_info_dir: Path | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -48,8 +60,17 @@ class GracefulServer(uvicorn.Server):
         # Everything imported and built so far lives as long as the process: keep it out of
         # the collector's generations, whose full passes caused ~100 ms request stalls.
         gc.freeze()
+        if self.started and self.run_info_dir is not None:
+            write_run_info(self.run_info_dir, self._bound_port(), self.config.host)
         if self.started:  # the marker scripts and tests wait for
             log.info("cloud ready on http://%s:%d", self.config.host, self.config.port)
+
+    def _bound_port(self) -> int:
+        """The port actually listened on (differs from the configured one for port 0)."""
+        for server in self.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.config.port
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s: shutting down", signal.Signals(sig).name)
@@ -78,8 +99,10 @@ def serve(settings: CloudSettings) -> None:
     """Run until SIGINT/SIGTERM. Raises StoreError / OSError on start-up failures."""
     store = open_duckdb_store(settings)
     try:
+        local_admin_secret(settings.data_dir)  # before run/cloud.json sends the CLI to us
         services = build_services(settings, store)
         server = uvicorn_server(services, settings.bind, settings.port)
+        server.run_info_dir = settings.data_dir
         # "cloud ready" is logged by GracefulServer.startup once the socket listens (scripts
         # and tests wait for it), not here, before it does.
         log.info("starting cloud on %s:%d (data dir %s)", settings.bind, settings.port,
@@ -88,5 +111,6 @@ def serve(settings: CloudSettings) -> None:
         if not server.started:
             raise OSError(f"could not listen on {settings.bind}:{settings.port}")
     finally:
+        remove_run_info(settings.data_dir)  # from now on the CLI opens the store itself
         store.close()
     log.info("cloud stopped")
