@@ -115,6 +115,7 @@ class Gateway:
             self.live.rejections = initial["rejections"]
             self.live.auth_failures = initial["auth_failures"]
             self.live.active_alerts = initial["active_alerts"]
+            self.live.oldest_unsynced_at = initial["sync"]["oldest_unsynced_at"]
             self._store_ref = await root.start_child(
                 ChildSpec(
                     "store",
@@ -407,7 +408,16 @@ class Gateway:
             "commits": live.commits,
             "last_commit_at": live.last_commit_at,
             # Until this gateway is enrolled with a cloud, every stored reading is backlog.
-            "sync": {"state": "not enrolled", "backlog_readings": live.readings_stored},
+            "sync": {
+                "state": "not enrolled",
+                "backlog_readings": live.readings_stored,
+                "oldest_unsynced_at": live.oldest_unsynced_at,
+                "oldest_unsynced_age_s": (
+                    None
+                    if live.oldest_unsynced_at is None
+                    else max(0, self.clock.now_ms() - live.oldest_unsynced_at) // 1000
+                ),
+            },
             "broker": broker,
             "mqtt_front": dataclasses.asdict(self._front.stats) if self._front else None,
             "ingress": dict(self._ingress.stats) if self._ingress else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -587,6 +588,9 @@ class GatewayStore:
                 "state": "not enrolled",
                 "backlog_readings": readings,
                 "oldest_unsynced_at": oldest,
+                "oldest_unsynced_age_s": (
+                    None if oldest is None else max(0, time.time_ns() // 1_000_000 - oldest) // 1000
+                ),
             },
         }
 

@@ -120,6 +120,7 @@ class LiveStats:
     commits: int = 0
     last_commit_at: int | None = None
     active_alerts: int = 0  # kept by the rules actor
+    oldest_unsynced_at: int | None = None  # receive time of the oldest reading not yet synced
 
 
 STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
@@ -268,6 +269,8 @@ class StoreActor(Actor[StoreMsg]):
         st.auth_failures += len(batch.auth_failures)
         if result.last_seq is not None:
             st.last_seq = result.last_seq
+        if st.oldest_unsynced_at is None and result.inserted:
+            st.oldest_unsynced_at = min(r.received_at for r in batch.readings)
         if batch.readings:
             self.lag.add_batch(batch.readings)
         for confirm in confirms:

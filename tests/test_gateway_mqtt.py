@@ -180,6 +180,8 @@ def test_device_data_flow(gateway_process: GatewayProcess) -> None:
     status = cli_json("gateway", "status", data_dir=data_dir)
     assert status["gateway"] == "running" and status["broker"]["state"] == "running"
     assert status["readings_stored"] == 5 and status["rejections"] == 2
+    assert status["sync"]["backlog_readings"] == 5  # not enrolled: everything is backlog
+    assert status["sync"]["oldest_unsynced_age_s"] >= 0
 
     assert gateway_process.stop() == 0  # graceful SIGTERM exits 0
     # stopped: the CLI reads the same data directly
