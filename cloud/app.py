@@ -17,7 +17,17 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cloud.api import alerts, api_keys, auth, channels, dashboard, devices, monitoring, ops
+from cloud.api import (
+    alerts,
+    api_keys,
+    auth,
+    channels,
+    dashboard,
+    devices,
+    monitoring,
+    ops,
+    sync,
+)
 from cloud.api.local_admin import router as local_admin_router
 from cloud.problems import document_problems, install
 from cloud.services import ApiMetrics, Services
@@ -95,6 +105,7 @@ def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> F
         channels.router,
         api_keys.router,
         ops.router,
+        sync.router,
         local_admin_router,
     ):
         app.include_router(router)

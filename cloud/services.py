@@ -20,7 +20,9 @@ from cloud.retry import Sleep
 from cloud.settings import CloudSettings
 from cloud.store import CloudStore
 from cloud.store_duckdb import DuckCloudStore
+from cloud.sync_store import DuckSyncStore
 from common.clock import Clock, SystemClock
+from common.gateway_auth import GatewayVerifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,10 @@ class Services:
     notify: DuckNotifyStore | None = None
     monitor_metrics: MonitorMetrics | None = None
     hooks: Hooks = field(default_factory=Hooks)
+    # Gateway enrollment and sync (None on a store that lacks them).
+    sync: DuckSyncStore | None = None
+    gateway_verifier: GatewayVerifier | None = None
+    enroll_limiter: LoginLimiter | None = None
 
 
 def build_services(
@@ -93,10 +99,13 @@ def build_services(
     clock = clock or SystemClock()
     key = load_or_create_secret(settings.jwt_secret_path)
     registry = Registry()
-    monitoring = notify = None
+    monitoring = notify = sync = verifier = None
     if isinstance(store, DuckCloudStore):  # they share its Database (one file, one lock)
         notify = DuckNotifyStore(store.db)
         monitoring = DuckMonitoringStore(store.db)
+        sync = DuckSyncStore(store.db)
+        # the lookup runs in a worker thread (the endpoint verifies off the event loop)
+        verifier = GatewayVerifier(sync.active_public_key, clock)
     return Services(
         settings=settings,
         store=store,
@@ -115,6 +124,9 @@ def build_services(
         monitoring=monitoring,
         notify=notify,
         monitor_metrics=MonitorMetrics.on(registry),
+        sync=sync,
+        gateway_verifier=verifier,
+        enroll_limiter=LoginLimiter(settings.enroll, clock),
     )
 
 

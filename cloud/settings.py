@@ -56,6 +56,8 @@ class CloudSettings:
     retry_after_s: int = 5  # Retry-After sent with 503 when the store stays down
     max_points: int = 10_000  # cap on raw telemetry points in one response
     login: LoginLimits = field(default_factory=LoginLimits)
+    # failed gateway enrollments per source address (token guessing)
+    enroll: LoginLimits = field(default_factory=lambda: LoginLimits(10, 15 * 60.0))
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cloud.db import Database, Migration, first
 from cloud.store import (
@@ -77,7 +78,7 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-_BATCH_SCHEMA = pa.schema(
+READINGS_BATCH_SCHEMA = pa.schema(
     [
         ("device_id", pa.string()),
         ("metric", pa.string()),
@@ -95,7 +96,7 @@ _ALERT_COLS = (
 )
 
 
-def _split(value: Value | None) -> tuple[float | None, bool | None, str | None]:
+def split_value(value: Value | None) -> tuple[float | None, bool | None, str | None]:
     # bool before number: bool is an int subclass in Python
     if isinstance(value, bool):
         return None, value, None
@@ -112,6 +113,22 @@ def _join(num: float | None, flag: bool | None, text: str | None) -> Value | Non
     if num is not None:
         return float(num)
     return text
+
+
+def insert_readings_table(
+    c: duckdb.DuckDBPyConnection, batch: pa.Table, org_id: str, gateway_id: str, now_ms: int
+) -> int:
+    """Insert readings (a READINGS_BATCH_SCHEMA table) once per (device, metric, ts) on a
+    connection the caller holds inside its transaction (a sync batch is applied whole)."""
+    if batch.num_rows == 0:
+        return 0
+    ts = batch.column("ts")
+    lo, hi = pc.min(ts).as_py(), pc.max(ts).as_py()
+    c.register("incoming_batch", batch)
+    try:
+        return DuckCloudStore._insert_batch(c, org_id, gateway_id, lo, hi, now_ms)
+    finally:
+        c.unregister("incoming_batch")
 
 
 def _alert(row: tuple[Any, ...]) -> AlertInfo:
@@ -134,7 +151,7 @@ def _alert(row: tuple[Any, ...]) -> AlertInfo:
 def insert_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str, alert: NewAlert) -> None:
     """Insert a new active alert on a connection the caller holds (so the monitoring loop can
     create it in the same transaction as its notifications and engine state)."""
-    num, flag, text = _split(alert.value)
+    num, flag, text = split_value(alert.value)
     c.execute(
         f"INSERT INTO alerts ({_ALERT_COLS}, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
@@ -388,9 +405,9 @@ class DuckCloudStore:
     ) -> int:
         if not readings:
             return 0
-        cols: dict[str, list[Any]] = {name: [] for name in _BATCH_SCHEMA.names}
+        cols: dict[str, list[Any]] = {name: [] for name in READINGS_BATCH_SCHEMA.names}
         for r in readings:
-            num, flag, text = _split(r.value)
+            num, flag, text = split_value(r.value)
             cols["device_id"].append(r.device_id)
             cols["metric"].append(r.metric)
             cols["ts"].append(r.ts)
@@ -398,17 +415,12 @@ class DuckCloudStore:
             cols["value_bool"].append(flag)
             cols["value_str"].append(text)
             cols["gateway_received_at"].append(r.received_at)
-        batch = pa.table(cols, schema=_BATCH_SCHEMA)
-        lo, hi = min(cols["ts"]), max(cols["ts"])
-
-        def go(c: duckdb.DuckDBPyConnection) -> int:
-            c.register("incoming_batch", batch)
-            try:
-                return self._insert_batch(c, org_id, gateway_id, lo, hi, now_ms)
-            finally:
-                c.unregister("incoming_batch")
-
-        return await self.db.run(self.db.transaction(go))
+        batch = pa.table(cols, schema=READINGS_BATCH_SCHEMA)
+        return await self.db.run(
+            self.db.transaction(
+                lambda c: insert_readings_table(c, batch, org_id, gateway_id, now_ms)
+            )
+        )
 
     @staticmethod
     def _insert_batch(

@@ -160,7 +160,73 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    print_json(with_backend(args, lambda b: b.status()))
+    from edge.identity import IdentityError, load_identity
+
+    result = with_backend(args, lambda b: b.status())
+    sync = result.get("sync") if isinstance(result, dict) else None
+    if result.get("gateway") == "stopped" and isinstance(sync, dict):
+        # The store knows the cursor and the last outcome; whether it is enrolled lives here.
+        try:
+            identity = load_identity(data_dir_of(args))
+        except IdentityError as exc:
+            sync.update(state="error", error=str(exc))
+        else:
+            if identity is not None:
+                sync.update(state="enrolled", gateway_id=identity.gateway_id)
+                sync["cloud"] = identity.cloud_url
+    print_json(result)
+    return 0
+
+
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    """Register this gateway's new key with the cloud; works with the gateway stopped."""
+    import sys
+    import time
+
+    from common.gateway_auth import (
+        GatewayKeyError,
+        generate_private_key,
+        public_key_b64,
+        save_private_key,
+    )
+    from edge.cloud_client import CloudError, enroll
+    from edge.identity import Identity, IdentityError, is_enrolled, key_path, save_identity
+
+    data_dir = data_dir_of(args)
+    cloud = args.cloud.rstrip("/")
+    if not cloud.startswith(("http://", "https://")):
+        raise CliError(f"--cloud must be an http:// or https:// URL, not {args.cloud!r}", 2)
+    if is_enrolled(data_dir) and not args.force:
+        raise CliError(
+            f"this gateway is already enrolled ({data_dir / 'identity.json'}); "
+            "use --force to enroll it again with a new key"
+        )
+    key = generate_private_key()
+    # Nothing is written before the cloud accepts: a refused token leaves the gateway as it was.
+    try:
+        result = enroll(cloud, args.token, public_key_b64(key), args.name)
+    except CloudError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        save_private_key(key, key_path(data_dir), overwrite=True)
+        save_identity(
+            data_dir,
+            Identity(
+                gateway_id=result.gateway_id,
+                cloud_url=cloud,
+                org=result.org,
+                name=args.name,
+                enrolled_at=time.time_ns() // 1_000_000,
+            ),
+        )
+    except (GatewayKeyError, IdentityError, OSError) as exc:
+        raise CliError(
+            f"enrolled as {result.gateway_id}, but saving the identity failed: {exc}"
+        ) from exc
+    print_json({"gateway_id": result.gateway_id, "org": result.org, "cloud": cloud})
+    cfg = _config(args)
+    if running_gateway_url(cfg.run_dir) is not None:
+        print("the gateway is running: restart it to start syncing", file=sys.stderr)
     return 0
 
 
@@ -235,6 +301,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     audit.add_argument("--limit", type=positive_int, default=20)
     add_common_args(audit, json_flag=True)
     audit.set_defaults(handler=_cmd_audit)
+
+    enroll = sub.add_parser("enroll", help="register this gateway with a cloud (key + identity)")
+    enroll.add_argument("--cloud", required=True, metavar="URL", help="e.g. http://cloud:8000")
+    enroll.add_argument("--token", required=True, help="from `iotsphere cloud gateway add`")
+    enroll.add_argument("--name", help="this gateway's name in the cloud")
+    enroll.add_argument("--force", action="store_true", help="enroll again with a new key")
+    add_common_args(enroll, json_flag=True)
+    enroll.set_defaults(handler=_cmd_enroll)
 
     status = sub.add_parser("status", help="devices, readings, alerts, broker")
     add_common_args(status, json_flag=True)

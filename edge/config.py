@@ -44,6 +44,13 @@ class GatewayConfig:
     duckdb_threads: int = 1
     max_future_skew_s: float = 86_400.0  # device ts further ahead than this is flagged
     rule_tick_s: float = 1.0  # how often `for` timers and no-data rules are checked
+    # Sync to the cloud (only once enrolled: `iotsphere gateway enroll`).
+    sync_tick_s: float = 1.0  # how often the sync actor looks for unsynced data
+    sync_batch_max_readings: int = 5_000  # readings per batch (~40 KB on the wire)
+    sync_batch_max_age_s: float = 2.0  # a part-full batch waits at most this long
+    sync_timeout_s: float = 30.0  # per request
+    sync_backoff_base_s: float = 1.0  # first retry delay bound; doubles per failure...
+    sync_backoff_max_s: float = 300.0  # ...up to this (full jitter: uniform in [0, bound])
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     device_types: dict[str, DeviceTypeSpec] = field(default_factory=dict)
 

@@ -17,10 +17,18 @@ import logging
 import random
 import signal
 import time
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from common.actors import ActorRef, ActorStopped, ChildSpec, MailboxFull, Supervisor
+from common.actors import (
+    ActorRef,
+    ActorStopped,
+    ChildSpec,
+    MailboxFull,
+    OverflowPolicy,
+    Supervisor,
+)
 from common.alerts import AlertEvent
 from common.clock import Clock, SystemClock
 from common.validation import ValidationPolicy
@@ -30,6 +38,7 @@ from edge.backend import BackendError, admin_secret, write_run_info
 from edge.broker import INGRESS_USER, BrokerCredentials, ManagedMosquitto, free_port
 from edge.config import GatewayConfig
 from edge.dynsec import DynsecClient, DynsecError
+from edge.identity import IdentityError, load_identity
 from edge.lockout import LockoutPolicy, LockoutTracker
 from edge.mqtt_front.proxy import AuthEvent, MqttFront
 from edge.mqtt_ingress import MqttIngress
@@ -46,6 +55,9 @@ from edge.store_actor import (
     call,
 )
 
+if TYPE_CHECKING:
+    from edge.sync_actor import SyncMsg, SyncStats
+
 log = logging.getLogger("iotsphere.gateway")
 
 
@@ -58,6 +70,7 @@ class Gateway:
         self._stopping = False
         self._store_ref: ActorRef[StoreMsg] | None = None
         self._rules_ref: ActorRef[RulesMsg] | None = None
+        self._sync_ref: ActorRef[SyncMsg] | None = None
         self._broker: ManagedMosquitto | None = None
         self._broker_restarts = 0
         self._dynsec: DynsecClient | None = None
@@ -82,6 +95,8 @@ class Gateway:
         self.live = LiveStats()
         self._device_status: dict[str, str] = {}
         self._mqtt_port = config.mqtt_port
+        self.sync_stats: SyncStats | None = None  # set when enrolled
+        self._sync_error: str | None = None  # enrolled, but sync could not start
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -143,6 +158,7 @@ class Gateway:
                     capacity=10_000,
                 )
             )
+            await self._start_sync(root)
             host, port, user, password = await self._start_broker(devices)
             if self._broker is not None:
                 tasks.append(asyncio.create_task(self._watch_broker(), name="broker-watch"))
@@ -199,6 +215,54 @@ class Gateway:
             if self._broker is not None:
                 await self._broker.stop()
             log.info("gateway stopped")
+
+    async def _start_sync(self, root: Supervisor) -> None:
+        """Start the sync actor when this gateway is enrolled (identity.json in the data dir).
+
+        A broken identity or key is reported in status and the log; the gateway still runs
+        and buffers locally (losing the site's readings over a key problem would be worse)."""
+        from common.gateway_auth import GatewayKeyError, RequestSigner, load_private_key
+        from edge.cloud_client import CloudClient
+        from edge.identity import key_path
+        from edge.sync_actor import SyncActor, SyncSettings, SyncStats
+
+        cfg = self.cfg
+        try:
+            identity = load_identity(cfg.data_dir)
+            if identity is None:
+                return
+            key = load_private_key(key_path(cfg.data_dir))
+        except (IdentityError, GatewayKeyError) as exc:
+            self._sync_error = str(exc)
+            log.error("sync disabled: %s", exc)
+            return
+        signer = RequestSigner(identity.gateway_id, key, self.clock)
+        self.sync_stats = stats = SyncStats(identity.gateway_id, identity.cloud_url)
+        settings = SyncSettings(
+            tick_s=cfg.sync_tick_s,
+            batch_max_readings=cfg.sync_batch_max_readings,
+            batch_max_age_s=cfg.sync_batch_max_age_s,
+            backoff_base_s=cfg.sync_backoff_base_s,
+            backoff_max_s=cfg.sync_backoff_max_s,
+        )
+        boot_id = str(uuid.uuid4())
+        self._sync_ref = await root.start_child(
+            ChildSpec(
+                "sync",
+                lambda: SyncActor(
+                    self.store_ref,
+                    lambda: CloudClient(identity.cloud_url, signer, cfg.sync_timeout_s),
+                    self.clock,
+                    settings,
+                    stats,
+                    self.live,
+                    boot_id=boot_id,
+                ),
+                capacity=4,
+                policy=OverflowPolicy.DROP_NEWEST,  # ticks only: a missed one changes nothing
+            )
+        )
+        log.info("sync: enrolled as %s, sending to %s", identity.gateway_id, identity.cloud_url)
 
     async def _start_broker(self, devices: list[dict[str, Any]]) -> tuple[str, int, str, str]:
         cfg = self.cfg
@@ -407,23 +471,30 @@ class Gateway:
             "auth_failures": live.auth_failures,
             "commits": live.commits,
             "last_commit_at": live.last_commit_at,
-            # Until this gateway is enrolled with a cloud, every stored reading is backlog.
-            "sync": {
-                "state": "not enrolled",
-                "backlog_readings": live.readings_stored,
-                "oldest_unsynced_at": live.oldest_unsynced_at,
-                "oldest_unsynced_age_s": (
-                    None
-                    if live.oldest_unsynced_at is None
-                    else max(0, self.clock.now_ms() - live.oldest_unsynced_at) // 1000
-                ),
-            },
+            "sync": self._sync_status(),
             "broker": broker,
             "mqtt_front": dataclasses.asdict(self._front.stats) if self._front else None,
             "ingress": dict(self._ingress.stats) if self._ingress else None,
             "store_mailbox": self.store_ref.mailbox_size,
             "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,
+        }
+
+    def _sync_status(self) -> dict[str, Any]:
+        live = self.live
+        if self.sync_stats is not None:
+            return self.sync_stats.summary(self.clock.now_ms())
+        # Until this gateway is enrolled with a cloud, every stored reading is backlog.
+        return {
+            "state": "not enrolled" if self._sync_error is None else "error",
+            "error": self._sync_error,
+            "backlog_readings": live.readings_stored,
+            "oldest_unsynced_at": live.oldest_unsynced_at,
+            "oldest_unsynced_age_s": (
+                None
+                if live.oldest_unsynced_at is None
+                else max(0, self.clock.now_ms() - live.oldest_unsynced_at) // 1000
+            ),
         }
 
 

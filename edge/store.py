@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from common.model import FieldError, Reading, ReadingFlag
+from common.sync_wire import AlertChange
 
 # Arrow's default allocator (jemalloc/mimalloc) keeps its own arenas next to glibc's; batches
 # here are small and short-lived, so the system allocator costs nothing and keeps RSS down.
@@ -109,6 +110,14 @@ READINGS_ARROW_SCHEMA = pa.schema(
         ("dev_seq", pa.int64()),
     ]
 )
+
+
+# The sync cursor and outcome, in kv: written only after the cloud acknowledged (cursor) or
+# after an attempt (outcome), so `gateway status` can report them with the gateway stopped.
+SYNC_READINGS_KEY = "sync.readings_seq"
+SYNC_ALERTS_KEY = "sync.alerts_change_seq"
+SYNC_LAST_SUCCESS_KEY = "sync.last_success_at"
+SYNC_LAST_ERROR_KEY = "sync.last_error"  # JSON {"at": ms, "message": str}
 
 
 class StoreError(Exception):
@@ -496,6 +505,105 @@ class GatewayStore:
     def last_seq(self) -> int:
         return self._next_seq - 1
 
+    # -- sync --------------------------------------------------------------------------------
+
+    def readings_for_sync(self, after_seq: int, limit: int) -> list[tuple[int, Reading]]:
+        """(gateway seq, reading) pairs above after_seq, in seq order (Reading.seq = dev_seq)."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
+                "value_str, flags, dev_seq FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+                [after_seq, limit],
+            ).fetchall()
+        return [
+            (
+                int(seq),
+                Reading(
+                    device_id=dev,
+                    metric=met,
+                    ts=ts,
+                    value=vnum if vnum is not None else vbool if vbool is not None else vstr,
+                    received_at=rec,
+                    flags=ReadingFlag(flags),
+                    seq=dev_seq,
+                ),
+            )
+            for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows
+        ]
+
+    def alert_changes_after(self, change_seq: int, limit: int) -> list[AlertChange]:
+        """Alerts whose latest change is above change_seq, in change order (one row per alert:
+        intermediate states of an alert changed twice since the last sync are not kept)."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT change_seq, id, rule_id, subject, metric, severity, state, value, "
+                "started_at, acknowledged_at, resolved_at FROM alerts WHERE change_seq > ? "
+                "ORDER BY change_seq LIMIT ?",
+                [change_seq, limit],
+            ).fetchall()
+        out = []
+        for r in rows:
+            value = json.loads(r[7]) if r[7] is not None else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif value is not None and not isinstance(value, float | bool | str):
+                value = json.dumps(value, separators=(",", ":"))  # e.g. a lockout's {"until"}
+            out.append(
+                AlertChange(
+                    change_seq=int(r[0]),
+                    id=r[1],
+                    rule_id=r[2],
+                    device_id=r[3],
+                    metric=r[4],
+                    severity=r[5],
+                    state=r[6],
+                    value=value,
+                    started_at=int(r[8]),
+                    acknowledged_at=r[9],
+                    resolved_at=r[10],
+                )
+            )
+        return out
+
+    def sync_cursor(self) -> tuple[int, int]:
+        """(readings seq, alerts change_seq) the cloud has acknowledged."""
+        return (
+            int(self.kv_get(SYNC_READINGS_KEY) or 0),
+            int(self.kv_get(SYNC_ALERTS_KEY) or 0),
+        )
+
+    def save_sync_cursor(self, readings_seq: int, alerts_seq: int, at_ms: int) -> None:
+        self.commit(
+            Batch(
+                kv={
+                    SYNC_READINGS_KEY: str(readings_seq),
+                    SYNC_ALERTS_KEY: str(alerts_seq),
+                    SYNC_LAST_SUCCESS_KEY: str(at_ms),
+                }
+            )
+        )
+
+    def save_sync_error(self, message: str, at_ms: int) -> None:
+        self.commit(Batch(kv={SYNC_LAST_ERROR_KEY: json.dumps({"at": at_ms, "message": message})}))
+
+    def sync_backlog(self, after_seq: int) -> tuple[int, int | None]:
+        """(readings above the cursor, receive time of the oldest of them)."""
+        with self._lock:
+            n, oldest = self._con.execute(
+                "SELECT count(*), min(received_at) FROM readings WHERE seq > ?", [after_seq]
+            ).fetchall()[0]
+        return int(n), None if oldest is None else int(oldest)
+
+    def sync_outcome(self) -> dict[str, Any]:
+        """Last success and last error as saved (for status with the gateway stopped)."""
+        success = self.kv_get(SYNC_LAST_SUCCESS_KEY)
+        raw_error = self.kv_get(SYNC_LAST_ERROR_KEY)
+        error = json.loads(raw_error) if raw_error else None
+        return {
+            "last_success_at": int(success) if success else None,
+            "last_error": error,
+        }
+
     def count_readings(self, device_id: str | None = None) -> int:
         where, params = _filters(device_id=device_id)
         with self._lock:
@@ -575,7 +683,8 @@ class GatewayStore:
             )
             rejections = int(q("SELECT count(*) FROM rejections").fetchall()[0][0])
             auth = int(q("SELECT count(*) FROM auth_failures").fetchall()[0][0])
-            oldest = q("SELECT min(received_at) FROM readings").fetchall()[0][0]
+        cursor, _ = self.sync_cursor()
+        backlog, oldest = self.sync_backlog(cursor)
         return {
             "readings_stored": readings,
             "last_seq": self._next_seq - 1,
@@ -583,14 +692,16 @@ class GatewayStore:
             "active_alerts": active_alerts,
             "rejections": rejections,
             "auth_failures": auth,
-            # Until this gateway is enrolled with a cloud, every stored reading is backlog.
+            # Readings above the acknowledged cursor (all of them until the gateway enrolls);
+            # the caller knows whether it is enrolled and sets "state".
             "sync": {
                 "state": "not enrolled",
-                "backlog_readings": readings,
+                "backlog_readings": backlog,
                 "oldest_unsynced_at": oldest,
                 "oldest_unsynced_age_s": (
                     None if oldest is None else max(0, time.time_ns() // 1_000_000 - oldest) // 1000
                 ),
+                **self.sync_outcome(),
             },
         }
 

@@ -99,4 +99,9 @@ async def telemetry(
 
 @router.get("/gateways", response_model=list[GatewayOut], responses=problems(*AUTHED))
 async def list_gateways(principal: Viewer, services: ServicesDep) -> list[dict[str, Any]]:
-    return [g.to_dict() for g in await services.store.list_gateways(principal.org_id)]
+    gateways = await services.store.list_gateways(principal.org_id)
+    # enrollment and sync state (key revoked, clock skew) when the sync area is present
+    sync = await services.sync.sync_info(principal.org_id) if services.sync else {}
+    return [
+        {**g.to_dict(), **(s.to_dict() if (s := sync.get(g.gateway_id)) else {})} for g in gateways
+    ]

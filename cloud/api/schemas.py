@@ -41,6 +41,11 @@ class GatewayOut(BaseModel):
     enrolled: bool
     enrolled_at: int | None
     last_seen: int | None
+    revoked: bool = False
+    revoked_at: int | None = None
+    clock_skew_ms: int | None = None  # the gateway's clock minus the cloud's, last request
+    clock_skewed: bool = False  # more than 5 minutes off: its readings' gateway times suspect
+    config_version: int | None = None  # the rule version the gateway last confirmed
 
 
 class NotificationStatus(BaseModel):

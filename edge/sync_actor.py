@@ -1,0 +1,337 @@
+"""Store-and-forward to the cloud: reads unsynced data in sequence order, sends signed batches,
+advances the durable cursor only after the cloud's matching acknowledgement.
+
+Exactly-once rests on three rules:
+  - the cursor (kv sync.readings_seq / sync.alerts_change_seq) moves only after an ack whose
+    batch id and seq range match the batch sent, and is written through the store actor, so
+    DuckDB keeps one owner and a crash leaves either the old cursor (resend) or the new one;
+  - an unacknowledged batch is kept and resent as is (same batch id, same content) until it
+    is acknowledged: a lost response makes the cloud see the same batch again, which it
+    answers with the stored ack without storing anything twice;
+  - after a crash the actor rebuilds its batch from the durable cursor (readings carry their
+    gateway seq, so the cloud dedupes them even if the rebuilt batch is cut differently).
+
+Alert changes ride in the same batch as readings and are read first, so an alert raised
+during a long outage reaches the cloud with the first batch, not after the backlog.
+
+Failures back off exponentially with full jitter (a uniform delay in [0, min(cap, base * 2^n)],
+so gateways that lost the cloud together do not come back in lockstep). A 4xx is not
+retryable in the HTTP sense, but skipping the batch would lose data: it is logged, counted,
+shown in `gateway status` and retried at the same backoff until someone fixes the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from common.actors import Actor, ActorRef
+from common.clock import Clock
+from common.sync_wire import ReadingColumns, SyncBatch
+from edge.cloud_client import (
+    BadAck,
+    CloudClient,
+    CloudError,
+    CloudRejected,
+    CloudUnavailable,
+    CloudUnreachable,
+)
+from edge.store import GatewayStore
+from edge.store_actor import LiveStats, StoreMsg, call
+
+log = logging.getLogger("iotsphere.sync")
+
+MAX_ALERTS_PER_BATCH = 1_000
+DRAIN_SLICE_S = 1.0  # one tick sends back-to-back batches for at most this long
+RATE_WINDOW = 50  # recent successful batches the drain-time estimate is based on
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTick:
+    pass
+
+
+SyncMsg = SyncTick
+
+
+def backoff_delay(failures: int, base_s: float, cap_s: float, rand: Callable[[], float]) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^(failures-1))]; 0 before any failure."""
+    if failures <= 0:
+        return 0.0
+    bound: float = min(cap_s, base_s * 2.0 ** min(failures - 1, 62))
+    return float(rand() * bound)
+
+
+@dataclass
+class SyncStats:
+    """What `gateway status` shows about sync; shared with the gateway, survives restarts."""
+
+    gateway_id: str
+    cloud_url: str
+    cursor_seq: int = 0
+    alerts_cursor: int = 0
+    backlog_readings: int | None = None
+    oldest_unsynced_at: int | None = None
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+    retries: int = 0  # attempts that resent a batch after a failure
+    consecutive_failures: int = 0
+    unreachable: int = 0
+    server_errors: int = 0  # 5xx, 429
+    client_errors: int = 0  # other 4xx: a problem someone must look at
+    bad_acks: int = 0
+    readings_acked: int = 0
+    alerts_acked: int = 0
+    cloud_duplicates: int = 0  # readings the cloud already had (resends)
+    last_attempt_at: int | None = None
+    last_success_at: int | None = None
+    last_error: str | None = None
+    last_error_at: int | None = None
+    next_retry_in_s: float | None = None
+    _recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))
+
+    def record_rate(self, readings: int, seconds: float) -> None:
+        self._recent.append((readings, seconds))
+
+    def send_rate(self) -> float | None:
+        """Readings per second of sending time over the recent batches (link capacity, not
+        the input rate: a caught-up gateway sends small batches but could send more)."""
+        n = sum(r for r, _ in self._recent)
+        t = sum(s for _, s in self._recent)
+        return n / t if n and t > 0 else None
+
+    def summary(self, now_ms: int) -> dict[str, Any]:
+        rate = self.send_rate()
+        backlog = self.backlog_readings
+        return {
+            "state": "enrolled",
+            "gateway_id": self.gateway_id,
+            "cloud": self.cloud_url,
+            "backlog_readings": backlog,
+            "oldest_unsynced_at": self.oldest_unsynced_at,
+            "oldest_unsynced_age_s": (
+                None
+                if self.oldest_unsynced_at is None
+                else max(0, now_ms - self.oldest_unsynced_at) // 1000
+            ),
+            "estimated_drain_s": (
+                None if backlog is None or rate is None else round(backlog / rate, 1)
+            ),
+            "send_rate_per_s": None if rate is None else round(rate),
+            "cursor_seq": self.cursor_seq,
+            "alerts_cursor": self.alerts_cursor,
+            "last_success_at": self.last_success_at,
+            "last_attempt_at": self.last_attempt_at,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "next_retry_in_s": self.next_retry_in_s,
+            "attempts": self.attempts,
+            "successes": self.successes,
+            "failures": self.failures,
+            "retries": self.retries,
+            "unreachable": self.unreachable,
+            "server_errors": self.server_errors,
+            "client_errors": self.client_errors,
+            "bad_acks": self.bad_acks,
+            "readings_acked": self.readings_acked,
+            "alerts_acked": self.alerts_acked,
+            "cloud_duplicates": self.cloud_duplicates,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    tick_s: float = 1.0
+    batch_max_readings: int = 5_000
+    batch_max_age_s: float = 2.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+
+
+def _read_batch_rows(
+    cursor: tuple[int, int], max_readings: int, store: GatewayStore
+) -> tuple[list[Any], list[Any], dict[str, int]]:
+    """Alerts first, then readings, then the counters: one trip to the store thread."""
+    alerts = store.alert_changes_after(cursor[1], MAX_ALERTS_PER_BATCH)
+    rows = store.readings_for_sync(cursor[0], max_readings)
+    counters = store.counters() if alerts or rows else {}
+    return alerts, rows, counters
+
+
+class SyncActor(Actor[SyncMsg]):
+    def __init__(
+        self,
+        store: ActorRef[StoreMsg],
+        client_factory: Callable[[], CloudClient],
+        clock: Clock,
+        settings: SyncSettings,
+        stats: SyncStats,
+        live: LiveStats | None = None,
+        *,
+        boot_id: str | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._client_factory = client_factory
+        self._client: CloudClient | None = None
+        self._clock = clock
+        self._cfg = settings
+        self.stats = stats
+        self._live = live
+        self._boot_id = boot_id or str(uuid.uuid4())
+        self._rand = rand
+        self._cursor = (0, 0)
+        self._inflight: SyncBatch | None = None  # sent, not yet acknowledged: resent as is
+        self._retry_at = 0.0  # monotonic
+        self._partial_since: float | None = None  # monotonic: a part-full batch began waiting
+
+    async def on_start(self) -> None:
+        self._cursor = await call(self._store, lambda s: s.sync_cursor())
+        self.stats.cursor_seq, self.stats.alerts_cursor = self._cursor
+        self._client = self._client_factory()
+        await self._refresh_backlog()
+        self.schedule_every(self._cfg.tick_s, SyncTick())
+        log.info("sync: resuming after reading seq %d, alert change %d", *self._cursor)
+
+    async def on_stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def receive(self, msg: SyncMsg) -> object:
+        now = self._clock.monotonic()
+        if now < self._retry_at:
+            self.stats.next_retry_in_s = round(self._retry_at - now, 1)
+            return None
+        self.stats.next_retry_in_s = None
+        deadline = now + DRAIN_SLICE_S
+        while True:
+            batch = self._inflight or await self._next_batch()
+            if batch is None or not await self._send(batch):
+                break
+            if self._clock.monotonic() >= deadline:
+                break
+        await self._refresh_backlog()
+        return None
+
+    async def _next_batch(self) -> SyncBatch | None:
+        cfg = self._cfg
+        alerts, rows, counters = await call(
+            self._store, partial(_read_batch_rows, self._cursor, cfg.batch_max_readings)
+        )
+        if not alerts and not rows:
+            self._partial_since = None
+            return None
+        if not alerts and len(rows) < cfg.batch_max_readings:
+            # Age limit, measured on the monotonic clock (a gateway clock jump must neither
+            # hold a batch back forever nor flush every one at once).
+            now = self._clock.monotonic()
+            if self._partial_since is None:
+                self._partial_since = now
+            if now - self._partial_since < cfg.batch_max_age_s:
+                return None
+        self._partial_since = None
+        first = self._cursor[0] + 1
+        return SyncBatch.create(
+            gateway_id=self.stats.gateway_id,
+            first_seq=first,
+            last_seq=rows[-1][0] if rows else first - 1,
+            boot_id=self._boot_id,
+            gateway_clock_ms=self._clock.now_ms(),
+            readings=ReadingColumns.from_readings(rows),
+            alerts=alerts,
+            counters=counters,
+        )
+
+    async def _send(self, batch: SyncBatch) -> bool:
+        """One attempt; True when acknowledged and the cursor is durable."""
+        assert self._client is not None
+        st = self.stats
+        st.attempts += 1
+        if st.consecutive_failures:
+            st.retries += 1
+        st.last_attempt_at = self._clock.now_ms()
+        self._inflight = batch
+        started = self._clock.monotonic()
+        try:
+            ack = await self._client.post_batch(batch)
+        except CloudError as exc:
+            await self._failed(batch, exc)
+            return False
+        cursor = (batch.last_seq, max(self._cursor[1], batch.alerts_through))
+        now_ms = self._clock.now_ms()
+        # Durable before anything else believes it: a crash here means a resend, never a gap.
+        await call(self._store, lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms))
+        self._cursor = cursor
+        self._inflight = None
+        st.cursor_seq, st.alerts_cursor = cursor
+        st.successes += 1
+        st.consecutive_failures = 0
+        st.readings_acked += len(batch.readings)
+        st.alerts_acked += len(batch.alerts)
+        st.cloud_duplicates += ack.duplicates
+        st.last_success_at = now_ms
+        st.record_rate(len(batch.readings), max(1e-6, self._clock.monotonic() - started))
+        self._retry_at = 0.0
+        log.debug(
+            "sync: batch %s (%d..%d, %d readings, %d alerts) acknowledged",
+            batch.batch_id,
+            batch.first_seq,
+            batch.last_seq,
+            len(batch.readings),
+            len(batch.alerts),
+        )
+        return True
+
+    async def _failed(self, batch: SyncBatch, exc: CloudError) -> None:
+        st = self.stats
+        st.failures += 1
+        st.consecutive_failures += 1
+        match exc:
+            case CloudUnreachable():
+                st.unreachable += 1
+            case CloudUnavailable():
+                st.server_errors += 1
+            case CloudRejected():
+                st.client_errors += 1
+            case BadAck():
+                st.bad_acks += 1
+        now_ms = self._clock.now_ms()
+        st.last_error, st.last_error_at = str(exc), now_ms
+        delay = backoff_delay(
+            st.consecutive_failures, self._cfg.backoff_base_s, self._cfg.backoff_max_s, self._rand
+        )
+        self._retry_at = self._clock.monotonic() + delay
+        st.next_retry_in_s = round(delay, 1)
+        level = logging.ERROR if isinstance(exc, CloudRejected | BadAck) else logging.WARNING
+        log.log(
+            level,
+            "sync: batch %s (%d..%d) not acknowledged (failure %d in a row): %s; retry in %.1f s",
+            batch.batch_id,
+            batch.first_seq,
+            batch.last_seq,
+            st.consecutive_failures,
+            exc,
+            delay,
+        )
+        message = str(exc)
+        await call(self._store, lambda s: s.save_sync_error(message, now_ms))
+
+    async def _refresh_backlog(self) -> None:
+        count, oldest = await call(self._store, partial(_backlog, self._cursor[0]))
+        self.stats.backlog_readings = count
+        self.stats.oldest_unsynced_at = oldest
+        if self._live is not None:
+            self._live.oldest_unsynced_at = oldest
+
+
+def _backlog(cursor: int, store: GatewayStore) -> tuple[int, int | None]:
+    return store.sync_backlog(cursor)
