@@ -1,0 +1,104 @@
+"""The whole path as users run it: a sensor publishes with mosquitto_pub to `iotsphere gateway
+run`, which is enrolled with `iotsphere cloud serve`; a central user sees the reading on the
+dashboard and in the telemetry API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json, free_port
+
+pytestmark = pytest.mark.timeout(180)
+PASSWORD = "e2e-passw0rd"
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    data = tmp_path / "cloud"
+    added = subprocess.run(
+        [*IOTSPHERE, "cloud", "user", "add", "admin@example.com", "--role", "admin",
+         "--data-dir", str(data)],
+        input=PASSWORD + "\n", capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    port = free_port()
+    log = tmp_path / "cloud.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*IOTSPHERE, "cloud", "serve", "--data-dir", str(data), "--port", str(port)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "cloud ready" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", data
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_for(fetch: Any, what: str, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = fetch()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_device_to_gateway_to_cloud_dashboard(
+    cloud: tuple[str, Path], gateway_process: GatewayProcess
+) -> None:
+    base, cloud_data = cloud
+    gw_data, mqtt_port = gateway_process.data_dir, gateway_process.mqtt_port
+    enrollment = json.loads(
+        subprocess.run(
+            [*IOTSPHERE, "cloud", "gateway", "add", "site-1", "--data-dir", str(cloud_data)],
+            capture_output=True, text=True, cwd=REPO, check=True,
+        ).stdout
+    )  # fmt: skip
+    cli("gateway", "enroll", "--cloud", base, "--token", enrollment["enrollment_token"],
+        data_dir=gw_data)  # fmt: skip
+    device = cli_json("gateway", "device", "add", "e2e-1", data_dir=gw_data)
+    gateway_process.start()
+
+    published = subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_port), "-u", "e2e-1",
+         "-P", device["token"], "-t", "devices/e2e-1/telemetry", "-q", "1",
+         "-m", json.dumps({"ts": 1795842000000, "values": {"temperature": 22.5}})],
+        capture_output=True, text=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+
+    login = httpx.post(
+        f"{base}/api/auth/login", json={"email": "admin@example.com", "password": PASSWORD}
+    )
+    auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+    def dashboard_device() -> dict[str, Any] | None:
+        devices = httpx.get(f"{base}/api/dashboard", headers=auth).json()["devices"]
+        return next((d for d in devices if d["device_id"] == "e2e-1"), None)
+
+    seen = wait_for(dashboard_device, "the reading on the cloud dashboard")
+    assert seen["latest"] == {"temperature": 22.5}
+    assert seen["gateway_id"] == enrollment["gateway_id"]
+    points = httpx.get(
+        f"{base}/api/devices/e2e-1/telemetry",
+        params={"metric": "temperature", "from": 1795841000000, "to": 1795843000000},
+        headers=auth,
+    ).json()["points"]
+    assert points == [{"ts": 1795842000000, "value": 22.5}]  # exactly once
+
+    status = cli_json("gateway", "status", data_dir=gw_data)
+    assert status["sync"]["state"] == "enrolled" and status["sync"]["backlog_readings"] == 0
