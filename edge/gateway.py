@@ -31,6 +31,7 @@ from common.actors import (
 )
 from common.alerts import AlertEvent
 from common.clock import Clock, SystemClock
+from common.rules import Rule, parse_rule
 from common.validation import ValidationPolicy
 from edge import ops
 from edge.admin_api import AdminApi
@@ -239,6 +240,7 @@ class Gateway:
         signer = RequestSigner(identity.gateway_id, key, self.clock)
         self.sync_stats = stats = SyncStats(identity.gateway_id, identity.cloud_url)
         settings = SyncSettings(
+            config_every_s=cfg.sync_config_every_s,
             tick_s=cfg.sync_tick_s,
             batch_max_readings=cfg.sync_batch_max_readings,
             batch_max_age_s=cfg.sync_batch_max_age_s,
@@ -257,6 +259,7 @@ class Gateway:
                     stats,
                     self.live,
                     boot_id=boot_id,
+                    apply_config=self.apply_cloud_config,
                 ),
                 capacity=4,
                 policy=OverflowPolicy.DROP_NEWEST,  # ticks only: a missed one changes nothing
@@ -418,6 +421,50 @@ class Gateway:
             await self._rules_ref.send(ReloadRules())
         return rule
 
+    async def apply_cloud_config(self, version: int, doc: dict[str, Any]) -> int:
+        """Apply configuration changed in the cloud since `version`; returns the new version.
+
+        Cloud rules are stored like local ones (so they are evaluated offline too), deleted
+        ones removed; devices revoked centrally are revoked here; alerts acknowledged or
+        resolved centrally follow. The version is saved with the rules, so a crash re-applies
+        at most one idempotent document.
+        """
+        from edge.sync_actor import CONFIG_VERSION_KEY
+
+        new_version = int(doc.get("version", version))
+        now = self.clock.now_ms()
+        rules: list[Rule] = []
+        deleted: list[str] = []
+        for body in doc.get("rules", []):
+            if body.get("deleted"):
+                deleted.append(str(body["id"]))
+                continue
+            fields = {k: v for k, v in body.items() if k not in ("id", "version", "deleted")}
+            rules.append(parse_rule(fields, id=str(body["id"]), version=int(body["version"])))
+
+        def save(store: GatewayStore) -> None:
+            for rule in rules:
+                store.save_rule(rule.id, rule.to_dict(), rule.version, now)
+            for rule_id in deleted:
+                store.delete_rule(rule_id)
+            store.kv_set(CONFIG_VERSION_KEY, str(new_version))
+
+        await call(self.store_ref, save)
+        if (rules or deleted) and self._rules_ref is not None:
+            await self._rules_ref.send(ReloadRules())
+            log.info(
+                "cloud config v%d: %d rules updated, %d deleted",
+                new_version,
+                len(rules),
+                len(deleted),
+            )
+        for device_id in doc.get("revoked_devices", []):
+            if self._device_status.get(device_id) == "active":
+                await self.revoke_device(device_id)
+        for alert_id in doc.get("alert_acks", []):
+            await self.change_alert(str(alert_id), AlertEvent.ACK)
+        return new_version
+
     async def list_rules(self) -> list[dict[str, Any]]:
         return await call(self.store_ref, lambda s: s.rules())
 
@@ -432,9 +479,10 @@ class Gateway:
         rows = await call(self.store_ref, lambda s: s.alerts(state))
         return [a.to_dict() for a in rows]
 
-    async def change_alert(self, alert_id: str, event: AlertEvent) -> dict[str, Any]:
+    async def change_alert(self, alert_id: str, event: AlertEvent) -> dict[str, Any] | None:
+        """The alert after the change, or None when it is not open here."""
         assert self._rules_ref is not None
-        result: dict[str, Any] = await self._rules_ref.ask(ChangeAlert(alert_id, event))  # type: ignore[assignment]
+        result: dict[str, Any] | None = await self._rules_ref.ask(ChangeAlert(alert_id, event))  # type: ignore[assignment]
         return result
 
     async def errors(self, limit: int) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from common.actors import Actor, ActorRef
-from common.alerts import AlertEvent, AlertState, next_state
+from common.alerts import AlertEvent, AlertState, allowed_events, next_state
 from common.clock import Clock
 from common.model import Reading
 from common.rules import EngineState, Observation, Rule, RuleEngine, Transition, parse_rule
@@ -236,9 +236,11 @@ class RulesActor(Actor[RulesMsg]):
             changed.append(alert)
         await self._persist(changed, self._state_kv())
 
-    async def _change(self, alert_id: str, event: AlertEvent, now: int) -> dict[str, object]:
+    async def _change(self, alert_id: str, event: AlertEvent, now: int) -> dict[str, object] | None:
         for key, alert in self._open.items():
             if alert.id == alert_id:
+                if event not in allowed_events(AlertState(alert.state)):
+                    return None  # e.g. acknowledged twice: nothing to change
                 new_state = next_state(AlertState(alert.state), event)
                 updated = replace(
                     alert,
@@ -252,4 +254,4 @@ class RulesActor(Actor[RulesMsg]):
                     self._open[key] = updated
                 await self._persist([updated])
                 return updated.to_dict()
-        raise KeyError(f"no open alert {alert_id!r}")
+        return None  # not open here (already resolved, or never raised at this gateway)

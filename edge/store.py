@@ -446,6 +446,10 @@ class GatewayStore:
             rows = self._con.execute("SELECT body FROM rules ORDER BY created_at, id").fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def kv_set(self, key: str, value: str) -> None:
+        with self._lock:
+            self._con.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value])
+
     def kv_get(self, key: str) -> str | None:
         with self._lock:
             rows = self._con.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchall()

@@ -26,7 +26,7 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -48,6 +48,7 @@ from edge.store_actor import LiveStats, StoreMsg, call
 log = logging.getLogger("iotsphere.sync")
 
 MAX_ALERTS_PER_BATCH = 1_000
+CONFIG_VERSION_KEY = "sync.config_version"
 DRAIN_SLICE_S = 1.0  # one tick sends back-to-back batches for at most this long
 RATE_WINDOW = 50  # recent successful batches the drain-time estimate is based on
 
@@ -95,6 +96,8 @@ class SyncStats:
     last_error: str | None = None
     last_error_at: int | None = None
     next_retry_in_s: float | None = None
+    config_version: int = 0  # the cloud configuration version applied here
+    config_errors: int = 0
     _recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))
 
     def record_rate(self, readings: int, seconds: float) -> None:
@@ -133,6 +136,8 @@ class SyncStats:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "next_retry_in_s": self.next_retry_in_s,
+            "config_version": self.config_version,
+            "config_errors": self.config_errors,
             "attempts": self.attempts,
             "successes": self.successes,
             "failures": self.failures,
@@ -147,8 +152,12 @@ class SyncStats:
         }
 
 
+ConfigApplier = Callable[[int, dict[str, Any]], Awaitable[int]]
+
+
 @dataclass(frozen=True, slots=True)
 class SyncSettings:
+    config_every_s: float = 10.0  # how often cloud configuration changes are fetched
     tick_s: float = 1.0
     batch_max_readings: int = 5_000
     batch_max_age_s: float = 2.0
@@ -178,6 +187,7 @@ class SyncActor(Actor[SyncMsg]):
         *,
         boot_id: str | None = None,
         rand: Callable[[], float] = random.random,
+        apply_config: ConfigApplier | None = None,
     ) -> None:
         self._store = store
         self._client_factory = client_factory
@@ -192,8 +202,13 @@ class SyncActor(Actor[SyncMsg]):
         self._inflight: SyncBatch | None = None  # sent, not yet acknowledged: resent as is
         self._retry_at = 0.0  # monotonic
         self._partial_since: float | None = None  # monotonic: a part-full batch began waiting
+        self._apply_config = apply_config
+        self._config_version = 0
+        self._config_due = 0.0  # monotonic: fetch at the first tick
 
     async def on_start(self) -> None:
+        raw = await call(self._store, lambda s: s.kv_get(CONFIG_VERSION_KEY))
+        self._config_version = int(raw) if raw else 0
         self._cursor = await call(self._store, lambda s: s.sync_cursor())
         self.stats.cursor_seq, self.stats.alerts_cursor = self._cursor
         self._client = self._client_factory()
@@ -208,6 +223,8 @@ class SyncActor(Actor[SyncMsg]):
 
     async def receive(self, msg: SyncMsg) -> object:
         now = self._clock.monotonic()
+        if self._apply_config is not None and now >= self._config_due:
+            await self._pull_config(now)
         if now < self._retry_at:
             self.stats.next_retry_in_s = round(self._retry_at - now, 1)
             return None
@@ -221,6 +238,22 @@ class SyncActor(Actor[SyncMsg]):
                 break
         await self._refresh_backlog()
         return None
+
+    async def _pull_config(self, now: float) -> None:
+        """Rules, device revocations and alert acks made in the cloud, applied locally so they
+        hold while offline. The next request's `since` acknowledges the applied version."""
+        assert self._client is not None and self._apply_config is not None
+        self._config_due = now + self._cfg.config_every_s
+        try:
+            doc = await self._client.fetch_config(self._config_version)
+            self._config_version = await self._apply_config(self._config_version, doc)
+            self.stats.config_version = self._config_version
+        except CloudError as exc:
+            log.warning("sync: configuration not fetched: %s", exc)
+            self.stats.config_errors += 1
+        except Exception:  # a bad document must not stop readings from syncing
+            log.exception("sync: configuration from the cloud could not be applied")
+            self.stats.config_errors += 1
 
     async def _next_batch(self) -> SyncBatch | None:
         cfg = self._cfg

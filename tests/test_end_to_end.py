@@ -102,3 +102,54 @@ def test_device_to_gateway_to_cloud_dashboard(
 
     status = cli_json("gateway", "status", data_dir=gw_data)
     assert status["sync"]["state"] == "enrolled" and status["sync"]["backlog_readings"] == 0
+
+
+def test_rule_created_in_the_cloud_fires_at_the_gateway(
+    cloud: tuple[str, Path], gateway_process: GatewayProcess
+) -> None:
+    base, cloud_data = cloud
+    gw_data, mqtt_port = gateway_process.data_dir, gateway_process.mqtt_port
+    with (gw_data / "gateway.toml").open("a") as toml:
+        toml.write("\n[gateway]\nsync_config_every_s = 0.5\n")
+    token = json.loads(
+        subprocess.run(
+            [*IOTSPHERE, "cloud", "gateway", "add", "site-2", "--data-dir", str(cloud_data)],
+            capture_output=True, text=True, cwd=REPO, check=True,
+        ).stdout
+    )["enrollment_token"]  # fmt: skip
+    cli("gateway", "enroll", "--cloud", base, "--token", token, data_dir=gw_data)
+    device = cli_json("gateway", "device", "add", "hot-1", data_dir=gw_data)
+    gateway_process.start()
+    login = httpx.post(
+        f"{base}/api/auth/login", json={"email": "admin@example.com", "password": PASSWORD}
+    )
+    auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    rule = httpx.post(
+        f"{base}/api/monitoring/alert_rules",
+        json={"name": "too hot", "metric": "temperature", "operator": ">", "threshold": 30},
+        headers=auth,
+    ).json()
+    wait_for(
+        lambda: any(r["id"] == rule["id"] for r in cli_json("gateway", "rule", "list",
+                                                            data_dir=gw_data)),
+        "the cloud rule at the gateway",
+    )  # fmt: skip
+    subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_port), "-u", "hot-1",
+         "-P", device["token"], "-t", "devices/hot-1/telemetry", "-q", "1",
+         "-m", json.dumps({"ts": 1795842000000, "values": {"temperature": 35}})],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    local = wait_for(
+        lambda: cli_json("gateway", "alerts", "--state", "active", data_dir=gw_data),
+        "the alert at the gateway",
+    )
+    assert [(a["rule_id"], a["device_id"], a["value"]) for a in local] == [
+        (rule["id"], "hot-1", 35.0)
+    ]
+    synced = wait_for(
+        lambda: [a for a in httpx.get(f"{base}/api/alerts", headers=auth).json()
+                 if a["rule_id"] == rule["id"]],
+        "the gateway's alert in the cloud",
+    )  # fmt: skip
+    assert synced[0]["state"] == "active" and synced[0]["value"] == 35.0
