@@ -153,3 +153,99 @@ def test_rule_created_in_the_cloud_fires_at_the_gateway(
         "the gateway's alert in the cloud",
     )  # fmt: skip
     assert synced[0]["state"] == "active" and synced[0]["value"] == 35.0
+
+
+def _start_cloud(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    ready_before = log.read_text().count("cloud ready") if log.exists() else 0
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [*IOTSPHERE, "cloud", "serve", "--data-dir", str(data), "--port", str(port)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while log.read_text().count("cloud ready") <= ready_before or proc.poll() is not None:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return proc
+
+
+def test_offline_site_catches_up_exactly_once(
+    tmp_path: Path, gateway_process: GatewayProcess
+) -> None:
+    """Cloud down while 50,000 readings and an alert arrive; cloud back: each arrives once."""
+    cloud_data, port = tmp_path / "cloud2", free_port()
+    added = subprocess.run(
+        [*IOTSPHERE, "cloud", "user", "add", "admin@example.com", "--role", "admin",
+         "--data-dir", str(cloud_data)],
+        input=PASSWORD + "\n", capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    token = json.loads(
+        subprocess.run(
+            [*IOTSPHERE, "cloud", "gateway", "add", "remote", "--data-dir", str(cloud_data)],
+            capture_output=True, text=True, cwd=REPO, check=True,
+        ).stdout
+    )["enrollment_token"]  # fmt: skip
+    log = tmp_path / "cloud2.log"
+    proc = _start_cloud(cloud_data, port, log)
+    base = f"http://127.0.0.1:{port}"
+    gw_data = gateway_process.data_dir
+    cli("gateway", "enroll", "--cloud", base, "--token", token, data_dir=gw_data)
+    proc.terminate()  # the site goes offline
+    assert proc.wait(timeout=30) == 0
+
+    creds = [cli_json("gateway", "device", "add", f"far-{i}", data_dir=gw_data) for i in range(5)]
+    cli("gateway", "rule", "add", "--metric", "m0", "--op", ">", "--threshold", "2",
+        data_dir=gw_data)  # fmt: skip
+    (tmp_path / "creds.json").write_text(json.dumps(creds))
+    gateway_process.start()
+    sim = subprocess.run(
+        [*IOTSPHERE, "sim", "mqtt", "--credentials", str(tmp_path / "creds.json"),
+         "--port", str(gateway_process.mqtt_port), "--saturate", "--count", "1000",
+         "--metrics", ",".join(f"m{i}" for i in range(10)), "--json"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    assert json.loads(sim.stdout)["acked"] == 5000  # 5 devices x 1000 messages x 10 readings
+
+    def waiting() -> dict[str, Any] | None:
+        s = cli_json("gateway", "status", data_dir=gw_data)
+        return s if s["sync"]["backlog_readings"] == 50_000 else None
+
+    status = wait_for(waiting, "50,000 readings waiting at the gateway")
+    assert status["readings_stored"] == 50_000
+    assert status["sync"]["consecutive_failures"] > 0  # it kept trying while offline
+    inject = cli_json("gateway", "alerts", data_dir=gw_data)
+    assert len(inject) >= 1  # random walks around 20: m0 > 2 fires for every device
+
+    proc = _start_cloud(cloud_data, port, log)  # back online
+    try:
+        auth = {
+            "Authorization": "Bearer "
+            + httpx.post(
+                f"{base}/api/auth/login",
+                json={"email": "admin@example.com", "password": PASSWORD},
+            ).json()["access_token"]
+        }
+        wait_for(
+            lambda: (
+                cli_json("gateway", "status", data_dir=gw_data)["sync"]["backlog_readings"] == 0
+            ),
+            "the backlog to drain",
+            timeout_s=120,
+        )
+        for cred in creds:
+            points = httpx.get(
+                f"{base}/api/devices/{cred['device_id']}/telemetry",
+                params={"metric": "m3", "from": 0, "to": 4_000_000_000_000},
+                headers=auth,
+            ).json()["points"]
+            stamps = [p["ts"] for p in points]
+            assert len(stamps) == 1000 and len(set(stamps)) == 1000  # each reading once
+            assert stamps == sorted(stamps)
+        cloud_alerts = httpx.get(f"{base}/api/alerts", headers=auth).json()
+        local_ids = {a["id"] for a in cli_json("gateway", "alerts", data_dir=gw_data)}
+        assert {a["id"] for a in cloud_alerts} == local_ids  # each alert once
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
