@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # IoTSphere developer entry point. Each command installs what it needs first.
-#   ./dev.sh demo        set up, then run the demo (gateway + managed Mosquitto + simulated sensors)
+#   ./dev.sh demo        set up, then run the demo (cloud + gateway + Mosquitto + simulated sensors)
 #   ./dev.sh test        set up, then run lint, type checks and the test suite
 #   ./dev.sh test-soak   the long fault/soak tests (opt-in)
 #   ./dev.sh bench       set up, then run the benchmarks in bench/
