@@ -35,7 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--mqtt-port", type=port_number, default=1883, help="device MQTT port (1883)"
     )
     parser.add_argument(
-        "--cloud-port", type=port_number, default=8000, help="cloud HTTP port (8000)"
+        "--port", type=port_number, default=8000, help="cloud HTTP port (8000)"
     )
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per sensor (1)")
     parser.add_argument(
@@ -53,7 +53,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cfg = load_config(gateway_dir, mqtt_port=args.mqtt_port, bind="127.0.0.1")
     except ConfigError as exc:
         raise CliError(str(exc), 2) from exc
-    proc, url = start_cloud(cloud_dir, args.cloud_port)
+    proc, url = start_cloud(cloud_dir, args.port)
     try:
         enroll_once(cloud_dir, gateway_dir, url)
         print(

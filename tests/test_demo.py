@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(180)
 def run_demo(data: Path, seconds: int, ports: tuple[int, int]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*IOTSPHERE, "demo", "--data-dir", str(data), "--seconds", str(seconds),
-         "--mqtt-port", str(ports[0]), "--cloud-port", str(ports[1]), "--rate", "2"],
+         "--mqtt-port", str(ports[0]), "--port", str(ports[1]), "--rate", "2"],
         capture_output=True, text=True, cwd=REPO, timeout=150, check=False,
     )  # fmt: skip
 
