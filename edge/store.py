@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from common.model import FieldError, Reading, ReadingFlag
+from common.model import FieldError, Reading, ReadingFlag, Value
 from common.sync_wire import AlertChange
 
 # Arrow's default allocator (jemalloc/mimalloc) keeps its own arenas next to glibc's; batches
@@ -469,7 +469,7 @@ class GatewayStore:
             ).fetchall()
         out = []
         for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows:
-            value = vnum if vnum is not None else vbool if vbool is not None else vstr
+            value = _value(vnum, vbool, vstr)
             out.append(
                 {
                     "seq": seq,
@@ -486,25 +486,8 @@ class GatewayStore:
 
     def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
         """(last seq returned, readings with a sequence number above seq), in order."""
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT device_id, metric, ts, received_at, value_num, value_bool, value_str, "
-                "flags, dev_seq, seq FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
-                [seq, limit],
-            ).fetchall()
-        last = int(rows[-1][-1]) if rows else seq
-        return last, [
-            Reading(
-                device_id=dev,
-                metric=met,
-                ts=ts,
-                value=vnum if vnum is not None else vbool if vbool is not None else vstr,
-                received_at=rec,
-                flags=ReadingFlag(flags),
-                seq=dev_seq,
-            )
-            for dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq, _seq in rows
-        ]
+        rows = self.readings_for_sync(seq, limit)
+        return (rows[-1][0] if rows else seq), [reading for _seq, reading in rows]
 
     def last_seq(self) -> int:
         return self._next_seq - 1
@@ -526,7 +509,7 @@ class GatewayStore:
                     device_id=dev,
                     metric=met,
                     ts=ts,
-                    value=vnum if vnum is not None else vbool if vbool is not None else vstr,
+                    value=_value(vnum, vbool, vstr),
                     received_at=rec,
                     flags=ReadingFlag(flags),
                     seq=dev_seq,
@@ -708,6 +691,13 @@ class GatewayStore:
                 **self.sync_outcome(),
             },
         }
+
+
+def _value(num: float | None, flag: bool | None, text: str | None) -> Value:
+    """The one typed value of a row's value_num / value_bool / value_str columns."""
+    if num is not None:
+        return num
+    return flag if flag is not None else text or ""
 
 
 def _filters(**conds: str | None) -> tuple[str, list[Any]]:
