@@ -17,6 +17,8 @@ apt_setup() {
     [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
     command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    command -v coap-client-notls >/dev/null || command -v coap-client >/dev/null || missing+=(libcoap3-bin)
+    command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing Debian packages: ${missing[*]}" >&2
         as_root apt-get update -qq
@@ -38,14 +40,36 @@ venv_setup() {
     fi
 }
 
-setup() { apt_setup; venv_setup; }
+# The browser tests drive Debian's Chromium (never a downloaded browser).
+browser_setup() {
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    fi
+}
+
+# The dashboard's one npm dependency (uPlot, pinned in cloud/web/package-lock.json), served
+# from cloud/web/node_modules: installed when missing or when the lock file changed.
+web_setup() {
+    local web=cloud/web
+    if [ ! -d $web/node_modules ] || [ $web/package-lock.json -nt $web/node_modules/.package-lock.json ]; then
+        echo "installing the dashboard's npm packages (npm ci in $web)" >&2
+        (cd $web && npm ci --no-audit --no-fund --ignore-scripts >&2)
+    fi
+}
+
+setup() { apt_setup; venv_setup; web_setup; }
 
 cmd=${1:-help}; shift || true
 case "$cmd" in
     setup) setup ;;
     demo) setup; exec $VENV/bin/iotsphere demo "$@" ;;
     test)
-        setup
+        setup; browser_setup
         $VENV/bin/ruff check .
         $VENV/bin/mypy edge cloud common firmware_stubs
         exec $PY -m pytest "$@" ;;

@@ -31,6 +31,7 @@ from cloud.api import (
 from cloud.api.local_admin import router as local_admin_router
 from cloud.problems import document_problems, install
 from cloud.services import ApiMetrics, Services
+from cloud.webui import install_web
 
 access_log = logging.getLogger("iotsphere.cloud.access")
 
@@ -111,6 +112,7 @@ def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> F
         app.include_router(router)
     for router in extra_routers:
         app.include_router(router)
+    install_web(app)  # the dashboard pages and their static assets (cloud/webui.py)
     app.add_middleware(AccessMiddleware, metrics=services.metrics)
 
     def openapi() -> dict[str, Any]:

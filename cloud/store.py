@@ -79,6 +79,7 @@ class DeviceInfo:
 class Point:
     ts: int
     value: Value
+    flags: int = 0  # common.model.ReadingFlag bits: which times not to trust
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,17 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
                 resolved_at BIGINT, updated_at BIGINT NOT NULL)""",
         ),
     ),
+    # Clocks (issue 4): each reading keeps device time (ts), gateway receive time with the
+    # gateway's boot id and monotonic offset, and cloud receive time; flags say which of them
+    # not to trust (common.model.ReadingFlag).
+    Migration(
+        2,
+        (
+            "ALTER TABLE readings ADD COLUMN flags UTINYINT NOT NULL DEFAULT 0",
+            "ALTER TABLE readings ADD COLUMN gateway_boot_id VARCHAR",
+            "ALTER TABLE readings ADD COLUMN gateway_mono_ms BIGINT",
+        ),
+    ),
 )
 
 READINGS_BATCH_SCHEMA = pa.schema(
@@ -87,6 +98,9 @@ READINGS_BATCH_SCHEMA = pa.schema(
         ("value_bool", pa.bool_()),
         ("value_str", pa.string()),
         ("gateway_received_at", pa.int64()),
+        ("flags", pa.uint8()),
+        ("gateway_boot_id", pa.string()),
+        ("gateway_mono_ms", pa.int64()),
     ]
 )
 
@@ -415,6 +429,9 @@ class DuckCloudStore:
             cols["value_bool"].append(flag)
             cols["value_str"].append(text)
             cols["gateway_received_at"].append(r.received_at)
+            cols["flags"].append(int(r.flags))
+            cols["gateway_boot_id"].append(None)
+            cols["gateway_mono_ms"].append(None)
         batch = pa.table(cols, schema=READINGS_BATCH_SCHEMA)
         return await self.db.run(
             self.db.transaction(
@@ -440,8 +457,11 @@ class DuckCloudStore:
         if inserted == 0:
             return 0
         c.execute(
-            "INSERT INTO readings SELECT ?, ?, device_id, metric, ts, value_num, value_bool,"
-            " value_str, gateway_received_at, ? FROM new_readings ORDER BY ts",
+            "INSERT INTO readings (org_id, gateway_id, device_id, metric, ts, value_num,"
+            " value_bool, value_str, gateway_received_at, cloud_received_at, flags,"
+            " gateway_boot_id, gateway_mono_ms) SELECT ?, ?, device_id, metric, ts, value_num,"
+            " value_bool, value_str, gateway_received_at, ?, flags, gateway_boot_id,"
+            " gateway_mono_ms FROM new_readings ORDER BY ts",
             [org_id, gateway_id, now],
         )
         c.execute(
@@ -469,17 +489,17 @@ class DuckCloudStore:
     ) -> list[Point]:
         rows = await self.db.run(
             lambda c: c.execute(
-                "SELECT ts, value_num, value_bool, value_str FROM readings"
+                "SELECT ts, value_num, value_bool, value_str, flags FROM readings"
                 " WHERE org_id = ? AND ts >= ? AND ts < ? AND device_id = ? AND metric = ?"
                 " ORDER BY ts LIMIT ?",
                 [org_id, from_ms, to_ms, device_id, metric, limit],
             ).fetchall()
         )
         points = []
-        for ts, num, flag, text in rows:
+        for ts, num, flag, text, flags in rows:
             value = _join(num, flag, text)
             if value is not None:
-                points.append(Point(ts, value))
+                points.append(Point(ts, value, int(flags)))
         return points
 
     async def telemetry_buckets(

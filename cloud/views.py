@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from cloud.store import Bucket, DeviceInfo, Point
+from common.model import ReadingFlag
 
 _BUCKET = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -65,7 +66,10 @@ def device_view(info: DeviceInfo, now_ms: int, threshold_s: float) -> dict[str, 
 
 
 def point_view(p: Point) -> dict[str, Any]:
-    return {"ts": p.ts, "value": p.value}
+    view: dict[str, Any] = {"ts": p.ts, "value": p.value}
+    if p.flags:  # named, so a reader needs no bit table: e.g. ["GATEWAY_CLOCK_SKEWED"]
+        view["flags"] = [f.name for f in ReadingFlag if f and f & p.flags]
+    return view
 
 
 def bucket_view(b: Bucket) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.clock import Clock
 from common.problem import Problem, ProblemError
+from common.sync_wire import CLOCK_SKEW_FLAG_MS
 
 AUDIENCE: Final = "iotsphere-cloud"
 ALGORITHM: Final = "EdDSA"
@@ -54,7 +55,7 @@ TOKEN_TYPE: Final = "iotsphere-gw+jwt"  # a user's JWT can never pass for a gate
 TOKEN_TTL_S: Final = 60
 MAX_TTL_S: Final = 300  # longer-lived tokens are refused: they would pin replay-cache memory
 DEFAULT_LEEWAY_S: Final = 600
-SKEW_FLAG_MS: Final = 5 * 60 * 1000
+SKEW_FLAG_MS: Final = CLOCK_SKEW_FLAG_MS
 MAX_TOKEN_CHARS: Final = 4096
 DEFAULT_REPLAY_CACHE_SIZE: Final = 100_000
 _REQUIRED: Final = ("iss", "aud", "iat", "exp", "jti", "htm", "htu", "bsh")

@@ -15,6 +15,9 @@ class ReadingFlag(IntFlag):
     TS_FROM_GATEWAY = 1  # the device sent no timestamp; ts is the gateway receive time
     TS_IN_FUTURE = 2  # device ts more than the allowed skew ahead of the gateway clock
     TS_BEFORE_2000 = 4  # device ts before 2000-01-01: a device without a set clock
+    # The gateway's own clock when it received the reading (received_at is not to be trusted):
+    GATEWAY_CLOCK_UNSYNCED = 8  # the kernel reported the clock unsynchronised (no NTP yet)
+    GATEWAY_CLOCK_SKEWED = 16  # more than 5 minutes off the cloud's clock
 
 
 @dataclass(frozen=True, slots=True)

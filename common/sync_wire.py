@@ -44,15 +44,24 @@ no ambiguity about zlib vs raw deflate in HTTP (the decoder takes either). At 1.
 (8.1 B with full-precision floats) the issue's 12 B/reading target holds. zstandard is not
 installed and was not added.
 
-Idempotency: batch_id is derived from (gateway_id, first_seq, last_seq, alerts_through)
-(alerts_through = the highest alert change_seq in the batch, 0 when none), so a batch
-rebuilt from the same cursors after a crash has the same id, and the cloud answers a resend
-with the acknowledgement it stored. The alert cursor is part of the id because batches that
-carry only alert changes share the same (empty) reading range.
+Idempotency: batch_id is derived from (gateway_id, first_seq, last_seq, alerts_through,
+auth_through) (alerts_through = the highest alert change_seq in the batch, auth_through the
+auth-event cursor after it, 0 when none), so a batch rebuilt from the same cursors after a
+crash has the same id, and the cloud answers a resend with the acknowledgement it stored. The
+alert and auth cursors are part of the id because batches that carry only alert changes or
+auth events share the same (empty) reading range.
+
+Clocks: a batch lists the gateway's clock epochs its readings fall in. An epoch is a stretch
+of one boot during which wall clock minus monotonic clock stayed constant (a new one begins at
+boot and whenever the wall clock jumps), so each reading's monotonic receive time is
+received_at - mono_base_ms, and an epoch's clock state (unsynchronised, skewed against the
+cloud) applies to all its readings. Nothing is ever ordered or deduplicated by wall-clock time
+alone: readings carry the gateway's seq.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import uuid
@@ -84,6 +93,8 @@ MAX_READINGS: Final = 50_000
 MAX_ALERTS: Final = 10_000
 MAX_AUTH_EVENTS: Final = 10_000
 MAX_COUNTERS: Final = 1_000
+MAX_EPOCHS: Final = 1_000
+CLOCK_SKEW_FLAG_MS: Final = 5 * 60_000  # a gateway clock further off the cloud's is flagged
 MAX_STR: Final = 256  # ids, names, reasons
 MAX_VALUE_STR: Final = 4096  # string reading values
 MAX_SCALE: Final = 6
@@ -213,6 +224,22 @@ class AuthEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockEpoch:
+    """The gateway clock from reading seq first_seq on (until the next epoch's first_seq).
+
+    mono_base_ms = wall clock - monotonic clock during the epoch; skew_ms = the gateway's
+    clock minus the cloud's as last measured in the epoch (None: not measured); flags are
+    ReadingFlag GATEWAY_CLOCK_* bits that hold for every reading of the epoch.
+    """
+
+    first_seq: int
+    boot_id: str
+    mono_base_ms: int
+    flags: int = 0
+    skew_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SyncBatch:
     """What one POST /api/v1/sync/batches carries.
 
@@ -233,6 +260,8 @@ class SyncBatch:
     counters: Mapping[str, int] = field(default_factory=dict)
     auth_events: tuple[AuthEvent, ...] = ()
     dropped: int = 0
+    auth_through: int = 0  # the auth-event cursor once this batch is acknowledged
+    epochs: tuple[ClockEpoch, ...] = ()
 
     @property
     def alerts_through(self) -> int:
@@ -252,6 +281,8 @@ class SyncBatch:
         counters: Mapping[str, int] | None = None,
         auth_events: Sequence[AuthEvent] = (),
         dropped: int = 0,
+        auth_through: int = 0,
+        epochs: Sequence[ClockEpoch] = (),
     ) -> SyncBatch:
         """A batch with its batch_id derived from its identity."""
         alerts = tuple(alerts)
@@ -262,6 +293,7 @@ class SyncBatch:
                 first_seq,
                 last_seq,
                 max((a.change_seq for a in alerts), default=0),
+                auth_through,
             ),
             first_seq=first_seq,
             last_seq=last_seq,
@@ -272,6 +304,8 @@ class SyncBatch:
             counters=dict(counters or {}),
             auth_events=tuple(auth_events),
             dropped=dropped,
+            auth_through=auth_through,
+            epochs=tuple(epochs),
         )
 
 
@@ -286,9 +320,58 @@ class BatchAck:
     duplicates: int
 
 
-def batch_id_for(gateway_id: str, first_seq: int, last_seq: int, alerts_through: int = 0) -> str:
+@dataclass(frozen=True, slots=True)
+class ReadingClock:
+    """Per-reading clock columns the cloud stores (aligned with batch.readings)."""
+
+    flags: list[int]
+    boot_id: list[str | None]
+    mono_ms: list[int | None]
+
+
+def reading_clocks(batch: SyncBatch, *, request_skew_ms: int | None = None) -> ReadingClock:
+    """Each reading's flags (its own | its epoch's), boot id and monotonic receive time.
+
+    An epoch whose skew the gateway had not measured yet is judged by request_skew_ms (what
+    the cloud measured on this request) when it is the gateway's current epoch (the gateway
+    always lists it last): the clock has not jumped since, so today's skew is its skew.
+    """
+    cols = batch.readings
+    epochs = sorted(batch.epochs, key=lambda e: e.first_seq)
+    if not epochs:
+        n = len(cols)
+        return ReadingClock(list(cols.flags), [None] * n, [None] * n)
+    starts = [e.first_seq for e in epochs]  # sorted() is stable: listing order breaks ties
+    last = len(epochs) - 1
+    current = last if epochs[last].boot_id == batch.boot_id else None
+    epoch_flags = []
+    for i, e in enumerate(epochs):
+        skew = e.skew_ms if e.skew_ms is not None else (request_skew_ms if i == current else None)
+        skewed = skew is not None and abs(skew) > CLOCK_SKEW_FLAG_MS
+        epoch_flags.append(e.flags | (int(ReadingFlag.GATEWAY_CLOCK_SKEWED) if skewed else 0))
+    flags: list[int] = []
+    boots: list[str | None] = []
+    monos: list[int | None] = []
+    for seq, rx, f in zip(cols.seq, cols.received_at, cols.flags, strict=True):
+        i = bisect.bisect_right(starts, seq) - 1
+        if i < 0:
+            flags.append(f)
+            boots.append(None)
+            monos.append(None)
+        else:
+            flags.append(f | epoch_flags[i])
+            boots.append(epochs[i].boot_id)
+            monos.append(rx - epochs[i].mono_base_ms)
+    return ReadingClock(flags, boots, monos)
+
+
+def batch_id_for(
+    gateway_id: str, first_seq: int, last_seq: int, alerts_through: int = 0, auth_through: int = 0
+) -> str:
     """The deterministic id of the batch covering these cursors (a UUIDv5 string)."""
     name = f"{gateway_id}\x00{first_seq}\x00{last_seq}\x00{alerts_through}"
+    if auth_through:
+        name += f"\x00{auth_through}"
     return str(uuid.uuid5(_BATCH_NS, name))
 
 
@@ -336,6 +419,10 @@ def batch_to_doc(batch: SyncBatch) -> dict[str, Any]:
         "boot_id": batch.boot_id,
         "gateway_clock_ms": batch.gateway_clock_ms,
         "dropped": batch.dropped,
+        "auth_through": batch.auth_through,
+        "epochs": [
+            [e.first_seq, e.boot_id, e.mono_base_ms, e.flags, e.skew_ms] for e in batch.epochs
+        ],
         "counters": dict(batch.counters),
         "alerts": [
             [
@@ -597,6 +684,13 @@ def batch_from_doc(doc: object) -> SyncBatch:
     boot_id = c.str_(top.get("boot_id"), "/boot_id", max_len=64)
     clock_ms = c.int_(top, "gateway_clock_ms", "/gateway_clock_ms")
     dropped = c.int_(top, "dropped", "/dropped", lo=0)
+    auth_through = 0
+    if "auth_through" in top:
+        auth_through = c.int_(top, "auth_through", "/auth_through", lo=0)
+    epochs = tuple(
+        _epoch(c, e, f"/epochs/{i}")
+        for i, e in enumerate(c.list_(top.get("epochs", []), "/epochs", MAX_EPOCHS))
+    )
     if not c.errors and last_seq < first_seq - 1:
         c.fail("/last_seq", "must be >= first_seq - 1")
 
@@ -631,8 +725,10 @@ def batch_from_doc(doc: object) -> SyncBatch:
         counters=counters,
         auth_events=auth,
         dropped=dropped,
+        auth_through=auth_through,
+        epochs=epochs,
     )
-    expected = batch_id_for(gateway_id, first_seq, last_seq, batch.alerts_through)
+    expected = batch_id_for(gateway_id, first_seq, last_seq, batch.alerts_through, auth_through)
     if batch_id != expected:
         c.abort("/batch_id", "does not match (gateway_id, first_seq, last_seq, alerts)")
     return batch
@@ -679,6 +775,28 @@ def _alert(c: _Check, a: object, path: str) -> AlertChange:
         started_at=started or 0,
         acknowledged_at=c.opt_int(row[9], f"{path}/9"),
         resolved_at=c.opt_int(row[10], f"{path}/10"),
+    )
+
+
+def _epoch(c: _Check, e: object, path: str) -> ClockEpoch:
+    row = c.list_(e, path, 5)
+    if len(row) != 5:
+        c.abort(path, "must be [first_seq, boot_id, mono_base_ms, flags, skew_ms]")
+    first_seq = c.opt_int(row[0], f"{path}/0")
+    base = c.opt_int(row[2], f"{path}/2")
+    flags = c.opt_int(row[3], f"{path}/3")
+    if first_seq is None or first_seq < 1:
+        c.fail(f"{path}/0", "first_seq must be a positive integer")
+    if base is None:
+        c.fail(f"{path}/2", "mono_base_ms must be an integer")
+    if flags is None or not 0 <= flags <= 255:
+        c.fail(f"{path}/3", "flags must be an integer in [0, 255]")
+    return ClockEpoch(
+        first_seq=first_seq or 1,
+        boot_id=c.str_(row[1], f"{path}/1", max_len=64),
+        mono_base_ms=base or 0,
+        flags=flags or 0,
+        skew_ms=c.opt_int(row[4], f"{path}/4"),
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge import ops
+from edge.config import GatewayConfig
 from edge.store import GatewayStore
 
 
@@ -39,8 +40,9 @@ class AdminBackend(Protocol):
 class LocalBackend:
     """Direct access to a stopped gateway's store."""
 
-    def __init__(self, store: GatewayStore) -> None:
+    def __init__(self, store: GatewayStore, cfg: GatewayConfig) -> None:
         self._store = store
+        self._cfg = cfg
 
     async def add_device(self, device_id: str, device_type: str | None) -> dict[str, Any]:
         try:
@@ -81,7 +83,12 @@ class LocalBackend:
         return self._store.auth_failures(limit)
 
     async def status(self) -> dict[str, Any]:
-        return {"gateway": "stopped", "broker": "stopped", **ops.status(self._store)}
+        return {
+            "gateway": "stopped",
+            "broker": "stopped",
+            **ops.status(self._store),
+            "disk": ops.disk_usage(self._cfg),
+        }
 
 
 class RemoteBackend:

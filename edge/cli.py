@@ -54,7 +54,7 @@ def with_backend(args: argparse.Namespace, action: Callable[[AdminBackend], Awai
         except StoreError as exc:
             raise CliError(str(exc)) from exc
         try:
-            return await action(LocalBackend(store))
+            return await action(LocalBackend(store, cfg))
         finally:
             store.close()
 
@@ -77,6 +77,7 @@ def _emit(args: argparse.Namespace, data: Any) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.broker import BrokerError
+    from edge.coap_ingress import CoapIngressError
     from edge.gateway import run_gateway
     from edge.mqtt_front.proxy import MqttFrontError
 
@@ -90,7 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         run_gateway(cfg)
-    except (StoreError, BrokerError, MqttFrontError) as exc:
+    except (StoreError, BrokerError, MqttFrontError, CoapIngressError) as exc:
         raise CliError(str(exc)) from exc
     return 0
 
@@ -238,7 +239,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--bind", help="address of the device-facing listeners (default 0.0.0.0)")
     run.add_argument("--mqtt-port", type=port_number, help="device MQTT port (default 1883)")
     run.add_argument("--http-port", type=port_number, help="device HTTP port (default 8080)")
-    run.add_argument("--coap-port", type=port_number, help="device CoAP port (default 5683)")
+    run.add_argument(
+        "--coap-port", type=port_number, help="device CoAP port, UDP (default 5683; 0 = any free)"
+    )
     run.add_argument(
         "--broker",
         metavar="URL",

@@ -11,7 +11,9 @@ the type alone:
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +123,10 @@ class CloudClient:
     def __init__(self, base_url: str, signer: RequestSigner, timeout_s: float = 30.0) -> None:
         self._base = base_url.rstrip("/")
         self._signer = signer
+        # This gateway's clock minus the cloud's, from the Date header of the last answer
+        # (1 s resolution: enough to flag a clock minutes off); None before any answer.
+        self.last_skew_ms: int | None = None
+        self.batch_bytes_sent = 0  # request bodies of sync batches, every attempt
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         )
@@ -139,6 +145,7 @@ class CloudClient:
                 )
             except httpx.HTTPError as exc:
                 raise CloudUnreachable(f"{what}: {type(exc).__name__}: {exc}") from exc
+            self._measure_skew(resp)
             if resp.status_code == 401 and attempt == 1:
                 # Our clock is off beyond the cloud's leeway: sign in its time and retry once.
                 _, doc = _problem(resp)
@@ -149,8 +156,20 @@ class CloudClient:
             return resp
         raise AssertionError("unreachable")
 
+    def _measure_skew(self, resp: httpx.Response) -> None:
+        date = resp.headers.get("date")
+        if not date:
+            return
+        try:
+            cloud_ms = int(email.utils.parsedate_to_datetime(date).timestamp() * 1000)
+        except (TypeError, ValueError):
+            return
+        # The Date header truncates to the second: the midpoint is the best guess.
+        self.last_skew_ms = time.time_ns() // 1_000_000 - (cloud_ms + 500)
+
     async def post_batch(self, batch: SyncBatch) -> BatchAck:
         body, ctype, cenc = encode_batch(batch)
+        self.batch_bytes_sent += len(body)
         headers = {"Content-Type": ctype, "Content-Encoding": cenc}
         resp = await self._request("POST", BATCHES_PATH, body, headers, "sync batch")
         if resp.status_code != 200:

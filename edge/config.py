@@ -28,6 +28,15 @@ class LockoutConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskBudget:
+    """What the store actor enforces (derived from GatewayConfig, which documents it)."""
+
+    synced_retention_s: float | None  # None: keep synced readings forever
+    unsynced_cap: int | None  # readings; None: no cap
+    every_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     data_dir: Path
     bind: str = "0.0.0.0"  # LAN-facing listeners
@@ -52,12 +61,26 @@ class GatewayConfig:
     sync_timeout_s: float = 30.0  # per request
     sync_backoff_base_s: float = 1.0  # first retry delay bound; doubles per failure...
     sync_backoff_max_s: float = 300.0  # ...up to this (full jitter: uniform in [0, bound])
+    # Disk budget. A typical site (20 devices x 10 metrics every 10 s = 1.7M readings a day)
+    # fills the unsynced cap in ~12 days offline; DuckDB keeps ~8 MB per million readings
+    # (measured, random-walk values), so the cap is ~160 MB of SD card.
+    synced_retention_h: float = 168.0  # synced readings are kept this long (0 = forever)
+    unsynced_cap_readings: int = 20_000_000  # then the oldest unsynced are dropped (0 = no cap)
+    budget_every_s: float = 10.0  # how often retention and the cap are enforced
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     device_types: dict[str, DeviceTypeSpec] = field(default_factory=dict)
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "gateway.duckdb"
+
+    @property
+    def budget(self) -> DiskBudget:
+        return DiskBudget(
+            synced_retention_s=self.synced_retention_h * 3600 if self.synced_retention_h else None,
+            unsynced_cap=self.unsynced_cap_readings or None,
+            every_s=self.budget_every_s,
+        )
 
     @property
     def broker_dir(self) -> Path:

@@ -37,7 +37,11 @@ from edge import ops
 from edge.admin_api import AdminApi
 from edge.backend import BackendError, admin_secret, write_run_info
 from edge.broker import INGRESS_USER, BrokerCredentials, ManagedMosquitto, free_port
+from edge.clock_watch import ClockWatch
+from edge.coap_ingress import CoapIngress
 from edge.config import GatewayConfig
+from edge.device_auth import DeviceAuthenticator, DeviceDirectory
+from edge.device_ingest import DeviceIngest
 from edge.dynsec import DynsecClient, DynsecError
 from edge.identity import IdentityError, load_identity
 from edge.lockout import LockoutPolicy, LockoutTracker
@@ -77,6 +81,11 @@ class Gateway:
         self._dynsec: DynsecClient | None = None
         self._ingress: MqttIngress | None = None
         self._front: MqttFront | None = None
+        # Token-in-URL devices (CoAP now, HTTP later): the directory is kept current by
+        # add_device/revoke_device, so a revoke takes effect on the next request.
+        self._directory = DeviceDirectory()
+        self._device_ingest: DeviceIngest | None = None
+        self._coap: CoapIngress | None = None
         self._classifier = Classifier(
             config.device_types,
             ValidationPolicy(max_future_skew_ms=int(config.max_future_skew_s * 1000)),
@@ -94,6 +103,9 @@ class Gateway:
         self.auth_events_lost = 0
         self.ingest_lag = LagWindow()
         self.live = LiveStats()
+        # One boot id per run: clock epochs (readings' receive times) and sync batches carry it.
+        self.boot_id = str(uuid.uuid4())
+        self._clock_watch = ClockWatch(self.boot_id, self.clock)
         self._device_status: dict[str, str] = {}
         self._mqtt_port = config.mqtt_port
         self.sync_stats: SyncStats | None = None  # set when enrolled
@@ -125,6 +137,7 @@ class Gateway:
                 if dev["status"] == "active":
                     self._classifier.set_device_type(dev["device_id"], dev["type"])
                 self._device_status[dev["device_id"]] = dev["status"]
+            self._directory.load(devices)
             initial = store.stats()
             self.live.readings_stored = initial["readings_stored"]
             self.live.last_seq = initial["last_seq"]
@@ -142,6 +155,8 @@ class Gateway:
                         on_commit=self._on_commit,
                         lag=self.ingest_lag,
                         stats=self.live,
+                        clock_watch=self._clock_watch,
+                        budget=cfg.budget,
                     ),
                     capacity=cfg.ingest_queue,
                 )
@@ -178,6 +193,7 @@ class Gateway:
                 self._front = self._new_front(cfg.mqtt_port, host, port)
                 await self._front.start()
                 self._mqtt_port = self._front.port
+            await self._start_coap()
             admin = AdminApi(self, admin_secret(cfg.data_dir))
             await admin.start()
             write_run_info(cfg.run_dir, admin.port)
@@ -186,9 +202,11 @@ class Gateway:
             # collector's generations (fewer, shorter GC pauses on the ingest path).
             gc.freeze()
             log.info(
-                "gateway ready: MQTT on %s:%s, data in %s",
+                "gateway ready: MQTT on %s:%s, CoAP on %s:%s, data in %s",
                 cfg.bind,
                 self._front.port if self._front else "(external broker)",
+                cfg.bind,
+                self.coap_port,
                 cfg.data_dir,
             )
             escalation = asyncio.create_task(root.wait(), name="supervisor")
@@ -207,6 +225,10 @@ class Gateway:
                 await admin.stop()
             if self._front is not None:
                 await self._front.stop()
+            if self._coap is not None:
+                await self._coap.stop()  # answers what awaits a commit while the store runs
+            if self._device_ingest is not None:
+                self._device_ingest.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -216,6 +238,23 @@ class Gateway:
             if self._broker is not None:
                 await self._broker.stop()
             log.info("gateway stopped")
+
+    @property
+    def coap_port(self) -> int | None:
+        """The bound CoAP port (the real one when the config asked for 0)."""
+        return self._coap.port if self._coap is not None else None
+
+    async def _start_coap(self) -> None:
+        """The CoAP listener, sharing the MQTT front's lockout counts (a guesser's address is
+        one address whichever protocol it tries)."""
+        self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
+        auth = DeviceAuthenticator(
+            self._directory, self._tracker, self.clock, self._on_device_auth_event, "coap"
+        )
+        self._coap = CoapIngress(
+            self.cfg.bind, self.cfg.coap_port, auth, self._device_ingest, self.clock
+        )
+        await self._coap.start()
 
     async def _start_sync(self, root: Supervisor) -> None:
         """Start the sync actor when this gateway is enrolled (identity.json in the data dir).
@@ -247,7 +286,7 @@ class Gateway:
             backoff_base_s=cfg.sync_backoff_base_s,
             backoff_max_s=cfg.sync_backoff_max_s,
         )
-        boot_id = str(uuid.uuid4())
+        boot_id = self.boot_id
         self._sync_ref = await root.start_child(
             ChildSpec(
                 "sync",
@@ -375,6 +414,25 @@ class Gateway:
                 self.auth_events_lost,
             )
 
+    def _on_device_auth_event(self, failure: AuthFailure, locked_key: str | None) -> None:
+        """Audit row (and, for a new lockout, the security alert) from CoAP/HTTP ingress."""
+        if locked_key is not None and self._rules_ref is not None:
+            log.warning("security: %s locked out after repeated failures", locked_key)
+            try:
+                self._rules_ref.tell(
+                    SecurityLockout(locked_key, failure.at, self.cfg.lockout.cooldown_s)
+                )
+            except MailboxFull:
+                log.error("rules mailbox full: security alert for %s not raised", locked_key)
+        try:
+            self.store_ref.tell(RecordAuth(failure))
+        except MailboxFull:
+            self.auth_events_lost += 1
+            log.error(
+                "audit: store mailbox full, auth event not recorded (%d lost)",
+                self.auth_events_lost,
+            )
+
     # -- AdminBackend ------------------------------------------------------------------------
 
     async def add_device(self, device_id: str, device_type: str | None) -> dict[str, Any]:
@@ -384,6 +442,7 @@ class Gateway:
             raise BackendError(str(exc)) from exc
         self._classifier.set_device_type(device_id, device_type)
         self._device_status[device_id] = "active"
+        self._directory.add_with_token(device_id, device_type, result["token"])
         if self._dynsec is not None:
             try:
                 await self._dynsec.add_device(device_id, result["token"])
@@ -403,6 +462,7 @@ class Gateway:
             raise BackendError(str(exc)) from exc
         self._device_status[device_id] = "revoked"
         self._classifier.forget(device_id)
+        self._directory.revoke(device_id)
         if self._dynsec is not None:
             try:
                 await self._dynsec.remove_device(device_id)
@@ -520,12 +580,22 @@ class Gateway:
             "commits": live.commits,
             "last_commit_at": live.last_commit_at,
             "sync": self._sync_status(),
+            "disk": self._disk_status(),
             "broker": broker,
             "mqtt_front": dataclasses.asdict(self._front.stats) if self._front else None,
             "ingress": dict(self._ingress.stats) if self._ingress else None,
+            "coap": self._coap.summary() if self._coap else None,
             "store_mailbox": self.store_ref.mailbox_size,
             "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,
+        }
+
+    def _disk_status(self) -> dict[str, Any]:
+        live = self.live
+        return {
+            **ops.disk_usage(self.cfg),
+            "readings_dropped_since_start": live.readings_dropped,
+            "readings_pruned_since_start": live.readings_pruned,
         }
 
     def _sync_status(self) -> dict[str, Any]:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from common.problem import ProblemError
 from common.rules import parse_rule
+from edge.config import GatewayConfig
 from edge.credentials import hash_token, new_token, valid_device_id
 from edge.store import GatewayStore, StoreError
 
@@ -62,3 +64,25 @@ def add_rule(store: GatewayStore, body: dict[str, Any]) -> dict[str, Any]:
 def status(store: GatewayStore) -> dict[str, Any]:
     stats = store.stats()
     return {**stats, "counters": store.counters()}
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return 0
+
+
+def disk_usage(cfg: GatewayConfig) -> dict[str, Any]:
+    """What the data dir costs on disk, against the budget (`gateway status`)."""
+    db = _size(cfg.db_path) + _size(cfg.db_path.with_name(cfg.db_path.name + ".wal"))
+    broker = _size(cfg.broker_dir)
+    return {
+        "data_dir": str(cfg.data_dir),
+        "used_bytes": _size(cfg.data_dir),
+        "database_bytes": db,
+        "broker_queue_bytes": broker,
+        "unsynced_cap_readings": cfg.unsynced_cap_readings or None,
+        "synced_retention_h": cfg.synced_retention_h or None,
+    }

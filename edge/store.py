@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from common.model import FieldError, Reading, ReadingFlag, Value
-from common.sync_wire import AlertChange
+from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, ReadingColumns
 
 # Arrow's default allocator (jemalloc/mimalloc) keeps its own arenas next to glibc's; batches
 # here are small and short-lived, so the system allocator costs nothing and keeps RSS down.
@@ -91,6 +91,23 @@ CREATE TABLE IF NOT EXISTS alerts (
     change_seq      BIGINT NOT NULL   -- bumped on every change, for sync
 );
 CREATE TABLE IF NOT EXISTS kv (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+-- The gateway clock per stretch of readings (see common.sync_wire.ClockEpoch).
+CREATE TABLE IF NOT EXISTS clock_epochs (
+    id           BIGINT NOT NULL,     -- increasing: wall times may go backwards
+    first_seq    BIGINT NOT NULL,     -- the first reading seq received under this epoch
+    boot_id      VARCHAR NOT NULL,
+    mono_base_ms BIGINT NOT NULL,     -- wall clock minus monotonic clock during the epoch
+    flags        UTINYINT NOT NULL,   -- ReadingFlag.GATEWAY_CLOCK_* bits
+    skew_ms      BIGINT,              -- gateway minus cloud clock, last measured in the epoch
+    started_at   BIGINT NOT NULL
+);
+-- Readings deleted by the unsynced-data cap before the cloud had them: one row per pass.
+CREATE TABLE IF NOT EXISTS drops (
+    occurred_at BIGINT NOT NULL,
+    from_seq    BIGINT NOT NULL,
+    to_seq      BIGINT NOT NULL,
+    readings    BIGINT NOT NULL
+);
 -- Append-only deltas, summed on read and compacted at open: an upsert on a keyed table costs
 -- ~85 ms per commit in DuckDB, an append next to nothing.
 CREATE TABLE IF NOT EXISTS counters (name VARCHAR NOT NULL, value BIGINT NOT NULL);
@@ -118,6 +135,9 @@ SYNC_READINGS_KEY = "sync.readings_seq"
 SYNC_ALERTS_KEY = "sync.alerts_change_seq"
 SYNC_LAST_SUCCESS_KEY = "sync.last_success_at"
 SYNC_LAST_ERROR_KEY = "sync.last_error"  # JSON {"at": ms, "message": str}
+SYNC_AUTH_KEY = "sync.auth_seq"
+DROPPED_COUNTER = "readings_dropped"  # unsynced readings deleted by the disk cap
+PRUNED_COUNTER = "readings_pruned"  # synced readings deleted after the retention period
 
 
 class StoreError(Exception):
@@ -179,6 +199,22 @@ class AlertRow:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class EpochStart:
+    """A clock epoch beginning with the first reading of the commit that carries it."""
+
+    boot_id: str
+    mono_base_ms: int
+    flags: int
+    started_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetResult:
+    pruned: int  # synced readings past retention
+    dropped: int  # unsynced readings over the cap (counted in DROPPED_COUNTER)
+
+
 @dataclass
 class Batch:
     """Everything one commit makes durable together."""
@@ -190,6 +226,7 @@ class Batch:
     counters: dict[str, int] = field(default_factory=dict)
     kv: dict[str, str] = field(default_factory=dict)
     last_seen: dict[str, int] = field(default_factory=dict)  # device id -> ms
+    epoch: EpochStart | None = None
 
     def is_empty(self) -> bool:
         return not (
@@ -200,6 +237,7 @@ class Batch:
             or self.counters
             or self.kv
             or self.last_seen
+            or self.epoch
         )
 
 
@@ -227,11 +265,17 @@ class GatewayStore:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
         self._lock = threading.Lock()  # one statement sequence at a time, whatever the thread
         self._con.execute(SCHEMA)
+        # Added after the first release: a cursor for syncing auth events.
+        self._con.execute("ALTER TABLE auth_failures ADD COLUMN IF NOT EXISTS seq BIGINT")
         self._compact_counters()
         row = self._con.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchall()[0]
         self._next_seq = int(row[0]) + 1
         row = self._con.execute("SELECT coalesce(max(change_seq), 0) FROM alerts").fetchall()[0]
         self._next_change = int(row[0]) + 1
+        row = self._con.execute("SELECT coalesce(max(seq), 0) FROM auth_failures").fetchall()[0]
+        self._next_auth = int(row[0]) + 1
+        row = self._con.execute("SELECT coalesce(max(id), 0) FROM clock_epochs").fetchall()[0]
+        self._next_epoch = int(row[0]) + 1
 
     def _compact_counters(self) -> None:
         con = self._con
@@ -258,6 +302,20 @@ class GatewayStore:
             con = self._con
             con.execute("BEGIN TRANSACTION")
             try:
+                if batch.epoch is not None:
+                    e = batch.epoch
+                    con.execute(
+                        "INSERT INTO clock_epochs VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                        [
+                            self._next_epoch,
+                            self._next_seq,
+                            e.boot_id,
+                            e.mono_base_ms,
+                            e.flags,
+                            e.started_at,
+                        ],
+                    )
+                    self._next_epoch += 1
                 result = self._insert_readings(batch.readings)
                 self._insert_rejections(batch.rejections)
                 self._insert_auth_failures(batch.auth_failures)
@@ -326,9 +384,20 @@ class GatewayStore:
     def _insert_auth_failures(self, failures: Sequence[AuthFailure]) -> None:
         for f in failures:
             self._con.execute(
-                "INSERT INTO auth_failures VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [f.at, f.kind, f.transport, f.address, f.username, f.client_id, f.reason],
+                "INSERT INTO auth_failures (occurred_at, kind, transport, address, username,"
+                " client_id, reason, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    f.at,
+                    f.kind,
+                    f.transport,
+                    f.address,
+                    f.username,
+                    f.client_id,
+                    f.reason,
+                    self._next_auth,
+                ],
             )
+            self._next_auth += 1
 
     def _upsert_alerts(self, alerts: Sequence[AlertRow]) -> None:
         for a in alerts:
@@ -518,6 +587,27 @@ class GatewayStore:
             for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows
         ]
 
+    def reading_columns_for_sync(self, after_seq: int, limit: int) -> ReadingColumns:
+        """readings_for_sync as wire columns, read through Arrow: ~3x faster than building a
+        Reading per row, which matters when a long backlog drains."""
+        with self._lock:
+            t = self._con.sql(
+                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
+                "value_str, flags, dev_seq FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+                params=[after_seq, limit],
+            ).to_arrow_table()
+        col = {name: t.column(name).to_pylist() for name in t.column_names}
+        return ReadingColumns(
+            seq=tuple(col["seq"]),
+            device_id=tuple(col["device_id"]),
+            metric=tuple(col["metric"]),
+            ts=tuple(col["ts"]),
+            received_at=tuple(col["received_at"]),
+            value=tuple(map(_value, col["value_num"], col["value_bool"], col["value_str"])),
+            flags=tuple(col["flags"]),
+            dev_seq=tuple(col["dev_seq"]),
+        )
+
     def alert_changes_after(self, change_seq: int, limit: int) -> list[AlertChange]:
         """Alerts whose latest change is above change_seq, in change order (one row per alert:
         intermediate states of an alert changed twice since the last sync are not kept)."""
@@ -559,16 +649,135 @@ class GatewayStore:
             int(self.kv_get(SYNC_ALERTS_KEY) or 0),
         )
 
-    def save_sync_cursor(self, readings_seq: int, alerts_seq: int, at_ms: int) -> None:
-        self.commit(
-            Batch(
-                kv={
-                    SYNC_READINGS_KEY: str(readings_seq),
-                    SYNC_ALERTS_KEY: str(alerts_seq),
-                    SYNC_LAST_SUCCESS_KEY: str(at_ms),
-                }
+    def save_sync_cursor(
+        self, readings_seq: int, alerts_seq: int, at_ms: int, auth_seq: int | None = None
+    ) -> None:
+        kv = {
+            SYNC_READINGS_KEY: str(readings_seq),
+            SYNC_ALERTS_KEY: str(alerts_seq),
+            SYNC_LAST_SUCCESS_KEY: str(at_ms),
+        }
+        if auth_seq is not None:
+            kv[SYNC_AUTH_KEY] = str(auth_seq)
+        self.commit(Batch(kv=kv))
+
+    def auth_sync_cursor(self) -> int:
+        return int(self.kv_get(SYNC_AUTH_KEY) or 0)
+
+    def auth_events_after(self, seq: int, limit: int) -> tuple[int, list[AuthEvent]]:
+        """(the seq of the last event returned, or seq; events after seq in order)."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT seq, occurred_at, kind, transport, reason, address, username, client_id"
+                " FROM auth_failures WHERE seq > ? ORDER BY seq LIMIT ?",
+                [seq, limit],
+            ).fetchall()
+        events = [AuthEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+        return (int(rows[-1][0]) if rows else seq), events
+
+    # -- clock epochs -------------------------------------------------------------------------
+
+    def epochs_for(self, first_seq: int, last_seq: int) -> list[ClockEpoch]:
+        """The epochs readings first_seq..last_seq fall in, oldest first, and always the current
+        (latest) epoch: the cloud judges an unmeasured current epoch by its own clock."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT first_seq, boot_id, mono_base_ms, flags, skew_ms FROM clock_epochs"
+                " WHERE (first_seq <= ? AND first_seq >= coalesce(("
+                "  SELECT max(first_seq) FROM clock_epochs WHERE first_seq <= ?), 0))"
+                " OR id = (SELECT max(id) FROM clock_epochs)"
+                " ORDER BY id",
+                [last_seq, first_seq],
+            ).fetchall()
+        # Epochs begun by commits without readings share a first_seq: the last one holds.
+        by_start = {
+            int(r[0]): ClockEpoch(int(r[0]), r[1], int(r[2]), int(r[3]), r[4]) for r in rows
+        }
+        return list(by_start.values())
+
+    def set_epoch_skew(self, boot_id: str, skew_ms: int) -> None:
+        """The skew measured now belongs to the current (latest) epoch of this boot."""
+        with self._lock:
+            self._con.execute(
+                "UPDATE clock_epochs SET skew_ms = ? WHERE id = ("
+                " SELECT max(id) FROM clock_epochs WHERE boot_id = ?)",
+                [skew_ms, boot_id],
             )
+
+    # -- disk budget --------------------------------------------------------------------------
+
+    def enforce_budget(
+        self,
+        *,
+        synced_before_ms: int | None,
+        unsynced_cap: int | None,
+        protect_through: int,
+        now_ms: int,
+    ) -> BudgetResult:
+        """Delete synced readings received before synced_before_ms, then, when more than
+        unsynced_cap readings wait for the cloud, the oldest of them down to the cap, never
+        those up to protect_through (in a batch on its way to the cloud). Alerts, rejections
+        and audit rows are never touched. Dropped readings are counted in the same transaction.
+        """
+        cursor, _ = self.sync_cursor()
+        pruned = dropped = 0
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if synced_before_ms is not None and cursor > 0:
+                    pruned = int(
+                        con.execute(
+                            "DELETE FROM readings WHERE seq <= ? AND received_at < ?",
+                            [cursor, synced_before_ms],
+                        ).fetchall()[0][0]
+                    )
+                if unsynced_cap is not None:
+                    dropped, span = self._drop_over_cap(cursor, unsynced_cap, protect_through)
+                    if dropped:
+                        con.execute(
+                            "INSERT INTO drops VALUES (?, ?, ?, ?)", [now_ms, *span, dropped]
+                        )
+                self._add_counters(
+                    {k: v for k, v in ((PRUNED_COUNTER, pruned), (DROPPED_COUNTER, dropped)) if v}
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            if pruned or dropped:
+                # Frees the deleted row groups for reuse, so the file stops growing.
+                con.execute("CHECKPOINT")
+        return BudgetResult(pruned, dropped)
+
+    def _drop_over_cap(
+        self, cursor: int, cap: int, protect_through: int
+    ) -> tuple[int, tuple[int, int]]:
+        con = self._con
+        unsynced = int(
+            con.execute("SELECT count(*) FROM readings WHERE seq > ?", [cursor]).fetchall()[0][0]
         )
+        excess = unsynced - cap
+        if excess <= 0:
+            return 0, (0, 0)
+        floor = max(cursor, protect_through)
+        rows = con.execute(
+            "SELECT seq FROM readings WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+            [floor, excess - 1],
+        ).fetchall()
+        if rows:
+            upto = int(rows[0][0])
+        else:  # fewer droppable readings than the excess: drop all of them
+            upto = int(con.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchall()[0][0])
+        n = int(
+            con.execute(
+                "DELETE FROM readings WHERE seq > ? AND seq <= ?", [floor, upto]
+            ).fetchall()[0][0]
+        )
+        return n, (floor + 1, upto)
+
+    def drops(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._dicts("SELECT * FROM drops ORDER BY occurred_at DESC LIMIT ?", [limit])
 
     def save_sync_error(self, message: str, at_ms: int) -> None:
         self.commit(Batch(kv={SYNC_LAST_ERROR_KEY: json.dumps({"at": at_ms, "message": message})}))

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from common.actors import Actor, ActorRef
 from common.model import Reading
+from edge.clock_watch import ClockWatch
+from edge.config import DiskBudget
 from edge.store import AlertRow, AuthFailure, Batch, CommitResult, GatewayStore, Rejection
 
 log = logging.getLogger("iotsphere.store")
@@ -61,6 +63,11 @@ class Flush:
 
 
 @dataclass(frozen=True, slots=True)
+class EnforceBudget:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Committed:
     """Told to the subscriber (the rules actor) after every commit with readings."""
 
@@ -68,7 +75,7 @@ class Committed:
     result: CommitResult
 
 
-StoreMsg = Ingest | RecordAuth | SaveAlerts | Call | Flush
+StoreMsg = Ingest | RecordAuth | SaveAlerts | Call | Flush | EnforceBudget
 
 
 class LagWindow:
@@ -121,6 +128,9 @@ class LiveStats:
     last_commit_at: int | None = None
     active_alerts: int = 0  # kept by the rules actor
     oldest_unsynced_at: int | None = None  # receive time of the oldest reading not yet synced
+    sync_inflight_through: int = 0  # readings up to this seq are in a batch sent to the cloud
+    readings_dropped: int = 0  # since start: unsynced readings deleted by the disk cap
+    readings_pruned: int = 0  # since start: synced readings deleted after retention
 
 
 STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
@@ -146,6 +156,8 @@ class StoreActor(Actor[StoreMsg]):
         lag: LagWindow | None = None,
         stats: LiveStats | None = None,
         executor: ThreadPoolExecutor | None = None,
+        clock_watch: ClockWatch | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         super().__init__()
         self._store = store
@@ -162,6 +174,15 @@ class StoreActor(Actor[StoreMsg]):
         self._meta_due = time.monotonic() + META_INTERVAL_S
         self._meta_timer: asyncio.TimerHandle | None = None
         self._executor = executor or STORE_THREAD
+        self._clock_watch = clock_watch
+        self._budget = budget
+
+    async def on_start(self) -> None:
+        if self._clock_watch is not None:
+            self._batch.epoch = self._clock_watch.check()  # every start is a new epoch
+            await self._flush()
+        if self._budget is not None:
+            self.schedule_every(self._budget.every_s, EnforceBudget())
 
     async def receive(self, msg: StoreMsg) -> object:
         match msg:
@@ -197,7 +218,34 @@ class StoreActor(Actor[StoreMsg]):
                     return _Failed(exc)
             case Flush():
                 await self._flush()
+            case EnforceBudget():
+                await self._flush()
+                await self._enforce_budget()
         return None
+
+    async def _enforce_budget(self) -> None:
+        budget = self._budget
+        assert budget is not None
+        now = time.time_ns() // 1_000_000
+        retention = budget.synced_retention_s
+        result = await self._in_store_thread(
+            lambda: self._store.enforce_budget(
+                synced_before_ms=None if retention is None else now - int(retention * 1000),
+                unsynced_cap=budget.unsynced_cap,
+                protect_through=self.stats.sync_inflight_through,
+                now_ms=now,
+            )
+        )
+        self.stats.readings_pruned += result.pruned
+        self.stats.readings_dropped += result.dropped
+        if result.dropped:
+            log.warning(
+                "disk budget: %d unsynced readings over the cap of %s dropped (oldest first)",
+                result.dropped,
+                budget.unsynced_cap,
+            )
+        if result.pruned:
+            log.info("disk budget: %d synced readings past retention pruned", result.pruned)
 
     async def _in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """DuckDB work runs on the store's one thread: the event loop keeps serving sockets,
@@ -242,6 +290,8 @@ class StoreActor(Actor[StoreMsg]):
         batch, confirms = self._batch, self._confirms
         if batch.readings:
             self._count("commits_with_readings", 1)
+            if self._clock_watch is not None and batch.epoch is None:
+                batch.epoch = self._clock_watch.check()
         if time.monotonic() >= self._meta_due and (self._counters or self._last_seen):
             batch.counters, self._counters = self._counters, {}
             batch.last_seen, self._last_seen = self._last_seen, {}

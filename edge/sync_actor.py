@@ -22,6 +22,7 @@ shown in `gateway status` and retried at the same backoff until someone fixes th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import uuid
@@ -33,7 +34,7 @@ from typing import Any
 
 from common.actors import Actor, ActorRef
 from common.clock import Clock
-from common.sync_wire import ReadingColumns, SyncBatch
+from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, ReadingColumns, SyncBatch
 from edge.cloud_client import (
     BadAck,
     CloudClient,
@@ -42,12 +43,14 @@ from edge.cloud_client import (
     CloudUnavailable,
     CloudUnreachable,
 )
-from edge.store import GatewayStore
+from edge.store import DROPPED_COUNTER, GatewayStore
 from edge.store_actor import LiveStats, StoreMsg, call
 
 log = logging.getLogger("iotsphere.sync")
 
 MAX_ALERTS_PER_BATCH = 1_000
+MAX_AUTH_EVENTS_PER_BATCH = 1_000
+SKEW_RECORD_CHANGE_MS = 2_000  # a measured skew is saved when it moved more than this
 CONFIG_VERSION_KEY = "sync.config_version"
 DRAIN_SLICE_S = 1.0  # one tick sends back-to-back batches for at most this long
 RATE_WINDOW = 50  # recent successful batches the drain-time estimate is based on
@@ -98,6 +101,8 @@ class SyncStats:
     next_retry_in_s: float | None = None
     config_version: int = 0  # the cloud configuration version applied here
     config_errors: int = 0
+    clock_skew_ms: int | None = None  # this gateway's clock minus the cloud's, last measured
+    bytes_sent: int = 0  # sync batch request bodies (compressed), resends included
     _recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))
 
     def record_rate(self, readings: int, seconds: float) -> None:
@@ -138,6 +143,8 @@ class SyncStats:
             "next_retry_in_s": self.next_retry_in_s,
             "config_version": self.config_version,
             "config_errors": self.config_errors,
+            "clock_skew_ms": self.clock_skew_ms,
+            "bytes_sent": self.bytes_sent,
             "attempts": self.attempts,
             "successes": self.successes,
             "failures": self.failures,
@@ -165,14 +172,31 @@ class SyncSettings:
     backoff_max_s: float = 300.0
 
 
+@dataclass(frozen=True, slots=True)
+class _BatchRows:
+    alerts: list[AlertChange]
+    readings: ReadingColumns
+    auth_through: int
+    auth_events: list[AuthEvent]
+    counters: dict[str, int]
+    epochs: list[ClockEpoch]
+
+    def is_empty(self) -> bool:
+        return not (self.alerts or len(self.readings) or self.auth_events)
+
+
 def _read_batch_rows(
-    cursor: tuple[int, int], max_readings: int, store: GatewayStore
-) -> tuple[list[Any], list[Any], dict[str, int]]:
-    """Alerts first, then readings, then the counters: one trip to the store thread."""
+    cursor: tuple[int, int], auth_cursor: int, max_readings: int, store: GatewayStore
+) -> _BatchRows:
+    """Alerts first, then readings, auth events, counters and clock epochs: one trip to the
+    store thread."""
     alerts = store.alert_changes_after(cursor[1], MAX_ALERTS_PER_BATCH)
-    rows = store.readings_for_sync(cursor[0], max_readings)
-    counters = store.counters() if alerts or rows else {}
-    return alerts, rows, counters
+    rows = store.reading_columns_for_sync(cursor[0], max_readings)
+    auth_through, events = store.auth_events_after(auth_cursor, MAX_AUTH_EVENTS_PER_BATCH)
+    if not (alerts or rows or events):
+        return _BatchRows([], ReadingColumns(), auth_cursor, [], {}, [])
+    epochs = store.epochs_for(rows.seq[0], rows.seq[-1]) if rows else []
+    return _BatchRows(alerts, rows, auth_through, events, store.counters(), epochs)
 
 
 class SyncActor(Actor[SyncMsg]):
@@ -199,6 +223,8 @@ class SyncActor(Actor[SyncMsg]):
         self._boot_id = boot_id or str(uuid.uuid4())
         self._rand = rand
         self._cursor = (0, 0)
+        self._auth_cursor = 0
+        self._saved_skew: int | None = None
         self._inflight: SyncBatch | None = None  # sent, not yet acknowledged: resent as is
         self._retry_at = 0.0  # monotonic
         self._partial_since: float | None = None  # monotonic: a part-full batch began waiting
@@ -210,6 +236,7 @@ class SyncActor(Actor[SyncMsg]):
         raw = await call(self._store, lambda s: s.kv_get(CONFIG_VERSION_KEY))
         self._config_version = int(raw) if raw else 0
         self._cursor = await call(self._store, lambda s: s.sync_cursor())
+        self._auth_cursor = await call(self._store, lambda s: s.auth_sync_cursor())
         self.stats.cursor_seq, self.stats.alerts_cursor = self._cursor
         self._client = self._client_factory()
         await self._refresh_backlog()
@@ -230,12 +257,19 @@ class SyncActor(Actor[SyncMsg]):
             return None
         self.stats.next_retry_in_s = None
         deadline = now + DRAIN_SLICE_S
-        while True:
-            batch = self._inflight or await self._next_batch()
-            if batch is None or not await self._send(batch):
-                break
-            if self._clock.monotonic() >= deadline:
-                break
+        batch = self._inflight or await self._next_batch()
+        while batch is not None:
+            # Draining a backlog: read the next full batch from DuckDB (the store thread)
+            # while this one is on the wire, so the two sides work at the same time.
+            ahead = None
+            if len(batch.readings) >= self._cfg.batch_max_readings:
+                ahead = asyncio.create_task(self._next_batch(after=batch))
+            sent = await self._send(batch)
+            if ahead is not None and not sent:
+                ahead.cancel()
+            batch = await ahead if ahead is not None and sent else None
+            if batch is None or self._clock.monotonic() >= deadline:
+                break  # an unsent read-ahead is rebuilt, identical, from the cursor
         await self._refresh_backlog()
         return None
 
@@ -248,6 +282,7 @@ class SyncActor(Actor[SyncMsg]):
             doc = await self._client.fetch_config(self._config_version)
             self._config_version = await self._apply_config(self._config_version, doc)
             self.stats.config_version = self._config_version
+            await self._record_skew()
         except CloudError as exc:
             log.warning("sync: configuration not fetched: %s", exc)
             self.stats.config_errors += 1
@@ -255,15 +290,28 @@ class SyncActor(Actor[SyncMsg]):
             log.exception("sync: configuration from the cloud could not be applied")
             self.stats.config_errors += 1
 
-    async def _next_batch(self) -> SyncBatch | None:
+    async def _next_batch(self, after: SyncBatch | None = None) -> SyncBatch | None:
+        """The batch after the durable cursor, or (read-ahead) after `after` once it is
+        acknowledged; a read-ahead returns only a full batch (or one with alerts/events)."""
         cfg = self._cfg
-        alerts, rows, counters = await call(
-            self._store, partial(_read_batch_rows, self._cursor, cfg.batch_max_readings)
+        cursor, auth_cursor = self._cursor, self._auth_cursor
+        if after is not None:
+            cursor = (after.last_seq, max(cursor[1], after.alerts_through))
+            auth_cursor = after.auth_through if after.auth_events else auth_cursor
+        got = await call(
+            self._store,
+            partial(_read_batch_rows, cursor, auth_cursor, cfg.batch_max_readings),
         )
-        if not alerts and not rows:
+        rows = got.readings
+        partial_batch = (
+            not got.alerts and not got.auth_events and len(rows) < cfg.batch_max_readings
+        )
+        if after is not None and (got.is_empty() or partial_batch):
+            return None  # the next tick decides about it, with the age limit
+        if got.is_empty():
             self._partial_since = None
             return None
-        if not alerts and len(rows) < cfg.batch_max_readings:
+        if partial_batch:
             # Age limit, measured on the monotonic clock (a gateway clock jump must neither
             # hold a batch back forever nor flush every one at once).
             now = self._clock.monotonic()
@@ -272,16 +320,20 @@ class SyncActor(Actor[SyncMsg]):
             if now - self._partial_since < cfg.batch_max_age_s:
                 return None
         self._partial_since = None
-        first = self._cursor[0] + 1
+        first = cursor[0] + 1
         return SyncBatch.create(
             gateway_id=self.stats.gateway_id,
             first_seq=first,
-            last_seq=rows[-1][0] if rows else first - 1,
+            last_seq=rows.seq[-1] if rows else first - 1,
             boot_id=self._boot_id,
             gateway_clock_ms=self._clock.now_ms(),
-            readings=ReadingColumns.from_readings(rows),
-            alerts=alerts,
-            counters=counters,
+            readings=rows,
+            alerts=got.alerts,
+            counters=got.counters,
+            auth_events=got.auth_events,
+            auth_through=got.auth_through if got.auth_events else 0,
+            dropped=got.counters.get(DROPPED_COUNTER, 0),
+            epochs=got.epochs,
         )
 
     async def _send(self, batch: SyncBatch) -> bool:
@@ -293,18 +345,27 @@ class SyncActor(Actor[SyncMsg]):
             st.retries += 1
         st.last_attempt_at = self._clock.now_ms()
         self._inflight = batch
+        if self._live is not None:  # the disk cap must not drop what this batch carries
+            self._live.sync_inflight_through = max(batch.last_seq, self._cursor[0])
         started = self._clock.monotonic()
+        sent_before = self._client.batch_bytes_sent
         try:
             ack = await self._client.post_batch(batch)
         except CloudError as exc:
             await self._failed(batch, exc)
             return False
+        finally:
+            st.bytes_sent += self._client.batch_bytes_sent - sent_before
         cursor = (batch.last_seq, max(self._cursor[1], batch.alerts_through))
+        auth = batch.auth_through if batch.auth_events else None
         now_ms = self._clock.now_ms()
         # Durable before anything else believes it: a crash here means a resend, never a gap.
-        await call(self._store, lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms))
+        await call(self._store, lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms, auth))
         self._cursor = cursor
+        if auth is not None:
+            self._auth_cursor = auth
         self._inflight = None
+        await self._record_skew()
         st.cursor_seq, st.alerts_cursor = cursor
         st.successes += 1
         st.consecutive_failures = 0
@@ -357,6 +418,20 @@ class SyncActor(Actor[SyncMsg]):
         )
         message = str(exc)
         await call(self._store, lambda s: s.save_sync_error(message, now_ms))
+
+    async def _record_skew(self) -> None:
+        """Save the clock skew the last answer showed into the current clock epoch, so the
+        readings of this epoch are judged by it even if they reach the cloud much later."""
+        assert self._client is not None
+        skew = self._client.last_skew_ms
+        self.stats.clock_skew_ms = skew
+        if skew is None or (
+            self._saved_skew is not None and abs(skew - self._saved_skew) <= SKEW_RECORD_CHANGE_MS
+        ):
+            return
+        self._saved_skew = skew
+        boot = self._boot_id
+        await call(self._store, lambda s: s.set_epoch_skew(boot, skew))
 
     async def _refresh_backlog(self) -> None:
         count, oldest = await call(self._store, partial(_backlog, self._cursor[0]))

@@ -38,6 +38,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     _add_mqtt_args(mqtt)
     add_common_args(mqtt, json_flag=True)
     mqtt.set_defaults(handler=_run_mqtt)
+    coap = sub.add_parser(
+        "coap",
+        help="CoAP sensors, one UDP socket per device",
+        description=(
+            "Simulate CoAP sensors: each device POSTs to /api/v1/{token}/telemetry, "
+            "retransmits confirmable requests like firmware (same message id) and sends "
+            "readings again that got no answer. Stops after --count readings per device."
+        ),
+    )
+    _add_fleet_args(coap)
+    _add_coap_args(coap)
+    add_common_args(coap, json_flag=True)
+    coap.set_defaults(handler=_run_coap)
 
 
 # --------------------------------------------------------------------------- argument types
@@ -183,6 +196,28 @@ def _add_mqtt_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_coap_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CoAP")
+    group.add_argument("--host", default="127.0.0.1", help="gateway host (default: 127.0.0.1)")
+    group.add_argument("--port", type=_port, default=5683, help="gateway port (default: 5683)")
+    kind = group.add_mutually_exclusive_group()
+    kind.add_argument("--con", dest="confirmable", action="store_true", default=True,
+                      help="confirmable requests (default)")
+    kind.add_argument("--non", dest="confirmable", action="store_false",
+                      help="non-confirmable requests")
+    group.add_argument("--format", choices=("json", "senml", "senml-cbor", "cbor"),
+                       default="json", help="payload format (default: json)")
+    group.add_argument("--inflight", type=_int_at_least(1), default=1, metavar="N",
+                       help="outstanding requests per device (default: 1)")
+    group.add_argument("--malformed", action="store_true", help="every payload is malformed")
+    group.add_argument("--bad-token", action="store_true",
+                       help="use a wrong token and expect refusal (exit 1 if any is accepted)")
+    group.add_argument("--ack-timeout", type=_positive_float, default=2.0, metavar="SECONDS",
+                       help="first retransmission timeout (RFC 7252 ACK_TIMEOUT; default: 2)")
+    group.add_argument("--acked-log", type=Path, metavar="FILE",
+                       help='append "device_id seq ts_ms" per reading answered 2.04')
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -276,4 +311,52 @@ def _run_mqtt(args: argparse.Namespace) -> int:
     elif stats.refused:
         names = ", ".join(stats.refused_devices[:5]) + (", ..." if stats.refused > 5 else "")
         raise CliError(f"credentials refused for {stats.refused} devices: {names}")
+    return 0
+
+
+def _run_coap(args: argparse.Namespace) -> int:
+    from firmware_stubs.coap_sim import CoapSimConfig, CoapSimError, run_coap_simulation
+
+    bad_token = args.bad_token or args.wrong_password
+    try:
+        config = CoapSimConfig(
+            devices=_devices_of(args),
+            host=args.host,
+            port=args.port,
+            rate=args.rate,
+            count=args.count,
+            metrics=args.metrics,
+            fmt=args.format,
+            confirmable=args.confirmable,
+            inflight=args.inflight,
+            malformed_every=1 if args.malformed else args.malformed_every,
+            bad_token=bad_token,
+            saturate=args.saturate,
+            no_clock=args.no_clock,
+            ack_timeout_s=args.ack_timeout,
+            acked_log=args.acked_log,
+        )
+    except (CoapSimError, SimConfigError) as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
+    async def simulate() -> dict[str, object]:
+        stop = asyncio.Event()
+        with _stop_on_signals(asyncio.get_running_loop(), stop):
+            return (await run_coap_simulation(config, stop=stop)).to_dict()
+
+    try:
+        stats = asyncio.run(simulate())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    except OSError as exc:
+        raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+    if args.json:
+        print_json(stats)
+    else:
+        print(", ".join(f"{k} {v}" for k, v in stats.items()))
+    sys.stdout.flush()
+    answers = stats["answers"]
+    assert isinstance(answers, dict)
+    if bad_token and answers.get("2.04"):
+        raise CliError(f"{answers['2.04']} requests were accepted with a wrong token")
     return 0

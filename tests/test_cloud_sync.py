@@ -5,6 +5,7 @@ In-process ASGI for most; the batch path once more over a real uvicorn socket.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,11 @@ from cloud.store import Role
 from cloud.store_duckdb import DuckCloudStore
 from common.clock import ManualClock
 from common.gateway_auth import RequestSigner, generate_private_key, public_key_b64
+from common.model import ReadingFlag
 from common.sync_wire import (
     AlertChange,
     AuthEvent,
+    ClockEpoch,
     ReadingColumns,
     SyncBatch,
     decode_ack,
@@ -444,3 +447,43 @@ async def test_clock_skew_is_recorded_and_shown(
     assert (await post(client, gw, batch(gw.gateway_id, 6))).status_code == 200
     (listed,) = (await client.get("/api/gateways", headers=tokens)).json()
     assert listed["clock_skewed"] is False
+
+
+async def test_readings_keep_their_clocks_and_suspect_ones_are_flagged(
+    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+) -> None:
+    gw = await enroll(client, store, clock, "site-a", "default")
+    ahead = ManualClock(T0 + 6 * 60_000)  # the gateway's clock is 6 minutes fast today
+    skewed = Gw(gw.gateway_id, RequestSigner(gw.gateway_id, gw.key, ahead), gw.key)
+    unsynced = int(ReadingFlag.GATEWAY_CLOCK_UNSYNCED)
+    b = dataclasses.replace(
+        batch(gw.gateway_id, 1, n=4),
+        # readings 1-2 from a boot without NTP; 3-4 from the current, unmeasured epoch
+        epochs=(
+            ClockEpoch(1, "boot-0", T0 - 100_000, unsynced),
+            ClockEpoch(3, "boot-1", T0 - 200_000, 0),
+        ),
+    )
+    assert (await post(client, skewed, b)).status_code == 200
+    rows = await store.db.run(
+        lambda c: c.execute(
+            "SELECT ts, flags, gateway_boot_id, gateway_mono_ms, gateway_received_at,"
+            " cloud_received_at FROM readings ORDER BY ts"
+        ).fetchall()
+    )
+    skew = int(ReadingFlag.GATEWAY_CLOCK_SKEWED)
+    assert [r[1] for r in rows] == [unsynced, unsynced, skew, skew]
+    assert [r[2] for r in rows] == ["boot-0", "boot-0", "boot-1", "boot-1"]
+    assert [r[3] for r in rows] == [
+        r[4] - (T0 - 100_000) if i < 2 else r[4] - (T0 - 200_000) for i, r in enumerate(rows)
+    ]
+    assert all(r[5] == clock.now_ms() for r in rows)  # cloud receive time kept beside
+    tokens = await admin(client, store)
+    r = await client.get(
+        "/api/devices/d1/telemetry",
+        params={"metric": "temp", "from": T0 - 120_000, "to": T0},
+        headers=tokens,
+    )
+    points = r.json()["points"]
+    assert points[0]["flags"] == ["GATEWAY_CLOCK_UNSYNCED"]
+    assert points[-1]["flags"] == ["GATEWAY_CLOCK_SKEWED"]

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge.clock_watch import kernel_clock_synchronised
 from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -98,7 +99,12 @@ def test_device_to_gateway_to_cloud_dashboard(
         params={"metric": "temperature", "from": 1795841000000, "to": 1795843000000},
         headers=auth,
     ).json()["points"]
-    assert points == [{"ts": 1795842000000, "value": 22.5}]  # exactly once
+    # exactly once; flagged when this machine's kernel says its clock is not NTP-synchronised
+    unsynced = kernel_clock_synchronised() is False
+    expected: dict[str, object] = {"ts": 1795842000000, "value": 22.5}
+    if unsynced:
+        expected["flags"] = ["GATEWAY_CLOCK_UNSYNCED"]
+    assert points == [expected]
 
     status = cli_json("gateway", "status", data_dir=gw_data)
     assert status["sync"]["state"] == "enrolled" and status["sync"]["backlog_readings"] == 0

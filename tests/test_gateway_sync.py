@@ -9,6 +9,7 @@ import contextlib
 import json
 import secrets
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,14 @@ from common.gateway_auth import (
     save_private_key,
 )
 from common.model import Reading
-from common.sync_wire import BatchAck, SyncBatch, WireError, decode_batch, encode_ack
+from common.sync_wire import (
+    BatchAck,
+    SyncBatch,
+    WireError,
+    decode_batch,
+    encode_ack,
+    reading_clocks,
+)
 from edge.config import GatewayConfig, LockoutConfig
 from edge.gateway import Gateway
 from edge.identity import Identity, key_path, load_identity, save_identity
@@ -340,11 +348,13 @@ async def test_sync_actor_crash_resends_from_the_cursor(
     real_save = Store.save_sync_cursor
     crashed: list[int] = []
 
-    def failing_save(self: Store, readings_seq: int, alerts_seq: int, at_ms: int) -> None:
+    def failing_save(
+        self: Store, readings_seq: int, alerts_seq: int, at_ms: int, auth: int | None = None
+    ) -> None:
         if not crashed:
             crashed.append(readings_seq)
             raise RuntimeError("crash before the cursor was saved")
-        real_save(self, readings_seq, alerts_seq, at_ms)
+        real_save(self, readings_seq, alerts_seq, at_ms, auth)
 
     monkeypatch.setattr(Store, "save_sync_cursor", failing_save)
     async with running(sync_config(gateway_config)) as gw:
@@ -371,3 +381,107 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     ]
     assert backoff_delay(5, 1.0, 300.0, lambda: 0.25) == 4.0
     assert backoff_delay(1000, 1.0, 300.0, lambda: 1.0) == 300.0
+
+
+# -- disk budget, auth events and clocks in batches ------------------------------------------
+
+
+async def test_cap_drops_oldest_unsynced_keeps_alerts_and_reports_the_exact_count(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    gw_id = enroll_directly(gateway_config.data_dir, stub)
+    cfg = replace(sync_config(gateway_config), unsynced_cap_readings=30, budget_every_s=0.05)
+    seen: list[SyncBatch] = []
+    stub.on_batch = seen.append
+    stub.fail_503 = 10**9  # the cloud is down while the site fills its budget
+    async with running(cfg) as gw:
+        await gw.add_rule({"metric": "temperature", "operator": ">", "threshold": 20.5})
+        await ingest(gw, readings(100))  # 20.00 .. 20.99: the rule fires at 20.51
+        await until(lambda: gw.live.readings_dropped == 70)
+        assert await call(gw.store_ref, lambda s: s.count_readings()) == 30
+        kept = [r.ts for r in (await call(gw.store_ref, lambda s: s.readings_after(0, 1000)))[1]]
+        # Oldest first: one run of 70 is gone. A batch already on its way to the cloud is
+        # pinned (dropping it would count readings the cloud then receives), so the run may
+        # start after the first batch rather than at the very first reading.
+        every = [r.ts for r in readings(100)]
+        gone = [i for i, ts in enumerate(every) if ts not in kept]
+        assert len(gone) == 70 and gone == list(range(gone[0], gone[0] + 70))
+        assert gone[0] <= cfg.sync_batch_max_readings
+        alerts = await call(gw.store_ref, lambda s: s.alerts())
+        assert len(alerts) == 1 and alerts[0].state == "active"  # alerts are never dropped
+        stub.fail_503 = 0
+        await until(lambda: len(stub.readings) == 30 and len(stub.alerts) == 1)
+        await until(lambda: any(b.dropped == 70 for b in seen))
+        drops = await call(gw.store_ref, lambda s: s.drops())
+        counters = await call(gw.store_ref, lambda s: s.counters())
+    assert sum(d["readings"] for d in drops) == 70 and counters["readings_dropped"] == 70
+    assert sorted(r.ts for r in stub.readings.values()) == kept
+    assert gw_id in stub.keys
+    status = json.loads((await asyncio.to_thread(cli, "gateway", "status",
+                                                 data_dir=cfg.data_dir)).stdout)  # fmt: skip
+    assert status["counters"]["readings_dropped"] == 70
+    assert status["disk"]["used_bytes"] > status["disk"]["database_bytes"] > 0
+
+
+async def test_synced_readings_are_pruned_after_retention_unsynced_never(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    enroll_directly(gateway_config.data_dir, stub)
+    # received_at is hours old: past a retention of 1 h as soon as the cloud has them
+    old = readings(20, start_ts=1_000_000_000_000)
+    cfg = replace(sync_config(gateway_config), synced_retention_h=1.0, budget_every_s=0.05)
+    stub.fail_503 = 10**9
+    async with running(cfg) as gw:
+        await ingest(gw, old)
+        await asyncio.sleep(0.3)  # several budget passes while nothing is synced
+        assert await call(gw.store_ref, lambda s: s.count_readings()) == 20
+        stub.fail_503 = 0
+        await until(lambda: len(stub.readings) == 20)
+        await until(lambda: gw.live.readings_pruned == 20)
+        assert await call(gw.store_ref, lambda s: s.count_readings()) == 0
+        assert gw.live.readings_dropped == 0
+
+
+async def test_auth_failures_reach_the_cloud_once_with_their_own_cursor(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    enroll_directly(gateway_config.data_dir, stub)
+    by_batch: dict[str, list[str]] = {}  # the cloud stores a batch id once
+    stub.on_batch = lambda b: by_batch.setdefault(
+        b.batch_id, [f"{e.username}:{e.at}" for e in b.auth_events]
+    )
+    stub.drop = 1  # the first answer is lost: the resend must not duplicate the events
+    async with running(sync_config(gateway_config)) as gw:
+        await gw.add_device("t1", "thermo")
+        for _ in range(3):
+            with contextlib.suppress(aiomqtt.MqttError):
+                async with aiomqtt.Client(
+                    "127.0.0.1", gw.mqtt_port, username="t1", password="wrong"
+                ):
+                    pass
+        await until(lambda: gw.live.auth_failures >= 3)
+        rows = await call(gw.store_ref, lambda s: s.auth_failures())
+        await until(lambda: call(gw.store_ref, lambda s: s.auth_sync_cursor() == len(rows)))
+    sent = [e for events in by_batch.values() for e in events]
+    assert len(rows) >= 3 and sorted(sent) == sorted(f"t1:{r['at']}" for r in rows)
+    assert len(stub.batch_ids) > len(by_batch)  # the lost answer did cause a resend
+
+
+async def test_batches_carry_clock_epochs_and_the_measured_skew(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    enroll_directly(gateway_config.data_dir, stub)
+    seen: list[SyncBatch] = []
+    stub.on_batch = seen.append
+    async with running(sync_config(gateway_config)) as gw:
+        now = time.time_ns() // 1_000_000
+        await ingest(gw, [replace(r, received_at=now) for r in readings(3)])
+        await until(lambda: len(stub.readings) == 3)
+        boot = gw.boot_id
+        mono_now = time.monotonic() * 1000
+    batch = next(b for b in seen if len(b.readings))
+    assert batch.epochs and batch.epochs[0].boot_id == boot == batch.boot_id
+    clocks = reading_clocks(batch)
+    assert clocks.boot_id == [boot] * 3
+    # receive time minus the epoch's base is the monotonic clock when the reading arrived
+    assert all(0 < m <= mono_now for m in clocks.mono_ms if m is not None)

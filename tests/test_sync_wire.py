@@ -23,6 +23,7 @@ from common.sync_wire import (
     AlertChange,
     AuthEvent,
     BatchAck,
+    ClockEpoch,
     ReadingColumns,
     SyncBatch,
     WireError,
@@ -33,6 +34,7 @@ from common.sync_wire import (
     decode_batch,
     encode_ack,
     encode_batch,
+    reading_clocks,
 )
 
 T0 = 1_764_300_000_000
@@ -106,6 +108,11 @@ def full_batch() -> SyncBatch:
         counters={"rejected": 4, "auth_failures": 2},
         auth_events=[AUTH],
         dropped=12,
+        auth_through=5,
+        epochs=[
+            ClockEpoch(1, "boot-0", T0 - 9_000_000, int(ReadingFlag.GATEWAY_CLOCK_UNSYNCED)),
+            ClockEpoch(150, "boot-a", T0 - 5_000, 0, 1_200),
+        ],
     )
 
 
@@ -377,3 +384,77 @@ def test_deeply_nested_body_is_a_wire_error() -> None:
     for body, ctype in [(raw, CBOR), (b"[" * 100_000 + b"]" * 100_000, JSON)]:
         with pytest.raises(WireError):
             decode_batch(body, ctype, "identity")
+
+
+# -- auth cursor and clock epochs --------------------------------------------------------------
+
+
+def test_auth_cursor_is_part_of_the_batch_id() -> None:
+    a = make_batch([], auth_events=[AUTH], auth_through=3)
+    b = make_batch([], auth_events=[AUTH], auth_through=4)
+    assert a.batch_id != b.batch_id  # two auth-only batches at the same reading cursor
+    assert make_batch([]).batch_id == batch_id_for("gw-1", 101, 100)  # unchanged without
+    doc = batch_to_doc(a)
+    doc["auth_through"] = 4  # claims other events than its id says: refused
+    assert wire_error(doc).problem.errors[0].path == "/batch_id"
+
+
+def test_epochs_round_trip_and_bad_epochs_are_named() -> None:
+    batch = full_batch()
+    assert decode_batch(*encode_batch(batch)).epochs == batch.epochs
+    doc = batch_to_doc(batch)
+    doc["epochs"][1] = [0, "b", "x", 300, None]
+    paths = {e.path for e in wire_error(doc).problem.errors}
+    assert paths == {"/epochs/1/0", "/epochs/1/2", "/epochs/1/3"}
+
+
+def _clock_batch(epochs: list[ClockEpoch], boot: str = "boot-b") -> SyncBatch:
+    data = [
+        (seq, Reading("d", "m", T0 + seq, 1.0, T0 + seq, ReadingFlag.TS_FROM_GATEWAY))
+        for seq in (5, 10, 20)
+    ]
+    return SyncBatch.create(
+        gateway_id="gw-1",
+        first_seq=5,
+        last_seq=20,
+        boot_id=boot,
+        gateway_clock_ms=T0,
+        readings=ReadingColumns.from_readings(data),
+        epochs=epochs,
+    )
+
+
+def test_reading_clocks_map_each_reading_to_its_epoch() -> None:
+    unsynced, skewed = (
+        int(ReadingFlag.GATEWAY_CLOCK_UNSYNCED),
+        int(ReadingFlag.GATEWAY_CLOCK_SKEWED),
+    )
+    own = int(ReadingFlag.TS_FROM_GATEWAY)
+    batch = _clock_batch(
+        [
+            ClockEpoch(1, "boot-a", T0 - 1_000, unsynced),  # a boot without NTP
+            ClockEpoch(10, "boot-b", T0 - 2_000, 0, skew_ms=-400_000),  # measured 6.7 min off
+            ClockEpoch(20, "boot-b", T0 - 3_000, 0),  # after a jump: current, not measured
+        ]
+    )
+    clocks = reading_clocks(batch, request_skew_ms=10)
+    assert clocks.boot_id == ["boot-a", "boot-b", "boot-b"]
+    assert clocks.mono_ms == [1_005, 2_010, 3_020]  # received_at - the epoch's base
+    assert clocks.flags == [own | unsynced, own | skewed, own]
+    # the cloud's measurement on this request judges only the current epoch
+    assert reading_clocks(batch, request_skew_ms=-600_000).flags == [
+        own | unsynced,
+        own | skewed,
+        own | skewed,
+    ]
+
+
+def test_reading_clocks_without_epochs_or_before_the_first() -> None:
+    plain = _clock_batch([])
+    assert reading_clocks(plain).boot_id == [None, None, None]
+    late = _clock_batch([ClockEpoch(10, "boot-b", T0, 0)])
+    clocks = reading_clocks(late, request_skew_ms=900_000)
+    assert clocks.boot_id == [None, "boot-b", "boot-b"] and clocks.mono_ms[0] is None
+    # a current epoch of another boot than the batch's is not judged by this request
+    other = _clock_batch([ClockEpoch(1, "boot-x", T0, 0)], boot="boot-b")
+    assert reading_clocks(other, request_skew_ms=900_000).flags == [1, 1, 1]

@@ -13,6 +13,7 @@ from cloud.views import (
     MAX_BUCKETS,
     BadQuery,
     bucket_view,
+    device_status,
     device_view,
     parse_bucket,
     point_view,
@@ -58,6 +59,7 @@ async def get_device(
 @router.get(
     "/devices/{device_id}/telemetry",
     response_model=TelemetryOut,
+    response_model_exclude_unset=True,  # a point has "flags" only when a time is suspect
     responses=problems(*AUTHED, 404, 422),
 )
 async def telemetry(
@@ -102,6 +104,16 @@ async def list_gateways(principal: Viewer, services: ServicesDep) -> list[dict[s
     gateways = await services.store.list_gateways(principal.org_id)
     # enrollment and sync state (key revoked, clock skew) when the sync area is present
     sync = await services.sync.sync_info(principal.org_id) if services.sync else {}
+    totals = await services.sync.batch_totals(principal.org_id) if services.sync else {}
+    now, threshold = services.clock.now_ms(), services.settings.online_threshold_s
     return [
-        {**g.to_dict(), **(s.to_dict() if (s := sync.get(g.gateway_id)) else {})} for g in gateways
+        {
+            **g.to_dict(),
+            **(s.to_dict() if (s := sync.get(g.gateway_id)) else {}),
+            # for the dashboard's overview: the same online rule as devices
+            "status": device_status(g.last_seen, now, threshold),
+            "last_sync_at": totals.get(g.gateway_id, (None, None))[0],
+            "readings_synced": totals.get(g.gateway_id, (None, 0))[1],
+        }
+        for g in gateways
     ]

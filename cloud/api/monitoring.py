@@ -23,7 +23,13 @@ from cloud.api.deps import (
     notify_of,
     problems,
 )
-from cloud.api.schemas import MetricPointsOut, MetricsAccepted, RuleChangesOut, RuleOut
+from cloud.api.schemas import (
+    MetricPointsOut,
+    MetricsAccepted,
+    MetricSeriesOut,
+    RuleChangesOut,
+    RuleOut,
+)
 from cloud.monitoring.ingest import SOURCE, parse_metrics
 from cloud.problems import not_found
 from cloud.services import Services
@@ -241,3 +247,10 @@ async def get_metrics(
         "metric": metric,
         "points": [{"ts": ts, "value": value} for ts, value in points],
     }
+
+
+@router.get("/sources", response_model=list[MetricSeriesOut], responses=problems(*AUTHED))
+async def list_sources(principal: Viewer, services: ServicesDep) -> list[dict[str, Any]]:
+    """Every (source, metric) with values, newest value first-class: the models page's index."""
+    series = await monitoring_of(services).metric_series(principal.org_id)
+    return [s.to_dict() for s in series]

@@ -46,6 +46,9 @@ class GatewayOut(BaseModel):
     clock_skew_ms: int | None = None  # the gateway's clock minus the cloud's, last request
     clock_skewed: bool = False  # more than 5 minutes off: its readings' gateway times suspect
     config_version: int | None = None  # the rule version the gateway last confirmed
+    status: str | None = Field(default=None, pattern="^(online|offline)$")  # by last_seen
+    last_sync_at: int | None = None  # when its newest sync batch was stored
+    readings_synced: int | None = None  # readings its batches stored in the cloud
 
 
 class NotificationStatus(BaseModel):
@@ -78,6 +81,10 @@ class PointOut(BaseModel):
     value: Value
 
 
+class DevicePointOut(PointOut):
+    flags: list[str] | None = None  # present when a time is not to be trusted
+
+
 class BucketOut(BaseModel):
     ts: int
     min: float | None
@@ -90,7 +97,7 @@ class TelemetryOut(BaseModel):
     device_id: str
     metric: str
     bucket_ms: int | None
-    points: list[PointOut] | list[BucketOut]
+    points: list[DevicePointOut] | list[BucketOut]
 
 
 class DashboardOut(BaseModel):
@@ -140,6 +147,14 @@ class MetricPointsOut(BaseModel):
     source: str
     metric: str
     points: list[PointOut]
+
+
+class MetricSeriesOut(BaseModel):
+    source: str
+    metric: str
+    count: int
+    last_ts: int
+    last_value: Value | None
 
 
 class ChannelOut(BaseModel):

@@ -125,6 +125,7 @@ async def authenticated_gateway(request: Request, services: ServicesDep) -> Gate
         verified.clock_skewed,
         config if request.url.path.endswith("/config") else None,
     )
+    request.state.gateway_skew_ms = verified.skew_ms
     if verified.clock_skewed:
         log.warning("gateway %s clock skewed by %d ms", ident.gateway_id, verified.skew_ms)
     return ident
@@ -185,7 +186,12 @@ async def post_batch(request: Request, gateway: Gateway, services: ServicesDep) 
     if batch.gateway_id != gateway.gateway_id:
         log.warning("gateway %s sent a batch for gateway %s", gateway.gateway_id, batch.gateway_id)
         raise forbidden("the batch belongs to another gateway")
-    ack = await store.apply_batch(gateway.org_id, batch, services.clock.now_ms())
+    ack = await store.apply_batch(
+        gateway.org_id,
+        batch,
+        services.clock.now_ms(),
+        getattr(request.state, "gateway_skew_ms", None),
+    )
     if ack.stored:
         services.hooks.wake_monitor()  # device readings feed the cloud's rules
     return Response(encode_ack(ack), media_type="application/json")

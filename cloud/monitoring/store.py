@@ -173,6 +173,24 @@ class Committed:
     notifications: int
 
 
+@dataclass(frozen=True, slots=True)
+class MetricSeries:
+    source: str
+    metric: str
+    count: int
+    last_ts: int
+    last_value: Value | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "metric": self.metric,
+            "count": self.count,
+            "last_ts": self.last_ts,
+            "last_value": self.last_value,
+        }
+
+
 def _split(value: MetricPoint) -> tuple[float | None, bool | None]:
     if isinstance(value.value, bool):
         return None, value.value
@@ -369,6 +387,22 @@ class DuckMonitoringStore:
             if value is not None:
                 out.append((int(ts), value))
         return out
+
+    async def metric_series(self, org_id: str) -> list[MetricSeries]:
+        """Every (source, metric) the org has values for, with its newest value: what the
+        dashboard's models page lists."""
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT source, metric, count(*), max(ts),"
+                " arg_max(value_num, ts), arg_max(value_bool, ts) FROM metrics"
+                " WHERE org_id = ? GROUP BY source, metric ORDER BY source, metric",
+                [org_id],
+            ).fetchall()
+        )
+        return [
+            MetricSeries(str(s), str(m), int(n), int(ts), _join(num, flag))
+            for s, m, n, ts, num, flag in rows
+        ]
 
     # -- API keys -------------------------------------------------------------------------
 

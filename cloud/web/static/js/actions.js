@@ -1,0 +1,29 @@
+// Buttons that change something (acknowledge, resolve, delete, save): the button is disabled
+// while the request runs, and a failure is written next to it with the problem's title.
+
+import { ApiError, Redirecting } from "./api.js";
+
+export function describe(error) {
+  if (error instanceof ApiError) {
+    if (error.unavailable) return "The service is temporarily unavailable; nothing was changed. Please try again in a few seconds.";
+    return [error.problem.title, error.problem.detail].filter(Boolean).join(": ");
+  }
+  console.error(error);
+  return "Something went wrong; please try again.";
+}
+
+export async function act(button, statusEl, fn) {
+  button.disabled = true;
+  statusEl.textContent = "";
+  statusEl.classList.remove("error");
+  try {
+    return await fn();
+  } catch (error) {
+    if (error instanceof Redirecting) return undefined;
+    statusEl.textContent = describe(error);
+    statusEl.classList.add("error");
+    return undefined;
+  } finally {
+    button.disabled = false;
+  }
+}

@@ -1,0 +1,166 @@
+// The dashboard shell: routes to pages, keeps the current page live (polling), and shows every
+// failure the seed's way: 503 / unreachable -> a friendly message with a working retry button;
+// any other problem -> its title and detail; never a blank page or a stack trace.
+
+import * as api from "./api.js";
+import { h } from "./dom.js";
+import * as fmt from "./format.js";
+import * as router from "./router.js";
+import { alertsPage } from "./pages/alerts.js";
+import { channelsPage } from "./pages/channels.js";
+import { devicePage } from "./pages/device.js";
+import { modelsPage } from "./pages/models.js";
+import { overviewPage } from "./pages/overview.js";
+import { ruleFormPage, rulesPage } from "./pages/rules.js";
+
+const ROUTES = [
+  { parts: [], page: overviewPage },
+  { parts: ["devices", ":id"], page: devicePage },
+  { parts: ["alerts"], page: alertsPage },
+  { parts: ["rules"], page: rulesPage },
+  { parts: ["rules", "new"], page: ruleFormPage },
+  { parts: ["rules", ":id", "edit"], page: ruleFormPage },
+  { parts: ["models"], page: modelsPage },
+  { parts: ["models", ":source"], page: modelsPage },
+  { parts: ["channels"], page: channelsPage },
+];
+
+const main = document.getElementById("main");
+const liveStatus = document.getElementById("live-status");
+const toastEl = document.getElementById("toast");
+
+let generation = 0; // bumps on every navigation: late answers for an old view are dropped
+let timer = null;
+let lastKey = null;
+let config = null;
+let livePage = false;
+
+const DEFAULT_POLL_S = 10;
+
+function pollSeconds() {
+  const s = Number(config?.refresh_seconds);
+  return Number.isFinite(s) && s > 0 ? Math.min(300, Math.max(1, s)) : DEFAULT_POLL_S;
+}
+
+export function toast(message) {
+  toastEl.textContent = message;
+  toastEl.classList.add("shown");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => toastEl.classList.remove("shown"), 4000);
+}
+
+async function loadConfig() {
+  config = await api.get("/api/dashboard/config");
+  return config;
+}
+
+function errorView(error, retry) {
+  if (error instanceof api.ApiError && error.unavailable) {
+    const wait = Number(error.problem.retryAfter);
+    return h("section", { class: "problem unavailable", "aria-labelledby": "problem-title" },
+      h("h1", { id: "problem-title" }, "The dashboard is temporarily unavailable"),
+      h("p", {}, "IoTSphere could not reach its data just now (the database may be restarting or busy). " +
+        "Nothing is lost: your gateways keep their readings until the cloud is back."),
+      Number.isFinite(wait) && wait > 0 ? h("p", { class: "muted" }, `Try again in about ${wait} seconds.`) : null,
+      h("button", { type: "button", id: "retry", onclick: retry }, "Retry"));
+  }
+  if (error instanceof api.ApiError) {
+    const p = error.problem;
+    return h("section", { class: "problem", "aria-labelledby": "problem-title" },
+      h("h1", { id: "problem-title" }, p.title),
+      p.detail ? h("p", {}, p.detail) : null,
+      Array.isArray(p.errors) && p.errors.length
+        ? h("ul", {}, p.errors.map((e) => h("li", {}, `${e.path || "/"}: ${e.message}`))) : null,
+      h("p", {}, h("a", { href: "#/" }, "Back to the overview")),
+      h("button", { type: "button", id: "retry", class: "secondary", onclick: retry }, "Try again"));
+  }
+  console.error(error); // a bug of ours: the console has the details, the user a plain message
+  return h("section", { class: "problem", "aria-labelledby": "problem-title" },
+    h("h1", { id: "problem-title" }, "Something went wrong"),
+    h("p", {}, "This page could not be shown. Reloading usually helps."),
+    h("button", { type: "button", id: "retry", onclick: retry }, "Try again"));
+}
+
+function setLive(text, state) {
+  liveStatus.textContent = text;
+  liveStatus.dataset.state = state;
+}
+
+function stopPolling() {
+  clearTimeout(timer);
+  timer = null;
+}
+
+function schedule(run) {
+  stopPolling();
+  timer = setTimeout(run, pollSeconds() * 1000);
+}
+
+// Re-rendering keeps keyboard focus where it was (elements carry stable ids).
+function replaceMain(node) {
+  const focused = document.activeElement && main.contains(document.activeElement) ? document.activeElement.id : null;
+  main.replaceChildren(node);
+  if (focused) document.getElementById(focused)?.focus();
+}
+
+async function show() {
+  const gen = ++generation;
+  stopPolling();
+  lastKey = null;
+  const route = router.current();
+  const matched = router.match(ROUTES, route);
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    a.toggleAttribute("aria-current", matched?.page.nav === a.dataset.nav);
+    if (matched?.page.nav === a.dataset.nav) a.setAttribute("aria-current", "page");
+  }
+  if (!matched) {
+    main.replaceChildren(errorView(new api.ApiError(404, { title: "Page not found", detail: `There is no page at ${route.path}.` }), show));
+    return;
+  }
+  const page = matched.page;
+  const ctx = { params: matched.params, query: route.query, route, toast, reload: show,
+    config: () => config, navigate: router.go };
+  livePage = page.live !== false;
+  main.replaceChildren(h("p", { class: "loading" }, "Loading…"));
+
+  const cycle = async (first) => {
+    try {
+      if (config === null) await loadConfig();
+      const data = await page.load(ctx);
+      if (gen !== generation) return;
+      const key = JSON.stringify(page.key ? page.key(data) : data);
+      if (first || key !== lastKey) {
+        lastKey = key;
+        replaceMain(page.render(data, ctx));
+        document.title = `${page.title(data, ctx)} · IoTSphere`;
+        if (first) main.focus({ preventScroll: true });
+      }
+      setLive(`Live · updated ${new Date().toLocaleTimeString()}`, "ok");
+      if (page.live !== false) schedule(() => cycle(false));
+    } catch (error) {
+      if (error instanceof api.Redirecting || gen !== generation) return;
+      setLive("Not updating", "error");
+      main.replaceChildren(errorView(error, show));
+      main.querySelector("#retry")?.focus();
+    }
+  };
+  // after an action (acknowledge, delete...): fetch and show the new state at once
+  ctx.refresh = () => { stopPolling(); return cycle(false); };
+  await cycle(true);
+}
+
+document.getElementById("logout").addEventListener("click", () => api.logout());
+document.getElementById("tz-note").textContent = `Times are shown in your time zone (${fmt.timeZone}).`;
+window.addEventListener("hashchange", () => show());
+// A hidden tab does not poll; it catches up when shown again.
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) stopPolling();
+  else if (livePage && lastKey !== null) show();
+});
+// Last line of defence: an unexpected failure becomes a message, not a blank page.
+window.addEventListener("unhandledrejection", (ev) => {
+  if (ev.reason instanceof api.Redirecting) { ev.preventDefault(); return; }
+  toast(ev.reason instanceof api.ApiError ? ev.reason.problem.title : "Something went wrong; please try again.");
+});
+
+show();

@@ -1,0 +1,68 @@
+// Alerts as a table with acknowledge / resolve buttons and each channel's delivery status;
+// shared by the overview (open alerts) and the alerts page (open and past).
+
+import * as api from "../api.js";
+import { act } from "../actions.js";
+import { badge, h, statusLine, table } from "../dom.js";
+import * as fmt from "../format.js";
+
+function subject(a) {
+  if (a.device_id) return h("a", { href: `#/devices/${encodeURIComponent(a.device_id)}` }, a.device_id);
+  if (a.source) return h("a", { href: `#/models/${encodeURIComponent(a.source)}` }, a.source);
+  return "—";
+}
+
+export function deliveries(alert, channelNames) {
+  if (!alert.notifications?.length) return h("span", { class: "muted" }, "no channels");
+  return h("ul", { class: "deliveries" }, alert.notifications.map((n) => {
+    const name = channelNames.get(n.channel_id) ?? n.channel_id;
+    const tries = `${n.attempts} attempt${n.attempts === 1 ? "" : "s"}`;
+    return h("li", { title: n.last_error ?? "" }, `${name}: `, badge(n.status), ` (${tries})`,
+      n.status === "retrying" && n.next_attempt_at ? [" next ", fmt.when(n.next_attempt_at)] : null);
+  }));
+}
+
+export function alertsTable(caption, alerts, ctx, channelNames, empty) {
+  const config = ctx.config();
+  const rows = alerts.map((a) => {
+    const status = statusLine(`alert-status-${a.id}`);
+    const buttons = [];
+    if (a.state === "active") {
+      const ack = h("button", { type: "button", id: `ack-${a.id}`, class: "small",
+        "aria-label": `Acknowledge ${a.metric} alert on ${a.device_id ?? a.source}` }, "Acknowledge");
+      ack.addEventListener("click", () => act(ack, status, async () => {
+        await api.postJson(`/api/alerts/${encodeURIComponent(a.id)}/ack`);
+        ctx.toast("Alert acknowledged");
+        await ctx.refresh();
+      }));
+      buttons.push(ack);
+    }
+    if (a.state !== "resolved") {
+      const resolve = h("button", { type: "button", id: `resolve-${a.id}`, class: "small secondary",
+        "aria-label": `Resolve ${a.metric} alert on ${a.device_id ?? a.source}` }, "Resolve");
+      resolve.addEventListener("click", () => act(resolve, status, async () => {
+        await api.postJson(`/api/alerts/${encodeURIComponent(a.id)}/resolve`);
+        ctx.toast("Alert resolved");
+        await ctx.refresh();
+      }));
+      buttons.push(resolve);
+    }
+    return [
+      badge(a.severity),
+      subject(a),
+      a.metric,
+      fmt.value(a.value, fmt.unitOf(config, a.metric)),
+      fmt.when(a.started_at),
+      a.state === "resolved" ? fmt.when(a.resolved_at) : badge(a.state),
+      deliveries(a, channelNames),
+      h("div", { class: "actions", "data-alert": a.id }, buttons, status),
+    ];
+  });
+  return table(caption, ["Severity", "Device or model", "Metric", "Value", "Started",
+    alerts.some((a) => a.state === "resolved") ? "Resolved" : "State", "Notifications", "Actions"], rows, empty);
+}
+
+export async function loadChannelNames() {
+  const channels = await api.getOptional("/api/notification_channels", []);
+  return new Map(channels.map((c) => [c.id, c.name]));
+}

@@ -1,0 +1,76 @@
+// Notification channels (webhook, email): list, add, delete. Operators may read them; only
+// admins change them (the API answers 403 otherwise, shown with its title).
+
+import * as api from "../api.js";
+import { act } from "../actions.js";
+import { h, section, statusLine, table } from "../dom.js";
+
+export const channelsPage = {
+  nav: "channels",
+  title: () => "Notification channels",
+  async load() {
+    return { channels: await api.get("/api/notification_channels") };
+  },
+  render({ channels }, ctx) {
+    return h("div", { class: "page" },
+      h("h1", {}, "Notification channels"),
+      h("p", { class: "muted" }, "Where alerts are sent. Each alert shows its delivery status per channel on the Alerts page."),
+      table("Notification channels", ["Name", "Type", "Sends to", "Actions"],
+        channels.map((c) => [c.name, c.type, c.type === "webhook" ? `${c.url}${c.signed ? " (signed)" : ""}` : c.to, remove(c, ctx)]),
+        "No channels yet. Add a webhook or an e-mail address below."),
+      section("Add a channel", addForm(ctx)));
+  },
+  live: false, // it holds a form
+};
+
+function remove(channel, ctx) {
+  const status = statusLine(`channel-status-${channel.id}`);
+  const button = h("button", { type: "button", class: "small danger", id: `delete-channel-${channel.id}`,
+    "aria-label": `Delete channel ${channel.name}` }, "Delete");
+  button.addEventListener("click", () => {
+    if (button.dataset.armed !== "true") {
+      button.dataset.armed = "true";
+      button.textContent = "Confirm delete";
+      return;
+    }
+    act(button, status, async () => {
+      await api.del(`/api/notification_channels/${encodeURIComponent(channel.id)}`);
+      ctx.toast(`Channel "${channel.name}" deleted`);
+      await ctx.refresh();
+    });
+  });
+  return h("div", { class: "actions" }, button, status);
+}
+
+function addForm(ctx) {
+  const name = h("input", { id: "channel-name", type: "text", required: true, maxlength: 100, autocomplete: "off" });
+  const type = h("select", { id: "channel-type" }, h("option", { value: "webhook" }, "Webhook"), h("option", { value: "email" }, "E-mail"));
+  const target = h("input", { id: "channel-target", type: "url", required: true, autocomplete: "off" });
+  const targetLabel = h("label", { for: "channel-target" }, "URL");
+  type.addEventListener("change", () => {
+    targetLabel.textContent = type.value === "webhook" ? "URL" : "E-mail address";
+    target.type = type.value === "webhook" ? "url" : "email";
+  });
+  const status = statusLine("channel-form-status");
+  const submit = h("button", { type: "submit" }, "Add channel");
+  const form = h("form", { class: "inline-form", novalidate: true },
+    h("label", { for: "channel-name" }, "Name"), name,
+    h("label", { for: "channel-type" }, "Type"), type,
+    targetLabel, target, submit, status);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (!name.value.trim() || !target.checkValidity() || !target.value.trim()) {
+      status.textContent = "Give the channel a name and a valid " + (type.value === "webhook" ? "http(s) URL." : "e-mail address.");
+      status.classList.add("error");
+      return;
+    }
+    const body = { name: name.value.trim(), type: type.value };
+    body[type.value === "webhook" ? "url" : "to"] = target.value.trim();
+    act(submit, status, async () => {
+      await api.postJson("/api/notification_channels", body);
+      ctx.toast(`Channel "${body.name}" added`);
+      await ctx.refresh();
+    });
+  });
+  return form;
+}

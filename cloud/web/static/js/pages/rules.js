@@ -1,0 +1,213 @@
+// Alert rules: list, create, edit, delete. The form checks a rule the way the API does
+// (rule-validate.js) and posts nothing while a field is wrong; the API's own 422 field
+// errors are shown on the same fields.
+
+import * as api from "../api.js";
+import { act, describe } from "../actions.js";
+import { badge, h, statusLine, table } from "../dom.js";
+import * as fmt from "../format.js";
+import * as router from "../router.js";
+import { OPERATORS, SEVERITIES, parseThreshold, validateRule } from "../rule-validate.js";
+
+export function scopeText(rule) {
+  if (rule.device_id) return `device ${rule.device_id}`;
+  if (rule.device_type) return `devices of type ${rule.device_type}`;
+  if (rule.source) return `model ${rule.source}`;
+  return "all devices and models";
+}
+
+export function condition(rule) {
+  const forText = rule.for_seconds ? ` for ${fmt.duration(rule.for_seconds)}` : "";
+  if (rule.operator === "nodata") return `no ${rule.metric} for ${fmt.duration(rule.for_seconds)}`;
+  return `${rule.metric} ${rule.operator} ${JSON.stringify(rule.threshold)}${forText}`;
+}
+
+export const rulesPage = {
+  nav: "rules",
+  title: () => "Alert rules",
+  async load() {
+    const [rules, channels] = await Promise.all([
+      api.get("/api/monitoring/alert_rules"), api.getOptional("/api/notification_channels", []),
+    ]);
+    return { rules, channels };
+  },
+  render({ rules, channels }, ctx) {
+    const names = new Map(channels.map((c) => [c.id, c.name]));
+    return h("div", { class: "page" },
+      h("h1", {}, "Alert rules"),
+      h("p", {}, h("a", { href: "#/rules/new", class: "button-link", id: "new-rule" }, "New rule")),
+      table("Alert rules", ["Name", "Applies to", "Condition", "Severity", "Enabled", "Channels", "Actions"],
+        rules.map((r) => [
+          r.name, scopeText(r), condition(r), badge(r.severity), r.enabled ? "yes" : "no",
+          r.channels.map((c) => names.get(c) ?? c).join(", ") || h("span", { class: "muted" }, "none"),
+          actions(r, ctx),
+        ]),
+        "No alert rules yet. Create one to be told when a value crosses a threshold."));
+  },
+};
+
+function actions(rule, ctx) {
+  const status = statusLine(`rule-status-${rule.id}`);
+  const del = h("button", { type: "button", class: "small danger", id: `delete-${rule.id}`,
+    "aria-label": `Delete rule ${rule.name}` }, "Delete");
+  // two steps instead of window.confirm(): keyboard-friendly and visible to screen readers
+  del.addEventListener("click", () => {
+    if (del.dataset.armed !== "true") {
+      del.dataset.armed = "true";
+      del.textContent = "Confirm delete";
+      return;
+    }
+    act(del, status, async () => {
+      await api.del(`/api/monitoring/alert_rules/${encodeURIComponent(rule.id)}`);
+      ctx.toast(`Rule "${rule.name}" deleted`);
+      await ctx.refresh();
+    });
+  });
+  return h("div", { class: "actions" },
+    h("a", { href: `#/rules/${encodeURIComponent(rule.id)}/edit`, "aria-label": `Edit rule ${rule.name}` }, "Edit"),
+    del, status);
+}
+
+// -- the form ------------------------------------------------------------------------------
+
+export const ruleFormPage = {
+  nav: "rules",
+  live: false, // a form does not redraw under the user's hands
+  title: (d) => (d.rule ? `Edit ${d.rule.name}` : "New alert rule"),
+  async load(ctx) {
+    const [rule, channels] = await Promise.all([
+      ctx.params.id ? api.get(`/api/monitoring/alert_rules/${encodeURIComponent(ctx.params.id)}`) : null,
+      api.getOptional("/api/notification_channels", []),
+    ]);
+    return { rule, channels };
+  },
+  render({ rule, channels }, ctx) {
+    return ruleForm(rule, channels, ctx);
+  },
+};
+
+function field(id, label, input, hint) {
+  const error = h("p", { class: "field-error", id: `${id}-error` });
+  input.id = id;
+  input.name = id;
+  input.setAttribute("aria-describedby", [hint ? `${id}-hint` : null, `${id}-error`].filter(Boolean).join(" "));
+  return h("div", { class: "field", "data-field": id },
+    h("label", { for: id }, label), input, hint ? h("p", { class: "hint", id: `${id}-hint` }, hint) : null, error);
+}
+
+function ruleForm(rule, channels, ctx) {
+  const preset = ctx.query;
+  const scopeKind = rule ? (["device_id", "device_type", "source"].find((s) => rule[s]) ?? "all")
+    : (preset.get("source") ? "source" : preset.get("device_id") ? "device_id" : "all");
+  const scopeValue = rule ? (rule[scopeKind] ?? "") : (preset.get("source") ?? preset.get("device_id") ?? "");
+  const opt = (value, text, selected) => h("option", { value, selected }, text);
+  const inputs = {
+    name: h("input", { type: "text", maxlength: 200, value: rule?.name ?? "", autocomplete: "off" }),
+    metric: h("input", { type: "text", required: true, value: rule?.metric ?? preset.get("metric") ?? "", autocomplete: "off", spellcheck: "false" }),
+    operator: h("select", {}, OPERATORS.map((o) => opt(o, o === "nodata" ? "no data for" : o, (rule?.operator ?? ">") === o))),
+    threshold: h("input", { type: "text", inputmode: "decimal", value: rule && rule.threshold !== null ? String(rule.threshold) : "", autocomplete: "off" }),
+    for_seconds: h("input", { type: "number", min: 0, step: "any", value: String(rule?.for_seconds ?? 0) }),
+    hysteresis: h("input", { type: "number", min: 0, step: "any", value: String(rule?.hysteresis ?? 0) }),
+    severity: h("select", {}, SEVERITIES.map((s) => opt(s, s, (rule?.severity ?? "warning") === s))),
+    scope: h("select", {}, opt("all", "all devices and models", scopeKind === "all"),
+      opt("device_id", "one device", scopeKind === "device_id"), opt("device_type", "a device type", scopeKind === "device_type"),
+      opt("source", "one model or job", scopeKind === "source")),
+    scope_value: h("input", { type: "text", value: scopeValue, autocomplete: "off" }),
+  };
+  const enabled = h("input", { type: "checkbox", id: "enabled", checked: rule ? rule.enabled : true });
+  const chosen = new Set(rule?.channels ?? []);
+  const channelBoxes = channels.map((c) => h("label", { class: "check" },
+    h("input", { type: "checkbox", name: "channels", value: c.id, checked: chosen.has(c.id) }), ` ${c.name} (${c.type})`));
+  const scopeField = field("scope_value", "Device, type or model", inputs.scope_value, "e.g. thermo-1, thermo or model:churn-v3");
+  const syncScope = () => { scopeField.hidden = inputs.scope.value === "all"; };
+  inputs.scope.addEventListener("change", syncScope);
+  syncScope();
+  const formError = h("div", { class: "form-error", role: "alert", id: "rule-form-error" });
+  const status = statusLine("rule-form-status");
+  const submit = h("button", { type: "submit", id: "rule-submit" }, rule ? "Save changes" : "Create rule");
+
+  const form = h("form", { class: "rule-form", novalidate: true, "aria-labelledby": "rule-form-title" },
+    h("h1", { id: "rule-form-title" }, rule ? `Edit rule ${rule.name}` : "New alert rule"),
+    formError,
+    field("metric", "Metric", inputs.metric, "The metric name, e.g. temperature or accuracy"),
+    h("div", { class: "row" },
+      field("operator", "Condition", inputs.operator),
+      field("threshold", "Threshold", inputs.threshold, "A number; == and != also take true, false or text")),
+    h("div", { class: "row" },
+      field("for_seconds", "For at least (seconds)", inputs.for_seconds, "0 = at once"),
+      field("hysteresis", "Hysteresis", inputs.hysteresis, "How far back past the threshold before it clears")),
+    h("div", { class: "row" },
+      field("scope", "Applies to", inputs.scope), scopeField),
+    field("severity", "Severity", inputs.severity),
+    field("name", "Name (optional)", inputs.name, "Left empty, the rule is named after its condition"),
+    h("fieldset", {}, h("legend", {}, "Notify"),
+      channelBoxes.length ? channelBoxes : h("p", { class: "muted" }, "No notification channels (an admin can add them on the Channels page).")),
+    h("label", { class: "check" }, enabled, " Enabled"),
+    h("div", { class: "buttons" }, submit, h("a", { href: "#/rules" }, "Cancel")),
+    status);
+
+  const showErrors = (errors) => {
+    for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
+    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+    const general = [];
+    let first = null;
+    for (const e of errors) {
+      let name = (e.path || "").split("/")[1] ?? "";
+      if (["device_id", "device_type", "source"].includes(name)) name = "scope_value";
+      if (name === "channels") name = "";
+      const input = name && form.querySelector(`#${CSS.escape(name)}`);
+      if (input) {
+        input.setAttribute("aria-invalid", "true");
+        form.querySelector(`#${name}-error`).textContent = e.message;
+        first ??= input;
+      } else {
+        general.push(`${e.path || "/"}: ${e.message}`);
+      }
+    }
+    formError.replaceChildren(...(errors.length
+      ? [h("p", {}, `Please correct ${errors.length === 1 ? "the marked field" : `${errors.length} problems`}.`),
+        general.length ? h("ul", {}, general.map((g) => h("li", {}, g))) : null].filter(Boolean) : []));
+    first?.focus();
+  };
+
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const doc = {
+      metric: inputs.metric.value.trim(),
+      operator: inputs.operator.value,
+      threshold: parseThreshold(inputs.threshold.value, inputs.operator.value),
+      for_seconds: inputs.for_seconds.value === "" ? NaN : Number(inputs.for_seconds.value),
+      hysteresis: inputs.hysteresis.value === "" ? NaN : Number(inputs.hysteresis.value),
+      severity: inputs.severity.value,
+      enabled: enabled.checked,
+      channels: [...form.querySelectorAll("input[name=channels]:checked")].map((c) => c.value),
+    };
+    if (inputs.name.value.trim()) doc.name = inputs.name.value.trim();
+    if (inputs.scope.value !== "all") doc[inputs.scope.value] = inputs.scope_value.value.trim();
+    if (inputs.threshold.value.trim() === "" && doc.operator !== "nodata") delete doc.threshold;
+    const errors = validateRule(doc);
+    if (errors.length) return showErrors(errors); // nothing is posted
+    showErrors([]);
+    await act(submit, status, async () => {
+      try {
+        if (rule) {
+          // a scope left out of a PATCH keeps the old one: say "none" explicitly
+          for (const s of ["device_id", "device_type", "source"]) if (!(s in doc)) doc[s] = null;
+          await api.patch(`/api/monitoring/alert_rules/${encodeURIComponent(rule.id)}`, doc);
+        } else {
+          await api.postJson("/api/monitoring/alert_rules", doc);
+        }
+      } catch (e) {
+        if (e instanceof api.ApiError && Array.isArray(e.problem.errors) && e.problem.errors.length) {
+          showErrors(e.problem.errors);
+          status.textContent = describe(e);
+          return;
+        }
+        throw e;
+      }
+      ctx.toast(rule ? "Rule saved" : "Rule created");
+      router.go("/rules");
+    });
+  });
+  return h("div", { class: "page narrow" }, h("p", { class: "crumbs" }, h("a", { href: "#/rules" }, "Alert rules"), " / ", rule ? "edit" : "new"), form);
+}

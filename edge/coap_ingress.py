@@ -1,0 +1,487 @@
+"""CoAP ingress: `POST coap://GATEWAY/api/v1/{token}/telemetry`, answered after the commit.
+
+aiocoap does the wire work (parsing, CON/ACK, separate responses, and the deduplication that
+makes a retransmitted confirmable request with the same message id get the stored answer
+instead of being handled twice). At the boundary an aiocoap Message becomes a frozen
+CoapRequest and a CoapReply becomes a Message again; between the two everything is ours:
+lockout and token check (edge.device_auth), block-wise assembly with a size bound (aiocoap's
+own Block1 spool has none), then edge.device_ingest, which returns after the durable commit.
+
+Answers (CONTRACT.md "Devices over CoAP and HTTP"): 2.04 stored; 4.00 bad payload, 4.15 unknown
+format, 4.13 over 64 KiB, each with the problem document as diagnostic payload and stored as a
+rejection; 4.01 bad token; 4.29 with Max-Age while locked out; 5.03 with Max-Age when the gateway
+cannot take more right now (nothing stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiocoap
+import aiocoap.error
+import aiocoap.interfaces
+from aiocoap import Code, Message
+from aiocoap.optiontypes import BlockOption
+
+from common.clock import Clock
+from common.codecs import Limits, PayloadError
+from common.problem import Problem
+from edge.device_auth import Admitted, DeviceAuthenticator
+from edge.device_ingest import DeviceIngest, IngestUnavailable
+
+log = logging.getLogger("iotsphere.coap")
+
+TRANSPORT = "coap"
+STOP_GRACE_S = 5.0  # how long stop() lets requests waiting for a commit finish
+
+
+class CoapIngressError(Exception):
+    """The CoAP listener cannot run (e.g. the port is taken); one printable line."""
+
+
+# -- frozen values at the aiocoap boundary -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Block1:
+    number: int
+    more: bool
+    size_exponent: int
+
+    @property
+    def size(self) -> int:
+        return 1 << (self.size_exponent + 4)
+
+
+@dataclass(frozen=True, slots=True)
+class CoapRequest:
+    method: str  # "POST", "GET", ...
+    path: tuple[str, ...]
+    content_format: int | None
+    payload: bytes
+    address: str  # the sender's IP (IPv4-mapped IPv6 shown as IPv4)
+    sender: tuple[Any, ...]  # address and port: identifies one block-wise transfer
+    block1: Block1 | None = None
+    size1: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CoapReply:
+    status: int  # HTTP-style number: 204 -> 2.04 ("Changed"), 231 -> 2.31, 400 -> 4.00, ...
+    payload: bytes = b""
+    max_age: int | None = None
+    block1: Block1 | None = None
+    size1: int | None = None
+
+    @classmethod
+    def problem(cls, problem: Problem, **kw: Any) -> CoapReply:
+        # RFC 7252 5.5.2: an error response's payload is a diagnostic message for humans; the
+        # problem document is that, readable and parseable.
+        return cls(problem.status, problem.to_json(), **kw)
+
+
+CHANGED = 204
+CONTINUE = 231
+
+
+def coap_code(status: int) -> Code:
+    """204 -> 2.04, 413 -> 4.13, 503 -> 5.03 (the HTTP-number convention of RFC 8075)."""
+    if status == CHANGED:
+        return Code.CHANGED
+    if status == CONTINUE:
+        return Code.CONTINUE
+    return Code(((status // 100) << 5) | (status % 100))
+
+
+def to_request(msg: Message) -> CoapRequest:
+    """aiocoap Message -> CoapRequest (nothing of aiocoap travels further)."""
+    sockaddr = getattr(msg.remote, "sockaddr", None)
+    sender: tuple[Any, ...] = tuple(sockaddr[:2]) if sockaddr else (str(msg.remote), 0)
+    block1 = msg.opt.block1
+    cf = msg.opt.content_format
+    return CoapRequest(
+        method=str(msg.code).split(" ")[0] if msg.code.is_request() else str(msg.code),
+        path=tuple(msg.opt.uri_path),
+        content_format=None if cf is None else int(cf),
+        payload=bytes(msg.payload),
+        address=_plain_address(str(sender[0])),
+        sender=sender,
+        block1=None
+        if block1 is None
+        else Block1(block1.block_number, bool(block1.more), block1.size_exponent),
+        size1=msg.opt.size1,
+    )
+
+
+def to_message(reply: CoapReply) -> Message:
+    msg = Message(code=coap_code(reply.status), payload=reply.payload)
+    if reply.max_age is not None:
+        msg.opt.max_age = reply.max_age
+    if reply.block1 is not None:
+        b = reply.block1
+        msg.opt.block1 = BlockOption.BlockwiseTuple(b.number, b.more, b.size_exponent)
+    if reply.size1 is not None:
+        msg.opt.size1 = reply.size1
+    return msg
+
+
+def _plain_address(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+# -- block-wise assembly (pure) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlockContinue:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BlockComplete:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTooLarge:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BlockIncomplete:
+    reason: str
+
+
+BlockResult = BlockContinue | BlockComplete | BlockTooLarge | BlockIncomplete
+
+
+@dataclass(slots=True)
+class _Transfer:
+    data: bytearray
+    touched: float
+
+
+class Block1Assembler:
+    """Reassembles Block1 request bodies (RFC 7959), bounded in size, count and age.
+
+    Memory is at most max_transfers x max_bytes (256 x 64 KiB = 16 MiB by default); the least
+    recently touched transfer is dropped to make room, and a transfer idle for timeout_s is
+    dropped (its sender gets 4.08 Request Entity Incomplete if it ever continues)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_bytes: int = Limits().max_bytes,
+        max_transfers: int = 256,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self._clock = clock
+        self._max_bytes = max_bytes
+        self._max_transfers = max_transfers
+        self._timeout_s = timeout_s
+        self._transfers: OrderedDict[tuple[Any, ...], _Transfer] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._transfers)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    def feed(
+        self, key: tuple[Any, ...], block: Block1, payload: bytes, size1: int | None = None
+    ) -> BlockResult:
+        now = self._clock.monotonic()
+        self._expire(now)
+        offset = block.number * block.size
+        if block.number == 0:
+            if size1 is not None and size1 > self._max_bytes:
+                self._transfers.pop(key, None)
+                return BlockTooLarge()
+            transfer = self._start(key, now)
+        else:
+            found = self._transfers.get(key)
+            if found is None:
+                return BlockIncomplete("no transfer in progress (block 0 missing or expired)")
+            transfer = found
+        data = transfer.data
+        if offset < len(data) and data[offset : offset + len(payload)] == payload:
+            # The same block again under a new message id (the sender missed our answer).
+            if not block.more and offset + len(payload) == len(data):
+                del self._transfers[key]
+                return BlockComplete(bytes(data))
+            return BlockContinue()
+        if offset != len(data):
+            del self._transfers[key]
+            return BlockIncomplete(f"block {block.number} does not follow byte {len(data)}")
+        if block.more and len(payload) != block.size:
+            del self._transfers[key]
+            return BlockIncomplete("a block before the last one must fill its block size")
+        if len(data) + len(payload) > self._max_bytes:
+            del self._transfers[key]
+            return BlockTooLarge()
+        data.extend(payload)
+        transfer.touched = now
+        self._transfers.move_to_end(key)
+        if block.more:
+            return BlockContinue()
+        del self._transfers[key]
+        return BlockComplete(bytes(data))
+
+    def _start(self, key: tuple[Any, ...], now: float) -> _Transfer:
+        self._transfers.pop(key, None)
+        while len(self._transfers) >= self._max_transfers:
+            self._transfers.popitem(last=False)
+            self.evicted += 1
+        transfer = _Transfer(bytearray(), now)
+        self._transfers[key] = transfer
+        return transfer
+
+    def _expire(self, now: float) -> None:
+        while self._transfers:
+            transfer = next(iter(self._transfers.values()))
+            if now - transfer.touched < self._timeout_s:
+                return
+            self._transfers.popitem(last=False)
+
+
+# -- the request handler -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CoapStats:
+    requests: int = 0
+    accepted: int = 0  # 2.04 after commit
+    rejected: int = 0  # 4.00 / 4.13 / 4.15 (stored as rejections)
+    unauthorized: int = 0  # 4.01
+    locked_out: int = 0  # 4.29
+    unavailable: int = 0  # 5.03: overloaded or stopping, nothing stored
+    not_found: int = 0  # 4.04 (wrong path)
+    bad_method: int = 0  # 4.05
+    block_continues: int = 0  # 2.31 answers to Block1 parts
+    block_incomplete: int = 0  # 4.08
+    internal_errors: int = 0  # 5.00 (a bug: logged with its traceback)
+    readings: int = 0
+
+
+NOT_FOUND = Problem(
+    "not-found",
+    "No such resource",
+    404,
+    "telemetry goes to POST /api/v1/{token}/telemetry",
+)
+METHOD_NOT_ALLOWED = Problem(
+    "method-not-allowed", "Method not allowed", 405, "use POST for telemetry"
+)
+INTERNAL = Problem("internal-error", "Internal error", 500, "the gateway failed; it was logged")
+
+
+def _too_large(limit: int) -> Problem:
+    return PayloadError.too_large(f"the payload exceeds {limit} bytes").problem
+
+
+class TelemetryHandler:
+    """CoapRequest in, CoapReply out; awaits the commit for telemetry."""
+
+    def __init__(
+        self, auth: DeviceAuthenticator, ingest: DeviceIngest, assembler: Block1Assembler
+    ) -> None:
+        self._auth = auth
+        self._ingest = ingest
+        self._blocks = assembler
+        self.stats = CoapStats()
+
+    async def handle(self, req: CoapRequest) -> CoapReply:
+        st = self.stats
+        st.requests += 1
+        path = req.path
+        if len(path) != 4 or path[:2] != ("api", "v1") or path[3] != "telemetry" or not path[2]:
+            st.not_found += 1
+            return CoapReply.problem(NOT_FOUND)
+        if req.method != "POST":
+            st.bad_method += 1
+            return CoapReply.problem(METHOD_NOT_ALLOWED)
+        verdict = self._auth.admit(path[2], req.address)
+        if not isinstance(verdict, Admitted):
+            if verdict.problem.status == 429:
+                st.locked_out += 1
+                return CoapReply.problem(verdict.problem, max_age=verdict.retry_after_s)
+            st.unauthorized += 1
+            return CoapReply.problem(verdict.problem)
+        device_id = verdict.device.device_id
+        payload = req.payload
+        if req.block1 is not None:
+            key = (req.sender, path[2], req.content_format)
+            result = self._blocks.feed(key, req.block1, payload, req.size1)
+            if isinstance(result, BlockContinue):
+                st.block_continues += 1
+                return CoapReply(CONTINUE, block1=req.block1)
+            if isinstance(result, BlockIncomplete):
+                st.block_incomplete += 1
+                return CoapReply.problem(
+                    Problem("request-entity-incomplete", "Block missing", 408, result.reason)
+                )
+            if isinstance(result, BlockTooLarge):
+                limit = self._blocks.max_bytes
+                return await self._finish(
+                    self._ingest.reject(device_id, payload, _too_large(limit), TRANSPORT),
+                    size1=limit,
+                )
+            payload = result.payload
+        reply = await self._finish(
+            self._ingest.ingest(device_id, payload, req.content_format, TRANSPORT)
+        )
+        if req.block1 is not None:
+            reply = CoapReply(reply.status, reply.payload, reply.max_age, req.block1, reply.size1)
+        return reply
+
+    async def _finish(self, pending: Any, size1: int | None = None) -> CoapReply:
+        st = self.stats
+        try:
+            result = await pending
+        except IngestUnavailable as exc:
+            st.unavailable += 1
+            return CoapReply.problem(exc.problem, max_age=exc.retry_after_s)
+        if result.problem is None:
+            st.accepted += 1
+            st.readings += result.readings
+            return CoapReply(CHANGED)
+        st.rejected += 1
+        if result.problem.status == 413 and size1 is None:
+            size1 = self._blocks.max_bytes
+        return CoapReply.problem(result.problem, size1=size1)
+
+
+class _Site(aiocoap.interfaces.Resource):  # type: ignore[misc]  # aiocoap is untyped
+    """The whole CoAP server: every request goes to the handler (no .well-known/core, which
+    would tell scanners what to try)."""
+
+    def __init__(self, handler: TelemetryHandler, ingress: CoapIngress) -> None:
+        super().__init__()
+        self._handler = handler
+        self._ingress = ingress
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return False  # TelemetryHandler assembles, with a size bound
+
+    async def render(self, request: Message) -> Message:
+        raise NotImplementedError("render_to_pipe handles every request")
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        pipe.add_response(await self._ingress.respond(pipe.request), is_last=True)
+
+
+class CoapIngress:
+    """The CoAP listener: start() binds, stop() drains requests waiting for commits."""
+
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        auth: DeviceAuthenticator,
+        ingest: DeviceIngest,
+        clock: Clock,
+    ) -> None:
+        self._bind = bind
+        self._requested_port = port
+        self.handler = TelemetryHandler(auth, ingest, Block1Assembler(clock))
+        self.auth = auth
+        self._context: aiocoap.Context | None = None
+        self._port: int | None = None
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise CoapIngressError("the CoAP listener is not started")
+        return self._port
+
+    @property
+    def stats(self) -> CoapStats:
+        return self.handler.stats
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "port": self._port,
+            **asdict(self.handler.stats),
+            "auth": asdict(self.auth.stats),
+            "in_flight": self._active,
+        }
+
+    async def start(self) -> None:
+        site = _Site(self.handler, self)
+        host = self._bind
+        try:
+            self._context = await aiocoap.Context.create_server_context(
+                site, bind=(host, self._requested_port), transports=["udp6"]
+            )
+        except (OSError, aiocoap.error.Error) as exc:
+            raise CoapIngressError(
+                f"cannot listen for CoAP on {host}:{self._requested_port} (UDP): {exc}"
+            ) from exc
+        self._port = _bound_port(self._context)
+        log.info("CoAP ingress listening on %s:%d (UDP)", host, self._port)
+
+    async def respond(self, msg: Message) -> Message:
+        if self._stopping:
+            self.handler.stats.requests += 1
+            self.handler.stats.unavailable += 1
+            err = IngestUnavailable("the gateway is stopping")
+            return to_message(CoapReply.problem(err.problem, max_age=err.retry_after_s))
+        self._active += 1
+        self._idle.clear()
+        try:
+            return to_message(await self.handler.handle(to_request(msg)))
+        except Exception:
+            # A bug, not a device error: the device gets a problem document, not a traceback.
+            self.handler.stats.internal_errors += 1
+            log.exception("CoAP request from %s failed", msg.remote)
+            return to_message(CoapReply.problem(INTERNAL))
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def stop(self) -> None:
+        """Refuse new requests, let those awaiting a commit get their answer, then close."""
+        self._stopping = True
+        if self._context is None:
+            return
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("CoAP: %d requests still waiting at stop; unanswered", self._active)
+        # Answers are sent from tasks scheduled by the responses above: let them go out.
+        await asyncio.sleep(0)
+        await self._context.shutdown()
+        self._context = None
+        log.info("CoAP ingress stopped (%.1fs)", time.monotonic() - started)
+
+
+def _bound_port(context: aiocoap.Context) -> int:
+    """The UDP port the server socket got (the one to tell devices when port 0 was asked)."""
+    for interface in getattr(context, "request_interfaces", []):
+        messages = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        transport = getattr(messages, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            return int(sock.getsockname()[1])
+    raise CoapIngressError("the CoAP listener has no UDP socket (aiocoap internals changed?)")
