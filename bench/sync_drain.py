@@ -178,6 +178,7 @@ def main() -> int:
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=gw_log,
         )  # fmt: skip
         rss = PeakRss({"gateway": gateway.pid, "cloud": cloud.pid})
+        print(f"  gateway pid {gateway.pid}, cloud pid {cloud.pid}", flush=True)
         first_ok: float | None = None
         started = time.monotonic()
         st: dict[str, Any] = {}

@@ -50,8 +50,13 @@ class Migration:
 
 
 class Database:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, memory_limit: str | None = None) -> None:
         self.path = str(path)
+        # DuckDB's own default is 80% of RAM, kept as cache: a bound keeps the cloud's RSS
+        # predictable (it spills to disk beyond it for large queries).
+        self._config: dict[str, str | bool | int | float | list[str]] = (
+            {"memory_limit": memory_limit} if memory_limit else {}
+        )
         self._lock = threading.Lock()
         self._conn = self._connect()
         self._conn.execute(
@@ -61,7 +66,7 @@ class Database:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            return duckdb.connect(self.path)
+            return duckdb.connect(self.path, config=self._config)
         except duckdb.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
 

@@ -133,4 +133,4 @@ def build_services(
 def open_duckdb_store(settings: CloudSettings) -> DuckCloudStore:
     """The embedded default: `cloud.duckdb` in the data dir (raises StoreError)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return DuckCloudStore(Database(settings.db_path))
+    return DuckCloudStore(Database(settings.db_path, memory_limit=settings.duckdb_memory_limit))

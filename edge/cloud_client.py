@@ -167,8 +167,11 @@ class CloudClient:
         # The Date header truncates to the second: the midpoint is the best guess.
         self.last_skew_ms = time.time_ns() // 1_000_000 - (cloud_ms + 500)
 
-    async def post_batch(self, batch: SyncBatch) -> BatchAck:
-        body, ctype, cenc = encode_batch(batch)
+    async def post_batch(
+        self, batch: SyncBatch, encoded: tuple[bytes, str, str] | None = None
+    ) -> BatchAck:
+        """Send a batch (encoded here unless the caller encoded it ahead of time)."""
+        body, ctype, cenc = encoded if encoded is not None else encode_batch(batch)
         self.batch_bytes_sent += len(body)
         headers = {"Content-Type": ctype, "Content-Encoding": cenc}
         resp = await self._request("POST", BATCHES_PATH, body, headers, "sync batch")

@@ -587,15 +587,28 @@ class GatewayStore:
             for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows
         ]
 
-    def reading_columns_for_sync(self, after_seq: int, limit: int) -> ReadingColumns:
-        """readings_for_sync as wire columns, read through Arrow: ~3x faster than building a
-        Reading per row, which matters when a long backlog drains."""
+    def reading_columns_for_sync(self, after_seq: int, limit: int) -> tuple[ReadingColumns, bool]:
+        """(readings of the next window of at most `limit` sequence numbers after after_seq,
+        whether readings follow beyond that window), as wire columns read through Arrow.
+
+        A window (seq BETWEEN lo AND lo + limit - 1) rather than ORDER BY seq LIMIT: the
+        latter sorts the whole remaining backlog for every batch (quadratic over a long drain),
+        the window is pruned by the zone maps of seq, which grows with insertion order. Gaps
+        (deduplicated, dropped or pruned readings) make a window hold fewer rows; `more` says
+        the batch is nevertheless complete. Arrow: ~3x faster than a Reading per row."""
         with self._lock:
+            lo = self._con.execute(
+                "SELECT min(seq) FROM readings WHERE seq > ?", [after_seq]
+            ).fetchall()[0][0]
+            if lo is None:
+                return ReadingColumns(), False
+            hi = int(lo) + limit - 1
             t = self._con.sql(
                 "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
-                "value_str, flags, dev_seq FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
-                params=[after_seq, limit],
+                "value_str, flags, dev_seq FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                params=[lo, hi],
             ).to_arrow_table()
+            more = self._next_seq - 1 > hi
         col = {name: t.column(name).to_pylist() for name in t.column_names}
         return ReadingColumns(
             seq=tuple(col["seq"]),
@@ -606,7 +619,7 @@ class GatewayStore:
             value=tuple(map(_value, col["value_num"], col["value_bool"], col["value_str"])),
             flags=tuple(col["flags"]),
             dev_seq=tuple(col["dev_seq"]),
-        )
+        ), more
 
     def alert_changes_after(self, change_seq: int, limit: int) -> list[AlertChange]:
         """Alerts whose latest change is above change_seq, in change order (one row per alert:
@@ -799,6 +812,23 @@ class GatewayStore:
             "last_success_at": int(success) if success else None,
             "last_error": error,
         }
+
+    def latest_values(self, window: int = 100_000) -> dict[str, dict[str, tuple[int, Value]]]:
+        """device -> metric -> (ts, value) of its newest reading among the last `window`
+        stored (by seq). Bounded on purpose: the local status page polls this, and a scan of
+        a Pi's whole readings table would cost seconds; a device silent for longer than the
+        window shows its last_seen (devices table) without values."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT device_id, metric, arg_max(ts, seq), arg_max(value_num, seq), "
+                "arg_max(value_bool, seq), arg_max(value_str, seq) FROM readings "
+                "WHERE seq > ? GROUP BY device_id, metric ORDER BY device_id, metric",
+                [self._next_seq - 1 - window],
+            ).fetchall()
+        out: dict[str, dict[str, tuple[int, Value]]] = {}
+        for dev, met, ts, vnum, vbool, vstr in rows:
+            out.setdefault(dev, {})[met] = (int(ts), _value(vnum, vbool, vstr))
+        return out
 
     def count_readings(self, device_id: str | None = None) -> int:
         where, params = _filters(device_id=device_id)

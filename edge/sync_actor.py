@@ -34,7 +34,14 @@ from typing import Any
 
 from common.actors import Actor, ActorRef
 from common.clock import Clock
-from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, ReadingColumns, SyncBatch
+from common.sync_wire import (
+    AlertChange,
+    AuthEvent,
+    ClockEpoch,
+    ReadingColumns,
+    SyncBatch,
+    encode_batch,
+)
 from edge.cloud_client import (
     BadAck,
     CloudClient,
@@ -180,6 +187,7 @@ class _BatchRows:
     auth_events: list[AuthEvent]
     counters: dict[str, int]
     epochs: list[ClockEpoch]
+    more: bool  # readings follow this batch's window: it is complete even if not full
 
     def is_empty(self) -> bool:
         return not (self.alerts or len(self.readings) or self.auth_events)
@@ -191,12 +199,12 @@ def _read_batch_rows(
     """Alerts first, then readings, auth events, counters and clock epochs: one trip to the
     store thread."""
     alerts = store.alert_changes_after(cursor[1], MAX_ALERTS_PER_BATCH)
-    rows = store.reading_columns_for_sync(cursor[0], max_readings)
+    rows, more = store.reading_columns_for_sync(cursor[0], max_readings)
     auth_through, events = store.auth_events_after(auth_cursor, MAX_AUTH_EVENTS_PER_BATCH)
     if not (alerts or rows or events):
-        return _BatchRows([], ReadingColumns(), auth_cursor, [], {}, [])
+        return _BatchRows([], ReadingColumns(), auth_cursor, [], {}, [], False)
     epochs = store.epochs_for(rows.seq[0], rows.seq[-1]) if rows else []
-    return _BatchRows(alerts, rows, auth_through, events, store.counters(), epochs)
+    return _BatchRows(alerts, rows, auth_through, events, store.counters(), epochs, more)
 
 
 class SyncActor(Actor[SyncMsg]):
@@ -226,6 +234,7 @@ class SyncActor(Actor[SyncMsg]):
         self._auth_cursor = 0
         self._saved_skew: int | None = None
         self._inflight: SyncBatch | None = None  # sent, not yet acknowledged: resent as is
+        self._encoded: tuple[str, tuple[bytes, str, str]] | None = None  # batch id, body
         self._retry_at = 0.0  # monotonic
         self._partial_since: float | None = None  # monotonic: a part-full batch began waiting
         self._apply_config = apply_config
@@ -262,8 +271,8 @@ class SyncActor(Actor[SyncMsg]):
             # Draining a backlog: read the next full batch from DuckDB (the store thread)
             # while this one is on the wire, so the two sides work at the same time.
             ahead = None
-            if len(batch.readings) >= self._cfg.batch_max_readings:
-                ahead = asyncio.create_task(self._next_batch(after=batch))
+            if batch.last_seq - batch.first_seq + 1 >= self._cfg.batch_max_readings:
+                ahead = asyncio.create_task(self._read_ahead(batch))
             sent = await self._send(batch)
             if ahead is not None and not sent:
                 ahead.cancel()
@@ -290,6 +299,14 @@ class SyncActor(Actor[SyncMsg]):
             log.exception("sync: configuration from the cloud could not be applied")
             self.stats.config_errors += 1
 
+    async def _read_ahead(self, after: SyncBatch) -> SyncBatch | None:
+        """The batch after `after`, read and encoded while `after` is on the wire (encoding
+        in a worker thread: the cloud works on `after` meanwhile, in its own process)."""
+        batch = await self._next_batch(after=after)
+        if batch is not None:
+            self._encoded = (batch.batch_id, await asyncio.to_thread(encode_batch, batch))
+        return batch
+
     async def _next_batch(self, after: SyncBatch | None = None) -> SyncBatch | None:
         """The batch after the durable cursor, or (read-ahead) after `after` once it is
         acknowledged; a read-ahead returns only a full batch (or one with alerts/events)."""
@@ -303,9 +320,8 @@ class SyncActor(Actor[SyncMsg]):
             partial(_read_batch_rows, cursor, auth_cursor, cfg.batch_max_readings),
         )
         rows = got.readings
-        partial_batch = (
-            not got.alerts and not got.auth_events and len(rows) < cfg.batch_max_readings
-        )
+        full = len(rows) >= cfg.batch_max_readings or got.more
+        partial_batch = not got.alerts and not got.auth_events and not full
         if after is not None and (got.is_empty() or partial_batch):
             return None  # the next tick decides about it, with the age limit
         if got.is_empty():
@@ -350,7 +366,9 @@ class SyncActor(Actor[SyncMsg]):
         started = self._clock.monotonic()
         sent_before = self._client.batch_bytes_sent
         try:
-            ack = await self._client.post_batch(batch)
+            encoded = self._encoded
+            body = encoded[1] if encoded is not None and encoded[0] == batch.batch_id else None
+            ack = await self._client.post_batch(batch, body)
         except CloudError as exc:
             await self._failed(batch, exc)
             return False
@@ -365,6 +383,8 @@ class SyncActor(Actor[SyncMsg]):
         if auth is not None:
             self._auth_cursor = auth
         self._inflight = None
+        if self._encoded is not None and self._encoded[0] == batch.batch_id:
+            self._encoded = None  # (a read-ahead may already hold the next batch's body)
         await self._record_skew()
         st.cursor_seq, st.alerts_cursor = cursor
         st.successes += 1

@@ -29,8 +29,13 @@ real reverse proxy would; that is counted as `upstream_down`, and no fault is dr
 request, so every injected fault meets a running upstream (an upstream that goes away while
 it has the request is counted as `upstream_lost`, also answered 502).
 
-Reproducibility: the sequence of decisions is fixed by the seed; which request meets which
-decision still depends on timing (process restarts, retries), as in any real-time test.
+Reproducibility: tracked requests (the sync batches) and the others draw from two separate
+seeded streams, and every decision consumes exactly the same number of draws, so the k-th
+batch request that reaches a running upstream always meets the same fault (with the same
+reset point, cut and delay), however many config requests or outages came between. How many
+batch requests a run makes still depends on timing, as in any real-time test; `plan(seed, n)`
+shows the first n decisions, so a test can pick a seed whose early decisions cover every
+fault kind.
 
 Counters (`stats()`) count every fault kind overall and for requests whose path starts with
 `track_prefix` (the sync batch endpoint), so a test can require that each kind really hit the
@@ -76,6 +81,48 @@ class ResetPoint(enum.Enum):
     BEFORE_FORWARD = "before_forward"
     MID_REQUEST = "mid_request"
     MID_RESPONSE = "mid_response"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Everything random about one request, drawn up front in a fixed number of draws."""
+
+    fault: Fault
+    reset_point: ResetPoint
+    delay_s: float
+    delay_request: bool  # DELAY: hold the request (else the response)
+    cut: float  # RESET mid-request/mid-response: the fraction of the bytes sent first
+
+    @classmethod
+    def draw(
+        cls,
+        rng: random.Random,
+        weights: tuple[tuple[Fault, ...], tuple[float, ...]],
+        delay_s: tuple[float, float],
+    ) -> Decision:
+        fault = rng.choices(*weights)[0]  # one random() call
+        points = list(ResetPoint)
+        point = points[min(int(rng.random() * len(points)), len(points) - 1)]
+        return cls(fault, point, rng.uniform(*delay_s), rng.random() < 0.5, rng.random())
+
+
+def plan(
+    seed: int,
+    n: int,
+    weights: Mapping[Fault, float],
+    delay_s: tuple[float, float] = (0.1, 1.0),
+) -> list[Decision]:
+    """The first n decisions a FaultProxy with this seed makes for tracked requests."""
+    rng = random.Random(f"{seed}/tracked")
+    table = _weight_table(weights)
+    return [Decision.draw(rng, table, delay_s) for _ in range(n)]
+
+
+def _weight_table(weights: Mapping[Fault, float]) -> tuple[tuple[Fault, ...], tuple[float, ...]]:
+    items = [(f, float(w)) for f, w in weights.items() if w > 0]
+    if not items:
+        raise ValueError("at least one fault needs a positive weight")
+    return tuple(f for f, _ in items), tuple(w for _, w in items)
 
 
 class ProtocolError(Exception):
@@ -195,7 +242,8 @@ class FaultProxy:
         upstream_host: str = "127.0.0.1",
     ) -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.rng = random.Random(seed)
+        self._rng_tracked = random.Random(f"{seed}/tracked")
+        self._rng_other = random.Random(f"{seed}/other")
         self._weights: tuple[tuple[Fault, ...], tuple[float, ...]] = ((Fault.PASS,), (1.0,))
         self.set_weights(weights or {Fault.PASS: 1.0})
         self.delay_s = delay_s
@@ -211,10 +259,7 @@ class FaultProxy:
 
     def set_weights(self, weights: Mapping[Fault, float]) -> None:
         """Switch the fault mix (e.g. PASS only while enrolling); takes effect per request."""
-        items = [(f, float(w)) for f, w in weights.items() if w > 0]
-        if not items:
-            raise ValueError("at least one fault needs a positive weight")
-        self._weights = (tuple(f for f, _ in items), tuple(w for _, w in items))
+        self._weights = _weight_table(weights)
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {"all": dict(self.counts), "tracked": dict(self.tracked)}
@@ -293,21 +338,24 @@ class FaultProxy:
         up_reader: asyncio.StreamReader,
         up_writer: asyncio.StreamWriter,
     ) -> bool:
-        fault = self.rng.choices(*self._weights)[0]
+        tracked = path.startswith(self.track_prefix)
+        rng = self._rng_tracked if tracked else self._rng_other
+        decision = Decision.draw(rng, self._weights, self.delay_s)
+        fault = decision.fault
         self._count(fault.value, path)
         if fault is Fault.RESET:
-            point = self.rng.choice(list(ResetPoint))
+            point = decision.reset_point
             self._count(f"reset_{point.value}", path)
             if point is ResetPoint.BEFORE_FORWARD:
                 _abort_with_rst(writer)
                 return False
             if point is ResetPoint.MID_REQUEST:
-                await self._torn_request(request, up_writer)
+                await self._torn_request(request, up_writer, decision.cut)
                 _abort_with_rst(writer)
                 return False
-        if fault is Fault.DELAY and self.rng.random() < 0.5:
+        if fault is Fault.DELAY and decision.delay_request:
             self._count("delay_request", path)
-            await asyncio.sleep(self.rng.uniform(*self.delay_s))
+            await asyncio.sleep(decision.delay_s)
             fault = Fault.PASS  # the rest of this request passes through
 
         response = await self._exchange(request, method, up_reader, up_writer)
@@ -326,13 +374,13 @@ class FaultProxy:
             if digest:
                 self._dropped_bodies.add(digest)
             raw = response.raw
-            writer.write(raw[: self.rng.randrange(0, max(1, len(raw) - 1))])
+            writer.write(raw[: int(decision.cut * (len(raw) - 1))])  # never all of it
             await writer.drain()
             _abort_with_rst(writer)
             return False
         if fault is Fault.DELAY:
             self._count("delay_response", path)
-            await asyncio.sleep(self.rng.uniform(*self.delay_s))
+            await asyncio.sleep(decision.delay_s)
         writer.write(response.raw)
         await writer.drain()
         return not (request.wants_close() or response.wants_close())
@@ -367,11 +415,14 @@ class FaultProxy:
         except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError):
             return None
 
-    async def _torn_request(self, request: HttpMessage, up_writer: asyncio.StreamWriter) -> None:
-        """Send part of the request upstream, then reset that connection."""
+    @staticmethod
+    async def _torn_request(
+        request: HttpMessage, up_writer: asyncio.StreamWriter, cut: float
+    ) -> None:
+        """Send part of the request upstream (at least a byte, never all), then reset."""
         raw = request.raw
         with contextlib.suppress(ConnectionError, OSError):
-            up_writer.write(raw[: self.rng.randrange(1, max(2, len(raw)))])
+            up_writer.write(raw[: max(1, int(cut * (len(raw) - 1)))])
             await up_writer.drain()
             await asyncio.sleep(0.05)  # let the upstream start on it
         _abort_with_rst(up_writer)
