@@ -316,7 +316,11 @@ class DuckSyncStore:
         request_skew_ms: the gateway's clock minus ours as this request showed (judges the
         receive times of readings from the gateway's current clock epoch)."""
         table = _columns_table(batch, request_skew_ms) if len(batch.readings) else None
-        devices = sorted(set(batch.readings.device_id) | {a.device_id for a in batch.alerts})
+        devices = sorted(
+            set(batch.readings.device_id)
+            | {a.device_id for a in batch.alerts}
+            | {d.device_id for d in batch.devices}
+        )
 
         def go(c: duckdb.DuckDBPyConnection) -> BatchAck:
             row = first(
@@ -344,6 +348,17 @@ class DuckSyncStore:
                     " ON CONFLICT (org_id, device_id) DO UPDATE SET"
                     " gateway_id = excluded.gateway_id",
                     [org_id, devices, batch.gateway_id],
+                )
+            if batch.devices:  # provisioned at the gateway: listed here with their type
+                c.execute(
+                    "UPDATE devices SET type = v.type FROM (SELECT unnest(?::VARCHAR[]) AS id,"
+                    " unnest(?::VARCHAR[]) AS type) v WHERE devices.org_id = ?"
+                    " AND devices.device_id = v.id",
+                    [
+                        [d.device_id for d in batch.devices],
+                        [d.type for d in batch.devices],
+                        org_id,
+                    ],
                 )
             stored = 0
             if table is not None:

@@ -62,6 +62,7 @@ alone: readings carry the gateway's seq.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import math
 import uuid
@@ -94,6 +95,7 @@ MAX_ALERTS: Final = 10_000
 MAX_AUTH_EVENTS: Final = 10_000
 MAX_COUNTERS: Final = 1_000
 MAX_EPOCHS: Final = 1_000
+MAX_DEVICES: Final = 10_000
 CLOCK_SKEW_FLAG_MS: Final = 5 * 60_000  # a gateway clock further off the cloud's is flagged
 MAX_STR: Final = 256  # ids, names, reasons
 MAX_VALUE_STR: Final = 4096  # string reading values
@@ -224,6 +226,23 @@ class AuthEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device provisioned at the gateway, as the cloud should list it."""
+
+    device_id: str
+    type: str | None
+    status: str  # active | revoked
+
+
+def devices_digest(devices: Sequence[DeviceRecord]) -> str:
+    """Identifies a device list (order-free): the gateway sends its list when this changed."""
+    h = hashlib.sha256()
+    for d in sorted(devices, key=lambda d: d.device_id):
+        h.update(f"{d.device_id}\x00{d.type or ''}\x00{d.status}\x01".encode())
+    return h.hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
 class ClockEpoch:
     """The gateway clock from reading seq first_seq on (until the next epoch's first_seq).
 
@@ -262,6 +281,7 @@ class SyncBatch:
     dropped: int = 0
     auth_through: int = 0  # the auth-event cursor once this batch is acknowledged
     epochs: tuple[ClockEpoch, ...] = ()
+    devices: tuple[DeviceRecord, ...] = ()  # the gateway's whole device list, when it changed
 
     @property
     def alerts_through(self) -> int:
@@ -283,9 +303,11 @@ class SyncBatch:
         dropped: int = 0,
         auth_through: int = 0,
         epochs: Sequence[ClockEpoch] = (),
+        devices: Sequence[DeviceRecord] = (),
     ) -> SyncBatch:
         """A batch with its batch_id derived from its identity."""
         alerts = tuple(alerts)
+        devices = tuple(devices)
         return cls(
             gateway_id=gateway_id,
             batch_id=batch_id_for(
@@ -294,6 +316,7 @@ class SyncBatch:
                 last_seq,
                 max((a.change_seq for a in alerts), default=0),
                 auth_through,
+                devices_digest(devices) if devices else "",
             ),
             first_seq=first_seq,
             last_seq=last_seq,
@@ -306,6 +329,7 @@ class SyncBatch:
             dropped=dropped,
             auth_through=auth_through,
             epochs=tuple(epochs),
+            devices=devices,
         )
 
 
@@ -366,12 +390,20 @@ def reading_clocks(batch: SyncBatch, *, request_skew_ms: int | None = None) -> R
 
 
 def batch_id_for(
-    gateway_id: str, first_seq: int, last_seq: int, alerts_through: int = 0, auth_through: int = 0
+    gateway_id: str,
+    first_seq: int,
+    last_seq: int,
+    alerts_through: int = 0,
+    auth_through: int = 0,
+    devices: str = "",
 ) -> str:
-    """The deterministic id of the batch covering these cursors (a UUIDv5 string)."""
+    """The deterministic id of the batch covering these cursors (a UUIDv5 string); `devices`
+    is the digest of the device list the batch carries, if any."""
     name = f"{gateway_id}\x00{first_seq}\x00{last_seq}\x00{alerts_through}"
-    if auth_through:
+    if auth_through or devices:
         name += f"\x00{auth_through}"
+    if devices:
+        name += f"\x00{devices}"
     return str(uuid.uuid5(_BATCH_NS, name))
 
 
@@ -423,6 +455,7 @@ def batch_to_doc(batch: SyncBatch) -> dict[str, Any]:
         "epochs": [
             [e.first_seq, e.boot_id, e.mono_base_ms, e.flags, e.skew_ms] for e in batch.epochs
         ],
+        "devices": [[d.device_id, d.type, d.status] for d in batch.devices],
         "counters": dict(batch.counters),
         "alerts": [
             [
@@ -691,6 +724,10 @@ def batch_from_doc(doc: object) -> SyncBatch:
         _epoch(c, e, f"/epochs/{i}")
         for i, e in enumerate(c.list_(top.get("epochs", []), "/epochs", MAX_EPOCHS))
     )
+    devices = tuple(
+        _device(c, d, f"/devices/{i}")
+        for i, d in enumerate(c.list_(top.get("devices", []), "/devices", MAX_DEVICES))
+    )
     if not c.errors and last_seq < first_seq - 1:
         c.fail("/last_seq", "must be >= first_seq - 1")
 
@@ -727,8 +764,16 @@ def batch_from_doc(doc: object) -> SyncBatch:
         dropped=dropped,
         auth_through=auth_through,
         epochs=epochs,
+        devices=devices,
     )
-    expected = batch_id_for(gateway_id, first_seq, last_seq, batch.alerts_through, auth_through)
+    expected = batch_id_for(
+        gateway_id,
+        first_seq,
+        last_seq,
+        batch.alerts_through,
+        auth_through,
+        devices_digest(devices) if devices else "",
+    )
     if batch_id != expected:
         c.abort("/batch_id", "does not match (gateway_id, first_seq, last_seq, alerts)")
     return batch
@@ -776,6 +821,16 @@ def _alert(c: _Check, a: object, path: str) -> AlertChange:
         acknowledged_at=c.opt_int(row[9], f"{path}/9"),
         resolved_at=c.opt_int(row[10], f"{path}/10"),
     )
+
+
+def _device(c: _Check, d: object, path: str) -> DeviceRecord:
+    row = c.list_(d, path, 3)
+    if len(row) != 3:
+        c.abort(path, "must be [device_id, type, status]")
+    status = c.str_(row[2], f"{path}/2")
+    if status not in ("active", "revoked"):
+        c.fail(f"{path}/2", "must be active or revoked")
+    return DeviceRecord(c.str_(row[0], f"{path}/0"), c.opt_str(row[1], f"{path}/1"), status)
 
 
 def _epoch(c: _Check, e: object, path: str) -> ClockEpoch:

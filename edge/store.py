@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from common.model import FieldError, Reading, ReadingFlag, Value
-from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, ReadingColumns
+from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, DeviceRecord, ReadingColumns
 
 # Arrow's default allocator (jemalloc/mimalloc) keeps its own arenas next to glibc's; batches
 # here are small and short-lived, so the system allocator costs nothing and keeps RSS down.
@@ -136,6 +136,7 @@ SYNC_ALERTS_KEY = "sync.alerts_change_seq"
 SYNC_LAST_SUCCESS_KEY = "sync.last_success_at"
 SYNC_LAST_ERROR_KEY = "sync.last_error"  # JSON {"at": ms, "message": str}
 SYNC_AUTH_KEY = "sync.auth_seq"
+SYNC_DEVICES_KEY = "sync.devices_digest"  # the device list the cloud has acknowledged
 DROPPED_COUNTER = "readings_dropped"  # unsynced readings deleted by the disk cap
 PRUNED_COUNTER = "readings_pruned"  # synced readings deleted after the retention period
 
@@ -477,6 +478,14 @@ class GatewayStore:
                 [now_ms, device_id],
             )
 
+    def device_records(self) -> list[DeviceRecord]:
+        """The device list as the cloud should know it (synced whenever it changes)."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT device_id, type, status FROM devices ORDER BY device_id"
+            ).fetchall()
+        return [DeviceRecord(r[0], r[1], r[2]) for r in rows]
+
     def devices(self, *, include_secrets: bool = False) -> list[dict[str, Any]]:
         cols = "device_id, type, status, created_at, revoked_at, last_seen"
         if include_secrets:
@@ -663,7 +672,12 @@ class GatewayStore:
         )
 
     def save_sync_cursor(
-        self, readings_seq: int, alerts_seq: int, at_ms: int, auth_seq: int | None = None
+        self,
+        readings_seq: int,
+        alerts_seq: int,
+        at_ms: int,
+        auth_seq: int | None = None,
+        devices_digest: str | None = None,
     ) -> None:
         kv = {
             SYNC_READINGS_KEY: str(readings_seq),
@@ -672,6 +686,8 @@ class GatewayStore:
         }
         if auth_seq is not None:
             kv[SYNC_AUTH_KEY] = str(auth_seq)
+        if devices_digest is not None:
+            kv[SYNC_DEVICES_KEY] = devices_digest
         self.commit(Batch(kv=kv))
 
     def auth_sync_cursor(self) -> int:

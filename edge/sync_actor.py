@@ -38,8 +38,10 @@ from common.sync_wire import (
     AlertChange,
     AuthEvent,
     ClockEpoch,
+    DeviceRecord,
     ReadingColumns,
     SyncBatch,
+    devices_digest,
     encode_batch,
 )
 from edge.cloud_client import (
@@ -50,7 +52,7 @@ from edge.cloud_client import (
     CloudUnavailable,
     CloudUnreachable,
 )
-from edge.store import DROPPED_COUNTER, GatewayStore
+from edge.store import DROPPED_COUNTER, SYNC_DEVICES_KEY, GatewayStore
 from edge.store_actor import LiveStats, StoreMsg, call
 
 log = logging.getLogger("iotsphere.sync")
@@ -188,9 +190,10 @@ class _BatchRows:
     counters: dict[str, int]
     epochs: list[ClockEpoch]
     more: bool  # readings follow this batch's window: it is complete even if not full
+    devices: list[DeviceRecord] = field(default_factory=list)  # when changed since acked
 
     def is_empty(self) -> bool:
-        return not (self.alerts or len(self.readings) or self.auth_events)
+        return not (self.alerts or len(self.readings) or self.auth_events or self.devices)
 
 
 def _read_batch_rows(
@@ -201,10 +204,13 @@ def _read_batch_rows(
     alerts = store.alert_changes_after(cursor[1], MAX_ALERTS_PER_BATCH)
     rows, more = store.reading_columns_for_sync(cursor[0], max_readings)
     auth_through, events = store.auth_events_after(auth_cursor, MAX_AUTH_EVENTS_PER_BATCH)
-    if not (alerts or rows or events):
+    devices = store.device_records()
+    if devices and devices_digest(devices) == store.kv_get(SYNC_DEVICES_KEY):
+        devices = []  # the cloud has this list already
+    if not (alerts or rows or events or devices):
         return _BatchRows([], ReadingColumns(), auth_cursor, [], {}, [], False)
     epochs = store.epochs_for(rows.seq[0], rows.seq[-1]) if rows else []
-    return _BatchRows(alerts, rows, auth_through, events, store.counters(), epochs, more)
+    return _BatchRows(alerts, rows, auth_through, events, store.counters(), epochs, more, devices)
 
 
 class SyncActor(Actor[SyncMsg]):
@@ -321,7 +327,7 @@ class SyncActor(Actor[SyncMsg]):
         )
         rows = got.readings
         full = len(rows) >= cfg.batch_max_readings or got.more
-        partial_batch = not got.alerts and not got.auth_events and not full
+        partial_batch = not got.alerts and not got.auth_events and not got.devices and not full
         if after is not None and (got.is_empty() or partial_batch):
             return None  # the next tick decides about it, with the age limit
         if got.is_empty():
@@ -350,6 +356,7 @@ class SyncActor(Actor[SyncMsg]):
             auth_through=got.auth_through if got.auth_events else 0,
             dropped=got.counters.get(DROPPED_COUNTER, 0),
             epochs=got.epochs,
+            devices=got.devices,
         )
 
     async def _send(self, batch: SyncBatch) -> bool:
@@ -376,9 +383,13 @@ class SyncActor(Actor[SyncMsg]):
             st.bytes_sent += self._client.batch_bytes_sent - sent_before
         cursor = (batch.last_seq, max(self._cursor[1], batch.alerts_through))
         auth = batch.auth_through if batch.auth_events else None
+        devices = devices_digest(batch.devices) if batch.devices else None
         now_ms = self._clock.now_ms()
         # Durable before anything else believes it: a crash here means a resend, never a gap.
-        await call(self._store, lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms, auth))
+        await call(
+            self._store,
+            lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms, auth, devices),
+        )
         self._cursor = cursor
         if auth is not None:
             self._auth_cursor = auth

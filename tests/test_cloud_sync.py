@@ -27,6 +27,7 @@ from common.sync_wire import (
     AlertChange,
     AuthEvent,
     ClockEpoch,
+    DeviceRecord,
     ReadingColumns,
     SyncBatch,
     decode_ack,
@@ -487,3 +488,22 @@ async def test_readings_keep_their_clocks_and_suspect_ones_are_flagged(
     points = r.json()["points"]
     assert points[0]["flags"] == ["GATEWAY_CLOCK_UNSYNCED"]
     assert points[-1]["flags"] == ["GATEWAY_CLOCK_SKEWED"]
+
+
+async def test_a_gateway_device_list_shows_devices_with_their_types_before_any_reading(
+    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+) -> None:
+    gw = await enroll(client, store, clock, "site-a", "default")
+    listed = SyncBatch.create(
+        gateway_id=gw.gateway_id,
+        first_seq=1,
+        last_seq=0,
+        boot_id="boot-1",
+        gateway_clock_ms=T0,
+        devices=(DeviceRecord("t1", "thermo", "active"), DeviceRecord("t2", None, "active")),
+    )
+    assert (await post(client, gw, listed)).status_code == 200
+    tokens = await admin(client, store)
+    devices = {d["device_id"]: d for d in (await client.get("/api/devices", headers=tokens)).json()}
+    assert devices["t1"]["type"] == "thermo" and devices["t1"]["gateway_id"] == gw.gateway_id
+    assert set(devices) == {"t1", "t2"}

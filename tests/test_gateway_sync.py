@@ -349,12 +349,12 @@ async def test_sync_actor_crash_resends_from_the_cursor(
     crashed: list[int] = []
 
     def failing_save(
-        self: Store, readings_seq: int, alerts_seq: int, at_ms: int, auth: int | None = None
+        self: Store, readings_seq: int, alerts_seq: int, at_ms: int, *rest: Any
     ) -> None:
         if not crashed:
             crashed.append(readings_seq)
             raise RuntimeError("crash before the cursor was saved")
-        real_save(self, readings_seq, alerts_seq, at_ms, auth)
+        real_save(self, readings_seq, alerts_seq, at_ms, *rest)
 
     monkeypatch.setattr(Store, "save_sync_cursor", failing_save)
     async with running(sync_config(gateway_config)) as gw:
@@ -485,3 +485,21 @@ async def test_batches_carry_clock_epochs_and_the_measured_skew(
     assert clocks.boot_id == [boot] * 3
     # receive time minus the epoch's base is the monotonic clock when the reading arrived
     assert all(0 < m <= mono_now for m in clocks.mono_ms if m is not None)
+
+
+async def test_devices_provisioned_at_the_gateway_reach_the_cloud_once_per_change(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    enroll_directly(gateway_config.data_dir, stub)
+    lists: list[list[tuple[str, str | None, str]]] = []
+    stub.on_batch = lambda b: b.devices and lists.append(
+        [(d.device_id, d.type, d.status) for d in b.devices]
+    )
+    async with running(sync_config(gateway_config)) as gw:
+        await gw.add_device("t1", "thermo")  # no reading yet: the cloud lists it anyway
+        await until(lambda: lists == [[("t1", "thermo", "active")]])
+        await asyncio.sleep(0.2)  # ticks go by: an acknowledged list is not sent again
+        assert len(lists) == 1
+        await gw.add_device("t2", None)
+        await gw.revoke_device("t1")
+        await until(lambda: lists[-1] == [("t1", "thermo", "revoked"), ("t2", None, "active")])

@@ -24,6 +24,7 @@ from common.sync_wire import (
     AuthEvent,
     BatchAck,
     ClockEpoch,
+    DeviceRecord,
     ReadingColumns,
     SyncBatch,
     WireError,
@@ -32,6 +33,7 @@ from common.sync_wire import (
     compress,
     decode_ack,
     decode_batch,
+    devices_digest,
     encode_ack,
     encode_batch,
     reading_clocks,
@@ -458,3 +460,15 @@ def test_reading_clocks_without_epochs_or_before_the_first() -> None:
     # a current epoch of another boot than the batch's is not judged by this request
     other = _clock_batch([ClockEpoch(1, "boot-x", T0, 0)], boot="boot-b")
     assert reading_clocks(other, request_skew_ms=900_000).flags == [1, 1, 1]
+
+
+def test_device_lists_round_trip_and_are_part_of_the_batch_id() -> None:
+    devs = [DeviceRecord("t1", "thermo", "active"), DeviceRecord("t2", None, "revoked")]
+    a = make_batch([], devices=devs)
+    assert decode_batch(*encode_batch(a)).devices == tuple(devs)
+    b = make_batch([], devices=devs[:1])
+    assert a.batch_id != b.batch_id != make_batch([]).batch_id
+    assert devices_digest(devs) == devices_digest(list(reversed(devs)))  # order-free
+    doc = batch_to_doc(a)
+    doc["devices"][1][2] = "gone"
+    assert {e.path for e in wire_error(doc).problem.errors} == {"/devices/1/2"}
