@@ -87,6 +87,8 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE readings ADD COLUMN gateway_mono_ms BIGINT",
         ),
     ),
+    # Devices revoked centrally: their gateway revokes them at its next config fetch.
+    Migration(3, ("ALTER TABLE devices ADD COLUMN revoked_at BIGINT",)),
 )
 
 READINGS_BATCH_SCHEMA = pa.schema(

@@ -351,12 +351,18 @@ class DuckSyncStore:
                 )
             if batch.devices:  # provisioned at the gateway: listed here with their type
                 c.execute(
-                    "UPDATE devices SET type = v.type FROM (SELECT unnest(?::VARCHAR[]) AS id,"
-                    " unnest(?::VARCHAR[]) AS type) v WHERE devices.org_id = ?"
+                    # a revocation sticks: a list sent before the gateway applied a central
+                    # revocation must not undo it
+                    "UPDATE devices SET type = v.type, revoked_at = CASE WHEN v.revoked"
+                    " THEN coalesce(devices.revoked_at, ?) ELSE devices.revoked_at END FROM (SELECT"
+                    " unnest(?::VARCHAR[]) AS id, unnest(?::VARCHAR[]) AS type,"
+                    " unnest(?::BOOLEAN[]) AS revoked) v WHERE devices.org_id = ?"
                     " AND devices.device_id = v.id",
                     [
+                        now_ms,
                         [d.device_id for d in batch.devices],
                         [d.type for d in batch.devices],
+                        [d.status == "revoked" for d in batch.devices],
                         org_id,
                     ],
                 )
@@ -435,6 +441,31 @@ class DuckSyncStore:
             )
         )
         return int(row[0]) if row else 0
+
+    # -- devices revoked centrally ------------------------------------------------------------
+
+    async def revoke_device(self, org_id: str, device_id: str, now_ms: int) -> bool:
+        """Mark a device of this org revoked (idempotent); False when the org has no such device."""
+
+        def go(c: duckdb.DuckDBPyConnection) -> bool:
+            found = c.execute(
+                "UPDATE devices SET revoked_at = coalesce(revoked_at, ?)"
+                " WHERE org_id = ? AND device_id = ? RETURNING device_id",
+                [now_ms, org_id, device_id],
+            ).fetchall()
+            return bool(found)
+
+        return await self.db.run(self.db.transaction(go))
+
+    async def revoked_devices(self, org_id: str, gateway_id: str) -> list[str]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT device_id FROM devices WHERE org_id = ? AND gateway_id = ?"
+                " AND revoked_at IS NOT NULL ORDER BY device_id",
+                [org_id, gateway_id],
+            ).fetchall()
+        )
+        return [r[0] for r in rows]
 
     # -- config ---------------------------------------------------------------------------
 

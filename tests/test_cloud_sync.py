@@ -507,3 +507,32 @@ async def test_a_gateway_device_list_shows_devices_with_their_types_before_any_r
     devices = {d["device_id"]: d for d in (await client.get("/api/devices", headers=tokens)).json()}
     assert devices["t1"]["type"] == "thermo" and devices["t1"]["gateway_id"] == gw.gateway_id
     assert set(devices) == {"t1", "t2"}
+
+
+async def test_a_device_revoked_in_the_cloud_is_in_its_gateway_config(
+    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+) -> None:
+    gw = await enroll(client, store, clock, "site-a", "default")
+    other = await enroll(client, store, clock, "site-b", "default")
+    first = batch(gw.gateway_id, 1, devices=("d1", "d2"))
+    assert (await post(client, gw, first)).status_code == 200
+    tokens = await admin(client, store)
+    await add_user(store, "viewer@default.example.com", Role.VIEWER, "default")
+    viewer = bearer(await login(client, "viewer@default.example.com"))
+    assert (await client.post("/api/devices/d1/revoke", headers=viewer)).status_code == 403
+    assert (await client.post("/api/devices/nope/revoke", headers=tokens)).status_code == 404
+    assert (await client.post("/api/devices/d1/revoke", headers=tokens)).status_code == 204
+    assert (await client.post("/api/devices/d1/revoke", headers=tokens)).status_code == 204
+    assert (await get_config(client, gw, 0))["revoked_devices"] == ["d1"]
+    assert (await get_config(client, other, 0))["revoked_devices"] == []
+    # a device list the gateway sent before it applied the revocation does not undo it
+    stale = SyncBatch.create(
+        gateway_id=gw.gateway_id,
+        first_seq=6,
+        last_seq=5,
+        boot_id="boot-1",
+        gateway_clock_ms=T0,
+        devices=(DeviceRecord("d1", None, "active"), DeviceRecord("d2", None, "active")),
+    )
+    assert (await post(client, gw, stale)).status_code == 200
+    assert (await get_config(client, gw, 0))["revoked_devices"] == ["d1"]

@@ -160,6 +160,21 @@ def test_rule_created_in_the_cloud_fires_at_the_gateway(
     )  # fmt: skip
     assert synced[0]["state"] == "active" and synced[0]["value"] == 35.0
 
+    # a device revoked in the cloud is revoked at its gateway: listed there as revoked, and
+    # its credentials no longer work on the broker
+    assert httpx.post(f"{base}/api/devices/hot-1/revoke", headers=auth).status_code == 204
+    wait_for(
+        lambda: [d for d in cli_json("gateway", "device", "list", data_dir=gw_data)
+                 if d["device_id"] == "hot-1" and d["status"] == "revoked"],
+        "the cloud's revocation at the gateway",
+    )  # fmt: skip
+    refused = subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_port), "-u", "hot-1",
+         "-P", device["token"], "-t", "devices/hot-1/telemetry", "-q", "1", "-m", "{}"],
+        capture_output=True, text=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+
 
 def _start_cloud(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     ready_before = log.read_text().count("cloud ready") if log.exists() else 0

@@ -226,7 +226,8 @@ async def get_config(
     return {
         "version": version,
         "rules": rules,
-        "revoked_devices": [],  # the cloud has no device revocation yet
+        # the whole list (small, idempotent): the gateway revokes those still active there
+        "revoked_devices": await store.revoked_devices(gateway.org_id, gateway.gateway_id),
         "alert_acks": [a[0] for a in scope.alert_changes],
         "alert_changes": [
             {"id": i, "state": s, "acknowledged_at": ack, "resolved_at": res}
@@ -251,4 +252,25 @@ async def revoke_gateway(
     if not await store.revoke(principal.org_id, gateway_id, services.clock.now_ms()):
         raise not_found(f"no gateway {gateway_id!r}")
     log.warning("gateway %s revoked by %s", gateway_id, principal.user_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/api/devices/{device_id}/revoke",
+    status_code=204,
+    response_class=Response,
+    responses=problems(*AUTHED, 403, 404),
+    tags=["devices"],
+)
+async def revoke_device(
+    device_id: Annotated[str, Path(min_length=1, max_length=128)],
+    principal: Admin,
+    services: ServicesDep,
+) -> Response:
+    """Revoke a device centrally: its gateway revokes it (credentials gone, sessions closed)
+    at its next configuration fetch, also if it has been offline meanwhile."""
+    store, _ = sync_of(services)
+    if not await store.revoke_device(principal.org_id, device_id, services.clock.now_ms()):
+        raise not_found(f"no device {device_id!r}")
+    log.warning("device %s revoked by %s", device_id, principal.user_id)
     return Response(status_code=204)
