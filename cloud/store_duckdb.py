@@ -89,6 +89,15 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Devices revoked centrally: their gateway revokes them at its next config fetch.
     Migration(3, ("ALTER TABLE devices ADD COLUMN revoked_at BIGINT",)),
+    # Device types defined centrally (metrics with type, unit, range): sent to every gateway.
+    Migration(
+        4,
+        (
+            """CREATE TABLE device_types (
+                org_id VARCHAR NOT NULL, name VARCHAR NOT NULL, spec VARCHAR NOT NULL,
+                updated_at BIGINT NOT NULL, PRIMARY KEY (org_id, name))""",
+        ),
+    ),
 )
 
 READINGS_BATCH_SCHEMA = pa.schema(

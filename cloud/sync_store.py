@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -466,6 +467,41 @@ class DuckSyncStore:
             ).fetchall()
         )
         return [r[0] for r in rows]
+
+    # -- device types ----------------------------------------------------------------------
+
+    async def put_device_type(
+        self, org_id: str, name: str, spec: dict[str, Any], now_ms: int
+    ) -> None:
+        await self.db.run(
+            self.db.transaction(
+                lambda c: c.execute(
+                    "INSERT INTO device_types VALUES (?, ?, ?, ?) ON CONFLICT (org_id, name)"
+                    " DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                    [org_id, name, json.dumps(spec, sort_keys=True), now_ms],
+                )
+            )
+        )
+
+    async def delete_device_type(self, org_id: str, name: str) -> bool:
+        rows = await self.db.run(
+            self.db.transaction(
+                lambda c: c.execute(
+                    "DELETE FROM device_types WHERE org_id = ? AND name = ? RETURNING name",
+                    [org_id, name],
+                ).fetchall()
+            )
+        )
+        return bool(rows)
+
+    async def device_types(self, org_id: str) -> list[dict[str, Any]]:
+        """Every type of the org as {"name", "metrics", "allow_undeclared"}, by name."""
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT name, spec FROM device_types WHERE org_id = ? ORDER BY name", [org_id]
+            ).fetchall()
+        )
+        return [{"name": r[0], **json.loads(r[1])} for r in rows]
 
     # -- config ---------------------------------------------------------------------------
 

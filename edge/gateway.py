@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import random
 import signal
@@ -32,7 +33,7 @@ from common.actors import (
 from common.alerts import AlertEvent
 from common.clock import Clock, SystemClock
 from common.rules import Rule, parse_rule
-from common.validation import ValidationPolicy
+from common.validation import ValidationPolicy, device_type_from_dict
 from edge import ops
 from edge.admin_api import AdminApi
 from edge.backend import BackendError, admin_secret, write_run_info
@@ -43,12 +44,15 @@ from edge.config import GatewayConfig
 from edge.device_auth import DeviceAuthenticator, DeviceDirectory
 from edge.device_ingest import DeviceIngest
 from edge.dynsec import DynsecClient, DynsecError
+from edge.http_ingress import HttpIngress
 from edge.identity import IdentityError, load_identity
 from edge.lockout import LockoutPolicy, LockoutTracker
 from edge.mqtt_front.proxy import AuthEvent, MqttFront
 from edge.mqtt_ingress import MqttIngress
+from edge.oscore_contexts import OscoreError, OscoreKeystore, OscoreRegistry
 from edge.pipeline import Classifier
 from edge.rules_actor import ChangeAlert, ReloadRules, RulesActor, RulesMsg, SecurityLockout
+from edge.status_view import StatusData
 from edge.store import AuthFailure, GatewayStore
 from edge.store_actor import (
     Committed,
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
     from edge.sync_actor import SyncMsg, SyncStats
 
 log = logging.getLogger("iotsphere.gateway")
+CLOUD_TYPES_KEY = "cloud.device_types"  # device types from the cloud config (JSON list)
 
 
 class Gateway:
@@ -86,6 +91,8 @@ class Gateway:
         self._directory = DeviceDirectory()
         self._device_ingest: DeviceIngest | None = None
         self._coap: CoapIngress | None = None
+        self._oscore: OscoreRegistry | None = None  # devices' OSCORE contexts (CoAP)
+        self._http: HttpIngress | None = None  # device HTTP ingress + local status page
         self._classifier = Classifier(
             config.device_types,
             ValidationPolicy(max_future_skew_ms=int(config.max_future_skew_s * 1000)),
@@ -133,6 +140,11 @@ class Gateway:
         admin: AdminApi | None = None
         try:
             devices = store.devices(include_secrets=True)
+            cloud_types = store.kv_get(CLOUD_TYPES_KEY)  # as last fetched: also offline
+            if cloud_types:
+                self._classifier.set_cloud_types(
+                    {b["name"]: device_type_from_dict(b) for b in json.loads(cloud_types)}
+                )
             for dev in devices:
                 if dev["status"] == "active":
                     self._classifier.set_device_type(dev["device_id"], dev["type"])
@@ -194,6 +206,7 @@ class Gateway:
                 await self._front.start()
                 self._mqtt_port = self._front.port
             await self._start_coap()
+            await self._start_http()
             admin = AdminApi(self, admin_secret(cfg.data_dir))
             await admin.start()
             write_run_info(cfg.run_dir, admin.port)
@@ -227,6 +240,10 @@ class Gateway:
                 await self._front.stop()
             if self._coap is not None:
                 await self._coap.stop()  # answers what awaits a commit while the store runs
+            if self._oscore is not None:
+                self._oscore.close()  # saves sequence numbers and replay windows exactly
+            if self._http is not None:
+                await self._http.stop()
             if self._device_ingest is not None:
                 self._device_ingest.close()
             for task in tasks:
@@ -240,6 +257,50 @@ class Gateway:
             log.info("gateway stopped")
 
     @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port (the real one when the config asked for 0)."""
+        return self._http.port if self._http is not None else None
+
+    async def _start_http(self) -> None:
+        """Device HTTP ingress and the local status page on one port, sharing the CoAP
+        listener's ingest path and lockout counts (the same DeviceIngest, the same tracker)."""
+        from edge.status_page import StatusPage
+
+        if self._device_ingest is None:
+            self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
+        auth = DeviceAuthenticator(
+            self._directory, self._tracker, self.clock, self._on_device_auth_event, "http"
+        )
+        page = StatusPage(self, self.cfg.data_dir, self.clock, audit=self._on_device_auth_event)
+        self._http = HttpIngress(
+            self.cfg.bind, self.cfg.http_port, auth, self._device_ingest, page.install
+        )
+        await self._http.start()
+
+    async def status_page_data(self) -> StatusData:
+        """The local status page's facts: live counters plus one store round trip."""
+
+        def gather(s: GatewayStore) -> tuple[Any, ...]:
+            return (
+                s.devices(),
+                s.latest_values(),
+                s.rejections(20),
+                s.auth_failures(20),
+                [a.to_dict() for state in ("active", "acknowledged") for a in s.alerts(state)],
+            )
+
+        devices, latest, rejections, audit, alerts = await call(self.store_ref, gather)
+        return StatusData(
+            status=await self.status(),
+            devices=devices,
+            latest=latest,
+            rejections=rejections,
+            audit=audit,
+            alerts=alerts,
+            locked=self._tracker.locked_keys(),
+        )
+
+    @property
     def coap_port(self) -> int | None:
         """The bound CoAP port (the real one when the config asked for 0)."""
         return self._coap.port if self._coap is not None else None
@@ -251,8 +312,15 @@ class Gateway:
         auth = DeviceAuthenticator(
             self._directory, self._tracker, self.clock, self._on_device_auth_event, "coap"
         )
+        self._oscore = OscoreRegistry(OscoreKeystore(self.cfg.data_dir))
+        self._oscore.load(d for d, state in self._device_status.items() if state == "active")
         self._coap = CoapIngress(
-            self.cfg.bind, self.cfg.coap_port, auth, self._device_ingest, self.clock
+            self.cfg.bind,
+            self.cfg.coap_port,
+            auth,
+            self._device_ingest,
+            self.clock,
+            oscore=self._oscore,
         )
         await self._coap.start()
 
@@ -435,7 +503,9 @@ class Gateway:
 
     # -- AdminBackend ------------------------------------------------------------------------
 
-    async def add_device(self, device_id: str, device_type: str | None) -> dict[str, Any]:
+    async def add_device(
+        self, device_id: str, device_type: str | None, oscore: bool = False
+    ) -> dict[str, Any]:
         try:
             result = await call(self.store_ref, lambda s: ops.add_device(s, device_id, device_type))
         except ops.OpError as exc:
@@ -443,6 +513,10 @@ class Gateway:
         self._classifier.set_device_type(device_id, device_type)
         self._device_status[device_id] = "active"
         self._directory.add_with_token(device_id, device_type, result["token"])
+        if oscore:
+            result["oscore"] = self._new_oscore_context(device_id)
+        else:
+            self._drop_oscore_context(device_id)  # a re-added device starts without one
         if self._dynsec is not None:
             try:
                 await self._dynsec.add_device(device_id, result["token"])
@@ -455,6 +529,26 @@ class Gateway:
     async def list_devices(self) -> list[dict[str, Any]]:
         return await call(self.store_ref, lambda s: s.devices())
 
+    def _new_oscore_context(self, device_id: str) -> dict[str, str]:
+        """The device's side of a new OSCORE context (the gateway's side is live at once)."""
+        if self._oscore is None:
+            raise BackendError("the CoAP listener is not running; no OSCORE context created")
+        try:
+            return self._oscore.create(device_id).to_json()
+        except OscoreError as exc:
+            raise BackendError(
+                f"device {device_id} added, but its OSCORE context was not: {exc}; "
+                "revoke it and add it again"
+            ) from exc
+
+    def _drop_oscore_context(self, device_id: str) -> None:
+        if self._oscore is None:
+            return
+        try:
+            self._oscore.remove(device_id)  # unloaded at once, whatever the disk says
+        except OscoreError as exc:
+            log.error("OSCORE: %s (an inactive device's context goes at the next start)", exc)
+
     async def revoke_device(self, device_id: str) -> dict[str, Any]:
         try:
             result = await call(self.store_ref, lambda s: ops.revoke_device(s, device_id))
@@ -463,6 +557,7 @@ class Gateway:
         self._device_status[device_id] = "revoked"
         self._classifier.forget(device_id)
         self._directory.revoke(device_id)
+        self._drop_oscore_context(device_id)
         if self._dynsec is not None:
             try:
                 await self._dynsec.remove_device(device_id)
@@ -518,12 +613,29 @@ class Gateway:
                 len(rules),
                 len(deleted),
             )
+        if "device_types" in doc:
+            await self._apply_cloud_types(doc["device_types"])
         for device_id in doc.get("revoked_devices", []):
             if self._device_status.get(device_id) == "active":
                 await self.revoke_device(device_id)
         for alert_id in doc.get("alert_acks", []):
             await self.change_alert(str(alert_id), AlertEvent.ACK)
         return new_version
+
+    async def _apply_cloud_types(self, bodies: list[dict[str, Any]]) -> None:
+        """Device types from the cloud: validated (a bad one is logged and skipped, the others
+        apply), kept in DuckDB so they hold after a restart while offline."""
+        types = {}
+        for body in bodies:
+            try:
+                spec = device_type_from_dict(body)
+            except ValueError as exc:
+                log.error("cloud config: device type skipped: %s", exc)
+                continue
+            types[spec.name] = spec
+        self._classifier.set_cloud_types(types)
+        raw = json.dumps([b for b in bodies if b.get("name") in types], sort_keys=True)
+        await call(self.store_ref, lambda s: s.kv_set(CLOUD_TYPES_KEY, raw))
 
     async def list_rules(self) -> list[dict[str, Any]]:
         return await call(self.store_ref, lambda s: s.rules())
@@ -585,6 +697,7 @@ class Gateway:
             "mqtt_front": dataclasses.asdict(self._front.stats) if self._front else None,
             "ingress": dict(self._ingress.stats) if self._ingress else None,
             "coap": self._coap.summary() if self._coap else None,
+            "http": self._http.summary() if self._http else None,
             "store_mailbox": self.store_ref.mailbox_size,
             "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,

@@ -69,10 +69,15 @@ class Classifier:
         policy: ValidationPolicy,
         limits: Limits | None = None,
     ) -> None:
+        self._local_types = dict(device_types)  # gateway.toml: wins over the cloud's
         self._types = dict(device_types)
         self._device_type: dict[str, str | None] = {}
         self._policy = policy
         self._limits = limits or Limits()
+
+    def set_cloud_types(self, types: Mapping[str, DeviceTypeSpec]) -> None:
+        """Replace the types defined in the cloud; a local type of the same name stays."""
+        self._types = {**types, **self._local_types}
 
     def set_device_type(self, device_id: str, device_type: str | None) -> None:
         """Register an active device (and its type); only registered devices are accepted."""

@@ -536,3 +536,26 @@ async def test_a_device_revoked_in_the_cloud_is_in_its_gateway_config(
     )
     assert (await post(client, gw, stale)).status_code == 200
     assert (await get_config(client, gw, 0))["revoked_devices"] == ["d1"]
+
+
+async def test_device_types_defined_in_the_cloud_go_to_every_gateway(
+    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+) -> None:
+    gw = await enroll(client, store, clock, "site-a", "default")
+    tokens = await admin(client, store)
+    thermo = {"metrics": {"temperature": {"type": "number", "unit": "°C", "min": -40, "max": 85}}}
+    r = await client.put("/api/device_types/thermo", json=thermo, headers=tokens)
+    assert r.status_code == 200 and r.json() == {"name": "thermo", **thermo}
+    bad = {"metrics": {"temperature": {"type": "colour"}}}
+    r = await client.put("/api/device_types/broken", json=bad, headers=tokens)
+    assert_problem(r, 400)
+    assert "temperature" in r.json()["detail"]
+    await add_user(store, "viewer@default.example.com", Role.VIEWER, "default")
+    viewer = bearer(await login(client, "viewer@default.example.com"))
+    assert (await client.put("/api/device_types/x", json={}, headers=viewer)).status_code == 403
+    listed = (await client.get("/api/device_types", headers=viewer)).json()
+    assert listed == [{"name": "thermo", **thermo}]
+    assert (await get_config(client, gw, 0))["device_types"] == listed
+    assert (await client.delete("/api/device_types/thermo", headers=tokens)).status_code == 204
+    assert (await client.delete("/api/device_types/thermo", headers=tokens)).status_code == 404
+    assert (await get_config(client, gw, 0))["device_types"] == []

@@ -503,3 +503,26 @@ async def test_devices_provisioned_at_the_gateway_reach_the_cloud_once_per_chang
         await gw.add_device("t2", None)
         await gw.revoke_device("t1")
         await until(lambda: lists[-1] == [("t1", "thermo", "revoked"), ("t2", None, "active")])
+
+
+async def test_device_types_from_the_cloud_validate_readings_and_survive_a_restart(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    cfg = replace(gateway_config, device_types={})  # no local types: the cloud's apply
+    doc = {
+        "version": 1,
+        "device_types": [
+            {"name": "tank", "metrics": {"level": {"type": "number", "min": 0, "max": 100}}},
+            {"name": "bad", "metrics": {"level": {"type": "colour"}}},  # skipped, logged
+        ],
+    }
+    body = json.dumps({"level": 150}).encode()
+    async with running(cfg) as gw:
+        await gw.add_device("k1", "tank")
+        assert gw._classifier.classify("k1", body, None, 1, "mqtt").accepted  # no type yet
+        await gw.apply_cloud_config(0, doc)
+        outcome = gw._classifier.classify("k1", body, None, 1, "mqtt")
+        assert not outcome.accepted and outcome.rejection is not None
+    async with running(cfg) as gw:  # offline after a restart: the types still hold
+        assert not gw._classifier.classify("k1", body, None, 1, "mqtt").accepted
+        assert gw._classifier.classify("k1", b'{"level": 50}', None, 1, "mqtt").accepted

@@ -63,6 +63,7 @@ class ConfigOut(BaseModel):
     version: int
     rules: list[dict[str, Any]]
     revoked_devices: list[str]
+    device_types: list[dict[str, Any]] = []
     alert_acks: list[str]
     alert_changes: list[dict[str, Any]]
 
@@ -226,7 +227,9 @@ async def get_config(
     return {
         "version": version,
         "rules": rules,
-        # the whole list (small, idempotent): the gateway revokes those still active there
+        # whole lists (small, idempotent): the gateway replaces its cloud types with these,
+        # and revokes those devices still active there
+        "device_types": await store.device_types(gateway.org_id),
         "revoked_devices": await store.revoked_devices(gateway.org_id, gateway.gateway_id),
         "alert_acks": [a[0] for a in scope.alert_changes],
         "alert_changes": [
