@@ -20,7 +20,7 @@ from typing import Any
 _GROUPS: dict[str, tuple[str, str]] = {
     "gateway": ("edge.cli", "run and administer the edge gateway"),
     "cloud": ("cloud.cli", "run and administer the cloud aggregator"),
-    "sim": ("firmware_stubs.cli", "simulated devices (mqtt)"),
+    "sim": ("firmware_stubs.cli", "simulated devices (mqtt, coap, http)"),
     "demo": ("edge.demo", "run everything at once on embedded defaults"),
 }
 

@@ -142,7 +142,10 @@ class AdminApi:
         device_id = body.get("device_id")
         if not isinstance(device_id, str):
             raise BackendError("device_id is required")
-        return _json(await self._backend.add_device(device_id, body.get("type")))
+        oscore = body.get("oscore", False)
+        if not isinstance(oscore, bool):
+            raise BackendError("oscore must be true or false")
+        return _json(await self._backend.add_device(device_id, body.get("type"), oscore))
 
     async def _add_rule(self, request: web.Request) -> web.Response:
         return _json(await self._backend.add_rule(await self._body(request)))

@@ -23,7 +23,9 @@ class BackendError(Exception):
 
 
 class AdminBackend(Protocol):
-    async def add_device(self, device_id: str, device_type: str | None) -> dict[str, Any]: ...
+    async def add_device(
+        self, device_id: str, device_type: str | None, oscore: bool = False
+    ) -> dict[str, Any]: ...
     async def list_devices(self) -> list[dict[str, Any]]: ...
     async def revoke_device(self, device_id: str) -> dict[str, Any]: ...
     async def add_rule(self, body: dict[str, Any]) -> dict[str, Any]: ...
@@ -44,20 +46,43 @@ class LocalBackend:
         self._store = store
         self._cfg = cfg
 
-    async def add_device(self, device_id: str, device_type: str | None) -> dict[str, Any]:
+    async def add_device(
+        self, device_id: str, device_type: str | None, oscore: bool = False
+    ) -> dict[str, Any]:
+        from edge.oscore_contexts import OscoreError, OscoreKeystore
+
         try:
-            return ops.add_device(self._store, device_id, device_type)
+            result = ops.add_device(self._store, device_id, device_type)
         except ops.OpError as exc:
             raise BackendError(str(exc)) from exc
+        keystore = OscoreKeystore(self._cfg.data_dir)
+        try:
+            if oscore:
+                result["oscore"] = keystore.create(device_id).to_json()
+            else:
+                keystore.remove(device_id)  # a re-added device starts without one
+        except OscoreError as exc:
+            raise BackendError(
+                f"device {device_id} added, but not its OSCORE context: {exc}; "
+                "revoke it and add it again"
+            ) from exc
+        return result
 
     async def list_devices(self) -> list[dict[str, Any]]:
         return self._store.devices()
 
     async def revoke_device(self, device_id: str) -> dict[str, Any]:
+        from edge.oscore_contexts import OscoreError, OscoreKeystore
+
         try:
-            return ops.revoke_device(self._store, device_id)
+            result = ops.revoke_device(self._store, device_id)
         except ops.OpError as exc:
             raise BackendError(str(exc)) from exc
+        try:
+            OscoreKeystore(self._cfg.data_dir).remove(device_id)
+        except OscoreError as exc:
+            raise BackendError(f"device {device_id} revoked, but {exc}") from exc
+        return result
 
     async def add_rule(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -119,8 +144,12 @@ class RemoteBackend:
             raise BackendError(str(msg))
         return resp.json()
 
-    async def add_device(self, device_id: str, device_type: str | None) -> dict[str, Any]:
-        body = {"device_id": device_id, "type": device_type}
+    async def add_device(
+        self, device_id: str, device_type: str | None, oscore: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"device_id": device_id, "type": device_type}
+        if oscore:
+            body["oscore"] = True
         result: dict[str, Any] = await self._req("POST", "/admin/devices", json=body)
         return result
 

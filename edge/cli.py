@@ -79,6 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.broker import BrokerError
     from edge.coap_ingress import CoapIngressError
     from edge.gateway import run_gateway
+    from edge.http_ingress import HttpIngressError
     from edge.mqtt_front.proxy import MqttFrontError
 
     cfg = _config(
@@ -91,13 +92,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         run_gateway(cfg)
-    except (StoreError, BrokerError, MqttFrontError, CoapIngressError) as exc:
+    except (StoreError, BrokerError, MqttFrontError, CoapIngressError, HttpIngressError) as exc:
         raise CliError(str(exc)) from exc
     return 0
 
 
 def _cmd_device_add(args: argparse.Namespace) -> int:
-    result = with_backend(args, lambda b: b.add_device(args.id, args.type))
+    result = with_backend(args, lambda b: b.add_device(args.id, args.type, args.oscore))
     print_json(result)
     return 0
 
@@ -231,6 +232,32 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_password_set(args: argparse.Namespace) -> int:
+    """The local status page password: from stdin when piped, else prompted twice."""
+    import getpass
+    import sys
+
+    from edge.local_password import PasswordError, check_new_password, set_password
+
+    data_dir = data_dir_of(args)
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("New status page password: ")
+            if getpass.getpass("Repeat it: ") != password:
+                raise CliError("the two passwords differ; nothing was changed")
+        except EOFError:
+            raise CliError("no password given; nothing was changed") from None
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        check_new_password(password)
+        path = set_password(data_dir, password)
+    except PasswordError as exc:
+        raise CliError(f"{exc}; nothing was changed") from exc
+    print_json({"status_password": "set", "file": str(path)})
+    return 0
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -254,6 +281,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     add = dsub.add_parser("add", help="add a device; prints its token once")
     add.add_argument("id")
     add.add_argument("--type", help="device type (declares its metrics)")
+    add.add_argument(
+        "--oscore",
+        action="store_true",
+        help="also create an OSCORE (RFC 8613) security context for CoAP POST /telemetry; "
+        'prints its parameters once under "oscore" (aiocoap secret.json format)',
+    )
     add_common_args(add, json_flag=True)
     add.set_defaults(handler=_cmd_device_add)
     lst = dsub.add_parser("list", help="list devices")
@@ -312,6 +345,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     enroll.add_argument("--force", action="store_true", help="enroll again with a new key")
     add_common_args(enroll, json_flag=True)
     enroll.set_defaults(handler=_cmd_enroll)
+
+    password = sub.add_parser("password", help="the local status page password")
+    psub = password.add_subparsers(dest="password_command", metavar="ACTION", required=True)
+    pset = psub.add_parser(
+        "set",
+        help="set it (read from stdin when piped, else prompted twice); works while running",
+    )
+    add_common_args(pset, json_flag=True)
+    pset.set_defaults(handler=_cmd_password_set)
 
     status = sub.add_parser("status", help="devices, readings, alerts, broker")
     add_common_args(status, json_flag=True)

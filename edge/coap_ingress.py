@@ -11,6 +11,12 @@ Answers (CONTRACT.md "Devices over CoAP and HTTP"): 2.04 stored; 4.00 bad payloa
 format, 4.13 over 64 KiB, each with the problem document as diagnostic payload and stored as a
 rejection; 4.01 bad token; 4.29 with Max-Age while locked out; 5.03 with Max-Age when the gateway
 cannot take more right now (nothing stored).
+
+OSCORE (RFC 8613): `POST /telemetry` protected with a device's security context
+(edge.oscore_contexts). aiocoap's OscoreSiteWrapper unprotects it (refusing unknown contexts,
+failed decryption and replays itself, with 4.01 / 4.00 before anything is stored) and hands the
+inner request on with an OSCOREAddress as its remote; the registry turns that into the device id,
+and the request goes through the same DeviceIngest. `/telemetry` without OSCORE is 4.01.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from common.codecs import Limits, PayloadError
 from common.problem import Problem
 from edge.device_auth import Admitted, DeviceAuthenticator
 from edge.device_ingest import DeviceIngest, IngestUnavailable
+from edge.oscore_contexts import OscoreRegistry
 
 log = logging.getLogger("iotsphere.coap")
 
@@ -69,6 +76,7 @@ class CoapRequest:
     sender: tuple[Any, ...]  # address and port: identifies one block-wise transfer
     block1: Block1 | None = None
     size1: int | None = None
+    oscore_device: str | None = None  # set when OSCORE-protected: the context's device
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +107,12 @@ def coap_code(status: int) -> Code:
     return Code(((status // 100) << 5) | (status % 100))
 
 
-def to_request(msg: Message) -> CoapRequest:
+def to_request(msg: Message, oscore_device: str | None = None) -> CoapRequest:
     """aiocoap Message -> CoapRequest (nothing of aiocoap travels further)."""
-    sockaddr = getattr(msg.remote, "sockaddr", None)
-    sender: tuple[Any, ...] = tuple(sockaddr[:2]) if sockaddr else (str(msg.remote), 0)
+    # An OSCORE request's remote is an OSCOREAddress wrapping the UDP peer.
+    remote = getattr(msg.remote, "underlying_address", None) or msg.remote
+    sockaddr = getattr(remote, "sockaddr", None)
+    sender: tuple[Any, ...] = tuple(sockaddr[:2]) if sockaddr else (str(remote), 0)
     block1 = msg.opt.block1
     cf = msg.opt.content_format
     return CoapRequest(
@@ -116,6 +126,7 @@ def to_request(msg: Message) -> CoapRequest:
         if block1 is None
         else Block1(block1.block_number, bool(block1.more), block1.size_exponent),
         size1=msg.opt.size1,
+        oscore_device=oscore_device,
     )
 
 
@@ -276,18 +287,27 @@ class CoapStats:
     block_incomplete: int = 0  # 4.08
     internal_errors: int = 0  # 5.00 (a bug: logged with its traceback)
     readings: int = 0
+    oscore_requests: int = 0  # protected POST /telemetry that reached the handler
+    oscore_required: int = 0  # 4.01: /telemetry without OSCORE
 
 
 NOT_FOUND = Problem(
     "not-found",
     "No such resource",
     404,
-    "telemetry goes to POST /api/v1/{token}/telemetry",
+    "telemetry goes to POST /api/v1/{token}/telemetry (or OSCORE-protected POST /telemetry)",
 )
 METHOD_NOT_ALLOWED = Problem(
     "method-not-allowed", "Method not allowed", 405, "use POST for telemetry"
 )
 INTERNAL = Problem("internal-error", "Internal error", 500, "the gateway failed; it was logged")
+OSCORE_REQUIRED = Problem(
+    "unauthorized",
+    "OSCORE required",
+    401,
+    "POST /telemetry must be protected with the device's OSCORE security context; "
+    "token devices use POST /api/v1/{token}/telemetry",
+)
 
 
 def _too_large(limit: int) -> Problem:
@@ -309,6 +329,8 @@ class TelemetryHandler:
         st = self.stats
         st.requests += 1
         path = req.path
+        if path == ("telemetry",):
+            return await self._handle_oscore(req)
         if len(path) != 4 or path[:2] != ("api", "v1") or path[3] != "telemetry" or not path[2]:
             st.not_found += 1
             return CoapReply.problem(NOT_FOUND)
@@ -322,10 +344,27 @@ class TelemetryHandler:
                 return CoapReply.problem(verdict.problem, max_age=verdict.retry_after_s)
             st.unauthorized += 1
             return CoapReply.problem(verdict.problem)
-        device_id = verdict.device.device_id
+        return await self._accept(req, verdict.device.device_id, path[2])
+
+    async def _handle_oscore(self, req: CoapRequest) -> CoapReply:
+        """`POST /telemetry`: the identity is the OSCORE context's device, nothing else."""
+        st = self.stats
+        if req.oscore_device is None:
+            st.oscore_required += 1
+            st.unauthorized += 1
+            return CoapReply.problem(OSCORE_REQUIRED)
+        if req.method != "POST":
+            st.bad_method += 1
+            return CoapReply.problem(METHOD_NOT_ALLOWED)
+        st.oscore_requests += 1
+        return await self._accept(req, req.oscore_device, "oscore:" + req.oscore_device)
+
+    async def _accept(self, req: CoapRequest, device_id: str, transfer: str) -> CoapReply:
+        """Block-wise assembly, then ingest; `transfer` tells one device's transfers apart."""
+        st = self.stats
         payload = req.payload
         if req.block1 is not None:
-            key = (req.sender, path[2], req.content_format)
+            key = (req.sender, transfer, req.content_format)
             result = self._blocks.feed(key, req.block1, payload, req.size1)
             if isinstance(result, BlockContinue):
                 st.block_continues += 1
@@ -395,7 +434,9 @@ class CoapIngress:
         auth: DeviceAuthenticator,
         ingest: DeviceIngest,
         clock: Clock,
+        oscore: OscoreRegistry | None = None,
     ) -> None:
+        self._oscore = oscore
         self._bind = bind
         self._requested_port = port
         self.handler = TelemetryHandler(auth, ingest, Block1Assembler(clock))
@@ -423,10 +464,15 @@ class CoapIngress:
             **asdict(self.handler.stats),
             "auth": asdict(self.auth.stats),
             "in_flight": self._active,
+            "oscore_contexts": len(self._oscore) if self._oscore is not None else None,
         }
 
     async def start(self) -> None:
-        site = _Site(self.handler, self)
+        site: Any = _Site(self.handler, self)
+        if self._oscore is not None:
+            from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+            site = OscoreSiteWrapper(site, self._oscore.credentials)
         host = self._bind
         try:
             self._context = await aiocoap.Context.create_server_context(
@@ -448,7 +494,8 @@ class CoapIngress:
         self._active += 1
         self._idle.clear()
         try:
-            return to_message(await self.handler.handle(to_request(msg)))
+            device = self._oscore.device_of(msg.remote) if self._oscore is not None else None
+            return to_message(await self.handler.handle(to_request(msg, device)))
         except Exception:
             # A bug, not a device error: the device gets a problem document, not a traceback.
             self.handler.stats.internal_errors += 1

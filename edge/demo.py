@@ -1,5 +1,5 @@
 """`iotsphere demo`: a cloud, a gateway enrolled with it (with its managed Mosquitto), a few
-simulated sensors and a rule.
+simulated sensors (MQTT, and CoAP at half the rate) and a rule.
 
 Everything runs on this machine with embedded defaults; the data lives in the data dir
 (`cloud/`, `gateway/`), so a second run continues where the first stopped. Ctrl-C stops
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotsphere.demo")
 DEMO_DEVICES = ("demo-sensor-1", "demo-sensor-2", "demo-sensor-3")
+DEMO_COAP_DEVICES = ("demo-coap-1", "demo-coap-2")  # POST /api/v1/{token}/telemetry
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +35,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mqtt-port", type=port_number, default=1883, help="device MQTT port (1883)"
     )
+    parser.add_argument("--port", type=port_number, default=8000, help="cloud HTTP port (8000)")
     parser.add_argument(
-        "--port", type=port_number, default=8000, help="cloud HTTP port (8000)"
+        "--coap-port",
+        type=port_number,
+        default=5683,
+        help="device CoAP port, UDP (5683; 0 = any free port)",
     )
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per sensor (1)")
     parser.add_argument(
@@ -50,7 +55,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     base = data_dir_of(args)
     cloud_dir, gateway_dir = base / "cloud", base / "gateway"
     try:
-        cfg = load_config(gateway_dir, mqtt_port=args.mqtt_port, bind="127.0.0.1")
+        cfg = load_config(
+            gateway_dir, mqtt_port=args.mqtt_port, coap_port=args.coap_port, bind="127.0.0.1"
+        )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from exc
     proc, url = start_cloud(cloud_dir, args.port)
@@ -70,6 +77,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
     # Imported here: `iotsphere gateway ...` must not pay for the whole gateway at start-up.
     from edge.gateway import Gateway
+    from firmware_stubs.coap_sim import CoapSimConfig, run_coap_simulation
     from firmware_stubs.mqtt_sim import SimConfig, run_simulation
 
     stop = asyncio.Event()
@@ -86,7 +94,8 @@ async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
     if run.done():
         run.result()
         return
-    creds = await _provision(gateway)
+    creds = await _provision(gateway, DEMO_DEVICES)
+    coap_creds = await _provision(gateway, DEMO_COAP_DEVICES)
     rules = await gateway.list_rules()
     if not rules:
         await gateway.add_rule(
@@ -100,7 +109,9 @@ async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
             }
         )
     print(
-        f"IoTSphere gateway demo: MQTT on 127.0.0.1:{gateway.mqtt_port}, data in {cfg.data_dir}\n"
+        f"IoTSphere gateway demo: MQTT on 127.0.0.1:{gateway.mqtt_port}, CoAP on "
+        f"127.0.0.1:{gateway.coap_port} (UDP), data in {cfg.data_dir}\n"
+        f"  sensors: {', '.join(DEMO_DEVICES)} (MQTT), {', '.join(DEMO_COAP_DEVICES)} (CoAP)\n"
         f"  try: iotsphere gateway status --data-dir {cfg.data_dir}\n"
         f"       iotsphere gateway readings --data-dir {cfg.data_dir}\n"
         "  Ctrl-C stops everything.",
@@ -111,25 +122,45 @@ async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
             SimConfig(devices=creds, port=gateway.mqtt_port, rate=rate, count=0), stop=stop
         )
     )
+    assert gateway.coap_port is not None
+    coap_sim = asyncio.create_task(
+        run_coap_simulation(
+            CoapSimConfig(devices=coap_creds, port=gateway.coap_port, rate=rate / 2, count=0),
+            stop=stop,
+        )
+    )
     reporter = asyncio.create_task(_report(gateway, stop))
-    await asyncio.wait({run, sim}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({run, sim, coap_sim}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
     stats = await sim
+    coap_stats = await coap_sim
     gateway_stop.set()
     await run
-    print(json.dumps({"simulator": dataclasses.asdict(stats)}, default=str))
+    coap_summary = coap_stats.to_dict()
+    coap_summary.pop("latency_ms", None)
+    print(
+        json.dumps(
+            {
+                "simulator": dataclasses.asdict(stats),
+                "coap_simulator": {"device_ids": list(DEMO_COAP_DEVICES), **coap_summary},
+            },
+            default=str,
+        )
+    )
 
 
-async def _provision(gateway: Gateway) -> tuple[DeviceCredentials, ...]:
+async def _provision(
+    gateway: Gateway, device_ids: tuple[str, ...]
+) -> tuple[DeviceCredentials, ...]:
     """Demo devices get fresh tokens each run (revoke + add), as an installer would rotate."""
     existing = {d["device_id"]: d for d in await gateway.list_devices()}
     from firmware_stubs.mqtt_sim import DeviceCredentials
 
     creds = []
-    for device_id in DEMO_DEVICES:
+    for device_id in device_ids:
         if existing.get(device_id, {}).get("status") == "active":
             await gateway.revoke_device(device_id)
         added = await gateway.add_device(device_id, None)
@@ -145,6 +176,7 @@ async def _report(gateway: Gateway, stop: asyncio.Event) -> None:
         print(
             f"readings stored: {status['readings_stored']}, not yet in the cloud: "
             f"{status['sync'].get('backlog_readings')}, active alerts: "
-            f"{status['active_alerts']}, rejected: {status['rejections']}",
+            f"{status['active_alerts']}, rejected: {status['rejections']}, CoAP requests "
+            f"accepted: {(status.get('coap') or {}).get('accepted')}",
             file=sys.stderr,
         )

@@ -187,6 +187,11 @@ class DeviceIngest:
         group, self._open = self._open, None
         if group is None:
             return
+        if not group.readings and not group.rejections:
+            # Only empty messages (e.g. an empty SenML pack): nothing to make durable, and the
+            # store would hold an empty batch's confirmation until some later commit.
+            _confirmer(group.waiters)(None)
+            return
         self.stats.groups += 1
         try:
             self._store.tell(Ingest(group.readings, group.rejections, _confirmer(group.waiters)))

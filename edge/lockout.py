@@ -167,6 +167,15 @@ class LockoutTracker:
         else:
             del self._keys[key]
 
+    def locked_keys(self) -> list[tuple[str, float]]:
+        """(key, seconds until its lock ends) for every key locked now, longest first: what
+        the local status page shows an installer. O(tracked keys); called per page poll."""
+        now = self._clock.monotonic()
+        locked = [
+            (k, st.locked_until - now) for k, st in self._keys.items() if st.locked_until > now
+        ]
+        return sorted(locked, key=lambda item: -item[1])
+
     def _insert(self, key: str) -> _KeyState:
         while len(self._keys) >= self._policy.max_tracked_keys:
             self._keys.popitem(last=False)

@@ -47,10 +47,23 @@ def register(parser: argparse.ArgumentParser) -> None:
             "readings again that got no answer. Stops after --count readings per device."
         ),
     )
-    _add_fleet_args(coap)
+    _add_fleet_args(coap, source_required=False)  # --oscore FILE names the device too
     _add_coap_args(coap)
     add_common_args(coap, json_flag=True)
     coap.set_defaults(handler=_run_coap)
+    http = sub.add_parser(
+        "http",
+        help="HTTP sensors, one keep-alive connection per device",
+        description=(
+            "Simulate HTTP sensors: each device POSTs to /api/v1/{token}/telemetry on the "
+            "gateway's HTTP port and sends readings again that got no answer, a 5xx or a 429 "
+            "(after Retry-After). Stops after --count readings per device."
+        ),
+    )
+    _add_fleet_args(http)
+    _add_http_args(http)
+    add_common_args(http, json_flag=True)
+    http.set_defaults(handler=_run_http)
 
 
 # --------------------------------------------------------------------------- argument types
@@ -102,10 +115,10 @@ def _metric_list(text: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- arguments
 
 
-def _add_fleet_args(parser: argparse.ArgumentParser) -> None:
+def _add_fleet_args(parser: argparse.ArgumentParser, *, source_required: bool = True) -> None:
     """Which devices, how fast, what they send: the same for every protocol."""
     who = parser.add_argument_group("devices")
-    source = who.add_mutually_exclusive_group(required=True)
+    source = who.add_mutually_exclusive_group(required=source_required)
     source.add_argument(
         "--credentials",
         type=Path,
@@ -216,6 +229,25 @@ def _add_coap_args(parser: argparse.ArgumentParser) -> None:
                        help="first retransmission timeout (RFC 7252 ACK_TIMEOUT; default: 2)")
     group.add_argument("--acked-log", type=Path, metavar="FILE",
                        help='append "device_id seq ts_ms" per reading answered 2.04')
+    group.add_argument("--oscore", type=Path, metavar="CONTEXT.json",
+                       help="one OSCORE device: POST /telemetry protected with the context "
+                       "`gateway device add ID --oscore` printed (saved to this file); its "
+                       "sequence numbers are kept in CONTEXT.json.state/")
+
+
+def _add_http_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HTTP")
+    group.add_argument("--host", default="127.0.0.1", help="gateway host (default: 127.0.0.1)")
+    group.add_argument("--port", type=_port, default=8080, help="gateway port (default: 8080)")
+    group.add_argument("--format", choices=("json", "senml", "senml-cbor", "cbor"),
+                       default="json", help="payload format (default: json)")
+    group.add_argument("--malformed", action="store_true", help="every payload is malformed")
+    group.add_argument("--bad-token", action="store_true",
+                       help="use a wrong token and expect refusal (exit 1 if any is accepted)")
+    group.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                       help="per request (default: 10)")
+    group.add_argument("--acked-log", type=Path, metavar="FILE",
+                       help='append "device_id seq ts_ms" per reading answered 200')
 
 
 # --------------------------------------------------------------------------- running
@@ -315,12 +347,28 @@ def _run_mqtt(args: argparse.Namespace) -> int:
 
 
 def _run_coap(args: argparse.Namespace) -> int:
+    from firmware_stubs.coap_oscore_sim import load_oscore_device, run_oscore_simulation
     from firmware_stubs.coap_sim import CoapSimConfig, CoapSimError, run_coap_simulation
 
     bad_token = args.bad_token or args.wrong_password
+    oscore_dir: Path | None = None
+    if args.oscore is not None:
+        from firmware_stubs.oscore_device import OscoreDeviceError
+
+        if args.credentials or args.device or args.token or bad_token:
+            raise CliError("--oscore names the device: no --credentials/--device/--token", 2)
+        try:
+            device, oscore_dir = load_oscore_device(args.oscore)
+        except (OscoreDeviceError, OSError) as exc:
+            raise CliError(str(exc), exit_code=2) from None
+        devices: tuple[DeviceCredentials, ...] = (device,)
+    elif args.credentials is None and args.device is None:
+        raise CliError("one of --credentials, --device or --oscore is required", exit_code=2)
+    else:
+        devices = _devices_of(args)
     try:
         config = CoapSimConfig(
-            devices=_devices_of(args),
+            devices=devices,
             host=args.host,
             port=args.port,
             rate=args.rate,
@@ -342,6 +390,8 @@ def _run_coap(args: argparse.Namespace) -> int:
     async def simulate() -> dict[str, object]:
         stop = asyncio.Event()
         with _stop_on_signals(asyncio.get_running_loop(), stop):
+            if oscore_dir is not None:
+                return (await run_oscore_simulation(config, oscore_dir, stop=stop)).to_dict()
             return (await run_coap_simulation(config, stop=stop)).to_dict()
 
     try:
@@ -359,4 +409,50 @@ def _run_coap(args: argparse.Namespace) -> int:
     assert isinstance(answers, dict)
     if bad_token and answers.get("2.04"):
         raise CliError(f"{answers['2.04']} requests were accepted with a wrong token")
+    return 0
+
+
+def _run_http(args: argparse.Namespace) -> int:
+    from firmware_stubs.http_sim import HttpSimConfig, HttpSimError, run_http_simulation
+
+    bad_token = args.bad_token or args.wrong_password
+    try:
+        config = HttpSimConfig(
+            devices=_devices_of(args),
+            host=args.host,
+            port=args.port,
+            rate=args.rate,
+            count=args.count,
+            metrics=args.metrics,
+            fmt=args.format,
+            malformed_every=1 if args.malformed else args.malformed_every,
+            bad_token=bad_token,
+            saturate=args.saturate,
+            no_clock=args.no_clock,
+            timeout_s=args.timeout,
+            acked_log=args.acked_log,
+        )
+    except (HttpSimError, SimConfigError) as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
+    async def simulate() -> dict[str, object]:
+        stop = asyncio.Event()
+        with _stop_on_signals(asyncio.get_running_loop(), stop):
+            return (await run_http_simulation(config, stop=stop)).to_dict()
+
+    try:
+        stats = asyncio.run(simulate())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    except OSError as exc:
+        raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+    if args.json:
+        print_json(stats)
+    else:
+        print(", ".join(f"{k} {v}" for k, v in stats.items()))
+    sys.stdout.flush()
+    answers = stats["answers"]
+    assert isinstance(answers, dict)
+    if bad_token and answers.get("200"):
+        raise CliError(f"{answers['200']} requests were accepted with a wrong token")
     return 0

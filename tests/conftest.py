@@ -78,16 +78,20 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def gateway_config(data_dir: Path) -> GatewayConfig:
     # coap_port 0: the OS picks a free UDP port (Gateway.coap_port tells which)
-    return load_config(data_dir, bind="127.0.0.1", mqtt_port=free_port(), coap_port=0)
+    # http_port 0 likewise (Gateway.http_port)
+    return load_config(data_dir, bind="127.0.0.1", mqtt_port=free_port(), coap_port=0, http_port=0)
 
 
 class GatewayProcess:
     """`iotsphere gateway run` in a subprocess, as an installer runs it."""
 
-    def __init__(self, data_dir: Path, mqtt_port: int, coap_port: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, mqtt_port: int, coap_port: int = 0, http_port: int = 0
+    ) -> None:
         self.data_dir = data_dir
         self.mqtt_port = mqtt_port
         self.coap_port_flag = coap_port  # 0: any free UDP port; see coap_port()
+        self.http_port_flag = http_port  # 0: any free TCP port; see http_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "gateway.log"
 
@@ -105,6 +109,8 @@ class GatewayProcess:
                 str(self.mqtt_port),
                 "--coap-port",
                 str(self.coap_port_flag),
+                "--http-port",
+                str(self.http_port_flag),
             ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
@@ -122,6 +128,10 @@ class GatewayProcess:
     def coap_port(self) -> int:
         """The CoAP port the running gateway bound (from `gateway status`)."""
         return int(cli_json("gateway", "status", data_dir=self.data_dir)["coap"]["port"])
+
+    def http_port(self) -> int:
+        """The HTTP port the running gateway bound (from `gateway status`)."""
+        return int(cli_json("gateway", "status", data_dir=self.data_dir)["http"]["port"])
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None

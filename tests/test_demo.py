@@ -1,8 +1,10 @@
 """`iotsphere demo` (the README's run command) starts a cloud and an enrolled gateway, runs
-sensors, stops cleanly, and its readings reach the cloud; a second run reuses everything."""
+sensors (MQTT and CoAP), stops cleanly, and its readings reach the cloud; a second run reuses
+everything."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -16,7 +18,8 @@ pytestmark = pytest.mark.timeout(180)
 def run_demo(data: Path, seconds: int, ports: tuple[int, int]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*IOTSPHERE, "demo", "--data-dir", str(data), "--seconds", str(seconds),
-         "--mqtt-port", str(ports[0]), "--port", str(ports[1]), "--rate", "2"],
+         "--mqtt-port", str(ports[0]), "--port", str(ports[1]), "--rate", "2",
+         "--coap-port", "0"],  # UDP: any free port, so parallel runs do not collide
         capture_output=True, text=True, cwd=REPO, timeout=150, check=False,
     )  # fmt: skip
 
@@ -29,6 +32,15 @@ def test_demo_runs_everything_and_syncs(tmp_path: Path) -> None:
     assert "log in as admin@demo.local" in first.stderr
     assert (data / "demo-login.txt").stat().st_mode & 0o777 == 0o600
     assert "Traceback" not in first.stderr
+    # the CoAP sensors ran beside the MQTT ones and their readings were stored
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    coap = summary["coap_simulator"]
+    assert coap["device_ids"] == ["demo-coap-1", "demo-coap-2"] and coap["acked"] > 0
+    assert summary["simulator"]["acked"] > 0
+    assert "demo-coap-1" in first.stderr  # the banner names them
+    for device_id in coap["device_ids"]:
+        rows = cli_json("gateway", "readings", "--device", device_id, data_dir=data / "gateway")
+        assert rows and {r["device_id"] for r in rows} == {device_id}
     synced = cli_json("gateway", "status", data_dir=data / "gateway")["sync"]
     assert synced["state"] == "enrolled" and synced["last_success_at"] is not None
     # a second run reuses the login and the enrollment and syncs what the first left behind
