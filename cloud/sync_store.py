@@ -59,6 +59,8 @@ SYNC_MIGRATIONS: tuple[Migration, ...] = (
                 updated_at BIGINT NOT NULL, PRIMARY KEY (gateway_id, name))""",
         ),
     ),
+    # What the gateway still has to send, as its newest batch said (a gauge, not a total).
+    Migration(2, ("ALTER TABLE gateway_keys ADD COLUMN backlog BIGINT",)),
 )
 
 # Alert states only move forward: a late or resent change never undoes a newer one.
@@ -123,9 +125,11 @@ class GatewaySyncInfo:
     skew_ms: int | None
     clock_skewed: bool
     config_version: int | None
+    backlog: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "backlog_readings": self.backlog,
             "revoked": self.revoked_at is not None,
             "revoked_at": self.revoked_at,
             "clock_skew_ms": self.skew_ms,
@@ -288,12 +292,12 @@ class DuckSyncStore:
     async def sync_info(self, org_id: str) -> dict[str, GatewaySyncInfo]:
         rows = await self.db.run(
             lambda c: c.execute(
-                "SELECT gateway_id, revoked_at, skew_ms, clock_skewed, config_version"
+                "SELECT gateway_id, revoked_at, skew_ms, clock_skewed, config_version, backlog"
                 " FROM gateway_keys WHERE org_id = ?",
                 [org_id],
             ).fetchall()
         )
-        return {r[0]: GatewaySyncInfo(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows}
+        return {r[0]: GatewaySyncInfo(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows}
 
     async def batch_totals(self, org_id: str) -> dict[str, tuple[int, int]]:
         """gateway id -> (when its newest batch was stored, readings its batches stored)."""
@@ -401,6 +405,10 @@ class DuckSyncStore:
                 " value = greatest(gateway_counters.value, excluded.value),"
                 " updated_at = excluded.updated_at",
                 [batch.gateway_id, names, [counters[k] for k in names], now_ms],
+            )
+            c.execute(
+                "UPDATE gateway_keys SET backlog = ? WHERE gateway_id = ?",
+                [batch.backlog, batch.gateway_id],
             )
             ack = BatchAck(
                 batch.batch_id,

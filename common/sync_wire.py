@@ -282,6 +282,7 @@ class SyncBatch:
     auth_through: int = 0  # the auth-event cursor once this batch is acknowledged
     epochs: tuple[ClockEpoch, ...] = ()
     devices: tuple[DeviceRecord, ...] = ()  # the gateway's whole device list, when it changed
+    backlog: int = 0  # readings still waiting at the gateway after this batch (a gauge)
 
     @property
     def alerts_through(self) -> int:
@@ -304,6 +305,7 @@ class SyncBatch:
         auth_through: int = 0,
         epochs: Sequence[ClockEpoch] = (),
         devices: Sequence[DeviceRecord] = (),
+        backlog: int = 0,
     ) -> SyncBatch:
         """A batch with its batch_id derived from its identity."""
         alerts = tuple(alerts)
@@ -330,6 +332,7 @@ class SyncBatch:
             auth_through=auth_through,
             epochs=tuple(epochs),
             devices=devices,
+            backlog=backlog,
         )
 
 
@@ -456,6 +459,7 @@ def batch_to_doc(batch: SyncBatch) -> dict[str, Any]:
             [e.first_seq, e.boot_id, e.mono_base_ms, e.flags, e.skew_ms] for e in batch.epochs
         ],
         "devices": [[d.device_id, d.type, d.status] for d in batch.devices],
+        "backlog": batch.backlog,
         "counters": dict(batch.counters),
         "alerts": [
             [
@@ -717,6 +721,7 @@ def batch_from_doc(doc: object) -> SyncBatch:
     boot_id = c.str_(top.get("boot_id"), "/boot_id", max_len=64)
     clock_ms = c.int_(top, "gateway_clock_ms", "/gateway_clock_ms")
     dropped = c.int_(top, "dropped", "/dropped", lo=0)
+    backlog = c.int_(top, "backlog", "/backlog", lo=0) if "backlog" in top else 0
     auth_through = 0
     if "auth_through" in top:
         auth_through = c.int_(top, "auth_through", "/auth_through", lo=0)
@@ -765,6 +770,7 @@ def batch_from_doc(doc: object) -> SyncBatch:
         auth_through=auth_through,
         epochs=epochs,
         devices=devices,
+        backlog=backlog,
     )
     expected = batch_id_for(
         gateway_id,

@@ -191,6 +191,7 @@ class _BatchRows:
     epochs: list[ClockEpoch]
     more: bool  # readings follow this batch's window: it is complete even if not full
     devices: list[DeviceRecord] = field(default_factory=list)  # when changed since acked
+    backlog: int = 0  # readings after this batch's, still to send
 
     def is_empty(self) -> bool:
         return not (self.alerts or len(self.readings) or self.auth_events or self.devices)
@@ -210,7 +211,11 @@ def _read_batch_rows(
     if not (alerts or rows or events or devices):
         return _BatchRows([], ReadingColumns(), auth_cursor, [], {}, [], False)
     epochs = store.epochs_for(rows.seq[0], rows.seq[-1]) if rows else []
-    return _BatchRows(alerts, rows, auth_through, events, store.counters(), epochs, more, devices)
+    after = rows.seq[-1] if rows else cursor[0]
+    backlog = store.sync_backlog(after)[0] if more else 0
+    return _BatchRows(
+        alerts, rows, auth_through, events, store.counters(), epochs, more, devices, backlog
+    )
 
 
 class SyncActor(Actor[SyncMsg]):
@@ -357,6 +362,7 @@ class SyncActor(Actor[SyncMsg]):
             dropped=got.counters.get(DROPPED_COUNTER, 0),
             epochs=got.epochs,
             devices=got.devices,
+            backlog=got.backlog,
         )
 
     async def _send(self, batch: SyncBatch) -> bool:

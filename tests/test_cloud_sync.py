@@ -559,3 +559,16 @@ async def test_device_types_defined_in_the_cloud_go_to_every_gateway(
     assert (await client.delete("/api/device_types/thermo", headers=tokens)).status_code == 204
     assert (await client.delete("/api/device_types/thermo", headers=tokens)).status_code == 404
     assert (await get_config(client, gw, 0))["device_types"] == []
+
+
+async def test_the_gateway_backlog_its_newest_batch_reported_is_listed(
+    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+) -> None:
+    gw = await enroll(client, store, clock, "site-a", "default")
+    tokens = await admin(client, store)
+    (listed,) = (await client.get("/api/gateways", headers=tokens)).json()
+    assert listed["backlog_readings"] is None  # nothing reported yet
+    b = dataclasses.replace(batch(gw.gateway_id, 1), backlog=1234)
+    assert (await post(client, gw, b)).status_code == 200
+    (listed,) = (await client.get("/api/gateways", headers=tokens)).json()
+    assert listed["backlog_readings"] == 1234

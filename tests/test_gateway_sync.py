@@ -526,3 +526,18 @@ async def test_device_types_from_the_cloud_validate_readings_and_survive_a_resta
     async with running(cfg) as gw:  # offline after a restart: the types still hold
         assert not gw._classifier.classify("k1", body, None, 1, "mqtt").accepted
         assert gw._classifier.classify("k1", b'{"level": 50}', None, 1, "mqtt").accepted
+
+
+async def test_each_batch_says_how_many_readings_still_wait(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    enroll_directly(gateway_config.data_dir, stub)
+    seen: list[tuple[int, int]] = []
+    stub.on_batch = lambda b: seen.append((b.last_seq, b.backlog))
+    stub.fail_503 = 10**9  # hold everything back until all 25 are stored
+    async with running(sync_config(gateway_config)) as gw:  # 7 readings per batch
+        await ingest(gw, readings(25))
+        stub.fail_503 = 0
+        await until(lambda: len(stub.readings) == 25)
+    assert (7, 18) in seen and (14, 11) in seen and (21, 4) in seen
+    assert all(backlog == 25 - last for last, backlog in seen)

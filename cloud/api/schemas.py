@@ -49,6 +49,7 @@ class GatewayOut(BaseModel):
     status: str | None = Field(default=None, pattern="^(online|offline)$")  # by last_seen
     last_sync_at: int | None = None  # when its newest sync batch was stored
     readings_synced: int | None = None  # readings its batches stored in the cloud
+    backlog_readings: int | None = None  # readings waiting at the gateway (its last batch said)
 
 
 class NotificationStatus(BaseModel):

@@ -56,13 +56,14 @@ export const overviewPage = {
           ]),
           "No device has reported yet. Readings appear here once a gateway syncs them.")),
       section("Gateways",
-        table("Gateways and their sync state", ["Gateway", "State", "Last contact", "Last sync", "Readings synced", "Clock"],
+        table("Gateways and their sync state", ["Gateway", "State", "Last contact", "Last sync", "Readings synced", "Backlog", "Clock"],
           gateways.map((g) => [
             g.name,
             gatewayState(g),
             fmt.when(g.last_seen),
             fmt.when(g.last_sync_at),
             g.readings_synced ? new Intl.NumberFormat().format(g.readings_synced) : "0",
+            g.backlog_readings == null ? "—" : new Intl.NumberFormat().format(g.backlog_readings),
             g.clock_skewed ? badge(`off by ${Math.round(g.clock_skew_ms / 1000)} s`, "warning")
               : h("span", { class: "muted" }, "in sync"),
           ]),
