@@ -57,7 +57,7 @@ def cli_json(*args: str, data_dir: Path) -> Any:
 
 
 def run_load(creds: list[dict[str, str]], port: int, count: int, inflight: int, *extra: str,
-             work: Path) -> dict[str, Any]:  # fmt: skip
+             work: Path, metrics: int = 1) -> dict[str, Any]:  # fmt: skip
     """The simulator in SIM_PROCESSES subprocesses; merged figures."""
     groups = [creds[i::SIM_PROCESSES] for i in range(SIM_PROCESSES)]
     procs = []
@@ -67,7 +67,8 @@ def run_load(creds: list[dict[str, str]], port: int, count: int, inflight: int, 
         procs.append(subprocess.Popen(
             [*IOTSPHERE, "sim", "coap", "--credentials", str(path), "--port", str(port),
              "--count", str(count), "--saturate", "--inflight", str(inflight),
-             "--metrics", "temperature", "--ack-timeout", "2", "--json", *extra],
+             "--metrics", ",".join(f"m{i}" for i in range(metrics)), "--ack-timeout", "2",
+             "--json", *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))  # fmt: skip
     results = []
@@ -79,12 +80,14 @@ def run_load(creds: list[dict[str, str]], port: int, count: int, inflight: int, 
     acked = sum(r["acked"] for r in results)
     wall = max(r["elapsed_s"] for r in results)
     return {
-        "acked": acked,
+        "requests_per_s": round(acked / wall, 1) if wall else 0.0,
+        "readings_per_request": metrics,
+        "acked": acked * metrics,
         "answers": [r["answers"] for r in results],
         "timeouts": sum(r["timeouts"] for r in results),
         "retransmissions": sum(r["retransmissions"] for r in results),
         "wall_s": wall,
-        "per_s": round(acked / wall, 1) if wall else 0.0,
+        "per_s": round(acked * metrics / wall, 1) if wall else 0.0,  # readings/s
         "p50_ms": max((r["latency_ms"] or {}).get("p50", 0) for r in results),
         "p99_ms": max((r["latency_ms"] or {}).get("p99", 0) for r in results),
     }
@@ -111,7 +114,9 @@ def gateway_phase(args: argparse.Namespace, work: Path, confirmable: bool) -> di
                 raise SystemExit("gateway did not start: " + (data / "gateway.log").read_text())
             time.sleep(0.1)
         extra = () if confirmable else ("--non",)
-        result = run_load(creds, port, args.count, args.inflight, *extra, work=work)
+        result = run_load(
+            creds, port, args.count, args.inflight, *extra, work=work, metrics=args.metrics
+        )
         status = cli_json("gateway", "status", data_dir=data)
         result["readings_stored"] = status["readings_stored"]
         result["gateway_coap"] = {k: status["coap"][k] for k in ("accepted", "unavailable")}
@@ -181,7 +186,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=16)
     parser.add_argument("--inflight", type=int, default=32, help="outstanding per device")
-    parser.add_argument("--count", type=int, default=1500, help="readings per device")
+    parser.add_argument("--count", type=int, default=1500, help="requests per device")
+    parser.add_argument(
+        "--metrics", type=int, default=1, help="readings per request (1 = a minimal sensor)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-coap-"))
     try:
@@ -192,11 +200,13 @@ def main() -> None:
         con = gateway_phase(args, work, confirmable=True)
         print(f"CON through to DuckDB: {con['per_s']:.0f} readings/s, p50 {con['p50_ms']} ms, "
               f"p99 {con['p99_ms']} ms, stored {con['readings_stored']}, "
-              f"{100 * con['per_s'] / max(ceiling['per_s'], 1):.0f}% of the ceiling")  # fmt: skip
+              f"{con['requests_per_s']:.0f} req/s = "
+              f"{100 * con['requests_per_s'] / max(ceiling['per_s'], 1):.0f}% of the ceiling"
+              )  # fmt: skip
         non = gateway_phase(args, work, confirmable=False)
         print(f"NON through to DuckDB: {non['per_s']:.0f} readings/s, p50 {non['p50_ms']} ms, "
               f"p99 {non['p99_ms']} ms, stored {non['readings_stored']}")  # fmt: skip
-        met = con["per_s"] >= 2000 and con["per_s"] >= 0.7 * ceiling["per_s"]
+        met = con["per_s"] >= 2000 and con["requests_per_s"] >= 0.7 * ceiling["per_s"]
         target = "met" if met else "missed"
         print(f"target (>= 2,000 CON readings/s and >= 70% of the ceiling): {target}")
         print(json.dumps({"ceiling": ceiling, "con": con, "non": non, "target": target}))

@@ -14,8 +14,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import secrets
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.cli import CliError, add_common_args, data_dir_of, port_number
@@ -42,6 +45,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=5683,
         help="device CoAP port, UDP (5683; 0 = any free port)",
     )
+    parser.add_argument(
+        "--http-port",
+        type=port_number,
+        default=8080,
+        help="gateway HTTP port: device ingress and the local status page (8080; 0 = any free)",
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per sensor (1)")
     parser.add_argument(
         "--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)"
@@ -51,12 +60,17 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo_cloud import enroll_once, start_cloud, stop_cloud
+    from edge.local_password import PasswordError
 
     base = data_dir_of(args)
     cloud_dir, gateway_dir = base / "cloud", base / "gateway"
     try:
         cfg = load_config(
-            gateway_dir, mqtt_port=args.mqtt_port, coap_port=args.coap_port, bind="127.0.0.1"
+            gateway_dir,
+            mqtt_port=args.mqtt_port,
+            coap_port=args.coap_port,
+            http_port=args.http_port,
+            bind="127.0.0.1",
         )
     except ConfigError as exc:
         raise CliError(str(exc), 2) from exc
@@ -68,13 +82,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"admin@demo.local with the password in {base / 'demo-login.txt'}",
             file=sys.stderr,
         )
-        asyncio.run(_demo(cfg, args.rate, args.seconds))
+        try:
+            status_login = _status_page_password(base, gateway_dir)
+        except (PasswordError, OSError) as exc:
+            raise CliError(f"demo: the status page password could not be set: {exc}") from exc
+        asyncio.run(_demo(cfg, args.rate, args.seconds, status_login))
     finally:
         stop_cloud(proc)
     return 0
 
 
-async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
+def _status_page_password(base: Path, gateway_dir: Path) -> Path:
+    """The gateway's local status page password: generated on the first run (as an installer
+    would set one with `iotsphere gateway password set`), kept beside the cloud login."""
+    from edge.local_password import load_hash, set_password  # (raises PasswordError)
+
+    path = base / "gateway-status-login.txt"
+    if load_hash(gateway_dir) is None or not path.exists():
+        password = secrets.token_urlsafe(12)
+        set_password(gateway_dir, password)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+    return path
+
+
+async def _demo(cfg: GatewayConfig, rate: float, seconds: float, status_login: Path) -> None:
     # Imported here: `iotsphere gateway ...` must not pay for the whole gateway at start-up.
     from edge.gateway import Gateway
     from firmware_stubs.coap_sim import CoapSimConfig, run_coap_simulation
@@ -111,6 +145,8 @@ async def _demo(cfg: GatewayConfig, rate: float, seconds: float) -> None:
     print(
         f"IoTSphere gateway demo: MQTT on 127.0.0.1:{gateway.mqtt_port}, CoAP on "
         f"127.0.0.1:{gateway.coap_port} (UDP), data in {cfg.data_dir}\n"
+        f"  local status page: http://127.0.0.1:{gateway.http_port}/ (password in "
+        f"{status_login})\n"
         f"  sensors: {', '.join(DEMO_DEVICES)} (MQTT), {', '.join(DEMO_COAP_DEVICES)} (CoAP)\n"
         f"  try: iotsphere gateway status --data-dir {cfg.data_dir}\n"
         f"       iotsphere gateway readings --data-dir {cfg.data_dir}\n"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.local_password import load_hash, verify
 from tests.conftest import IOTSPHERE, REPO, cli_json, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -19,7 +20,7 @@ def run_demo(data: Path, seconds: int, ports: tuple[int, int]) -> subprocess.Com
     return subprocess.run(
         [*IOTSPHERE, "demo", "--data-dir", str(data), "--seconds", str(seconds),
          "--mqtt-port", str(ports[0]), "--port", str(ports[1]), "--rate", "2",
-         "--coap-port", "0"],  # UDP: any free port, so parallel runs do not collide
+         "--coap-port", "0", "--http-port", "0"],  # any free port: parallel runs do not collide
         capture_output=True, text=True, cwd=REPO, timeout=150, check=False,
     )  # fmt: skip
 
@@ -38,6 +39,12 @@ def test_demo_runs_everything_and_syncs(tmp_path: Path) -> None:
     assert coap["device_ids"] == ["demo-coap-1", "demo-coap-2"] and coap["acked"] > 0
     assert summary["simulator"]["acked"] > 0
     assert "demo-coap-1" in first.stderr  # the banner names them
+    # the installer's local status page: a password set for it, shown where to find it
+    login_file = data / "gateway-status-login.txt"
+    assert "local status page: http://127.0.0.1:" in first.stderr
+    assert str(login_file) in first.stderr
+    assert login_file.stat().st_mode & 0o777 == 0o600
+    assert verify(load_hash(data / "gateway") or "", login_file.read_text().strip())
     for device_id in coap["device_ids"]:
         rows = cli_json("gateway", "readings", "--device", device_id, data_dir=data / "gateway")
         assert rows and {r["device_id"] for r in rows} == {device_id}
