@@ -23,7 +23,7 @@ def default_config(online_threshold_s: float) -> dict[str, Any]:
     """What an org sees before anyone saved a layout."""
     return {
         "title": "IoTSphere",
-        "refresh_seconds": 30,
+        "refresh_seconds": 5,  # the dashboard polls this often (live without SSE)
         "online_threshold_s": online_threshold_s,
         "widgets": [
             {"type": "device_table"},

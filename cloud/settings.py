@@ -55,7 +55,7 @@ class CloudSettings:
     store_backoff_s: float = 0.05  # first retry delay; doubles on each further retry
     retry_after_s: int = 5  # Retry-After sent with 503 when the store stays down
     max_points: int = 10_000  # cap on raw telemetry points in one response
-    duckdb_memory_limit: str = "128MB"  # DuckDB's buffer cache; it spills beyond (default 80% RAM)
+    duckdb_memory_limit: str = "64MB"  # DuckDB's buffer cache; it spills beyond (default 80% RAM)
     login: LoginLimits = field(default_factory=LoginLimits)
     # failed gateway enrollments per source address (token guessing)
     enroll: LoginLimits = field(default_factory=lambda: LoginLimits(10, 15 * 60.0))
