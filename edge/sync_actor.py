@@ -246,6 +246,8 @@ class SyncActor(Actor[SyncMsg]):
         self._saved_skew: int | None = None
         self._inflight: SyncBatch | None = None  # sent, not yet acknowledged: resent as is
         self._encoded: tuple[str, tuple[bytes, str, str]] | None = None  # batch id, body
+        # the last acknowledged cursor's save, and that cursor
+        self._saving: tuple[asyncio.Task[None], tuple[int, int]] | None = None
         self._retry_at = 0.0  # monotonic
         self._partial_since: float | None = None  # monotonic: a part-full batch began waiting
         self._apply_config = apply_config
@@ -264,6 +266,10 @@ class SyncActor(Actor[SyncMsg]):
         log.info("sync: resuming after reading seq %d, alert change %d", *self._cursor)
 
     async def on_stop(self) -> None:
+        try:
+            await self._settle_save()
+        except Exception:
+            log.exception("sync: the last cursor save failed; that batch will be resent")
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -290,8 +296,19 @@ class SyncActor(Actor[SyncMsg]):
             batch = await ahead if ahead is not None and sent else None
             if batch is None or self._clock.monotonic() >= deadline:
                 break  # an unsent read-ahead is rebuilt, identical, from the cursor
+        await self._settle_save()  # durable before the tick ends (and status says so)
         await self._refresh_backlog()
         return None
+
+    async def _settle_save(self) -> None:
+        """Wait for the pending cursor save; its failure crashes the actor (the supervisor
+        restarts it from the durable cursor)."""
+        pending, self._saving = self._saving, None
+        if pending is not None:
+            task, cursor = pending
+            await task
+            # status shows the durable cursor, not one a crash could still take back
+            self.stats.cursor_seq, self.stats.alerts_cursor = cursor
 
     async def _pull_config(self, now: float) -> None:
         """Rules, device revocations and alert acks made in the cloud, applied locally so they
@@ -391,11 +408,17 @@ class SyncActor(Actor[SyncMsg]):
         auth = batch.auth_through if batch.auth_events else None
         devices = devices_digest(batch.devices) if batch.devices else None
         now_ms = self._clock.now_ms()
-        # Durable before anything else believes it: a crash here means a resend, never a gap.
-        await call(
-            self._store,
-            lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms, auth, devices),
+        # The cursor is saved while the next batch is already on its way (saves stay in order:
+        # the store's mailbox is FIFO, and each waits for the one before). A crash before the
+        # save only means a resend, which the cloud answers from its stored acks, never a gap.
+        await self._settle_save()
+        saving = asyncio.create_task(
+            call(
+                self._store,
+                lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms, auth, devices),
+            )
         )
+        self._saving = (saving, cursor)
         self._cursor = cursor
         if auth is not None:
             self._auth_cursor = auth
@@ -403,7 +426,6 @@ class SyncActor(Actor[SyncMsg]):
         if self._encoded is not None and self._encoded[0] == batch.batch_id:
             self._encoded = None  # (a read-ahead may already hold the next batch's body)
         await self._record_skew()
-        st.cursor_seq, st.alerts_cursor = cursor
         st.successes += 1
         st.consecutive_failures = 0
         st.readings_acked += len(batch.readings)
