@@ -15,6 +15,8 @@ What it does, everything on 127.0.0.1 with free ports and real processes:
 
 Targets (issue 4): >= 100,000 readings/s (1M in <= 10 s), <= 12 bytes per reading, RSS <= 250 MB
 each. Printed as met / missed; a measurement, not a test. Output: human lines, then one JSON line.
+Environment: KEEP=1 keeps the work dir (logs, both databases); GATEWAY_ARGS="-v" adds flags to
+`gateway run` (e.g. debug logs with per-batch timings).
 """
 
 from __future__ import annotations
