@@ -22,6 +22,7 @@ and the request goes through the same DeviceIngest. `/telemetry` without OSCORE 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -33,6 +34,7 @@ import aiocoap
 import aiocoap.error
 import aiocoap.interfaces
 from aiocoap import Code, Message
+from aiocoap.numbers.constants import TransportTuning
 from aiocoap.optiontypes import BlockOption
 
 from common.clock import Clock
@@ -42,6 +44,7 @@ from edge.device_auth import Admitted, DeviceAuthenticator
 from edge.device_ingest import DeviceIngest, IngestUnavailable
 from edge.oscore_contexts import OscoreRegistry
 
+EMPTY_ACK_DELAY_S = 1.0
 log = logging.getLogger("iotsphere.coap")
 
 TRANSPORT = "coap"
@@ -142,6 +145,7 @@ def to_message(reply: CoapReply) -> Message:
     return msg
 
 
+@functools.lru_cache(maxsize=4096)  # a few sensors, thousands of requests: parse each once
 def _plain_address(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -475,6 +479,13 @@ class CoapIngress:
             site = OscoreSiteWrapper(site, self._oscore.credentials)
         host = self._bind
         try:
+            # Piggy-backed answers: a 2.04 waits for the DuckDB commit, often longer than
+            # aiocoap's 0.1 s before it sends an empty ACK and then a separate confirmable
+            # response the device must ACK (three datagrams instead of one). 1 s stays well
+            # inside a device's first retransmission (ACK_TIMEOUT 2 s x 1-1.5). aiocoap takes
+            # it per message from TransportTuning, whose class default is the only knob for
+            # requests it decodes itself; this process runs no other CoAP context.
+            TransportTuning.EMPTY_ACK_DELAY = EMPTY_ACK_DELAY_S
             self._context = await aiocoap.Context.create_server_context(
                 site, bind=(host, self._requested_port), transports=["udp6"]
             )
