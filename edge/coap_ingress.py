@@ -41,7 +41,7 @@ from common.clock import Clock
 from common.codecs import Limits, PayloadError
 from common.problem import Problem
 from edge.device_auth import Admitted, DeviceAuthenticator
-from edge.device_ingest import DeviceIngest, IngestUnavailable
+from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable
 from edge.oscore_contexts import OscoreRegistry
 
 EMPTY_ACK_DELAY_S = 1.0
@@ -447,10 +447,7 @@ class CoapIngress:
         self.auth = auth
         self._context: aiocoap.Context | None = None
         self._port: int | None = None
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._stopping = False
+        self._in_flight = InFlight(STOP_GRACE_S)
 
     @property
     def port(self) -> int:
@@ -467,7 +464,7 @@ class CoapIngress:
             "port": self._port,
             **asdict(self.handler.stats),
             "auth": asdict(self.auth.stats),
-            "in_flight": self._active,
+            "in_flight": self._in_flight.count,
             "oscore_contexts": len(self._oscore) if self._oscore is not None else None,
         }
 
@@ -497,36 +494,31 @@ class CoapIngress:
         log.info("CoAP ingress listening on %s:%d (UDP)", host, self._port)
 
     async def respond(self, msg: Message) -> Message:
-        if self._stopping:
+        if self._in_flight.closing:
             self.handler.stats.requests += 1
             self.handler.stats.unavailable += 1
             err = IngestUnavailable("the gateway is stopping")
             return to_message(CoapReply.problem(err.problem, max_age=err.retry_after_s))
-        self._active += 1
-        self._idle.clear()
-        try:
-            device = self._oscore.device_of(msg.remote) if self._oscore is not None else None
-            return to_message(await self.handler.handle(to_request(msg, device)))
-        except Exception:
-            # A bug, not a device error: the device gets a problem document, not a traceback.
-            self.handler.stats.internal_errors += 1
-            log.exception("CoAP request from %s failed", msg.remote)
-            return to_message(CoapReply.problem(INTERNAL))
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+        with self._in_flight.request():
+            try:
+                device = self._oscore.device_of(msg.remote) if self._oscore is not None else None
+                return to_message(await self.handler.handle(to_request(msg, device)))
+            except Exception:
+                # A bug, not a device error: the device gets a problem document, not a traceback.
+                self.handler.stats.internal_errors += 1
+                log.exception("CoAP request from %s failed", msg.remote)
+                return to_message(CoapReply.problem(INTERNAL))
 
     async def stop(self) -> None:
         """Refuse new requests, let those awaiting a commit get their answer, then close."""
-        self._stopping = True
+        started = time.monotonic()
+        drained = await self._in_flight.drain()
         if self._context is None:
             return
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            log.warning("CoAP: %d requests still waiting at stop; unanswered", self._active)
+        if not drained:
+            log.warning(
+                "CoAP: %d requests still waiting at stop; unanswered", self._in_flight.count
+            )
         # Answers are sent from tasks scheduled by the responses above: let them go out.
         await asyncio.sleep(0)
         await self._context.shutdown()

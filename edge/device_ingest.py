@@ -14,7 +14,9 @@ unbounded queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from common.actors import ActorRef, ActorStopped, MailboxFull
@@ -232,3 +234,35 @@ def _rejected(device_id: str, payload: bytes, at: int, transport: str, problem: 
         payload=payload,
     )
     return Outcome([], rejection, problem)
+
+
+class InFlight:
+    """Requests of one transport waiting for their commit, so stop() can let them be answered
+    before the listener closes (CoAP and HTTP alike)."""
+
+    def __init__(self, grace_s: float = 5.0) -> None:
+        self.count = 0
+        self.closing = False  # set by drain(): new requests are refused from then on
+        self._grace_s = grace_s
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def drain(self) -> bool:
+        """Refuse new requests, wait up to the grace period; False when some are still open."""
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), self._grace_s)
+        except TimeoutError:
+            return False
+        return True

@@ -30,7 +30,7 @@ from common.codecs import Limits, PayloadError
 from common.problem import Problem
 from edge.coap_ingress import INTERNAL, METHOD_NOT_ALLOWED, NOT_FOUND
 from edge.device_auth import Admitted, DeviceAuthenticator
-from edge.device_ingest import DeviceIngest, IngestUnavailable
+from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable
 
 log = logging.getLogger("iotsphere.http")
 
@@ -232,10 +232,7 @@ class HttpIngress:
         self._extra_routes = extra_routes
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._stopping = False
+        self._in_flight = InFlight(STOP_GRACE_S)
 
     @property
     def port(self) -> int:
@@ -252,7 +249,7 @@ class HttpIngress:
             "port": self._port,
             **asdict(self.handler.stats),
             "auth": asdict(self.auth.stats),
-            "in_flight": self._active,
+            "in_flight": self._in_flight.count,
         }
 
     def app(self) -> web.Application:
@@ -286,14 +283,14 @@ class HttpIngress:
 
     async def stop(self) -> None:
         """Refuse new telemetry, let requests awaiting a commit get their answer, then close."""
-        self._stopping = True
+        started = time.monotonic()
+        drained = await self._in_flight.drain()
         if self._runner is None:
             return
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(self._idle.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            log.warning("HTTP: %d requests still waiting at stop; unanswered", self._active)
+        if not drained:
+            log.warning(
+                "HTTP: %d requests still waiting at stop; unanswered", self._in_flight.count
+            )
         await self._runner.cleanup()
         self._runner = None
         log.info("HTTP ingress stopped (%.1fs)", time.monotonic() - started)
@@ -311,7 +308,7 @@ class HttpIngress:
         return None
 
     async def _telemetry(self, request: web.Request) -> web.StreamResponse:
-        if self._stopping:
+        if self._in_flight.closing:
             self.stats.requests += 1
             self.stats.unavailable += 1
             err = IngestUnavailable("the gateway is stopping")
@@ -322,14 +319,8 @@ class HttpIngress:
             content_length=request.content_length,
             address=_plain_address(request.remote),
         )
-        self._active += 1
-        self._idle.clear()
-        try:
+        with self._in_flight.request():
             return to_response(await self.handler.handle(req, body_reader(request)))
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
 
     async def _wrong_method(self, _request: web.Request) -> web.StreamResponse:
         self.stats.requests += 1
