@@ -258,8 +258,6 @@ class CoapSimStats:
     latencies_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
-        n = len(lat)
         return {
             "devices": self.devices,
             "sent": self.sent,
@@ -270,14 +268,22 @@ class CoapSimStats:
             "retransmissions": self.retransmissions,
             "elapsed_s": round(self.elapsed_s, 3),
             "rate_per_s": round(self.acked / self.elapsed_s, 1) if self.elapsed_s else 0.0,
-            "latency_ms": None
-            if not n
-            else {
-                "p50": round(lat[n // 2], 2),
-                "p99": round(lat[min(n - 1, n * 99 // 100)], 2),
-                "max": round(lat[-1], 2),
-            },
+            "latency_ms": latency_summary(self.latencies_ms),
         }
+
+
+def latency_summary(samples: list[float]) -> dict[str, float] | None:
+    """p50, p99 and max of request latencies in ms (None without samples); the HTTP sensors
+    report theirs the same way."""
+    lat = sorted(samples)
+    n = len(lat)
+    if not n:
+        return None
+    return {
+        "p50": round(lat[n // 2], 2),
+        "p99": round(lat[min(n - 1, n * 99 // 100)], 2),
+        "max": round(lat[-1], 2),
+    }
 
 
 def payload_for(

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import httpx
 
-from firmware_stubs.coap_sim import FORMATS, Format, payload_for
+from firmware_stubs.coap_sim import FORMATS, Format, latency_summary, payload_for
 from firmware_stubs.mqtt_sim import DeviceCredentials
 
 MEDIA_TYPES = {
@@ -69,8 +69,6 @@ class HttpSimStats:
     latencies_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
-        n = len(lat)
         return {
             "devices": self.devices,
             "sent": self.sent,
@@ -80,13 +78,7 @@ class HttpSimStats:
             "resent": self.resent,
             "elapsed_s": round(self.elapsed_s, 3),
             "rate_per_s": round(self.acked / self.elapsed_s, 1) if self.elapsed_s else 0.0,
-            "latency_ms": None
-            if not n
-            else {
-                "p50": round(lat[n // 2], 2),
-                "p99": round(lat[min(n - 1, n * 99 // 100)], 2),
-                "max": round(lat[-1], 2),
-            },
+            "latency_ms": latency_summary(self.latencies_ms),
         }
 
 
