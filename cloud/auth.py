@@ -25,6 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from cloud.settings import LoginLimits
 from cloud.store import Role
 from common.clock import Clock
+from common.tokens import new_cli_token
 
 ALGORITHM = "HS256"
 TOKEN_TYPE = "at+jwt"
@@ -74,7 +75,7 @@ def load_or_create_secret(path: Path) -> bytes:
 
 
 def new_opaque_token() -> str:
-    return secrets.token_urlsafe(32)
+    return new_cli_token(32)
 
 
 def token_digest(token: str) -> str:

@@ -16,6 +16,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from common.tokens import new_cli_token
+
 TOKEN_BYTES = 24  # 192 bits
 PBKDF2_ITERATIONS = 1000  # Mosquitto hashes on every CONNECT: keep CONNECT storms affordable
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -34,7 +36,7 @@ def valid_device_id(device_id: str) -> bool:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    return new_cli_token(TOKEN_BYTES)
 
 
 def token_lookup(token: str) -> str:

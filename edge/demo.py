@@ -15,13 +15,13 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.cli import CliError, add_common_args, data_dir_of, port_number
+from common.tokens import new_cli_token
 from edge.config import ConfigError, GatewayConfig, load_config
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def _status_page_password(base: Path, gateway_dir: Path) -> Path:
 
     path = base / "gateway-status-login.txt"
     if load_hash(gateway_dir) is None or not path.exists():
-        password = secrets.token_urlsafe(12)
+        password = new_cli_token(12)
         set_password(gateway_dir, password)
         path.unlink(missing_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

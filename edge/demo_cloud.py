@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from common.cli import CliError
+from common.tokens import new_cli_token
 
 DEMO_EMAIL = "admin@demo.local"
 
@@ -45,7 +45,7 @@ def demo_password(cloud_dir: Path) -> tuple[str, bool]:
     if path.exists():
         return path.read_text().split()[-1], False
     cloud_dir.parent.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(12)
+    password = new_cli_token(12)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"{DEMO_EMAIL} {password}\n")
