@@ -48,6 +48,14 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), read while it still runs."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def cli_json(*args: str, data_dir: Path) -> Any:
     out = subprocess.run(
         [*IOTSPHERE, *args, "--json", "--data-dir", str(data_dir)],
@@ -117,6 +125,7 @@ def gateway_phase(args: argparse.Namespace, work: Path, confirmable: bool) -> di
         result = run_load(
             creds, port, args.count, args.inflight, *extra, work=work, metrics=args.metrics
         )
+        result["gateway_peak_rss_mb"] = peak_rss_mb(gw.pid)
         status = cli_json("gateway", "status", data_dir=data)
         result["readings_stored"] = status["readings_stored"]
         result["gateway_coap"] = {k: status["coap"][k] for k in ("accepted", "unavailable")}
@@ -153,7 +162,15 @@ def trivial_server(port: int) -> None:
 
     async def main() -> None:
         site = _PathWildcard(Changed())
-        await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+        ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+        # The same socket receive buffer as the gateway's, so the ratio compares the work per
+        # request, not how many datagrams the kernel dropped.
+        from edge.coap_context import grow_receive_buffer, server_socket
+        from edge.coap_ingress import RECEIVE_BUFFER_BYTES
+
+        sock = server_socket(ctx)
+        assert sock is not None
+        grow_receive_buffer(sock, RECEIVE_BUFFER_BYTES)
         print("ready", flush=True)
         await asyncio.Event().wait()
 
@@ -200,6 +217,7 @@ def main() -> None:
         con = gateway_phase(args, work, confirmable=True)
         print(f"CON through to DuckDB: {con['per_s']:.0f} readings/s, p50 {con['p50_ms']} ms, "
               f"p99 {con['p99_ms']} ms, stored {con['readings_stored']}, "
+              f"gateway peak RSS {con['gateway_peak_rss_mb']} MB, "
               f"{con['requests_per_s']:.0f} req/s = "
               f"{100 * con['requests_per_s'] / max(ceiling['per_s'], 1):.0f}% of the ceiling"
               )  # fmt: skip

@@ -14,9 +14,12 @@ cannot take more right now (nothing stored).
 
 OSCORE (RFC 8613): `POST /telemetry` protected with a device's security context
 (edge.oscore_contexts). aiocoap's OscoreSiteWrapper unprotects it (refusing unknown contexts,
-failed decryption and replays itself, with 4.01 / 4.00 before anything is stored) and hands the
+failed decryption and replays itself, with 4.01 / 4.00 before anything is stored; the
+edge.oscore_guard around it audits those and counts them for the address lockout) and hands the
 inner request on with an OSCOREAddress as its remote; the registry turns that into the device id,
 and the request goes through the same DeviceIngest. `/telemetry` without OSCORE is 4.01.
+
+Unprotected requests skip the OSCORE layers (edge.coap_context: a per-request cost at load).
 """
 
 from __future__ import annotations
@@ -40,11 +43,15 @@ from aiocoap.optiontypes import BlockOption
 from common.clock import Clock
 from common.codecs import Limits, PayloadError
 from common.problem import Problem
+from edge.coap_context import GatewayCoapContext, grow_receive_buffer, server_socket
 from edge.device_auth import Admitted, DeviceAuthenticator
 from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable
 from edge.oscore_contexts import OscoreRegistry
 
 EMPTY_ACK_DELAY_S = 1.0
+# Sensors wake in bursts; the kernel's default UDP buffer (208 KiB) holds ~270 small
+# datagrams, and a datagram dropped there costs its device a 2-3 s retransmission wait.
+RECEIVE_BUFFER_BYTES = 1 << 20
 log = logging.getLogger("iotsphere.coap")
 
 TRANSPORT = "coap"
@@ -447,6 +454,7 @@ class CoapIngress:
         self.auth = auth
         self._context: aiocoap.Context | None = None
         self._port: int | None = None
+        self.receive_buffer = 0  # bytes the kernel granted the socket
         self._in_flight = InFlight(STOP_GRACE_S)
 
     @property
@@ -462,6 +470,7 @@ class CoapIngress:
     def summary(self) -> dict[str, Any]:
         return {
             "port": self._port,
+            "receive_buffer_bytes": self.receive_buffer,
             **asdict(self.handler.stats),
             "auth": asdict(self.auth.stats),
             "in_flight": self._in_flight.count,
@@ -473,7 +482,12 @@ class CoapIngress:
         if self._oscore is not None:
             from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
-            site = OscoreSiteWrapper(site, self._oscore.credentials)
+            from edge.oscore_guard import OscoreGuard
+
+            # The guard goes outside aiocoap's wrapper: it is the only place that sees the
+            # protected requests aiocoap refuses itself (audit and lockout: edge.oscore_guard).
+            credentials = self._oscore.credentials
+            site = OscoreGuard(OscoreSiteWrapper(site, credentials), credentials, self.auth)
         host = self._bind
         try:
             # Piggy-backed answers: a 2.04 waits for the DuckDB commit, often longer than
@@ -483,15 +497,30 @@ class CoapIngress:
             # it per message from TransportTuning, whose class default is the only knob for
             # requests it decodes itself; this process runs no other CoAP context.
             TransportTuning.EMPTY_ACK_DELAY = EMPTY_ACK_DELAY_S
-            self._context = await aiocoap.Context.create_server_context(
+            context = await GatewayCoapContext.create_server_context(
                 site, bind=(host, self._requested_port), transports=["udp6"]
             )
         except (OSError, aiocoap.error.Error) as exc:
             raise CoapIngressError(
                 f"cannot listen for CoAP on {host}:{self._requested_port} (UDP): {exc}"
             ) from exc
-        self._port = _bound_port(self._context)
-        log.info("CoAP ingress listening on %s:%d (UDP)", host, self._port)
+        context.plain_handler = self._answer_plain
+        self._context = context
+        sock = server_socket(context)
+        if sock is None:
+            raise CoapIngressError("the CoAP listener has no UDP socket (aiocoap changed?)")
+        self._port = int(sock.getsockname()[1])
+        self.receive_buffer = grow_receive_buffer(sock, RECEIVE_BUFFER_BYTES)
+        log.info(
+            "CoAP ingress listening on %s:%d (UDP, receive buffer %d KiB)",
+            host,
+            self._port,
+            self.receive_buffer // 1024,
+        )
+
+    async def _answer_plain(self, pipe: Any) -> None:
+        """An unprotected request, straight from the context (edge.coap_context)."""
+        pipe.add_response(await self.respond(pipe.request), is_last=True)
 
     async def respond(self, msg: Message) -> Message:
         if self._in_flight.closing:
@@ -524,14 +553,3 @@ class CoapIngress:
         await self._context.shutdown()
         self._context = None
         log.info("CoAP ingress stopped (%.1fs)", time.monotonic() - started)
-
-
-def _bound_port(context: aiocoap.Context) -> int:
-    """The UDP port the server socket got (the one to tell devices when port 0 was asked)."""
-    for interface in getattr(context, "request_interfaces", []):
-        messages = getattr(getattr(interface, "token_interface", None), "message_interface", None)
-        transport = getattr(messages, "transport", None)
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None:
-            return int(sock.getsockname()[1])
-    raise CoapIngressError("the CoAP listener has no UDP socket (aiocoap internals changed?)")

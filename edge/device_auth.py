@@ -9,7 +9,9 @@ Two parts, both without I/O:
 - DeviceAuthenticator: lockout before authentication, failure counting after it, and the audit
   events, with the same LockoutTracker (and so the same per-address counts) as the MQTT front.
   The identity key is a digest of the presented token, never the token: keys end up in audit
-  rows and alerts.
+  rows and alerts. admit() is the token path; its steps (check, record_failure,
+  record_success) are public so that credentials checked elsewhere (OSCORE, which aiocoap
+  verifies: edge.oscore_guard) share the same counts, audit rate and lockout alert.
 
 Guessing is bounded by the per-address lockout (a wrong token from a fresh address costs the
 guesser one of max_failures_per_address tries); the per-token key stops a device that keeps
@@ -23,7 +25,7 @@ import hmac
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from common.clock import Clock
@@ -138,8 +140,10 @@ AuthSink = Callable[[AuthFailure, str | None], None]
 
 @dataclass(slots=True)
 class AuthStats:
-    admitted: int = 0
+    admitted: int = 0  # credentials accepted (a token, or an OSCORE request that decrypted)
     bad_token: int = 0
+    # failed attempts by reason: "bad_token", and the OSCORE ones of edge.oscore_guard
+    failures: dict[str, int] = field(default_factory=dict)
     locked_out: int = 0
     lockouts: int = 0  # keys newly locked
     audit_suppressed: int = 0  # events over the audit rate, counted only
@@ -170,27 +174,54 @@ class DeviceAuthenticator:
     def admit(self, token: str, address: str | None) -> AuthResult:
         digest = token_digest(token)
         key = token_key(digest)
-        decision = self._tracker.check(key, address)
-        if decision.locked:
-            self.stats.locked_out += 1
-            retry = max(1, math.ceil(decision.retry_after_s))
-            self._audit_locked(decision.key or key, address, key)
-            return Refused(locked_out_problem(retry), retry)
+        refused = self.check(key, address)
+        if refused is not None:
+            return refused
         device = self._directory.lookup(digest)
         if device is None:
             self.stats.bad_token += 1
-            self._audit("auth_failure", address, key, f"bad_token ({key})", None)
-            for locked in self._tracker.record_failure(key, address):
-                self.stats.lockouts += 1
-                self._audit("lockout", address, key, f"too_many_failures ({locked})", locked)
+            self.record_failure(key, address, "bad_token")
             return Refused(UNAUTHORIZED)
+        self.record_success(key, address)
+        return Admitted(device)
+
+    # -- the steps of admit(), for credentials checked elsewhere ---------------------------
+
+    def check(self, key: str | None, address: str | None) -> Refused | None:
+        """Refused (429, with the seconds to wait) while the key or the address is locked out.
+
+        `key` names the claimed identity in lockout keys and audit rows ("token:<digest>",
+        "oscore:<kid>"): never a secret. None counts only the address."""
+        decision = self._tracker.check(key, address)
+        if not decision.locked:
+            return None
+        self.stats.locked_out += 1
+        retry = max(1, math.ceil(decision.retry_after_s))
+        self._audit_locked(decision.key or key or "", address, key)
+        return Refused(locked_out_problem(retry), retry)
+
+    def record_failure(
+        self, key: str | None, address: str | None, reason: str, *, count_key: bool = True
+    ) -> None:
+        """One failed attempt: audited as "<reason> (<key>)", counted against the address and,
+        with count_key, the key; a key this failure locks is audited as a lockout (which
+        raises security.lockout). count_key=False for identities named in clear that an
+        attacker could lock on a real device's behalf (OSCORE kids: edge.oscore_guard)."""
+        self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
+        detail = reason if key is None else f"{reason} ({key})"
+        self._audit("auth_failure", address, key, detail, None)
+        for locked in self._tracker.record_failure(key if count_key else None, address):
+            self.stats.lockouts += 1
+            self._audit("lockout", address, key, f"too_many_failures ({locked})", locked)
+
+    def record_success(self, key: str | None, address: str | None) -> None:
+        """Accepted credentials: the key's failures start again (a lock is never lifted)."""
         self._tracker.record_success(key, address)
         self.stats.admitted += 1
-        return Admitted(device)
 
     # -- audit ---------------------------------------------------------------------------------
 
-    def _audit_locked(self, lock_key: str, address: str | None, key: str) -> None:
+    def _audit_locked(self, lock_key: str, address: str | None, key: str | None) -> None:
         now = self._clock.monotonic()
         last = self._locked_audited.get(lock_key)
         if last is not None and now - last < LOCKED_AUDIT_EVERY_S:
@@ -201,7 +232,7 @@ class DeviceAuthenticator:
         self._audit("auth_failure", address, key, f"locked_out ({lock_key})", None)
 
     def _audit(
-        self, kind: str, address: str | None, key: str, reason: str, locked: str | None
+        self, kind: str, address: str | None, key: str | None, reason: str, locked: str | None
     ) -> None:
         # Lockouts are always recorded (they raise the security alert); plain failures only
         # within the audit rate.

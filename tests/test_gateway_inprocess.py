@@ -15,15 +15,7 @@ from paho.mqtt.properties import Properties
 
 from common.model import Reading, ReadingFlag
 from edge.gateway import Gateway
-
-
-async def until(predicate, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout_s):
-        while True:
-            result = await predicate()
-            if result:
-                return result
-            await asyncio.sleep(0.05)
+from tests.waiting import until
 
 
 def client(gw: Gateway, dev: dict, **kw) -> aiomqtt.Client:  # type: ignore[type-arg]

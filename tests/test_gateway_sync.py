@@ -10,7 +10,7 @@ import json
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from edge.store import GatewayStore
 from edge.store_actor import Ingest, call
 from edge.sync_actor import backoff_delay
 from tests.conftest import cli
+from tests.waiting import until
 
 
 @dataclass
@@ -184,17 +185,6 @@ async def running(cfg: GatewayConfig) -> AsyncIterator[Gateway]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-
-
-async def until(predicate: Callable[[], Awaitable[Any] | Any], timeout_s: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            result = predicate()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(0.02)
 
 
 def readings(n: int, start_ts: int = 1_764_300_000_000, device: str = "d1") -> list[Reading]:
@@ -492,8 +482,8 @@ async def test_devices_provisioned_at_the_gateway_reach_the_cloud_once_per_chang
 ) -> None:
     enroll_directly(gateway_config.data_dir, stub)
     lists: list[list[tuple[str, str | None, str]]] = []
-    stub.on_batch = lambda b: b.devices and lists.append(
-        [(d.device_id, d.type, d.status) for d in b.devices]
+    stub.on_batch = lambda b: (
+        b.devices and lists.append([(d.device_id, d.type, d.status) for d in b.devices])
     )
     async with running(sync_config(gateway_config)) as gw:
         await gw.add_device("t1", "thermo")  # no reading yet: the cloud lists it anyway

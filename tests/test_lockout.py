@@ -1,11 +1,21 @@
-"""LockoutTracker: sliding window, per-user and per-address limits, cooldown, bounded memory."""
+"""LockoutTracker: sliding window, per-user and per-address limits, cooldown, bounded memory;
+and DeviceAuthenticator's steps on top of it (check, record_failure, record_success)."""
 
 from __future__ import annotations
 
 import pytest
 
 from common.clock import ManualClock
+from edge.device_auth import (
+    Admitted,
+    DeviceAuthenticator,
+    DeviceDirectory,
+    Refused,
+    token_digest,
+    token_key,
+)
 from edge.lockout import LockoutPolicy, LockoutTracker, address_bucket
+from edge.store import AuthFailure
 
 
 def make(**policy: float) -> tuple[LockoutTracker, ManualClock]:
@@ -162,3 +172,104 @@ def test_policy_rejects_nonsense() -> None:
         LockoutPolicy(max_failures_per_user=0)
     with pytest.raises(ValueError):
         LockoutPolicy(cooldown_s=0)
+
+
+# -- DeviceAuthenticator ---------------------------------------------------------------------------
+
+
+class Auth:
+    """A DeviceAuthenticator over a manual clock, recording what reaches its audit sink."""
+
+    def __init__(self, **policy: float) -> None:
+        self.clock = ManualClock()
+        self.tracker = LockoutTracker(LockoutPolicy(**policy), self.clock)  # type: ignore[arg-type]
+        self.directory = DeviceDirectory()
+        self.events: list[tuple[AuthFailure, str | None]] = []
+        self.auth = DeviceAuthenticator(
+            self.directory, self.tracker, self.clock, self._sink, "coap"
+        )
+
+    def _sink(self, failure: AuthFailure, locked: str | None) -> None:
+        self.events.append((failure, locked))
+
+    def reasons(self) -> list[tuple[str, str]]:
+        return [(f.kind, f.reason) for f, _ in self.events]
+
+
+def test_record_failure_audits_counts_and_locks_key_and_address() -> None:
+    a = Auth(max_failures_per_user=3, max_failures_per_address=5)
+    for _ in range(3):
+        assert a.auth.check("oscore:0a0b", "10.0.0.1") is None
+        a.auth.record_failure("oscore:0a0b", "10.0.0.1", "replay")
+    assert a.reasons() == [("auth_failure", "replay (oscore:0a0b)")] * 3 + [
+        ("lockout", "too_many_failures (user:oscore:0a0b)")
+    ]
+    failure, locked = a.events[-1]
+    assert locked == "user:oscore:0a0b"  # the gateway raises security.lockout for it
+    assert (failure.transport, failure.address, failure.username) == (
+        "coap",
+        "10.0.0.1",
+        "oscore:0a0b",
+    )
+    assert a.auth.stats.failures == {"replay": 3} and a.auth.stats.lockouts == 1
+    # locked: 429 with whole seconds to wait, from any address; the refusal is audited once
+    refused = a.auth.check("oscore:0a0b", "10.0.0.2")
+    assert isinstance(refused, Refused)
+    assert refused.problem.status == 429 and refused.retry_after_s == 300
+    a.clock.advance(0.5)
+    assert a.auth.check("oscore:0a0b", "10.0.0.2") is not None
+    assert a.reasons()[4:] == [("auth_failure", "locked_out (user:oscore:0a0b)")]
+    assert a.auth.stats.locked_out == 2
+    # another kid from the first address is not locked (2 more failures would lock it)
+    assert a.auth.check("oscore:0c0d", "10.0.0.1") is None
+    a.clock.advance(300)
+    assert a.auth.check("oscore:0a0b", "10.0.0.2") is None
+
+
+def test_record_failure_without_a_key_counts_the_address() -> None:
+    a = Auth(max_failures_per_address=2)
+    a.auth.record_failure(None, "10.0.0.1", "decode_error")
+    a.auth.record_failure(None, "10.0.0.1", "decode_error")
+    assert a.reasons() == [
+        ("auth_failure", "decode_error"),
+        ("auth_failure", "decode_error"),
+        ("lockout", "too_many_failures (addr:10.0.0.1)"),
+    ]
+    # the address is locked for every key, a token from there too
+    refused = a.auth.check("oscore:0a0b", "10.0.0.1")
+    assert refused is not None and refused.retry_after_s == 300
+    a.directory.add_with_token("d1", None, "good-token")
+    assert isinstance(a.auth.admit("good-token", "10.0.0.1"), Refused)
+
+
+def test_record_success_restarts_the_keys_count_and_is_counted() -> None:
+    a = Auth(max_failures_per_user=2, max_failures_per_address=100)
+    a.auth.record_failure("oscore:0a0b", "10.0.0.1", "decrypt_failed")
+    a.auth.record_success("oscore:0a0b", "10.0.0.1")
+    a.auth.record_failure("oscore:0a0b", "10.0.0.1", "decrypt_failed")
+    assert a.auth.check("oscore:0a0b", "10.0.0.1") is None  # 1 failure since the success
+    assert a.auth.stats.admitted == 1 and a.auth.stats.lockouts == 0
+    a.auth.record_failure("oscore:0a0b", "10.0.0.1", "decrypt_failed")
+    a.auth.record_success("oscore:0a0b", "10.0.0.1")
+    assert a.auth.check("oscore:0a0b", "10.0.0.1") is not None  # a success lifts no lock
+
+
+def test_admit_goes_through_the_same_steps() -> None:
+    a = Auth(max_failures_per_user=2, max_failures_per_address=100)
+    a.directory.add_with_token("d1", "thermo", "good-token")
+    key = token_key(token_digest("wrong"))
+    for _ in range(2):
+        refused = a.auth.admit("wrong", "10.0.0.1")
+        assert isinstance(refused, Refused) and refused.problem.status == 401
+    assert a.reasons() == [("auth_failure", f"bad_token ({key})")] * 2 + [
+        ("lockout", f"too_many_failures (user:{key})")
+    ]
+    assert a.auth.stats.bad_token == 2 and a.auth.stats.failures == {"bad_token": 2}
+    locked = a.auth.admit("wrong", "10.0.0.1")
+    assert isinstance(locked, Refused) and locked.problem.status == 429
+    assert locked.retry_after_s == 300
+    admitted = a.auth.admit("good-token", "10.0.0.1")
+    assert isinstance(admitted, Admitted) and admitted.device.device_id == "d1"
+    assert a.auth.stats.admitted == 1 and a.auth.stats.locked_out == 1
+    # check() sees the lock admit() set: the token is locked from any address
+    assert a.auth.check(key, "10.0.0.9") is not None
