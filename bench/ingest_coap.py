@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -64,9 +65,18 @@ def cli_json(*args: str, data_dir: Path) -> Any:
     return json.loads(out.stdout)
 
 
+def cpu_s(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(creds: list[dict[str, str]], port: int, count: int, inflight: int, *extra: str,
-             work: Path, metrics: int = 1) -> dict[str, Any]:  # fmt: skip
-    """The simulator in SIM_PROCESSES subprocesses; merged figures."""
+             work: Path, server_pid: int, metrics: int = 1) -> dict[str, Any]:  # fmt: skip
+    """The simulator in SIM_PROCESSES subprocesses; merged figures, with the server's CPU
+    time per answered request (whole process, and its main thread: the event loop)."""
+    cpu_before = cpu_s(server_pid), cpu_s(server_pid, server_pid)
     groups = [creds[i::SIM_PROCESSES] for i in range(SIM_PROCESSES)]
     procs = []
     for i, group in enumerate(g for g in groups if g):
@@ -87,6 +97,8 @@ def run_load(creds: list[dict[str, str]], port: int, count: int, inflight: int, 
         results.append(json.loads(out))
     acked = sum(r["acked"] for r in results)
     wall = max(r["elapsed_s"] for r in results)
+    cpu = cpu_s(server_pid) - cpu_before[0]
+    loop_cpu = cpu_s(server_pid, server_pid) - cpu_before[1]
     return {
         "requests_per_s": round(acked / wall, 1) if wall else 0.0,
         "readings_per_request": metrics,
@@ -98,6 +110,8 @@ def run_load(creds: list[dict[str, str]], port: int, count: int, inflight: int, 
         "per_s": round(acked * metrics / wall, 1) if wall else 0.0,  # readings/s
         "p50_ms": max((r["latency_ms"] or {}).get("p50", 0) for r in results),
         "p99_ms": max((r["latency_ms"] or {}).get("p99", 0) for r in results),
+        "server_cpu_us_per_request": round(1e6 * cpu / acked, 1) if acked else None,
+        "server_loop_cpu_us_per_request": round(1e6 * loop_cpu / acked, 1) if acked else None,
     }
 
 
@@ -123,8 +137,9 @@ def gateway_phase(args: argparse.Namespace, work: Path, confirmable: bool) -> di
             time.sleep(0.1)
         extra = () if confirmable else ("--non",)
         result = run_load(
-            creds, port, args.count, args.inflight, *extra, work=work, metrics=args.metrics
-        )
+            creds, port, args.count, args.inflight, *extra, work=work, metrics=args.metrics,
+            server_pid=gw.pid,
+        )  # fmt: skip
         result["gateway_peak_rss_mb"] = peak_rss_mb(gw.pid)
         status = cli_json("gateway", "status", data_dir=data)
         result["readings_stored"] = status["readings_stored"]
@@ -146,7 +161,7 @@ def ceiling_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         assert server.stdout is not None
         server.stdout.readline()  # "ready"
         creds = [{"device_id": f"t{i}", "token": f"tok{i}"} for i in range(args.devices)]
-        return run_load(creds, port, args.count, args.inflight, work=work)
+        return run_load(creds, port, args.count, args.inflight, work=work, server_pid=server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -196,6 +211,11 @@ class _PathWildcard:
         return Wild()
 
 
+def cpu_line(phase: dict[str, Any]) -> str:
+    return (f"server CPU {phase['server_cpu_us_per_request']} us/request "
+            f"(event loop {phase['server_loop_cpu_us_per_request']})")  # fmt: skip
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "_trivial":
         trivial_server(int(sys.argv[2]))
@@ -213,17 +233,18 @@ def main() -> None:
         print(f"{args.devices} devices x {args.inflight} in flight x {args.count} readings")
         ceiling = ceiling_phase(args, work)
         print(f"ceiling (trivial aiocoap 2.04): {ceiling['per_s']:.0f} req/s, "
-              f"p99 {ceiling['p99_ms']} ms")  # fmt: skip
+              f"p99 {ceiling['p99_ms']} ms, {cpu_line(ceiling)}")  # fmt: skip
         con = gateway_phase(args, work, confirmable=True)
         print(f"CON through to DuckDB: {con['per_s']:.0f} readings/s, p50 {con['p50_ms']} ms, "
               f"p99 {con['p99_ms']} ms, stored {con['readings_stored']}, "
               f"gateway peak RSS {con['gateway_peak_rss_mb']} MB, "
               f"{con['requests_per_s']:.0f} req/s = "
-              f"{100 * con['requests_per_s'] / max(ceiling['per_s'], 1):.0f}% of the ceiling"
-              )  # fmt: skip
+              f"{100 * con['requests_per_s'] / max(ceiling['per_s'], 1):.0f}% of the ceiling, "
+              f"{cpu_line(con)}")  # fmt: skip
         non = gateway_phase(args, work, confirmable=False)
         print(f"NON through to DuckDB: {non['per_s']:.0f} readings/s, p50 {non['p50_ms']} ms, "
-              f"p99 {non['p99_ms']} ms, stored {non['readings_stored']}")  # fmt: skip
+              f"p99 {non['p99_ms']} ms, stored {non['readings_stored']}, "
+              f"{cpu_line(non)}")  # fmt: skip
         met = con["per_s"] >= 2000 and con["requests_per_s"] >= 0.7 * ceiling["per_s"]
         target = "met" if met else "missed"
         print(f"target (>= 2,000 CON readings/s and >= 70% of the ceiling): {target}")

@@ -9,18 +9,19 @@ Profiled at 1,000 confirmable requests/s (py-spy, bench/ingest_coap.py), aiocoap
   into error responses.
 
 Here an unprotected request (no OSCORE option: it cannot be an OSCORE request) goes straight
-to `plain_handler`, which never raises (edge.coap_ingress answers every failure itself).
+to `plain_handler`, which never raises (edge.coap_ingress answers every failure itself) and
+adds the answer to the pipe now or from a callback once the reading is committed: no task per
+request either.
 Protected requests take aiocoap's path unchanged, except for the task name. Everything below
 (message layer, deduplication, piggy-backed and separate answers) stays aiocoap's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap
@@ -28,7 +29,7 @@ from aiocoap.pipe import error_to_message, run_driving_pipe
 
 log = logging.getLogger("iotsphere.coap")
 
-PlainHandler = Callable[[Any], Coroutine[Any, Any, None]]  # (aiocoap Pipe) -> adds the one response
+PlainHandler = Callable[[Any], None]  # (aiocoap Pipe): adds the one response, now or later
 
 
 class GatewayCoapContext(aiocoap.Context):  # type: ignore[misc]  # aiocoap is untyped
@@ -37,9 +38,9 @@ class GatewayCoapContext(aiocoap.Context):  # type: ignore[misc]  # aiocoap is u
     def render_to_pipe(self, pipe: Any) -> None:
         handler = self.plain_handler
         if handler is not None and pipe.request.opt.oscore is None:
-            task = asyncio.create_task(handler(pipe))
-            # As aiocoap's run_driving_pipe: the peer losing interest cancels the rendering.
-            pipe.on_interest_end(task.cancel)
+            # Unlike aiocoap's run_driving_pipe there is nothing to cancel when the peer loses
+            # interest (it reused the token): the commit goes on, aiocoap drops the late answer.
+            handler(pipe)
             return
         run_driving_pipe(error_to_message(pipe, self.log), self._render_to_pipe(pipe))
 

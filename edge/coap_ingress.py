@@ -25,6 +25,7 @@ Unprotected requests skip the OSCORE layers (edge.coap_context: a per-request co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -45,7 +46,7 @@ from common.codecs import Limits, PayloadError
 from common.problem import Problem
 from edge.coap_context import GatewayCoapContext, grow_receive_buffer, server_socket
 from edge.device_auth import Admitted, DeviceAuthenticator
-from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable
+from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable, Pending
 from edge.oscore_contexts import OscoreRegistry
 
 EMPTY_ACK_DELAY_S = 1.0
@@ -325,6 +326,15 @@ def _too_large(limit: int) -> Problem:
     return PayloadError.too_large(f"the payload exceeds {limit} bytes").problem
 
 
+@dataclass(frozen=True, slots=True)
+class Awaiting:
+    """A request whose answer waits for its commit."""
+
+    pending: Pending
+    block1: Block1 | None  # echoed in the answer to the last block of a Block1 transfer
+    size1: int | None = None
+
+
 class TelemetryHandler:
     """CoapRequest in, CoapReply out; awaits the commit for telemetry."""
 
@@ -337,11 +347,22 @@ class TelemetryHandler:
         self.stats = CoapStats()
 
     async def handle(self, req: CoapRequest) -> CoapReply:
+        """The answer, after the commit when there is one to wait for."""
+        first = self.start(req)
+        if isinstance(first, CoapReply):
+            return first
+        with contextlib.suppress(IngestUnavailable):  # finish() answers it
+            await asyncio.shield(first.pending.committed)
+        return self.finish(first)
+
+    def start(self, req: CoapRequest) -> CoapReply | Awaiting:
+        """Everything up to the commit, without awaiting: an answer now, or the commit to wait
+        for (then `finish`). The CoAP fast path answers from the commit's done-callback."""
         st = self.stats
         st.requests += 1
         path = req.path
         if path == ("telemetry",):
-            return await self._handle_oscore(req)
+            return self._start_oscore(req)
         if len(path) != 4 or path[:2] != ("api", "v1") or path[3] != "telemetry" or not path[2]:
             st.not_found += 1
             return CoapReply.problem(NOT_FOUND)
@@ -355,9 +376,9 @@ class TelemetryHandler:
                 return CoapReply.problem(verdict.problem, max_age=verdict.retry_after_s)
             st.unauthorized += 1
             return CoapReply.problem(verdict.problem)
-        return await self._accept(req, verdict.device.device_id, path[2])
+        return self._accept(req, verdict.device.device_id, path[2])
 
-    async def _handle_oscore(self, req: CoapRequest) -> CoapReply:
+    def _start_oscore(self, req: CoapRequest) -> CoapReply | Awaiting:
         """`POST /telemetry`: the identity is the OSCORE context's device, nothing else."""
         st = self.stats
         if req.oscore_device is None:
@@ -368,52 +389,54 @@ class TelemetryHandler:
             st.bad_method += 1
             return CoapReply.problem(METHOD_NOT_ALLOWED)
         st.oscore_requests += 1
-        return await self._accept(req, req.oscore_device, "oscore:" + req.oscore_device)
+        return self._accept(req, req.oscore_device, "oscore:" + req.oscore_device)
 
-    async def _accept(self, req: CoapRequest, device_id: str, transfer: str) -> CoapReply:
+    def _accept(self, req: CoapRequest, device_id: str, transfer: str) -> CoapReply | Awaiting:
         """Block-wise assembly, then ingest; `transfer` tells one device's transfers apart."""
         st = self.stats
         payload = req.payload
-        if req.block1 is not None:
-            key = (req.sender, transfer, req.content_format)
-            result = self._blocks.feed(key, req.block1, payload, req.size1)
-            if isinstance(result, BlockContinue):
-                st.block_continues += 1
-                return CoapReply(CONTINUE, block1=req.block1)
-            if isinstance(result, BlockIncomplete):
-                st.block_incomplete += 1
-                return CoapReply.problem(
-                    Problem("request-entity-incomplete", "Block missing", 408, result.reason)
-                )
-            if isinstance(result, BlockTooLarge):
-                limit = self._blocks.max_bytes
-                return await self._finish(
-                    self._ingest.reject(device_id, payload, _too_large(limit), TRANSPORT),
-                    size1=limit,
-                )
-            payload = result.payload
-        reply = await self._finish(
-            self._ingest.ingest(device_id, payload, req.content_format, TRANSPORT)
-        )
-        if req.block1 is not None:
-            reply = CoapReply(reply.status, reply.payload, reply.max_age, req.block1, reply.size1)
-        return reply
+        try:
+            if req.block1 is not None:
+                key = (req.sender, transfer, req.content_format)
+                result = self._blocks.feed(key, req.block1, payload, req.size1)
+                if isinstance(result, BlockContinue):
+                    st.block_continues += 1
+                    return CoapReply(CONTINUE, block1=req.block1)
+                if isinstance(result, BlockIncomplete):
+                    st.block_incomplete += 1
+                    return CoapReply.problem(
+                        Problem("request-entity-incomplete", "Block missing", 408, result.reason)
+                    )
+                if isinstance(result, BlockTooLarge):
+                    limit = self._blocks.max_bytes
+                    pending = self._ingest.submit_rejection(
+                        device_id, payload, _too_large(limit), TRANSPORT
+                    )
+                    return Awaiting(pending, None, limit)
+                payload = result.payload
+            pending = self._ingest.submit(device_id, payload, req.content_format, TRANSPORT)
+        except IngestUnavailable as exc:
+            st.unavailable += 1
+            return CoapReply.problem(exc.problem, max_age=exc.retry_after_s)
+        return Awaiting(pending, req.block1)
 
-    async def _finish(self, pending: Any, size1: int | None = None) -> CoapReply:
+    def finish(self, awaiting: Awaiting) -> CoapReply:
+        """The answer once `awaiting.pending.committed` is done."""
         st = self.stats
         try:
-            result = await pending
+            result = awaiting.pending.outcome()
         except IngestUnavailable as exc:
             st.unavailable += 1
             return CoapReply.problem(exc.problem, max_age=exc.retry_after_s)
         if result.problem is None:
             st.accepted += 1
             st.readings += result.readings
-            return CoapReply(CHANGED)
+            return CoapReply(CHANGED, block1=awaiting.block1)
         st.rejected += 1
+        size1 = awaiting.size1
         if result.problem.status == 413 and size1 is None:
             size1 = self._blocks.max_bytes
-        return CoapReply.problem(result.problem, size1=size1)
+        return CoapReply.problem(result.problem, block1=awaiting.block1, size1=size1)
 
 
 class _Site(aiocoap.interfaces.Resource):  # type: ignore[misc]  # aiocoap is untyped
@@ -518,25 +541,55 @@ class CoapIngress:
             self.receive_buffer // 1024,
         )
 
-    async def _answer_plain(self, pipe: Any) -> None:
-        """An unprotected request, straight from the context (edge.coap_context)."""
-        pipe.add_response(await self.respond(pipe.request), is_last=True)
+    def _answer_plain(self, pipe: Any) -> None:
+        """An unprotected request, straight from the context (edge.coap_context), answered
+        without a task: now, or from the commit's done-callback."""
+        if self._in_flight.closing:
+            pipe.add_response(self._stopping(), is_last=True)
+            return
+        try:
+            first = self.handler.start(to_request(pipe.request))
+        except Exception:
+            pipe.add_response(self._internal_error(pipe.request), is_last=True)
+            return
+        if isinstance(first, CoapReply):
+            pipe.add_response(to_message(first), is_last=True)
+            return
+        self._in_flight.begin()
+        first.pending.committed.add_done_callback(
+            functools.partial(self._answer_committed, pipe, first)
+        )
+
+    def _answer_committed(self, pipe: Any, awaiting: Awaiting, _: object) -> None:
+        self._in_flight.end()
+        try:
+            answer = to_message(self.handler.finish(awaiting))
+        except Exception:
+            answer = self._internal_error(pipe.request)
+        pipe.add_response(answer, is_last=True)
+
+    def _stopping(self) -> Message:
+        self.handler.stats.requests += 1
+        self.handler.stats.unavailable += 1
+        err = IngestUnavailable("the gateway is stopping")
+        return to_message(CoapReply.problem(err.problem, max_age=err.retry_after_s))
+
+    def _internal_error(self, msg: Message) -> Message:
+        # A bug, not a device error: the device gets a problem document, not a traceback.
+        self.handler.stats.internal_errors += 1
+        log.exception("CoAP request from %s failed", msg.remote)
+        return to_message(CoapReply.problem(INTERNAL))
 
     async def respond(self, msg: Message) -> Message:
+        """The answer to a request through the site (OSCORE-protected ones)."""
         if self._in_flight.closing:
-            self.handler.stats.requests += 1
-            self.handler.stats.unavailable += 1
-            err = IngestUnavailable("the gateway is stopping")
-            return to_message(CoapReply.problem(err.problem, max_age=err.retry_after_s))
+            return self._stopping()
         with self._in_flight.request():
             try:
                 device = self._oscore.device_of(msg.remote) if self._oscore is not None else None
                 return to_message(await self.handler.handle(to_request(msg, device)))
             except Exception:
-                # A bug, not a device error: the device gets a problem document, not a traceback.
-                self.handler.stats.internal_errors += 1
-                log.exception("CoAP request from %s failed", msg.remote)
-                return to_message(CoapReply.problem(INTERNAL))
+                return self._internal_error(msg)
 
     async def stop(self) -> None:
         """Refuse new requests, let those awaiting a commit get their answer, then close."""
@@ -548,7 +601,7 @@ class CoapIngress:
             log.warning(
                 "CoAP: %d requests still waiting at stop; unanswered", self._in_flight.count
             )
-        # Answers are sent from tasks scheduled by the responses above: let them go out.
+        # Answers are sent from callbacks scheduled by the commits above: let them go out.
         await asyncio.sleep(0)
         await self._context.shutdown()
         self._context = None

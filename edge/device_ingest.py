@@ -9,6 +9,10 @@ mailbox message, one confirmation): per-request messages would cost the store ac
 each. The number of requests waiting for a commit is bounded; beyond it, and when the store
 mailbox is full, the answer is "unavailable, retry" (CoAP 5.03 / HTTP 503) rather than an
 unbounded queue.
+
+Two ways in: `submit` classifies at once and returns a Pending whose `committed` future is
+shared by every message of the group (the CoAP fast path answers from a done-callback: no task,
+no future and no coroutine chain per request), and the `ingest` coroutine, which awaits it.
 """
 
 from __future__ import annotations
@@ -80,7 +84,30 @@ class IngestStats:
 class _Group:
     readings: list[Reading] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    messages: int = 0
+    accepted: int = 0
+    committed: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A message handed to the store: `result` holds once `committed` is done without an
+    exception (IngestUnavailable: nothing of it was stored). `committed` is shared by the
+    messages of one group: never cancel it; `wait` shields it for a waiting coroutine."""
+
+    committed: asyncio.Future[None]
+    result: IngestResult
+
+    async def wait(self) -> IngestResult:
+        await asyncio.shield(self.committed)
+        return self.result
+
+    def outcome(self) -> IngestResult:
+        """For a done-callback: the result, or raises the commit's IngestUnavailable."""
+        self.committed.result()
+        return self.result
 
 
 class DeviceIngest:
@@ -119,47 +146,53 @@ class DeviceIngest:
     ) -> IngestResult:
         """Classify, store, await the commit. `content_format`: a ContentFormat, a CoAP
         Content-Format number, an HTTP media type, or None to recognise the payload."""
-        if self._closed:
-            self.stats.unavailable += 1
-            raise IngestUnavailable("the gateway is stopping")
-        if self._in_flight >= self._max_in_flight:
-            self.stats.unavailable += 1
-            raise IngestUnavailable(f"{self._in_flight} messages are waiting for storage")
-        return await self._submit(self._classify(device_id, payload, content_format, transport))
+        return await self.submit(device_id, payload, content_format, transport).wait()
 
     async def reject(
         self, device_id: str, payload: bytes, problem: Problem, transport: str
     ) -> IngestResult:
         """Record a rejection the transport itself decided (e.g. a block-wise body over the
         size limit) like any other: durably, then answer."""
+        return await self.submit_rejection(device_id, payload, problem, transport).wait()
+
+    def submit(
+        self,
+        device_id: str,
+        payload: bytes,
+        content_format: ContentFormat | int | str | None,
+        transport: str,
+    ) -> Pending:
+        """Classify now and join the open group; raises IngestUnavailable when closed or
+        over max_in_flight (nothing stored)."""
+        self._admit(check_load=True)
+        return self._join(self._classify(device_id, payload, content_format, transport))
+
+    def submit_rejection(
+        self, device_id: str, payload: bytes, problem: Problem, transport: str
+    ) -> Pending:
+        self._admit(check_load=False)
+        return self._join(_rejected(device_id, payload, self._clock.now_ms(), transport, problem))
+
+    def _admit(self, *, check_load: bool) -> None:
         if self._closed:
             self.stats.unavailable += 1
             raise IngestUnavailable("the gateway is stopping")
-        now = self._clock.now_ms()
-        return await self._submit(_rejected(device_id, payload, now, transport, problem))
+        if check_load and self._in_flight >= self._max_in_flight:
+            self.stats.unavailable += 1
+            raise IngestUnavailable(f"{self._in_flight} messages are waiting for storage")
 
-    async def _submit(self, outcome: Outcome) -> IngestResult:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _join(self, outcome: Outcome) -> Pending:
         group = self._group()
         group.readings.extend(outcome.readings)
         if outcome.rejection is not None:
             group.rejections.append(outcome.rejection)
-        group.waiters.append(waiter)
+        group.messages += 1
         self.stats.received += 1
         self._in_flight += 1
-        try:
-            await waiter
-        except IngestUnavailable:
-            self.stats.unavailable += 1
-            raise
-        finally:
-            self._in_flight -= 1
         if outcome.problem is not None:
-            self.stats.rejected += 1
-            return IngestResult(0, outcome.problem)
-        self.stats.accepted += 1
-        self.stats.readings += len(outcome.readings)
-        return IngestResult(len(outcome.readings))
+            return Pending(group.committed, IngestResult(0, outcome.problem))
+        group.accepted += 1
+        return Pending(group.committed, IngestResult(len(outcome.readings)))
 
     def _classify(
         self,
@@ -192,34 +225,38 @@ class DeviceIngest:
         if not group.readings and not group.rejections:
             # Only empty messages (e.g. an empty SenML pack): nothing to make durable, and the
             # store would hold an empty batch's confirmation until some later commit.
-            _confirmer(group.waiters)(None)
+            self._settle(group, None)
             return
         self.stats.groups += 1
         try:
-            self._store.tell(Ingest(group.readings, group.rejections, _confirmer(group.waiters)))
+            self._store.tell(Ingest(group.readings, group.rejections, self._confirmer(group)))
         except (MailboxFull, ActorStopped) as exc:
             stopped = isinstance(exc, ActorStopped)
             reason = "the store is not accepting" if stopped else "the store queue is full"
-            log.warning("device ingest: %s; %d messages refused", reason, len(group.waiters))
-            _fail(group.waiters, IngestUnavailable(reason))
+            log.warning("device ingest: %s; %d messages refused", reason, group.messages)
+            self._settle(group, IngestUnavailable(reason))
 
+    def _confirmer(self, group: _Group) -> Confirm:
+        def confirm(error: BaseException | None) -> None:
+            failed = None if error is None else f"the store commit failed: {error}"
+            self._settle(group, None if failed is None else IngestUnavailable(failed))
 
-def _confirmer(waiters: list[asyncio.Future[None]]) -> Confirm:
-    def confirm(error: BaseException | None) -> None:
-        if error is None:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        return confirm
+
+    def _settle(self, group: _Group, failure: IngestUnavailable | None) -> None:
+        if group.committed.done():
+            return
+        self._in_flight -= group.messages
+        stats = self.stats
+        if failure is None:
+            stats.accepted += group.accepted
+            stats.rejected += group.messages - group.accepted
+            stats.readings += len(group.readings)
+            group.committed.set_result(None)
         else:
-            _fail(waiters, IngestUnavailable(f"the store commit failed: {error}"))
-
-    return confirm
-
-
-def _fail(waiters: list[asyncio.Future[None]], error: IngestUnavailable) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_exception(error)
+            stats.unavailable += group.messages
+            group.committed.set_exception(failure)
+            group.committed.exception()  # retrieved: a group nobody awaits any more is no error
 
 
 def _rejected(device_id: str, payload: bytes, at: int, transport: str, problem: Problem) -> Outcome:
@@ -249,14 +286,21 @@ class InFlight:
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
-        self.count += 1
-        self._idle.clear()
+        self.begin()
         try:
             yield
         finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+            self.end()
+
+    def begin(self) -> None:
+        """One more request waiting (for callers that answer from a callback)."""
+        self.count += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
 
     async def drain(self) -> bool:
         """Refuse new requests, wait up to the grace period; False when some are still open."""
