@@ -161,7 +161,11 @@ def ceiling_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         assert server.stdout is not None
         server.stdout.readline()  # "ready"
         creds = [{"device_id": f"t{i}", "token": f"tok{i}"} for i in range(args.devices)]
-        return run_load(creds, port, args.count, args.inflight, work=work, server_pid=server.pid)
+        result = run_load(
+            creds, port, args.count, args.inflight, work=work, server_pid=server.pid
+        )
+        result["server_peak_rss_mb"] = peak_rss_mb(server.pid)
+        return result
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -233,7 +237,8 @@ def main() -> None:
         print(f"{args.devices} devices x {args.inflight} in flight x {args.count} readings")
         ceiling = ceiling_phase(args, work)
         print(f"ceiling (trivial aiocoap 2.04): {ceiling['per_s']:.0f} req/s, "
-              f"p99 {ceiling['p99_ms']} ms, {cpu_line(ceiling)}")  # fmt: skip
+              f"p99 {ceiling['p99_ms']} ms, peak RSS {ceiling['server_peak_rss_mb']} MB, "
+              f"{cpu_line(ceiling)}")  # fmt: skip
         con = gateway_phase(args, work, confirmable=True)
         print(f"CON through to DuckDB: {con['per_s']:.0f} readings/s, p50 {con['p50_ms']} ms, "
               f"p99 {con['p99_ms']} ms, stored {con['readings_stored']}, "

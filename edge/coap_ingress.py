@@ -38,17 +38,26 @@ import aiocoap
 import aiocoap.error
 import aiocoap.interfaces
 from aiocoap import Code, Message
-from aiocoap.numbers.constants import TransportTuning
 from aiocoap.optiontypes import BlockOption
 
 from common.clock import Clock
 from common.codecs import Limits, PayloadError
 from common.problem import Problem
-from edge.coap_context import GatewayCoapContext, grow_receive_buffer, server_socket
+from edge.coap_context import (
+    GatewayCoapContext,
+    grow_receive_buffer,
+    keep_answers_small,
+    server_socket,
+    tune_for_the_site,
+)
 from edge.device_auth import Admitted, DeviceAuthenticator
 from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable, Pending
 from edge.oscore_contexts import OscoreRegistry
 
+# Piggy-backed answers: a 2.04 waits for the DuckDB commit, often longer than aiocoap's 0.1 s
+# before it sends an empty ACK and then a separate confirmable response the device must ACK
+# (three datagrams instead of one). 1 s stays well inside a device's first retransmission
+# (ACK_TIMEOUT 2 s x 1-1.5).
 EMPTY_ACK_DELAY_S = 1.0
 # Sensors wake in bursts; the kernel's default UDP buffer (208 KiB) holds ~270 small
 # datagrams, and a datagram dropped there costs its device a 2-3 s retransmission wait.
@@ -513,13 +522,7 @@ class CoapIngress:
             site = OscoreGuard(OscoreSiteWrapper(site, credentials), credentials, self.auth)
         host = self._bind
         try:
-            # Piggy-backed answers: a 2.04 waits for the DuckDB commit, often longer than
-            # aiocoap's 0.1 s before it sends an empty ACK and then a separate confirmable
-            # response the device must ACK (three datagrams instead of one). 1 s stays well
-            # inside a device's first retransmission (ACK_TIMEOUT 2 s x 1-1.5). aiocoap takes
-            # it per message from TransportTuning, whose class default is the only knob for
-            # requests it decodes itself; this process runs no other CoAP context.
-            TransportTuning.EMPTY_ACK_DELAY = EMPTY_ACK_DELAY_S
+            tune_for_the_site(EMPTY_ACK_DELAY_S)
             context = await GatewayCoapContext.create_server_context(
                 site, bind=(host, self._requested_port), transports=["udp6"]
             )
@@ -528,6 +531,8 @@ class CoapIngress:
                 f"cannot listen for CoAP on {host}:{self._requested_port} (UDP): {exc}"
             ) from exc
         context.plain_handler = self._answer_plain
+        if not keep_answers_small(context):
+            log.warning("CoAP: aiocoap's answer cache could not be slimmed (aiocoap changed?)")
         self._context = context
         sock = server_socket(context)
         if sock is None:

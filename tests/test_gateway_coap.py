@@ -8,11 +8,14 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
+import aiocoap
 import cbor2
 import pytest
-from aiocoap import GET, Code
+from aiocoap import GET, Code, Message
 
+from edge.coap_context import SentAnswer, _send_initially
 from edge.config import GatewayConfig, LockoutConfig
 from edge.gateway import Gateway
 from tests.coap_support import coap_client, post_datagram, receive_answer, udp_socket
@@ -152,6 +155,11 @@ async def test_confirmable_retransmission_is_handled_once(gateway: Gateway) -> N
     finally:
         sock.close()
     assert first.code == again.code == Code.CHANGED
+    # the cached answer (kept as its datagram: edge.coap_context.SentAnswer) is the same one
+    def fields(m: Message) -> tuple[Any, ...]:
+        return m.mtype, m.mid, m.code, m.token, m.payload, m.opt
+
+    assert fields(again) == fields(first)
     assert len(await gateway.readings("c5", None, 10)) == 1
     assert (await gateway.status())["coap"]["accepted"] == 1
 
@@ -234,3 +242,26 @@ async def test_port_in_use_is_one_clear_error(gateway_config: GatewayConfig) -> 
                 pass
     finally:
         taken.close()
+
+
+def test_answer_cache_keeps_only_the_datagram_of_an_ack() -> None:
+    """edge.coap_context: a piggy-backed answer is cached as bytes; anything else goes on to
+    aiocoap unchanged."""
+    recent: dict[tuple[Any, int], Any] = {("peer", 7): None}
+    sent: list[Any] = []
+    stock: list[Any] = []
+    answer = Message(_mtype=aiocoap.ACK, _mid=7, code=Code.CHANGED, _token=b"t", payload=b"ok")
+    answer.remote = "peer"
+    _send_initially(recent, lambda m, mon: stock.append(m), sent.append, answer)
+    cached = recent[("peer", 7)]
+    assert isinstance(cached, SentAnswer) and sent == [cached] and not stock
+    assert cached.encode() == answer.encode()
+    _send_initially(recent, lambda m, mon: stock.append(m), sent.append, cached)  # a duplicate
+    assert sent == [cached, cached] and recent[("peer", 7)] is cached
+    separate = Message(_mtype=aiocoap.CON, _mid=8, code=Code.CHANGED, _token=b"t")
+    separate.remote = "peer"
+    _send_initially(recent, lambda m, mon: stock.append(m), sent.append, separate)
+    unknown = Message(_mtype=aiocoap.ACK, _mid=9, code=Code.CHANGED, _token=b"u")
+    unknown.remote = "peer"
+    _send_initially(recent, lambda m, mon: stock.append(m), sent.append, unknown)
+    assert stock == [separate, unknown] and len(sent) == 2
