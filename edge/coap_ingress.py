@@ -47,6 +47,7 @@ from edge.coap_context import (
     GatewayCoapContext,
     grow_receive_buffer,
     keep_answers_small,
+    read_in_bursts,
     server_socket,
     tune_for_the_site,
 )
@@ -531,8 +532,8 @@ class CoapIngress:
                 f"cannot listen for CoAP on {host}:{self._requested_port} (UDP): {exc}"
             ) from exc
         context.plain_handler = self._answer_plain
-        if not keep_answers_small(context):
-            log.warning("CoAP: aiocoap's answer cache could not be slimmed (aiocoap changed?)")
+        if not keep_answers_small(context) or not read_in_bursts(context):
+            log.warning("CoAP: aiocoap's internals changed; running it unmodified")
         self._context = context
         sock = server_socket(context)
         if sock is None:

@@ -4,11 +4,14 @@
 readings (or the rejection record) to the store actor and returns only after the commit that
 holds them, so a device is told "accepted" only for what a crash cannot lose.
 
-Requests that arrive in the same event-loop iteration travel to the store as one Ingest (one
-mailbox message, one confirmation): per-request messages would cost the store actor a wakeup
-each. The number of requests waiting for a commit is bounded; beyond it, and when the store
-mailbox is full, the answer is "unavailable, retry" (CoAP 5.03 / HTTP 503) rather than an
-unbounded queue.
+Requests that arrive within GROUP_WINDOW_S travel to the store as one Ingest (one mailbox
+message, one confirmation): per-request messages would cost the store actor a wakeup each, and
+aiocoap hands over few datagrams per event-loop iteration (one, stock), so grouping by
+iteration made groups of one or a few. The window is small next to the store's own batching
+delay (batch_max_delay_ms).
+
+The number of requests waiting for a commit is bounded; beyond it, and when the store mailbox is
+full, the answer is "unavailable, retry" (CoAP 5.03 / HTTP 503) rather than an unbounded queue.
 
 Two ways in: `submit` classifies at once and returns a Pending whose `committed` future is
 shared by every message of the group (the CoAP fast path answers from a done-callback: no task,
@@ -36,6 +39,7 @@ log = logging.getLogger("iotsphere.device_ingest")
 
 DEFAULT_MAX_IN_FLIGHT = 20_000
 RETRY_AFTER_S = 1  # what an unavailable answer suggests
+GROUP_WINDOW_S = 0.005
 
 
 class IngestUnavailable(Exception):
@@ -215,7 +219,7 @@ class DeviceIngest:
     def _group(self) -> _Group:
         if self._open is None:
             self._open = _Group()
-            asyncio.get_running_loop().call_soon(self._seal)
+            asyncio.get_running_loop().call_later(GROUP_WINDOW_S, self._seal)
         return self._open
 
     def _seal(self) -> None:
