@@ -226,7 +226,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=16)
-    parser.add_argument("--inflight", type=int, default=32, help="outstanding per device")
+    parser.add_argument("--inflight", type=int, default=64, help="outstanding per device")
     parser.add_argument("--count", type=int, default=1500, help="requests per device")
     parser.add_argument(
         "--metrics", type=int, default=1, help="readings per request (1 = a minimal sensor)"
