@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,7 @@ SYNC_MIGRATIONS: tuple[Migration, ...] = (
 _RANK = {AlertState.ACTIVE: 0, AlertState.ACKNOWLEDGED: 1, AlertState.RESOLVED: 2}
 _STATES = frozenset(s.value for s in AlertState)
 MAX_ALERT_ACKS = 1000  # per config answer; the rest follow on the next poll
+RECENT_BATCHES = 64  # per gateway, remembered for pipelined batches that follow them
 
 
 # -- errors (ProblemErrors: the endpoint answers them as they are) ----------------------------
@@ -186,6 +188,10 @@ class DuckSyncStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("sync", SYNC_MIGRATIONS)
+        # Batches this process stored lately, per gateway: a pipelined batch waits on these
+        # for the batch it follows (bounded: only the newest few can be followed).
+        self._stored_recently: dict[str, deque[str]] = {}
+        self._stored_changed = asyncio.Condition()
 
     # -- enrollment -----------------------------------------------------------------------
 
@@ -313,6 +319,40 @@ class DuckSyncStore:
 
     # -- batches --------------------------------------------------------------------------
 
+    async def wait_until_stored(self, gateway_id: str, batch_id: str, timeout_s: float) -> bool:
+        """Whether the batch is stored, waiting up to timeout_s for it (a pipelined batch's
+        predecessor may still be on its way or in its transaction)."""
+
+        def stored_here() -> bool:
+            return batch_id in self._stored_recently.get(gateway_id, ())
+
+        async with self._stored_changed:
+            if stored_here():
+                return True
+        if await self._batch_stored(gateway_id, batch_id):  # e.g. before this process started
+            return True
+        try:
+            async with self._stored_changed:
+                await asyncio.wait_for(self._stored_changed.wait_for(stored_here), timeout_s)
+        except TimeoutError:
+            return await self._batch_stored(gateway_id, batch_id)
+        return True
+
+    async def _batch_stored(self, gateway_id: str, batch_id: str) -> bool:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT 1 FROM sync_batches WHERE gateway_id = ? AND batch_id = ?",
+                [gateway_id, batch_id],
+            ).fetchall()
+        )
+        return bool(rows)
+
+    async def _note_stored(self, gateway_id: str, batch_id: str) -> None:
+        async with self._stored_changed:
+            recent = self._stored_recently.setdefault(gateway_id, deque(maxlen=RECENT_BATCHES))
+            recent.append(batch_id)
+            self._stored_changed.notify_all()
+
     async def apply_batch(
         self, org_id: str, batch: SyncBatch, now_ms: int, request_skew_ms: int | None = None
     ) -> BatchAck:
@@ -320,7 +360,20 @@ class DuckSyncStore:
 
         request_skew_ms: the gateway's clock minus ours as this request showed (judges the
         receive times of readings from the gateway's current clock epoch)."""
-        table = _columns_table(batch, request_skew_ms) if len(batch.readings) else None
+        ack = await self._apply(org_id, batch, now_ms, request_skew_ms)
+        await self._note_stored(batch.gateway_id, batch.batch_id)
+        return ack
+
+    async def _apply(
+        self, org_id: str, batch: SyncBatch, now_ms: int, request_skew_ms: int | None
+    ) -> BatchAck:
+        # Built in a worker thread: for 40k readings it is ~30 ms the event loop (and the
+        # decoding of a pipelined next batch) need not wait for.
+        table = (
+            await asyncio.to_thread(_columns_table, batch, request_skew_ms)
+            if len(batch.readings)
+            else None
+        )
         devices = sorted(
             set(batch.readings.device_id)
             | {a.device_id for a in batch.alerts}

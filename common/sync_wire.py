@@ -283,6 +283,11 @@ class SyncBatch:
     epochs: tuple[ClockEpoch, ...] = ()
     devices: tuple[DeviceRecord, ...] = ()  # the gateway's whole device list, when it changed
     backlog: int = 0  # readings still waiting at the gateway after this batch (a gauge)
+    # Pipelining: the batch_id of the batch sent just before this one and still unacknowledged
+    # when this one was sent. The cloud applies this batch only once that one is stored, so
+    # two batches can be on the wire without readings arriving out of order. Not part of the
+    # batch's identity: a resend without it is the same batch.
+    follows: str | None = None
 
     @property
     def alerts_through(self) -> int:
@@ -460,6 +465,7 @@ def batch_to_doc(batch: SyncBatch) -> dict[str, Any]:
         ],
         "devices": [[d.device_id, d.type, d.status] for d in batch.devices],
         "backlog": batch.backlog,
+        **({"follows": batch.follows} if batch.follows is not None else {}),
         "counters": dict(batch.counters),
         "alerts": [
             [
@@ -722,6 +728,7 @@ def batch_from_doc(doc: object) -> SyncBatch:
     clock_ms = c.int_(top, "gateway_clock_ms", "/gateway_clock_ms")
     dropped = c.int_(top, "dropped", "/dropped", lo=0)
     backlog = c.int_(top, "backlog", "/backlog", lo=0) if "backlog" in top else 0
+    follows = c.str_(top.get("follows"), "/follows", max_len=64) if "follows" in top else None
     auth_through = 0
     if "auth_through" in top:
         auth_through = c.int_(top, "auth_through", "/auth_through", lo=0)
@@ -771,6 +778,7 @@ def batch_from_doc(doc: object) -> SyncBatch:
         epochs=epochs,
         devices=devices,
         backlog=backlog,
+        follows=follows,
     )
     expected = batch_id_for(
         gateway_id,

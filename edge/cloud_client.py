@@ -126,7 +126,6 @@ class CloudClient:
         # This gateway's clock minus the cloud's, from the Date header of the last answer
         # (1 s resolution: enough to flag a clock minutes off); None before any answer.
         self.last_skew_ms: int | None = None
-        self.batch_bytes_sent = 0  # request bodies of sync batches, every attempt
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         )
@@ -172,7 +171,6 @@ class CloudClient:
     ) -> BatchAck:
         """Send a batch (encoded here unless the caller encoded it ahead of time)."""
         body, ctype, cenc = encoded if encoded is not None else encode_batch(batch)
-        self.batch_bytes_sent += len(body)
         headers = {"Content-Type": ctype, "Content-Encoding": cenc}
         resp = await self._request("POST", BATCHES_PATH, body, headers, "sync batch")
         if resp.status_code != 200:

@@ -14,6 +14,11 @@ Exactly-once rests on three rules:
 Alert changes ride in the same batch as readings and are read first, so an alert raised
 during a long outage reaches the cloud with the first batch, not after the backlog.
 
+Draining a backlog, two batches are on the wire: the next one is read, encoded and sent while
+the cloud is still storing the one before, and names it (`follows`); the cloud applies it only
+once that one is stored, so readings still arrive in order, and answers 409 if it never is.
+Acks are processed in send order, so the cursor still only moves over acknowledged batches.
+
 Failures back off exponentially with full jitter (a uniform delay in [0, min(cap, base * 2^n)],
 so gateways that lost the cloud together do not come back in lockstep). A 4xx is not
 retryable in the HTTP sense, but skipping the batch would lose data: it is logged, counted,
@@ -23,6 +28,7 @@ shown in `gateway status` and retried at the same backoff until someone fixes th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import uuid
@@ -37,6 +43,7 @@ from common.clock import Clock
 from common.sync_wire import (
     AlertChange,
     AuthEvent,
+    BatchAck,
     ClockEpoch,
     DeviceRecord,
     ReadingColumns,
@@ -284,18 +291,25 @@ class SyncActor(Actor[SyncMsg]):
         self.stats.next_retry_in_s = None
         deadline = now + DRAIN_SLICE_S
         batch = self._inflight or await self._next_batch()
-        while batch is not None:
-            # Draining a backlog: read the next full batch from DuckDB (the store thread)
-            # while this one is on the wire, so the two sides work at the same time.
-            ahead = None
-            if batch.last_seq - batch.first_seq + 1 >= self._cfg.batch_max_readings:
+        sending = self._post(batch) if batch is not None else None
+        while batch is not None and sending is not None:
+            # Draining a backlog: read and send the next full batch while this one is on the
+            # wire and in the cloud's transaction, so both sides work at the same time.
+            nxt: SyncBatch | None = None
+            nxt_sending: asyncio.Task[BatchAck] | None = None
+            if self._full(batch) and self._clock.monotonic() < deadline:
                 ahead = asyncio.create_task(self._read_ahead(batch))
-            sent = await self._send(batch)
-            if ahead is not None and not sent:
-                ahead.cancel()
-            batch = await ahead if ahead is not None and sent else None
-            if batch is None or self._clock.monotonic() >= deadline:
-                break  # an unsent read-ahead is rebuilt, identical, from the cursor
+                await asyncio.wait({ahead, sending}, return_when=asyncio.FIRST_COMPLETED)
+                if sending.done() and sending.exception() is not None:
+                    ahead.cancel()  # rebuilt, identical, from the cursor after the resend
+                else:
+                    nxt = await ahead
+                    nxt_sending = self._post(nxt) if nxt is not None else None
+            if not await self._settle(batch, sending):
+                if nxt_sending is not None:
+                    await _outcome_ignored(nxt_sending)  # resent after its predecessor
+                break
+            batch, sending = nxt, nxt_sending
         await self._settle_save()  # durable before the tick ends (and status says so)
         await self._refresh_backlog()
         return None
@@ -332,6 +346,7 @@ class SyncActor(Actor[SyncMsg]):
         in a worker thread: the cloud works on `after` meanwhile, in its own process)."""
         batch = await self._next_batch(after=after)
         if batch is not None:
+            batch = dataclasses.replace(batch, follows=after.batch_id)
             self._encoded = (batch.batch_id, await asyncio.to_thread(encode_batch, batch))
         return batch
 
@@ -382,35 +397,52 @@ class SyncActor(Actor[SyncMsg]):
             backlog=got.backlog,
         )
 
-    async def _send(self, batch: SyncBatch) -> bool:
-        """One attempt; True when acknowledged and the cursor is durable."""
+    def _full(self, batch: SyncBatch) -> bool:
+        return batch.last_seq - batch.first_seq + 1 >= self._cfg.batch_max_readings
+
+    def _post(self, batch: SyncBatch) -> asyncio.Task[BatchAck]:
+        """Put the batch on the wire (as a task: the next one may follow it before its ack)."""
         assert self._client is not None
         st = self.stats
         st.attempts += 1
         if st.consecutive_failures:
             st.retries += 1
         st.last_attempt_at = self._clock.now_ms()
-        self._inflight = batch
+        if self._inflight is None:
+            self._inflight = batch  # the oldest unacknowledged one: resent as is
         if self._live is not None:  # the disk cap must not drop what this batch carries
-            self._live.sync_inflight_through = max(batch.last_seq, self._cursor[0])
+            self._live.sync_inflight_through = max(
+                batch.last_seq, self._cursor[0], self._live.sync_inflight_through
+            )
+        encoded = self._encoded
+        body = encoded[1] if encoded is not None and encoded[0] == batch.batch_id else None
+        return asyncio.create_task(self._post_body(self._client, batch, body))
+
+    async def _post_body(
+        self, client: CloudClient, batch: SyncBatch, body: tuple[bytes, str, str] | None
+    ) -> BatchAck:
+        if body is None:
+            body = await asyncio.to_thread(encode_batch, batch)
+        self.stats.bytes_sent += len(body[0])
+        return await client.post_batch(batch, body)
+
+    async def _settle(self, batch: SyncBatch, sending: asyncio.Task[BatchAck]) -> bool:
+        """The outcome of a posted batch, in send order; True when acknowledged (the cursor
+        save then runs while the next batch is already on its way)."""
+        st = self.stats
         started = self._clock.monotonic()
-        sent_before = self._client.batch_bytes_sent
         try:
-            encoded = self._encoded
-            body = encoded[1] if encoded is not None and encoded[0] == batch.batch_id else None
-            ack = await self._client.post_batch(batch, body)
+            ack = await sending
         except CloudError as exc:
             await self._failed(batch, exc)
             return False
-        finally:
-            st.bytes_sent += self._client.batch_bytes_sent - sent_before
         cursor = (batch.last_seq, max(self._cursor[1], batch.alerts_through))
         auth = batch.auth_through if batch.auth_events else None
         devices = devices_digest(batch.devices) if batch.devices else None
         now_ms = self._clock.now_ms()
-        # The cursor is saved while the next batch is already on its way (saves stay in order:
-        # the store's mailbox is FIFO, and each waits for the one before). A crash before the
-        # save only means a resend, which the cloud answers from its stored acks, never a gap.
+        # Saves stay in order: the store's mailbox is FIFO, and each waits for the one before.
+        # A crash before the save only means a resend, which the cloud answers from its stored
+        # acks, never a gap.
         await self._settle_save()
         saving = asyncio.create_task(
             call(
@@ -448,6 +480,12 @@ class SyncActor(Actor[SyncMsg]):
         st = self.stats
         st.failures += 1
         st.consecutive_failures += 1
+        self._inflight = batch
+        if batch.follows is not None and isinstance(exc, CloudRejected) and exc.status == 409:
+            # The cloud does not have the batch this one followed (e.g. restored from an older
+            # backup): resent on its own, or it would wait for that one forever.
+            self._inflight = dataclasses.replace(batch, follows=None)
+            self._encoded = None
         match exc:
             case CloudUnreachable():
                 st.unreachable += 1
@@ -502,3 +540,12 @@ class SyncActor(Actor[SyncMsg]):
 
 def _backlog(cursor: int, store: GatewayStore) -> tuple[int, int | None]:
     return store.sync_backlog(cursor)
+
+
+async def _outcome_ignored(sending: asyncio.Task[BatchAck]) -> None:
+    """A pipelined batch whose predecessor failed: whatever the cloud said, it is rebuilt and
+    resent after that one (a stored copy is answered from the cloud's stored ack)."""
+    try:
+        await sending
+    except CloudError as exc:
+        log.debug("sync: pipelined batch not acknowledged after its predecessor failed: %s", exc)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from cloud.api.deps import AUTHED, Admin, ServicesDep, problems
 from cloud.auth import token_digest
-from cloud.problems import HttpProblem, forbidden, not_found, too_many
+from cloud.problems import HttpProblem, conflict, forbidden, not_found, too_many
 from cloud.services import Services
 from cloud.sync_store import DuckSyncStore, EnrollmentRefused, GatewayIdentity
 from common.gateway_auth import (
@@ -34,6 +34,9 @@ from common.model import FieldError
 from common.problem import Problem, ProblemError
 from common.sync_wire import decode_batch, encode_ack
 
+# How long a pipelined batch waits for the one it follows (sent just before it, so normally
+# milliseconds: this bounds a predecessor that failed).
+FOLLOWS_WAIT_S = 10.0
 log = logging.getLogger("iotsphere.cloud.sync")
 
 router = APIRouter(tags=["gateway sync"])
@@ -173,7 +176,7 @@ async def enroll(body: EnrollIn, request: Request, services: ServicesDep) -> dic
 @router.post(
     "/api/v1/sync/batches",
     response_class=Response,
-    responses={200: {"model": AckOut}, **problems(400, 401, 403, 415, 503)},
+    responses={200: {"model": AckOut}, **problems(400, 401, 403, 409, 415, 503)},
 )
 async def post_batch(request: Request, gateway: Gateway, services: ServicesDep) -> Response:
     store, _ = sync_of(services)
@@ -187,6 +190,12 @@ async def post_batch(request: Request, gateway: Gateway, services: ServicesDep) 
     if batch.gateway_id != gateway.gateway_id:
         log.warning("gateway %s sent a batch for gateway %s", gateway.gateway_id, batch.gateway_id)
         raise forbidden("the batch belongs to another gateway")
+    if batch.follows is not None and not await store.wait_until_stored(
+        batch.gateway_id, batch.follows, FOLLOWS_WAIT_S
+    ):
+        # Its predecessor failed or never came: applying this one now would let readings
+        # arrive out of order. The gateway resends from its acknowledged cursor.
+        raise conflict(f"the batch follows {batch.follows}, which is not stored; resend in order")
     ack = await store.apply_batch(
         gateway.org_id,
         batch,
