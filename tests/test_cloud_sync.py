@@ -13,6 +13,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import cloud.api.sync
 import cloud.sync_store
 from cloud.admin_ops import add_gateway
 from cloud.db import StoreError
@@ -572,3 +573,44 @@ async def test_the_gateway_backlog_its_newest_batch_reported_is_listed(
     assert (await post(client, gw, b)).status_code == 200
     (listed,) = (await client.get("/api/gateways", headers=tokens)).json()
     assert listed["backlog_readings"] == 1234
+
+
+async def test_a_pipelined_batch_is_applied_only_after_the_one_it_follows(
+    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+) -> None:
+    gw = await enroll(client, store, clock, "site-p", "default")
+    first = batch(gw.gateway_id, 1, n=5)
+    second = dataclasses.replace(batch(gw.gateway_id, 6, n=5), follows=first.batch_id)
+    # the second arrives first (another connection won the race): it waits for the first
+    early = asyncio.create_task(post(client, gw, second))
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert not early.done() and await count(store, "readings") == 0
+    assert (await post(client, gw, first)).status_code == 200
+    r = await early
+    assert r.status_code == 200, r.text
+    order = await store.db.run(
+        lambda c: c.execute("SELECT batch_id FROM sync_batches ORDER BY rowid").fetchall()
+    )
+    assert [o[0] for o in order] == [first.batch_id, second.batch_id]
+    # following a stored batch costs no wait (e.g. a pipelined batch resent later)
+    assert (await post(client, gw, second)).content == r.content
+
+
+async def test_a_batch_following_one_never_stored_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient,
+    store: DuckCloudStore,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cloud.api.sync, "FOLLOWS_WAIT_S", 0.05)
+    gw = await enroll(client, store, clock, "site-q", "default")
+    orphan = dataclasses.replace(batch(gw.gateway_id, 6, n=5), follows="never-sent")
+    r = await post(client, gw, orphan)
+    assert_problem(r, 409)
+    assert "never-sent" in r.json()["detail"]
+    assert await count(store, "readings") == 0 and await count(store, "sync_batches") == 0
+    # on its own (as the gateway resends it after a 409) it is stored
+    alone = dataclasses.replace(orphan, follows=None)
+    assert (await post(client, gw, alone)).status_code == 200
+    assert await count(store, "readings") == 5

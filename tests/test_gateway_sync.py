@@ -63,6 +63,11 @@ class StubCloud:
     fail_503: int = 0
     drop: int = 0
     auth_failures: int = 0
+    follows: list[str | None] = field(default_factory=list)  # per verified request
+    refuse_follows: int = 0  # answer 409 to this many batches that follow another
+    apply_delay_s: float = 0.0  # each batch takes this long to "store"
+    in_progress: int = 0
+    max_in_progress: int = 0
     on_batch: Callable[[SyncBatch], None] | None = None
     url: str = ""
 
@@ -100,8 +105,24 @@ class StubCloud:
             self.auth_failures += 1
             return web.json_response(exc.problem.to_dict(), status=exc.problem.status)
         self.batch_ids.append(batch.batch_id)
+        self.follows.append(batch.follows)
         if self.on_batch is not None:
             self.on_batch(batch)
+        self.in_progress += 1  # requests received and not yet answered
+        self.max_in_progress = max(self.max_in_progress, self.in_progress)
+        try:
+            return await self._apply(request, batch)
+        finally:
+            self.in_progress -= 1
+
+    async def _apply(self, request: web.Request, batch: SyncBatch) -> web.StreamResponse:
+        if batch.follows is not None:
+            if self.refuse_follows > 0:
+                self.refuse_follows -= 1
+                return web.json_response({"title": "Conflict", "status": 409}, status=409)
+            follows = batch.follows  # as the cloud: applied after the one it follows
+            await until(lambda: follows in self.acks, timeout_s=5)
+        await asyncio.sleep(self.apply_delay_s)
         if self.fail_503 > 0:
             self.fail_503 -= 1
             return web.json_response({"title": "busy"}, status=503)
@@ -531,3 +552,36 @@ async def test_each_batch_says_how_many_readings_still_wait(
         await until(lambda: len(stub.readings) == 25)
     assert (7, 18) in seen and (14, 11) in seen and (21, 4) in seen
     assert all(backlog == 25 - last for last, backlog in seen)
+
+
+async def test_a_backlog_drains_with_two_batches_on_the_wire_in_order(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    enroll_directly(gateway_config.data_dir, stub)
+    stub.apply_delay_s = 0.05  # long enough that the next batch is sent before the ack
+    async with running(sync_config(gateway_config)) as gw:
+        await ingest(gw, readings(70))  # 10 full batches
+        await until(lambda: gw.sync_stats is not None and gw.sync_stats.cursor_seq == 70)
+    assert stub.arrival == list(range(1, 71))  # exactly once, in seq order
+    # every batch after the first of a drain names its predecessor
+    pipelined = [(f, b) for f, b in zip(stub.follows[1:], stub.batch_ids, strict=False) if f]
+    assert pipelined and all(f == before for f, before in pipelined)
+    assert stub.max_in_progress == 2  # the next batch was sent before the ack of the one before
+
+
+async def test_a_batch_whose_predecessor_the_cloud_lacks_is_resent_on_its_own(
+    stub: StubCloud, gateway_config: GatewayConfig
+) -> None:
+    enroll_directly(gateway_config.data_dir, stub)
+    stub.refuse_follows = 1  # 409: as a cloud restored from a backup older than the ack
+    async with running(sync_config(gateway_config)) as gw:
+        assert gw.sync_stats is not None
+        stats = gw.sync_stats
+        await ingest(gw, readings(21))
+        await until(lambda: stats.cursor_seq == 21)
+    assert stub.arrival == list(range(1, 22))
+    refused = stub.follows.index(next(f for f in stub.follows if f))
+    # the refused batch came again, the same batch, without `follows`
+    assert stub.batch_ids[refused + 1] == stub.batch_ids[refused]
+    assert stub.follows[refused + 1] is None
+    assert stats.client_errors == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -297,6 +298,8 @@ def test_column_length_mismatch_names_the_column() -> None:
         (lambda d: d["alerts"][0].pop(), "/alerts/0"),
         (lambda d: d["auth"][0].__setitem__(0, None), "/auth/0/0"),
         (lambda d: d.__setitem__("r", []), "/r"),
+        (lambda d: d.__setitem__("follows", 7), "/follows"),
+        (lambda d: d.__setitem__("follows", "x" * 65), "/follows"),
     ],
 )
 def test_malformed_fields_are_400_with_a_path(mutate: Any, path: str) -> None:
@@ -472,3 +475,12 @@ def test_device_lists_round_trip_and_are_part_of_the_batch_id() -> None:
     doc = batch_to_doc(a)
     doc["devices"][1][2] = "gone"
     assert {e.path for e in wire_error(doc).problem.errors} == {"/devices/1/2"}
+
+
+def test_follows_round_trips_and_is_not_part_of_the_batch_identity() -> None:
+    batch = full_batch()
+    pipelined = dataclasses.replace(batch, follows="b-before")
+    back = decode_batch(*encode_batch(pipelined))
+    assert back == pipelined and back.follows == "b-before"
+    assert back.batch_id == batch.batch_id  # resent without it, it is the same batch
+    assert "follows" not in batch_to_doc(batch)
