@@ -65,7 +65,7 @@ class StubCloud:
     auth_failures: int = 0
     follows: list[str | None] = field(default_factory=list)  # per verified request
     refuse_follows: int = 0  # answer 409 to this many batches that follow another
-    apply_delay_s: float = 0.0  # each batch takes this long to "store"
+    hold_for_next_s: float = 0.0  # keep a batch unanswered until the next one arrives
     in_progress: int = 0
     max_in_progress: int = 0
     on_batch: Callable[[SyncBatch], None] | None = None
@@ -111,6 +111,10 @@ class StubCloud:
         self.in_progress += 1  # requests received and not yet answered
         self.max_in_progress = max(self.max_in_progress, self.in_progress)
         try:
+            if self.hold_for_next_s:
+                received = len(self.batch_ids)
+                with contextlib.suppress(TimeoutError):
+                    await until(lambda: len(self.batch_ids) > received, self.hold_for_next_s)
             return await self._apply(request, batch)
         finally:
             self.in_progress -= 1
@@ -122,7 +126,6 @@ class StubCloud:
                 return web.json_response({"title": "Conflict", "status": 409}, status=409)
             follows = batch.follows  # as the cloud: applied after the one it follows
             await until(lambda: follows in self.acks, timeout_s=5)
-        await asyncio.sleep(self.apply_delay_s)
         if self.fail_503 > 0:
             self.fail_503 -= 1
             return web.json_response({"title": "busy"}, status=503)
@@ -558,7 +561,7 @@ async def test_a_backlog_drains_with_two_batches_on_the_wire_in_order(
     stub: StubCloud, gateway_config: GatewayConfig
 ) -> None:
     enroll_directly(gateway_config.data_dir, stub)
-    stub.apply_delay_s = 0.05  # long enough that the next batch is sent before the ack
+    stub.hold_for_next_s = 2.0  # a gateway that waited for each ack would wait 2 s a batch
     async with running(sync_config(gateway_config)) as gw:
         await ingest(gw, readings(70))  # 10 full batches
         await until(lambda: gw.sync_stats is not None and gw.sync_stats.cursor_seq == 70)
