@@ -143,7 +143,7 @@ def status(gw_dir: Path) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readings", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=30_000, help="readings per sync batch")
+    ap.add_argument("--batch", type=int, default=40_000, help="readings per sync batch")
     ap.add_argument("--devices", type=int, default=20)
     args = ap.parse_args()
     n = args.readings

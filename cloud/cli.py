@@ -122,6 +122,9 @@ def _checked(check: Callable[[], T]) -> T:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cloud.server import serve
+    from common.malloc_arenas import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the server's worker threads exist
 
     base = _settings(args)
     smtp = replace(

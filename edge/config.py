@@ -56,9 +56,9 @@ class GatewayConfig:
     # Sync to the cloud (only once enrolled: `iotsphere gateway enroll`).
     sync_tick_s: float = 1.0  # how often the sync actor looks for unsynced data
     sync_config_every_s: float = 10.0  # how often rule/device changes are fetched from the cloud
-    # per batch: 18-240 KB on the wire (0.6-8 B each); two are in flight while draining, and
-    # 40k gave no faster drain but took the cloud to 235-247 MB (30k: 230 MB)
-    sync_batch_max_readings: int = 30_000
+    # per batch: 24-320 KB on the wire (0.6-8 B each); two are in flight while draining
+    # (bench/sync_drain.py: 40k drains 105-140k readings/s, 30k 91-121k)
+    sync_batch_max_readings: int = 40_000
     sync_batch_max_age_s: float = 2.0  # a part-full batch waits at most this long
     sync_timeout_s: float = 30.0  # per request
     sync_backoff_base_s: float = 1.0  # first retry delay bound; doubles per failure...

@@ -182,7 +182,7 @@ ConfigApplier = Callable[[int, dict[str, Any]], Awaitable[int]]
 class SyncSettings:
     config_every_s: float = 10.0  # how often cloud configuration changes are fetched
     tick_s: float = 1.0
-    batch_max_readings: int = 30_000
+    batch_max_readings: int = 40_000
     batch_max_age_s: float = 2.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
