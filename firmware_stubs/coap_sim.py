@@ -340,7 +340,7 @@ async def _device(
         lambda: DeviceEndpoint(config.ack_timeout_s, config.max_retransmit, 10.0),
         remote_addr=(config.host, config.port),
     )
-    token = ("x" + dev.token[1:]) if config.bad_token else dev.token
+    token = dev.wrong_token if config.bad_token else dev.token
     path = ["api", "v1", token, "telemetry"]
     fmt = FORMATS[config.fmt]
     slots = asyncio.Semaphore(config.inflight)

@@ -112,7 +112,7 @@ async def _device(
     stop: asyncio.Event,
     log: IO[str] | None,
 ) -> None:
-    token = ("x" + dev.token[1:]) if config.bad_token else dev.token
+    token = dev.wrong_token if config.bad_token else dev.token
     url = f"http://{config.host}:{config.port}/api/v1/{token}/telemetry"
     headers = {"Content-Type": MEDIA_TYPES[config.fmt]}
     interval = 1.0 / config.rate

@@ -61,6 +61,13 @@ class DeviceCredentials:
     device_id: str
     token: str
 
+    @property
+    def wrong_token(self) -> str:
+        """A token that is certainly not this device's (its first character changed: the
+        tokens are random, so replacing it with a fixed one would match 1 time in 64)."""
+        first = "y" if self.token.startswith("x") else "x"
+        return first + self.token[1:]
+
 
 def parse_credentials(text: str) -> tuple[DeviceCredentials, ...]:
     """Parse what `iotsphere gateway device add` prints, collected into a file.

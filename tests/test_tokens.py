@@ -9,6 +9,7 @@ import pytest
 from cloud.auth import new_opaque_token
 from common import tokens
 from edge.credentials import new_token
+from firmware_stubs.mqtt_sim import DeviceCredentials
 
 
 def test_a_token_starting_with_dash_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,3 +24,9 @@ def test_device_and_enrollment_tokens_never_start_with_dash(make: object) -> Non
     drawn = [make() for _ in range(2000)]  # ~31 of 2000 would start with '-' unguarded
     assert not [t for t in drawn if t.startswith("-")]
     assert len(set(drawn)) == len(drawn)
+
+
+@pytest.mark.parametrize("token", ["xAbc", "yAbc", "-Abc", "A"])
+def test_a_simulator_bad_token_always_differs(token: str) -> None:
+    wrong = DeviceCredentials("d1", token).wrong_token
+    assert wrong != token and len(wrong) == len(token)
