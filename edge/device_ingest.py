@@ -31,7 +31,7 @@ from common.clock import Clock
 from common.codecs import ContentFormat, PayloadError
 from common.model import Reading
 from common.problem import Problem
-from edge.pipeline import Classifier, Outcome
+from edge.pipeline import Classifier, Outcome, rejected
 from edge.store import Rejection
 from edge.store_actor import Confirm, Ingest, StoreMsg
 
@@ -175,7 +175,7 @@ class DeviceIngest:
         self, device_id: str, payload: bytes, problem: Problem, transport: str
     ) -> Pending:
         self._admit(check_load=False)
-        return self._join(_rejected(device_id, payload, self._clock.now_ms(), transport, problem))
+        return self._join(rejected(device_id, payload, self._clock.now_ms(), transport, problem))
 
     def _admit(self, *, check_load: bool) -> None:
         if self._closed:
@@ -211,7 +211,7 @@ class DeviceIngest:
             try:
                 fmt = ContentFormat.from_code(content_format)
             except PayloadError as exc:
-                return _rejected(device_id, payload, now, transport, exc.problem)
+                return rejected(device_id, payload, now, transport, exc.problem)
         else:
             fmt = content_format
         return self._classifier.classify(device_id, payload, fmt, now, transport)
@@ -261,20 +261,6 @@ class DeviceIngest:
             stats.unavailable += group.messages
             group.committed.set_exception(failure)
             group.committed.exception()  # retrieved: a group nobody awaits any more is no error
-
-
-def _rejected(device_id: str, payload: bytes, at: int, transport: str, problem: Problem) -> Outcome:
-    rejection = Rejection(
-        at=at,
-        device_id=device_id,
-        transport=transport,
-        status=problem.status,
-        title=problem.title,
-        detail=problem.detail,
-        errors=tuple(problem.errors),
-        payload=payload,
-    )
-    return Outcome([], rejection, problem)
 
 
 class InFlight:

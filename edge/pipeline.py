@@ -101,7 +101,7 @@ class Classifier:
         """Classify one message; content_type None means sniff it (MQTT 3.x)."""
         if device_id not in self._device_type:
             # The managed broker admits registered devices only; an external broker may not.
-            return self._rejected(device_id, payload, received_at_ms, transport, UNKNOWN_DEVICE)
+            return rejected(device_id, payload, received_at_ms, transport, UNKNOWN_DEVICE)
         type_name = self._device_type[device_id]
         spec = self._types.get(type_name) if type_name else None
         try:
@@ -120,21 +120,20 @@ class Classifier:
                 limits=self._limits,
             )
         except PayloadError as exc:
-            return self._rejected(device_id, payload, received_at_ms, transport, exc.problem)
+            return rejected(device_id, payload, received_at_ms, transport, exc.problem)
         return Outcome(readings)
 
-    @staticmethod
-    def _rejected(
-        device_id: str, payload: bytes, at: int, transport: str, problem: Problem
-    ) -> Outcome:
-        rejection = Rejection(
-            at=at,
-            device_id=device_id,
-            transport=transport,
-            status=problem.status,
-            title=problem.title,
-            detail=problem.detail,
-            errors=tuple(problem.errors),
-            payload=payload,
-        )
-        return Outcome([], rejection, problem)
+
+def rejected(device_id: str, payload: bytes, at: int, transport: str, problem: Problem) -> Outcome:
+    """The outcome of a refused message: nothing stored but its rejection record."""
+    rejection = Rejection(
+        at=at,
+        device_id=device_id,
+        transport=transport,
+        status=problem.status,
+        title=problem.title,
+        detail=problem.detail,
+        errors=tuple(problem.errors),
+        payload=payload,
+    )
+    return Outcome([], rejection, problem)
