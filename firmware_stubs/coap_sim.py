@@ -18,10 +18,10 @@ import json
 import random
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal, Protocol, cast
 
 import cbor2
 
@@ -308,17 +308,34 @@ def payload_for(
 async def run_coap_simulation(
     config: CoapSimConfig, stop: asyncio.Event | None = None
 ) -> CoapSimStats:
-    stop = stop or asyncio.Event()
+    done = stop or asyncio.Event()
     stats = CoapSimStats(devices=len(config.devices))
-    log: IO[str] | None = config.acked_log.open("a") if config.acked_log else None
+    await run_devices(
+        config.devices, lambda d, log: _device(config, d, stats, done, log), stats, config.acked_log
+    )
+    return stats
+
+
+class _Timed(Protocol):
+    elapsed_s: float
+
+
+async def run_devices(
+    devices: Sequence[DeviceCredentials],
+    one: Callable[[DeviceCredentials, IO[str] | None], Awaitable[None]],
+    stats: _Timed,
+    acked_log: Path | None,
+) -> None:
+    """Run one simulated device per credential at once (the CoAP and HTTP simulators), with
+    the acknowledged-readings log open, and record the wall time in stats.elapsed_s."""
+    log: IO[str] | None = acked_log.open("a") if acked_log else None
     started = time.perf_counter()
     try:
-        await asyncio.gather(*(_device(config, d, stats, stop, log) for d in config.devices))
+        await asyncio.gather(*(one(d, log) for d in devices))
     finally:
         stats.elapsed_s = time.perf_counter() - started
         if log is not None:
             log.close()
-    return stats
 
 
 def _timestamps() -> Iterator[int]:

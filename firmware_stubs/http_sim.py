@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import httpx
 
-from firmware_stubs.coap_sim import FORMATS, Format, latency_summary, payload_for
+from firmware_stubs.coap_sim import FORMATS, Format, latency_summary, payload_for, run_devices
 from firmware_stubs.mqtt_sim import DeviceCredentials
 
 MEDIA_TYPES = {
@@ -92,16 +92,11 @@ def retry_after(resp: httpx.Response) -> float:
 async def run_http_simulation(
     config: HttpSimConfig, stop: asyncio.Event | None = None
 ) -> HttpSimStats:
-    stop = stop or asyncio.Event()
+    done = stop or asyncio.Event()
     stats = HttpSimStats(devices=len(config.devices))
-    log: IO[str] | None = config.acked_log.open("a") if config.acked_log else None
-    started = time.perf_counter()
-    try:
-        await asyncio.gather(*(_device(config, d, stats, stop, log) for d in config.devices))
-    finally:
-        stats.elapsed_s = time.perf_counter() - started
-        if log is not None:
-            log.close()
+    await run_devices(
+        config.devices, lambda d, log: _device(config, d, stats, done, log), stats, config.acked_log
+    )
     return stats
 
 
