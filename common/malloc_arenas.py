@@ -9,7 +9,6 @@ DuckDB work on worker threads; with two 40k-reading batches in flight its peak R
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("iotsphere.memory")
@@ -20,12 +19,8 @@ M_ARENA_MAX = -8  # <malloc.h>
 def limit_malloc_arenas(arenas: int = 2) -> bool:
     """mallopt(M_ARENA_MAX, arenas) before worker threads start; False where there is no glibc
     (musl, macOS): nothing to do there."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter is linked with
     except (OSError, AttributeError):
         return False
     ok = bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
