@@ -161,13 +161,25 @@ def _kill_stale_broker(data_dir: Path) -> None:
 @pytest.fixture
 async def gateway(gateway_config: GatewayConfig) -> AsyncIterator[Gateway]:
     """An in-process gateway (for tests that inspect it directly)."""
-    gw = Gateway(replace(gateway_config, lockout=LockoutConfig(max_failures_per_address=1000)))
+    async with running(
+        replace(gateway_config, lockout=LockoutConfig(max_failures_per_address=1000))
+    ) as gw:
+        yield gw
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: GatewayConfig) -> AsyncIterator[Gateway]:
+    """A gateway in this process until the block ends; its start failure is raised here."""
+    gw = Gateway(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
     ready = asyncio.create_task(gw.ready.wait())
     await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
+        ready.cancel()
         task.result()
-    yield gw
-    stop.set()
-    await asyncio.wait_for(task, 30)
+    try:
+        yield gw
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

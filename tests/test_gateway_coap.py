@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,23 +17,7 @@ from edge.coap_context import SentAnswer, _send_initially
 from edge.config import GatewayConfig, LockoutConfig
 from edge.gateway import Gateway
 from tests.coap_support import coap_client, post_datagram, receive_answer, udp_socket
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: GatewayConfig) -> AsyncIterator[Gateway]:
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    ready = asyncio.create_task(gw.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()
-    try:
-        yield gw
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+from tests.conftest import running
 
 
 def problem_of(payload: bytes) -> dict:  # type: ignore[type-arg]
@@ -155,6 +137,7 @@ async def test_confirmable_retransmission_is_handled_once(gateway: Gateway) -> N
     finally:
         sock.close()
     assert first.code == again.code == Code.CHANGED
+
     # the cached answer (kept as its datagram: edge.coap_context.SentAnswer) is the same one
     def fields(m: Message) -> tuple[Any, ...]:
         return m.mtype, m.mid, m.code, m.token, m.payload, m.opt

@@ -7,11 +7,10 @@ aiohttp, Mosquitto and DuckDB on loopback, free ports), and a bounded hypothesis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,26 +22,9 @@ from hypothesis import strategies as st
 
 from edge.config import GatewayConfig, LockoutConfig
 from edge.gateway import Gateway
-from tests.conftest import IOTSPHERE, GatewayProcess, cli_json
+from tests.conftest import IOTSPHERE, GatewayProcess, cli_json, running
 
 PROBLEM = "application/problem+json"
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: GatewayConfig) -> AsyncIterator[Gateway]:
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    ready = asyncio.create_task(gw.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()
-    try:
-        yield gw
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def base_of(gw: Gateway) -> str:

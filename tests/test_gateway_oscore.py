@@ -26,8 +26,7 @@ from edge.oscore_contexts import (
 )
 from firmware_stubs.oscore_device import client_credentials, write_context_dir
 from tests.coap_support import coap_client, udp_socket
-from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json
-from tests.test_gateway_coap import running
+from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json, running
 from tests.udp_relay import udp_relay
 
 

@@ -44,7 +44,7 @@ from edge.identity import Identity, key_path, load_identity, save_identity
 from edge.store import GatewayStore
 from edge.store_actor import Ingest, call
 from edge.sync_actor import backoff_delay
-from tests.conftest import cli
+from tests.conftest import cli, running
 from tests.waiting import until
 
 
@@ -193,22 +193,6 @@ def sync_config(cfg: GatewayConfig) -> GatewayConfig:
         sync_backoff_base_s=0.01,
         sync_backoff_max_s=0.05,
     )
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: GatewayConfig) -> AsyncIterator[Gateway]:
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    ready = asyncio.create_task(gw.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield gw
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def readings(n: int, start_ts: int = 1_764_300_000_000, device: str = "d1") -> list[Reading]:

@@ -19,7 +19,8 @@ from edge.gateway import Gateway
 from edge.oscore_contexts import new_device_params
 from firmware_stubs.oscore_device import write_context_dir
 from tests.coap_support import coap_client, receive_answer, udp_socket
-from tests.test_gateway_coap import port_of, problem_of, running
+from tests.conftest import running
+from tests.test_gateway_coap import port_of, problem_of
 from tests.test_gateway_oscore import device_dir, is_protected, oscore_client, post, replay
 from tests.udp_relay import udp_relay
 from tests.waiting import until
