@@ -49,9 +49,11 @@ import psutil  # noqa: E402
 from edge.backend import admin_secret, running_gateway_url  # noqa: E402
 from edge.broker import MOSQUITTO, free_port  # noqa: E402
 
-# The issue's targets for this 2-core machine, broker and load generator included.
-TARGET_READINGS_PER_S = 15_000
-TARGET_P99_MS = 200
+# The issue's targets for this 2-core machine, broker and load generator included, for the
+# common sensor: one reading per QoS 1 message, 10 devices.
+TARGET_READINGS_PER_S = 25_000
+TARGET_CPU_US_PER_READING = 20.0  # gateway + its Mosquitto
+TARGET_P99_MS = 100  # publish -> PUBACK, which the front writes when the commit returns
 TARGET_LATENCY_RATE = 10_000
 TARGET_RSS_MB = 150
 TARGET_CEILING_SHARE = 0.60
@@ -650,9 +652,12 @@ def _gateway_run(
         (ta, sa), (tb, sb) = a, b
         dt = tb - ta
         stored = sb["readings_stored"] - sa["readings_stored"]
-        ingress_a, ingress_b = sa.get("ingress") or {}, sb.get("ingress") or {}
-        # acked = committed messages; "received" also counts what waits in the mailbox
-        acked = ingress_b.get("acked", 0) - ingress_a.get("acked", 0)
+        ingress_b = sb.get("ingress") or {}
+        # acked = committed messages: taken by the MQTT front itself (telemetry ends there)
+        # or, with an external broker, by the ingress subscriber
+        acked = _acked(sb) - _acked(sa)
+        cpu = _cpu_report(cpu_a, cpu_b)
+        ours = sum(cpu["process_percent"].get(k, 0.0) for k in ("gateway", "gateway_mosquitto"))
         p99s = [x["p99_ms"] for x in lag_samples if x.get("p99_ms") is not None]
         return {
             "readings_per_s": round(stored / dt),
@@ -664,10 +669,11 @@ def _gateway_run(
             "ingest_lag_p99_worst_ms": max(p99s) if p99s else None,
             # About what the broker had PUBACKed to the sims but not yet delivered to the
             # gateway (the sims' total includes the last moments before they stopped).
-            "broker_backlog_at_end": sim_stats.get("acked", 0) - ingress_b.get("received", 0),
+            "broker_backlog_at_end": sim_stats.get("acked", 0) - _received(sb),
             "status_answer_s": round(status.last_delay, 2),
             "store_mailbox_at_end": sb.get("store_mailbox"),
-            "cpu": _cpu_report(cpu_a, cpu_b),
+            "cpu": cpu,
+            "cpu_us_per_reading": round(ours / 100 * dt / stored * 1e6, 1) if stored else None,
             "peak_rss_mb": {k: _mb(v) for k, v in watch.peak_rss.items()},
             "start_rss_mb": {k: _mb(v) for k, v in watch.start_rss.items()},
             "mqtt_front": sb.get("mqtt_front"),
@@ -675,6 +681,16 @@ def _gateway_run(
             "rejections": sb.get("rejections"),
             "sim": sim_stats,
         }
+
+
+def _acked(status: dict[str, Any]) -> int:
+    front = (status.get("mqtt_front") or {}).get("telemetry") or {}
+    return int((status.get("ingress") or {}).get("acked", 0)) + int(front.get("acked", 0))
+
+
+def _received(status: dict[str, Any]) -> int:
+    front = (status.get("mqtt_front") or {}).get("telemetry") or {}
+    return int((status.get("ingress") or {}).get("received", 0)) + int(front.get("telemetry", 0))
 
 
 def phase_saturated(s: Settings, procs: Processes, workdir: Path) -> dict[str, Any]:
@@ -702,6 +718,12 @@ def _targets(result: dict[str, Any], s: Settings) -> dict[str, Any]:
             "target": f">= {TARGET_READINGS_PER_S}",
             "value": b["readings_per_s"],
             "met": b["readings_per_s"] >= TARGET_READINGS_PER_S,
+        }
+    if b is not None and b.get("cpu_us_per_reading") is not None:
+        out["cpu_us_per_reading"] = {
+            "target": f"<= {TARGET_CPU_US_PER_READING:g} (gateway + its Mosquitto)",
+            "value": b["cpu_us_per_reading"],
+            "met": b["cpu_us_per_reading"] <= TARGET_CPU_US_PER_READING,
         }
     if c is not None:
         p99 = c["ingest_lag_at_end"].get("p99_ms")
@@ -736,7 +758,7 @@ def _targets(result: dict[str, Any], s: Settings) -> dict[str, Any]:
 def _print_phase(title: str, r: dict[str, Any]) -> None:
     print(f"\n{title}")
     for key in ("msgs_per_s", "readings_per_s", "readings_per_message",
-                "readings_per_message_measured", "window_s"):  # fmt: skip
+                "readings_per_message_measured", "window_s", "cpu_us_per_reading"):  # fmt: skip
         if key in r:
             print(f"  {key:32} {r[key]}")
     if "ingest_lag_at_end" in r:
@@ -828,7 +850,7 @@ def _parse(argv: Sequence[str]) -> Settings:
     p = argparse.ArgumentParser(
         prog="ingest_mqtt.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
+    p.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
     p.add_argument(
         "--rate", type=float, default=10_000.0,
         help="phase C: total readings/s = msgs/s, spread over the devices (default 10000)",
@@ -839,8 +861,8 @@ def _parse(argv: Sequence[str]) -> Settings:
         help="seconds at the start of each phase not measured (default: a quarter, max 5)",
     )  # fmt: skip
     p.add_argument(
-        "--metrics", type=int, default=10,
-        help="readings per message in every phase (default 10)",
+        "--metrics", type=int, default=1,
+        help="readings per message in every phase (default 1, the common sensor)",
     )  # fmt: skip
     p.add_argument(
         "--sim-procs", type=int, default=2,
@@ -848,7 +870,13 @@ def _parse(argv: Sequence[str]) -> Settings:
     )  # fmt: skip
     p.add_argument("--phases", default="ABC", help="which phases to run (default ABC)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, DuckDB)")
+    p.add_argument(
+        "--smoke", action="store_true",
+        help="seconds, tiny sizes: checks that the benchmark still runs (the test suite's)",
+    )  # fmt: skip
     a = p.parse_args(argv)
+    if a.smoke:
+        a.devices, a.rate, a.seconds, a.warmup, a.sim_procs = 2, 200.0, 3.0, 1.0, 1
     warmup = a.warmup if a.warmup is not None else min(5.0, a.seconds / 4)
     if a.devices < 1 or a.rate <= 0 or a.metrics < 1 or a.sim_procs < 1:
         p.error("--devices, --rate, --metrics and --sim-procs must be positive")

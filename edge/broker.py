@@ -156,6 +156,11 @@ def render_config(broker_dir: Path, port: int, plugin: str, max_queued: int) -> 
             f"user {getpass.getuser()}",
             "allow_anonymous false",
             f"listener {port} 127.0.0.1",
+            # The MQTT front reads device PUBLISHes itself (edge.mqtt_front.telemetry): topic
+            # aliases would make the broker and the front disagree on topics, and its packet
+            # bound is the front's (edge.mqtt_front.stream.MAX_CLIENT_PACKET).
+            "max_topic_alias 0",
+            "max_packet_size 1048576",
             f"plugin {plugin}",
             f"plugin_opt_config_file {broker_dir / 'dynamic-security.json'}",
             "persistence true",

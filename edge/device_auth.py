@@ -159,7 +159,7 @@ class DeviceAuthenticator:
         tracker: LockoutTracker,
         clock: Clock,
         sink: AuthSink,
-        transport: Literal["coap", "http"],
+        transport: Literal["coap", "http", "mqtt"],
     ) -> None:
         self._directory = directory
         self._tracker = tracker

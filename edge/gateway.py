@@ -47,7 +47,7 @@ from edge.dynsec import DynsecClient, DynsecError
 from edge.http_ingress import HttpIngress
 from edge.identity import IdentityError, load_identity
 from edge.lockout import LockoutPolicy, LockoutTracker
-from edge.mqtt_front.proxy import AuthEvent, MqttFront
+from edge.mqtt_front.proxy import AuthEvent, MqttFront, TelemetryTerms
 from edge.mqtt_ingress import MqttIngress
 from edge.oscore_contexts import OscoreError, OscoreKeystore, OscoreRegistry
 from edge.pipeline import Classifier
@@ -201,6 +201,8 @@ class Gateway:
             )
             tasks.append(asyncio.create_task(self._ingress.run(), name="mqtt-ingress"))
             await asyncio.wait_for(self._ingress.connected.wait(), 30)
+            # One ingest path (and one in-flight bound) for MQTT telemetry, CoAP and HTTP.
+            self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
             if self._broker is not None:
                 self._front = self._new_front(cfg.mqtt_port, host, port)
                 await self._front.start()
@@ -266,8 +268,7 @@ class Gateway:
         listener's ingest path and lockout counts (the same DeviceIngest, the same tracker)."""
         from edge.status_page import StatusPage
 
-        if self._device_ingest is None:
-            self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
+        assert self._device_ingest is not None
         auth = DeviceAuthenticator(
             self._directory, self._tracker, self.clock, self._on_device_auth_event, "http"
         )
@@ -308,7 +309,7 @@ class Gateway:
     async def _start_coap(self) -> None:
         """The CoAP listener, sharing the MQTT front's lockout counts (a guesser's address is
         one address whichever protocol it tries)."""
-        self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
+        assert self._device_ingest is not None
         auth = DeviceAuthenticator(
             self._directory, self._tracker, self.clock, self._on_device_auth_event, "coap"
         )
@@ -427,6 +428,10 @@ class Gateway:
                 log.info("MQTT front open again after the broker restart")
 
     def _new_front(self, port: int, broker_host: str, broker_port: int) -> MqttFront:
+        assert self._device_ingest is not None and self._ingress is not None
+        token_auth = DeviceAuthenticator(
+            self._directory, self._tracker, self.clock, self._on_device_auth_event, "mqtt"
+        )
         return MqttFront(
             self.cfg.bind,
             port,
@@ -435,6 +440,7 @@ class Gateway:
             self._tracker,
             self._on_auth_event,
             self.clock,
+            telemetry=TelemetryTerms(self._device_ingest, self._ingress.reply, token_auth),
         )
 
     # -- wiring between parts ----------------------------------------------------------------
@@ -558,6 +564,8 @@ class Gateway:
         self._classifier.forget(device_id)
         self._directory.revoke(device_id)
         self._drop_oscore_context(device_id)
+        if self._front is not None:
+            self._front.drop_device(device_id)
         if self._dynsec is not None:
             try:
                 await self._dynsec.remove_device(device_id)
@@ -694,7 +702,12 @@ class Gateway:
             "sync": self._sync_status(),
             "disk": self._disk_status(),
             "broker": broker,
-            "mqtt_front": dataclasses.asdict(self._front.stats) if self._front else None,
+            "mqtt_front": (
+                dataclasses.asdict(self._front.stats)
+                | {"telemetry": dataclasses.asdict(self._front.tap_counters)}
+                if self._front
+                else None
+            ),
             "ingress": dict(self._ingress.stats) if self._ingress else None,
             "coap": self._coap.summary() if self._coap else None,
             "http": self._http.summary() if self._http else None,

@@ -30,6 +30,7 @@ from typing import Any
 from common.actors import ActorRef
 from common.clock import Clock
 from common.model import Reading
+from common.problem import Problem
 from edge.mqtt_client import InboundPublish, MqttSession, MqttSessionError, SessionConfig
 from edge.mqtt_client.session import IMPLEMENTATION_ERROR
 from edge.pipeline import Classifier, Outcome
@@ -86,13 +87,34 @@ class MqttIngress:
             "reconnects": 0,
             "failures": 0,
             "retained_replays": 0,
+            "replies_dropped": 0,
         }
+        self._session: _Session | None = None
+
+    def reply(
+        self,
+        device_id: str,
+        problem: Problem | None,
+        readings: int,
+        response_topic: str | None,
+        correlation: bytes | None,
+    ) -> None:
+        """Publish an outcome the MQTT front committed: the problem document to the device's
+        errors topic, the v5 response to its response topic. Best effort while the broker
+        connection is down (counted): the outcome itself is durable in the store."""
+        session = self._session
+        mqtt = session._mqtt if session is not None else None
+        if mqtt is None or not mqtt.is_open:
+            self.stats["replies_dropped"] += 1
+            return
+        publish_outcome(mqtt, device_id, problem, readings, response_topic, correlation)
 
     async def run(self) -> None:
         backoff = 0.2
         while True:
             try:
-                await _Session(self).run()
+                self._session = _Session(self)
+                await self._session.run()
                 backoff = 0.2
             except IngressDisconnected as exc:
                 self.connected.clear()
@@ -206,30 +228,44 @@ class _Session:
                 return  # replies would go nowhere; the broker redelivers, we reply then
             for msg, device_id, outcome in messages:
                 if outcome.problem is not None or msg.response_topic:
-                    self._reply(mqtt, msg, device_id, outcome)
+                    response = msg.response_topic
+                    if response and not response.startswith(f"devices/{device_id}/"):
+                        response = None
+                    publish_outcome(
+                        mqtt, device_id, outcome.problem, len(outcome.readings), response,
+                        msg.correlation_data,
+                    )  # fmt: skip
 
         return confirm
 
-    def _reply(
-        self, mqtt: MqttSession, msg: InboundPublish, device_id: str, outcome: Outcome
-    ) -> None:
-        if outcome.problem is not None:
-            mqtt.publish(
-                f"devices/{device_id}/errors",
-                outcome.problem.to_json(),
-                qos=1,
-                content_type="application/problem+json",
-            )
-        if msg.response_topic and msg.response_topic.startswith(f"devices/{device_id}/"):
-            body: dict[str, object] = {"status": "accepted" if outcome.accepted else "rejected"}
-            if outcome.accepted:
-                body["readings"] = len(outcome.readings)
-            elif outcome.problem is not None:
-                body["problem"] = outcome.problem.to_dict()
-            mqtt.publish(
-                msg.response_topic,
-                json.dumps(body).encode(),
-                qos=1,
-                content_type="application/json",
-                correlation_data=msg.correlation_data,
-            )
+
+def publish_outcome(
+    mqtt: MqttSession,
+    device_id: str,
+    problem: Problem | None,
+    readings: int,
+    response_topic: str | None,
+    correlation: bytes | None,
+) -> None:
+    """The device-visible outcome of a committed message: a problem document on its errors
+    topic, and (MQTT 5) the outcome on its response topic, already checked to be its own."""
+    if problem is not None:
+        mqtt.publish(
+            f"devices/{device_id}/errors",
+            problem.to_json(),
+            qos=1,
+            content_type="application/problem+json",
+        )
+    if response_topic:
+        body: dict[str, object] = {"status": "accepted" if problem is None else "rejected"}
+        if problem is None:
+            body["readings"] = readings
+        else:
+            body["problem"] = problem.to_dict()
+        mqtt.publish(
+            response_topic,
+            json.dumps(body).encode(),
+            qos=1,
+            content_type="application/json",
+            correlation_data=correlation,
+        )

@@ -115,6 +115,8 @@ class GatewayProcess:
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
+            # Its own process group with its Mosquitto: power_cut() kills both at once.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -132,6 +134,16 @@ class GatewayProcess:
     def http_port(self) -> int:
         """The HTTP port the running gateway bound (from `gateway status`)."""
         return int(cli_json("gateway", "status", data_dir=self.data_dir)["http"]["port"])
+
+    def power_cut(self) -> None:
+        """What a power cut does to the processes: the gateway and its Mosquitto SIGKILLed
+        together (the whole process group), nothing of either gets to save anything."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.log.write_text(self.log.read_text().replace("gateway ready", "gateway was ready"))
+        _kill_stale_broker(self.data_dir)  # in case it was not in the group
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None

@@ -1,5 +1,6 @@
-"""kill -9 of the gateway during a QoS 1 stream: every reading the simulator got a PUBACK for
-is stored exactly once after restart (the broker's queue, ack-after-commit and dedup)."""
+"""kill -9 of the gateway, and power cuts (the gateway and its Mosquitto SIGKILLed together),
+during QoS 1 streams: every reading a device got a PUBACK for is stored exactly once after the
+restart (the front acknowledges telemetry only after its commit; dedup on (device, metric, ts))."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def run_crash_scenario(
-    gp: GatewayProcess, tmp_path: Path, devices: int, per_device: int, kills: int
+    gp: GatewayProcess,
+    tmp_path: Path,
+    devices: int,
+    per_device: int,
+    kills: int,
+    *,
+    rate: int = 2000,
+    power_cut: bool = False,
 ) -> None:
     data_dir = gp.data_dir
     creds = [
@@ -42,7 +50,7 @@ def run_crash_scenario(
             "--port",
             str(gp.mqtt_port),
             "--rate",
-            "2000",
+            str(rate),
             "--count",
             str(per_device),
             "--metrics",
@@ -67,7 +75,10 @@ def run_crash_scenario(
         while _count_lines(acked_log) < start_lines + devices * per_device // (kills + 2):
             assert time.monotonic() < deadline, "simulator made no progress"
             time.sleep(0.05)
-        gp.stop(signal.SIGKILL)
+        if power_cut:
+            gp.power_cut()
+        else:
+            gp.stop(signal.SIGKILL)
         time.sleep(0.3)
         gp.start()
     out, err = sim.communicate(timeout=240)
@@ -113,6 +124,31 @@ def test_kill9_during_qos1_stream_loses_nothing(
     gateway_process: GatewayProcess, tmp_path: Path
 ) -> None:
     run_crash_scenario(gateway_process, tmp_path, devices=4, per_device=5000, kills=2)
+
+
+def test_power_cut_during_a_flood_loses_no_acknowledged_reading(
+    gateway_process: GatewayProcess, tmp_path: Path
+) -> None:
+    run_crash_scenario(
+        gateway_process, tmp_path, devices=10, per_device=2000, kills=2, power_cut=True
+    )
+
+
+def test_power_cut_during_a_paced_stream_loses_no_acknowledged_reading(
+    gateway_process: GatewayProcess, tmp_path: Path
+) -> None:
+    # 10 devices x 50 readings/s: 500 readings/s, the field case of the reproduction
+    run_crash_scenario(
+        gateway_process, tmp_path, devices=10, per_device=400, kills=2, rate=50, power_cut=True
+    )
+
+
+@pytest.mark.soak
+def test_power_cut_twenty_times_soak(gateway_process: GatewayProcess, tmp_path: Path) -> None:
+    run_crash_scenario(
+        gateway_process, tmp_path, devices=10, per_device=5000, kills=20, rate=500,
+        power_cut=True,
+    )  # fmt: skip
 
 
 @pytest.mark.soak

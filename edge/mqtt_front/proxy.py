@@ -31,6 +31,7 @@ from enum import Enum, auto
 from typing import Any, Literal
 
 from common.clock import Clock
+from edge.device_auth import DeviceAuthenticator, Refused
 from edge.lockout import LockoutTracker
 from edge.mqtt_front.packets import (
     V3_UNACCEPTABLE_PROTOCOL,
@@ -43,6 +44,8 @@ from edge.mqtt_front.packets import (
     parse_connack,
     parse_connect,
 )
+from edge.mqtt_front.stream import encode_connack_v5
+from edge.mqtt_front.telemetry import MAX_IN_FLIGHT, Intake, ReplySink, TapCounters, TelemetryTap
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ class FrontStats:
     audit_sink_errors: int = 0
     bytes_up: int = 0  # client -> broker
     bytes_down: int = 0  # broker -> client
+    direct_sessions: int = 0  # token logins (ThingsBoard style) served by the front alone
 
 
 @dataclass(slots=True)
@@ -108,6 +112,19 @@ class _Counters:
     audit_sink_errors: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    direct_sessions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryTerms:
+    """What the front needs to take telemetry itself (without it, it only forwards bytes).
+
+    `device_auth` admits token logins (username = token, no password: ThingsBoard firmware);
+    `replies` publishes problem documents and v5 responses through the broker."""
+
+    intake: Intake
+    replies: ReplySink
+    device_auth: DeviceAuthenticator | None = None
 
 
 _STAT_FIELDS = tuple(f.name for f in fields(FrontStats))
@@ -140,12 +157,13 @@ class _Side(asyncio.Protocol):
     """One socket of a session. In the pipe phase `peer` is set and data goes straight to the
     other socket from the event loop's callback: no task switch, no copy, no parsing."""
 
-    __slots__ = ("client", "peer", "session")
+    __slots__ = ("client", "peer", "session", "tap")
 
     def __init__(self, session: _Session, *, client: bool) -> None:
         self.session = session
         self.client = client
         self.peer: asyncio.Transport | None = None
+        self.tap: TelemetryTap | None = None  # set instead of peer when telemetry is taken
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -154,7 +172,13 @@ class _Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         peer = self.peer
         if peer is None:
-            self.session.handshake_data(self.client, data)
+            tap = self.tap
+            if tap is None:
+                self.session.handshake_data(self.client, data)
+            elif self.client:
+                tap.client_data(data)
+            else:
+                tap.broker_data(data)
             return
         peer.write(data)
         counters = self.session.counters
@@ -197,6 +221,8 @@ class _Session:
         self.timer: asyncio.TimerHandle | None = None
         self.eofs: set[bool] = set()
         self.closed = front._loop().create_future()  # set when the client socket is gone
+        self.tap: TelemetryTap | None = None
+        self.info: ConnectInfo | None = None
 
     # -- protocol callbacks ------------------------------------------------------------------
 
@@ -277,6 +303,9 @@ class _Session:
                     self.counters.no_connect += 1
             self.close()
             return False
+        if client and self.tap is not None and not self.tap.upstream:
+            self.close()  # served by the front alone: what it owes is already written
+            return False
         # Half-close: pass the EOF on and keep the other direction flowing for a while.
         other = self.upstream if client else self.client
         if other is not None and other.can_write_eof() and not other.is_closing():
@@ -326,6 +355,11 @@ class _Session:
 
     async def _establish(self, info: ConnectInfo) -> None:
         front, address = self.front, self.address
+        self.info = info
+        terms = front._telemetry
+        if terms is not None and terms.device_auth is not None and not info.has_password:
+            self._admit_token(info, terms.device_auth)
+            return
         decision = front._tracker.check(info.username, address)
         if decision.locked:
             self.counters.refused_locked += 1
@@ -350,9 +384,12 @@ class _Session:
             )
             return
         assert self.upstream is not None
-        # The CONNECT and whatever the client pipelined behind it go up unchanged.
-        self.upstream.write(self.head)
-        self.counters.bytes_up += len(self.head)
+        # The CONNECT and whatever the client pipelined behind it go up unchanged; with the
+        # telemetry tap, only the CONNECT: what follows it is the tap's to read.
+        upto = info.packet_len if front._telemetry is not None else len(self.head)
+        self.upstream.write(self.head[:upto])
+        del self.head[:upto]
+        self.counters.bytes_up += upto
         try:
             async with asyncio.timeout(front._upstream_timeout_s):
                 got = await self.connack
@@ -374,11 +411,63 @@ class _Session:
         front._tracker.record_success(info.username, address)
         self._start_pipe()
 
+    def _admit_token(self, info: ConnectInfo, auth: DeviceAuthenticator) -> None:
+        """A token login: the front authenticates it (lockout, audit) and serves it alone."""
+        result = auth.admit(info.username or "", self.address)
+        if isinstance(result, Refused):
+            reason = (
+                RefusalReason.LOCKED_OUT
+                if result.problem.status == 429
+                else RefusalReason.NOT_AUTHORIZED
+            )
+            self._reply_and_close(build_connack_refusal(info.protocol_level, reason))
+            return
+        client = self.client
+        assert client is not None and self.front._telemetry is not None
+        if client.is_closing():
+            self.close()
+            return
+        self.counters.direct_sessions += 1
+        v5 = info.protocol_level >= 5
+        self.write_client(encode_connack_v5(0, MAX_IN_FLIGHT) if v5 else build_connack(4, 0))
+        self.phase = _Phase.PIPE
+        rest = bytes(self.head[info.packet_len :])
+        self._tap(result.device.device_id, info, rest, upstream=False)
+        client.resume_reading()
+
+    def _tap(self, device_id: str, info: ConnectInfo, rest: bytes, *, upstream: bool) -> None:
+        terms = self.front._telemetry
+        assert terms is not None
+        tap = TelemetryTap(
+            self,
+            device_id,
+            v5=info.protocol_level >= 5,
+            keepalive_s=info.keepalive,
+            intake=terms.intake,
+            replies=terms.replies,
+            counters=self.front.tap_counters,
+            upstream=upstream,
+        )
+        self.tap = self.client_side.tap = tap
+        if self.upstream_side is not None:
+            self.upstream_side.tap = tap
+        self.head.clear()
+        if rest:
+            tap.client_data(rest)
+
     def _start_pipe(self) -> None:
         client, upstream = self.client, self.upstream
         assert client is not None and upstream is not None and self.upstream_side is not None
         if client.is_closing() or upstream.is_closing():
             self.close()
+            return
+        if self.front._telemetry is not None and self.info is not None:
+            self.phase = _Phase.PIPE
+            down, self.down = bytes(self.down), bytearray()
+            self._tap(self.info.username or "", self.info, bytes(self.head), upstream=True)
+            assert self.tap is not None
+            self.tap.broker_data(down)  # the CONNACK and whatever the broker queued
+            client.resume_reading()
             return
         # Everything the broker sent so far (CONNACK, maybe queued messages of a persistent
         # session) goes out first; from here on the sides write to each other directly.
@@ -421,10 +510,30 @@ class _Session:
             self.timer.cancel()
             self.timer = None
 
+    # -- what the telemetry tap uses (TapHost) ---------------------------------------------------
+
+    def write_client(self, data: bytes | bytearray) -> None:
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(data)
+            self.counters.bytes_down += len(data)
+
+    def write_upstream(self, data: bytes | bytearray) -> None:
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.write(data)
+            self.counters.bytes_up += len(data)
+
+    def pause_client(self, paused: bool) -> None:
+        self.set_reading(True, paused=paused)
+
+    def denied(self, topic: str) -> None:
+        self.front._emit("auth_failure", self.address, self.info, f"publish_denied ({topic})")
+
     def close(self) -> None:
         """End the session, letting each socket flush what is queued for it."""
         if self.phase is _Phase.CLOSED:
             return
+        if self.tap is not None:
+            self.tap.detach()
         self.phase = _Phase.CLOSED
         self._cancel_timer()
         if self.task is not None and self.task is not asyncio.current_task():
@@ -455,6 +564,7 @@ class MqttFront:
         upstream_timeout_s: float = 5.0,
         half_close_linger_s: float = 30.0,
         max_connections: int = 10_000,
+        telemetry: TelemetryTerms | None = None,
     ) -> None:
         self._bind = bind
         self._port = port
@@ -470,6 +580,8 @@ class MqttFront:
         self._sessions: set[_Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._c = _Counters()
+        self._telemetry = telemetry
+        self.tap_counters = TapCounters()
 
     @property
     def port(self) -> int:
@@ -481,6 +593,17 @@ class MqttFront:
     @property
     def stats(self) -> FrontStats:
         return FrontStats(**{name: getattr(self._c, name) for name in _STAT_FIELDS})
+
+    def drop_device(self, device_id: str) -> int:
+        """End the sessions the front serves alone for a revoked device (the broker ends the
+        others itself when dynsec deletes the client); returns how many."""
+        ended = [
+            s for s in self._sessions if s.tap is not None and not s.tap.upstream
+            and s.tap.device_id == device_id
+        ]  # fmt: skip
+        for session in ended:
+            session.close()
+        return len(ended)
 
     async def start(self) -> None:
         if self._server is not None:

@@ -1,0 +1,255 @@
+"""The front's packet-stream helpers and its telemetry tap, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from common.problem import Problem
+from edge.device_ingest import IngestResult, IngestUnavailable, Pending
+from edge.mqtt_client.codec import encode_publish
+from edge.mqtt_front.packets import MalformedPacket
+from edge.mqtt_front.stream import (
+    PINGREQ_BYTES,
+    PINGRESP_BYTES,
+    BrokerFramer,
+    ClientPackets,
+    encode_ack,
+    parse_publish,
+)
+from edge.mqtt_front.telemetry import TapCounters, TelemetryTap
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+def v311_publish(topic: str, payload: bytes, qos: int = 1, packet_id: int = 7,
+                 dup: bool = False) -> bytes:  # fmt: skip
+    body = len(topic).to_bytes(2, "big") + topic.encode()
+    if qos:
+        body += packet_id.to_bytes(2, "big")
+    body += payload
+    first = 0x30 | qos << 1 | (0x08 if dup else 0)
+    assert len(body) < 128
+    return bytes((first, len(body))) + body
+
+
+def test_parse_publish_v311_and_v5() -> None:
+    raw = v311_publish("devices/d1/telemetry", b'{"t":1}', qos=1, packet_id=300)
+    pub = parse_publish(raw[0], raw, 2, len(raw), v5=False)
+    assert (pub.topic, pub.qos, pub.packet_id, pub.payload) == (
+        "devices/d1/telemetry", 1, 300, b'{"t":1}',
+    )  # fmt: skip
+    raw5 = encode_publish(
+        "devices/d1/telemetry",
+        b"\xa1\x01\x02",
+        qos=2,
+        packet_id=9,
+        content_type="application/cbor",
+        response_topic="devices/d1/replies",
+        correlation_data=b"c1",
+    )
+    pub5 = parse_publish(raw5[0], raw5, 2, len(raw5), v5=True)
+    assert pub5.qos == 2 and pub5.packet_id == 9 and pub5.payload == b"\xa1\x01\x02"
+    assert pub5.content_type == "application/cbor"
+    assert pub5.response_topic == "devices/d1/replies" and pub5.correlation_data == b"c1"
+
+
+def test_parse_publish_refuses_wildcards_qos3_and_id_zero() -> None:
+    for raw in (
+        v311_publish("devices/+/telemetry", b"{}"),
+        bytes((0x36,)) + v311_publish("a", b"{}")[1:],
+        v311_publish("a", b"{}", packet_id=0),
+    ):
+        with pytest.raises(MalformedPacket):
+            parse_publish(raw[0], raw, 2, len(raw), v5=False)
+
+
+def test_client_packets_frame_across_chunks() -> None:
+    a = v311_publish("devices/d1/telemetry", b"1")
+    b = PINGREQ_BYTES
+    stream = a + b + a
+    splitter = ClientPackets()
+    got: list[bytes] = []
+    for i in range(0, len(stream), 3):  # three bytes at a time
+        buf, packets = splitter.feed(stream[i : i + 3])
+        got += [bytes(buf[start:end]) for _f, start, _b, end in packets]
+    assert got == [a, b, a]
+
+
+def test_client_packets_refuse_an_oversized_packet_from_its_header() -> None:
+    splitter = ClientPackets(max_packet=100)
+    with pytest.raises(MalformedPacket):
+        splitter.feed(b"\x30\xff\x01")  # remaining length 255
+
+
+def test_broker_framer_tracks_boundaries_and_swallows_owed_pingresps() -> None:
+    framer = BrokerFramer()
+    framer.swallow_pingresps = 1
+    suback = b"\x90\x03\x00\x01\x00"
+    stream = PINGRESP_BYTES + suback + PINGRESP_BYTES
+    out = bytearray()
+    boundaries = []
+    for byte in stream:  # byte by byte: headers split everywhere
+        out += framer.feed(bytes((byte,)))
+        boundaries.append(framer.at_boundary)
+    assert bytes(out) == suback + PINGRESP_BYTES  # only the first (owed) PINGRESP dropped
+    assert boundaries[-1] and not boundaries[2]
+    assert framer.swallow_pingresps == 0
+
+
+# -- the tap --------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeHost:
+    to_client: bytearray = field(default_factory=bytearray)
+    to_broker: bytearray = field(default_factory=bytearray)
+    paused: list[bool] = field(default_factory=list)
+    closed: bool = False
+    denied_topics: list[str] = field(default_factory=list)
+
+    def write_client(self, data: bytes | bytearray) -> None:
+        self.to_client += data
+
+    def write_upstream(self, data: bytes | bytearray) -> None:
+        self.to_broker += data
+
+    def pause_client(self, paused: bool) -> None:
+        self.paused.append(paused)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def denied(self, topic: str) -> None:
+        self.denied_topics.append(topic)
+
+
+BAD = Problem(slug="bad", title="Bad", status=400, detail="bad payload")
+
+
+class FakeIntake:
+    """Groups every submit into one pending commit until `commit()`."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.payloads: list[bytes] = []
+        self.refuse = False
+
+    def submit(self, device_id: str, payload: bytes, content_format: str | None,
+               transport: str) -> Pending:  # fmt: skip
+        if self.refuse:
+            raise IngestUnavailable("the store queue is full")
+        self.payloads.append(payload)
+        result = IngestResult(0, BAD) if payload == b"bad" else IngestResult(1)
+        return Pending(self.future, result)
+
+    def commit(self, error: Exception | None = None) -> None:
+        if error is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(error)
+        self.future = asyncio.get_running_loop().create_future()
+
+
+def make_tap(*, v5: bool = False, upstream: bool = True, keepalive: int = 0
+             ) -> tuple[TelemetryTap, FakeHost, FakeIntake, list[tuple[object, ...]]]:  # fmt: skip
+    host, intake = FakeHost(), FakeIntake()
+    replies: list[tuple[object, ...]] = []
+    tap = TelemetryTap(
+        host, "d1", v5=v5, keepalive_s=keepalive, intake=intake,
+        replies=lambda *a: replies.append(a), counters=TapCounters(), upstream=upstream,
+    )  # fmt: skip
+    return tap, host, intake, replies
+
+
+async def test_puback_only_after_the_commit_and_in_order() -> None:
+    tap, host, intake, replies = make_tap()
+    tap.client_data(v311_publish("devices/d1/telemetry", b"1", packet_id=1))
+    tap.client_data(v311_publish("devices/d1/telemetry", b"bad", packet_id=2))
+    assert host.to_client == b"" and host.to_broker == b""
+    intake.commit()
+    await asyncio.sleep(0)
+    assert bytes(host.to_client) == encode_ack(4, 1, v5=False) + encode_ack(4, 2, v5=False)
+    assert replies == [("d1", BAD, 0, None, None)]  # the problem document is published
+
+
+async def test_other_packets_and_topics_go_to_the_broker_unchanged() -> None:
+    tap, host, intake, _ = make_tap()
+    other = v311_publish("devices/d1/status", b"up", packet_id=3)
+    foreign = v311_publish("devices/d2/telemetry", b"1", packet_id=4)
+    tap.client_data(other + foreign + PINGREQ_BYTES)
+    assert bytes(host.to_broker) == other + foreign + PINGREQ_BYTES
+    assert intake.payloads == []
+    assert host.denied_topics == ["devices/d2/telemetry"]  # audited; the broker's ACL refuses
+
+
+async def test_ack_waits_for_a_packet_boundary_in_the_broker_stream() -> None:
+    tap, host, intake, _ = make_tap()
+    tap.client_data(v311_publish("devices/d1/telemetry", b"1", packet_id=1))
+    message = v311_publish("devices/d1/commands", b"reboot", qos=0)
+    tap.broker_data(message[:5])  # half a packet from the broker
+    intake.commit()
+    await asyncio.sleep(0)
+    assert bytes(host.to_client) == message[:5]
+    tap.broker_data(message[5:])
+    assert bytes(host.to_client) == message + encode_ack(4, 1, v5=False)
+
+
+async def test_qos2_pubrec_after_commit_resend_stored_once_pubrel_answered() -> None:
+    tap, host, intake, _ = make_tap()
+    tap.client_data(v311_publish("devices/d1/telemetry", b"1", qos=2, packet_id=5))
+    tap.client_data(v311_publish("devices/d1/telemetry", b"1", qos=2, packet_id=5, dup=True))
+    intake.commit()
+    await asyncio.sleep(0)
+    assert bytes(host.to_client) == encode_ack(5, 5, v5=False)
+    tap.client_data(v311_publish("devices/d1/telemetry", b"1", qos=2, packet_id=5, dup=True))
+    assert intake.payloads == [b"1"]  # stored once
+    tap.client_data(b"\x62\x02\x00\x05")  # PUBREL 5: ours to complete
+    assert bytes(host.to_client).endswith(b"\x50\x02\x00\x05" + b"\x70\x02\x00\x05")
+    assert host.to_broker == b""
+
+
+async def test_failed_commit_acknowledges_nothing_and_disconnects_v5_quota_exceeded() -> None:
+    tap, host, intake, _ = make_tap(v5=True)
+    raw = encode_publish("devices/d1/telemetry", b"1", qos=1, packet_id=1)
+    tap.client_data(raw)
+    intake.commit(IngestUnavailable("the store commit failed: No space left on device"))
+    await asyncio.sleep(0)
+    assert bytes(host.to_client) == b"\xe0\x01\x97" and host.closed
+
+
+async def test_refused_submit_disconnects_v311_without_any_ack() -> None:
+    tap, host, intake, _ = make_tap()
+    intake.refuse = True
+    tap.client_data(v311_publish("devices/d1/telemetry", b"1"))
+    assert host.to_client == b"" and host.closed
+
+
+async def test_keepalive_pings_the_broker_only_for_an_active_device() -> None:
+    tap, host, _intake, _ = make_tap(keepalive=60)
+    tap._tick()  # a silent device: no ping, the broker may time it out
+    assert host.to_broker == b""
+    tap.client_data(v311_publish("devices/d1/telemetry", b"1", qos=0))
+    tap._tick()  # only telemetry since the last tick: the broker saw nothing
+    assert bytes(host.to_broker) == PINGREQ_BYTES
+    tap.broker_data(PINGRESP_BYTES)  # the answer to our ping is not the device's
+    assert host.to_client == b""
+    tap.close()
+
+
+async def test_front_served_session_refuses_subscriptions_and_other_topics() -> None:
+    tap, host, intake, _ = make_tap(v5=True, upstream=False)
+    subscribe = b"\x82\x0e\x00\x0a\x00" + b"\x00\x08" + b"attr/#/x"[:8] + b"\x01"
+    tap.client_data(subscribe)
+    assert bytes(host.to_client) == b"\x90\x04\x00\x0a\x00\x87"
+    host.to_client.clear()
+    tap.client_data(encode_publish("v1/devices/me/attributes", b"{}", qos=1, packet_id=2))
+    assert bytes(host.to_client) == b"\x40\x03\x00\x02\x87"
+    assert intake.payloads == [] and host.denied_topics == ["v1/devices/me/attributes"]
+    tap.client_data(PINGREQ_BYTES)
+    assert bytes(host.to_client).endswith(PINGRESP_BYTES)
+    tap.client_data(encode_publish("v1/devices/me/telemetry", b"7", qos=1, packet_id=3))
+    assert intake.payloads == [b"7"]
+    tap.close()
