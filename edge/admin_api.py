@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common.problem import Problem
 from edge.backend import AdminBackend, BackendError
+from edge.store import StoreUnavailable
 
 log = logging.getLogger("iotsphere.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -122,6 +123,9 @@ class AdminApi:
             return await handler(request)
         except BackendError as exc:
             return _problem(400, "Request refused", str(exc))
+        except StoreUnavailable as exc:  # a full disk: the operator's to fix, not a crash
+            status = 507 if exc.failure.disk_full else 503
+            return _problem(status, "Storage unavailable", f"{exc.failure.reason}; nothing changed")
         except web.HTTPException as exc:
             return _problem(exc.status, exc.reason, exc.text or "")
         except Exception as exc:

@@ -10,7 +10,7 @@ own Block1 spool has none), then edge.device_ingest, which returns after the dur
 Answers (CONTRACT.md "Devices over CoAP and HTTP"): 2.04 stored; 4.00 bad payload, 4.15 unknown
 format, 4.13 over 64 KiB, each with the problem document as diagnostic payload and stored as a
 rejection; 4.01 bad token; 4.29 with Max-Age while locked out; 5.03 with Max-Age when the gateway
-cannot take more right now (nothing stored).
+cannot take more right now or cannot store (a full disk too: CoAP has no 5.07; nothing stored).
 
 OSCORE (RFC 8613): `POST /telemetry` protected with a device's security context
 (edge.oscore_contexts). aiocoap's OscoreSiteWrapper unprotects it (refusing unknown contexts,
@@ -52,7 +52,13 @@ from edge.coap_context import (
     tune_for_the_site,
 )
 from edge.device_auth import Admitted, DeviceAuthenticator
-from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable, Pending
+from edge.device_ingest import (
+    SERVICE_UNAVAILABLE,
+    DeviceIngest,
+    InFlight,
+    IngestUnavailable,
+    Pending,
+)
 from edge.oscore_contexts import OscoreRegistry
 
 # Piggy-backed answers: a 2.04 waits for the DuckDB commit, often longer than aiocoap's 0.1 s
@@ -332,6 +338,12 @@ OSCORE_REQUIRED = Problem(
 )
 
 
+def _unavailable(exc: IngestUnavailable) -> CoapReply:
+    """5.03 with Max-Age, whatever the cause: CoAP has no 5.07 for a full disk (RFC 7252
+    12.1.2), and the problem document says which it is."""
+    return CoapReply.problem(exc.problem_as(SERVICE_UNAVAILABLE), max_age=exc.retry_after_s)
+
+
 def _too_large(limit: int) -> Problem:
     return PayloadError.too_large(f"the payload exceeds {limit} bytes").problem
 
@@ -427,7 +439,7 @@ class TelemetryHandler:
             pending = self._ingest.submit(device_id, payload, req.content_format, TRANSPORT)
         except IngestUnavailable as exc:
             st.unavailable += 1
-            return CoapReply.problem(exc.problem, max_age=exc.retry_after_s)
+            return _unavailable(exc)
         return Awaiting(pending, req.block1)
 
     def finish(self, awaiting: Awaiting) -> CoapReply:
@@ -437,7 +449,7 @@ class TelemetryHandler:
             result = awaiting.pending.outcome()
         except IngestUnavailable as exc:
             st.unavailable += 1
-            return CoapReply.problem(exc.problem, max_age=exc.retry_after_s)
+            return _unavailable(exc)
         if result.problem is None:
             st.accepted += 1
             st.readings += result.readings

@@ -12,6 +12,9 @@ delay (batch_max_delay_ms).
 
 The number of requests waiting for a commit is bounded; beyond it, and when the store mailbox is
 full, the answer is "unavailable, retry" (CoAP 5.03 / HTTP 503) rather than an unbounded queue.
+When the store cannot write (a full disk, an I/O error) the answer says so: HTTP 507 Insufficient
+Storage for a full disk (503 otherwise), CoAP 5.03 (CoAP has no 5.07), both with Retry-After /
+Max-Age STORAGE_RETRY_AFTER_S and a problem document; nothing of the message was stored.
 
 Two ways in: `submit` classifies at once and returns a Pending whose `committed` future is
 shared by every message of the group (the CoAP fast path answers from a done-callback: no task,
@@ -32,31 +35,67 @@ from common.codecs import ContentFormat, PayloadError
 from common.model import Reading
 from common.problem import Problem
 from edge.pipeline import Classifier, Outcome, rejected
-from edge.store import Rejection
+from edge.store import Rejection, StoreUnavailable
 from edge.store_actor import Confirm, Ingest, StoreMsg
 
 log = logging.getLogger("iotsphere.device_ingest")
 
 DEFAULT_MAX_IN_FLIGHT = 20_000
 RETRY_AFTER_S = 1  # what an unavailable answer suggests
+# A full disk rarely clears within a second: a longer wait keeps every device's retries to a
+# trickle while the store probes (every second) and resumes by itself.
+STORAGE_RETRY_AFTER_S = 5
+SERVICE_UNAVAILABLE = 503
+INSUFFICIENT_STORAGE = 507  # RFC 4918: the server cannot store what it was sent
 GROUP_WINDOW_S = 0.005
 
 
 class IngestUnavailable(Exception):
     """The gateway cannot take this message now (overloaded, stopping, or the commit failed).
 
-    Nothing of the message was acknowledged; the device should retry after `retry_after_s`."""
+    Nothing of the message was acknowledged; the device should retry after `retry_after_s`.
+    `storage`: the store cannot write (`storage_full`: its disk is full)."""
 
-    def __init__(self, reason: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+    def __init__(
+        self,
+        reason: str,
+        retry_after_s: int = RETRY_AFTER_S,
+        *,
+        storage: bool = False,
+        storage_full: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.retry_after_s = retry_after_s
+        self.storage = storage or storage_full
+        self.storage_full = storage_full
+
+    @classmethod
+    def from_store(cls, error: StoreUnavailable) -> IngestUnavailable:
+        # The device learns that storage failed, not DuckDB's message (it names local paths).
+        full = error.failure.disk_full
+        reason = "the gateway's storage is full" if full else "the gateway cannot store data"
+        return cls(reason, STORAGE_RETRY_AFTER_S, storage=True, storage_full=full)
+
+    @property
+    def status(self) -> int:
+        """The HTTP status: 507 for a full disk, else 503."""
+        return INSUFFICIENT_STORAGE if self.storage_full else SERVICE_UNAVAILABLE
 
     @property
     def problem(self) -> Problem:
+        return self.problem_as(self.status)
+
+    def problem_as(self, status: int) -> Problem:
+        """The problem document with this status (CoAP answers a full disk with 5.03)."""
+        slug, title = "unavailable", "Gateway busy"
+        if self.storage_full:
+            slug, title = "insufficient-storage", "Gateway storage full"
+        elif self.storage:
+            slug, title = "storage-unavailable", "Gateway storage unavailable"
         return Problem(
-            slug="unavailable",
-            title="Gateway busy",
-            status=503,
+            slug=slug,
+            title=title,
+            status=status,
             detail=f"{self}; nothing was stored, retry after {self.retry_after_s} s",
             extra={"retry_after": self.retry_after_s},
         )
@@ -242,8 +281,12 @@ class DeviceIngest:
 
     def _confirmer(self, group: _Group) -> Confirm:
         def confirm(error: BaseException | None) -> None:
-            failed = None if error is None else f"the store commit failed: {error}"
-            self._settle(group, None if failed is None else IngestUnavailable(failed))
+            if error is None:
+                self._settle(group, None)
+            elif isinstance(error, StoreUnavailable):
+                self._settle(group, IngestUnavailable.from_store(error))
+            else:
+                self._settle(group, IngestUnavailable(f"the store commit failed: {error}"))
 
         return confirm
 

@@ -692,6 +692,7 @@ class Gateway:
             "started_at": self.started_at,
             "devices": dict(sorted(devices.items())),
             "readings_stored": live.readings_stored,
+            "storage": live.storage.to_dict(self.clock.now_ms()),
             "duplicates_ignored": live.duplicates,
             "last_seq": live.last_seq,
             "active_alerts": live.active_alerts,

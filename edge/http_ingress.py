@@ -9,9 +9,10 @@ and an HttpReply becomes a response again, so TelemetryHandler is testable witho
 Answers: 200 {"status": "accepted", "readings": n} after the commit; 400 bad payload, 415
 unknown Content-Type, 413 over 64 KiB (each a problem document, stored as a rejection); 401 bad
 token; 429 with Retry-After while locked out; 503 with Retry-After when the gateway cannot take
-more now (nothing stored). A body over the limit is refused without reading past the limit: a
-declared Content-Length is refused before the body is read (no "100 Continue" is sent for it),
-a chunked one after limit + 1 bytes, and the connection is closed instead of drained.
+more now, 507 Insufficient Storage with Retry-After when its disk is full (nothing stored). A
+body over the limit is refused without reading past the limit: a declared Content-Length is
+refused before the body is read (no "100 Continue" is sent for it), a chunked one after
+limit + 1 bytes, and the connection is closed instead of drained.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class HttpStats:
     too_large: int = 0  # of rejected: 413
     unauthorized: int = 0  # 401
     locked_out: int = 0  # 429
-    unavailable: int = 0  # 503: overloaded or stopping, nothing stored
+    unavailable: int = 0  # 503/507: overloaded, stopping or storage failed, nothing stored
+    insufficient_storage: int = 0  # of unavailable: 507, the gateway's disk is full
     incomplete: int = 0  # 408: the body did not arrive
     not_found: int = 0  # 404 (any path the server does not serve)
     bad_method: int = 0  # 405
@@ -162,6 +164,7 @@ class TelemetryHandler:
             result = await pending
         except IngestUnavailable as exc:
             st.unavailable += 1
+            st.insufficient_storage += exc.storage_full
             return HttpReply.problem(exc.problem, retry_after=exc.retry_after_s, close=close)
         if result.problem is None:
             st.accepted += 1

@@ -56,6 +56,9 @@ class SecurityLockout:
 
 
 SECURITY_RULE = "security.lockout"
+# A critical alert while the store cannot write (edge.storage_health), on the gateway itself.
+STORAGE_RULE = "storage.unavailable"
+STORAGE_SUBJECT = "gateway"
 
 RulesMsg = Committed | Tick | ReloadRules | ChangeAlert | SecurityLockout
 
@@ -157,6 +160,7 @@ class RulesActor(Actor[RulesMsg]):
             case Tick():
                 await self._apply(self._engine.tick(now))
                 await self._expire_security(now)
+                await self._watch_storage(now)
                 if self._cursor != self._saved_cursor:
                     await self._save_state()
             case ReloadRules():
@@ -201,6 +205,45 @@ class RulesActor(Actor[RulesMsg]):
                 )
         if expired:
             await self._persist(expired)
+
+    async def _watch_storage(self, now: int) -> None:
+        """Raise the critical storage alert while the store actor reports storage unavailable,
+        resolve it once it writes again. Read from the LiveStats this actor already shares
+        with the store actor (no extra wiring); a tick is soon enough for an outage that
+        lasts until space returns. The alert is stored when the store writes again (held
+        there meanwhile), and shows in status at once through active_alerts."""
+        health = None if self._stats is None else self._stats.storage
+        if health is None:
+            return
+        key = (STORAGE_RULE, STORAGE_SUBJECT)
+        opened = self._open.get(key)
+        if not health.available and opened is None:
+            failure = health.failure
+            alert = AlertRow(
+                id=str(uuid.uuid4()),
+                rule_id=STORAGE_RULE,
+                subject=STORAGE_SUBJECT,
+                metric="storage",
+                severity="critical",
+                state=AlertState.ACTIVE,
+                value={
+                    "reason": failure.reason if failure else "unknown",
+                    "disk_full": bool(failure and failure.disk_full),
+                },
+                started_at=health.since or now,
+            )
+            self._open[key] = alert
+            log.error("storage alert: the gateway cannot store data (%s)", alert.value)
+            await self._persist([alert])
+        elif health.available and opened is not None:
+            del self._open[key]
+            resolved = replace(
+                opened,
+                state=next_state(AlertState(opened.state), AlertEvent.RESOLVE),
+                resolved_at=health.recovered_at or now,
+            )
+            log.warning("storage alert resolved: the gateway stores data again")
+            await self._persist([resolved])
 
     async def _apply(self, transitions: list[Transition]) -> None:
         if not transitions:

@@ -121,6 +121,20 @@ def who_is_locked(key: str) -> tuple[str, str]:
     return "other", key
 
 
+def storage_text(storage: Mapping[str, Any]) -> str | None:
+    """`status["storage"]` in one line: "available", or why not and for how long."""
+    state = storage.get("state")
+    if state is None:
+        return None
+    if state != "unavailable":
+        return str(state)
+    text = f"unavailable: {storage.get('reason')}"
+    down = age(storage.get("unavailable_for_s"))
+    if down is not None:
+        text += f", for {down}"
+    return text + f" ({storage.get('failed_commits', 0)} failed commits)"
+
+
 def _latest_text(values: Mapping[str, tuple[int, Any]]) -> str | None:
     if not values:
         return None
@@ -132,6 +146,7 @@ def build_view(data: StatusData, now_ms: int) -> View:
     sync: Mapping[str, Any] = st.get("sync") or {}
     broker: Mapping[str, Any] = st.get("broker") or {}
     disk: Mapping[str, Any] = st.get("disk") or {}
+    storage: Mapping[str, Any] = st.get("storage") or {}
     problems: list[str] = []
 
     locked_rows = []
@@ -149,6 +164,12 @@ def build_view(data: StatusData, now_ms: int) -> View:
         broker_state += f", {broker.get('restarts', 0)} restarts"
         if broker.get("state") != "running":
             problems.append("the MQTT broker is restarting")
+    storage_state = storage_text(storage)
+    if storage.get("state") == "unavailable":
+        problems.append(
+            f"the gateway cannot store data ({storage.get('reason')}): devices are told to "
+            "retry later" + (", free disk space" if storage.get("disk_full") else "")
+        )
     last_error = sync.get("last_error") or sync.get("error")
     cards: list[tuple[str, Cell]] = [
         ("Gateway started", _ts(st.get("started_at"))),
@@ -161,6 +182,7 @@ def build_view(data: StatusData, now_ms: int) -> View:
         ("Last sync error", _text(last_error)),
         ("Last sync error at", _ts(sync.get("last_error_at"))),
         ("MQTT broker", broker_state),
+        ("Storage", storage_state),
         ("Disk used (data folder)", size(disk.get("used_bytes"))),
         ("Database", size(disk.get("database_bytes"))),
         ("Broker queue", size(disk.get("broker_queue_bytes"))),

@@ -7,11 +7,13 @@ DuckDB allows one writer process, so nothing else ever opens the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,32 @@ import pyarrow as pa
 
 from common.model import FieldError, Reading, ReadingFlag, Value
 from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, DeviceRecord, ReadingColumns
+from edge.store_connection import DuckConfig, DuckConnection, StoreError, StoreUnavailable
+
+__all__ = [  # the errors live in edge.store_connection; callers import them from here
+    "DROPPED_COUNTER",
+    "PRUNED_COUNTER",
+    "READINGS_ARROW_SCHEMA",
+    "SCHEMA",
+    "SYNC_ALERTS_KEY",
+    "SYNC_AUTH_KEY",
+    "SYNC_DEVICES_KEY",
+    "SYNC_LAST_ERROR_KEY",
+    "SYNC_LAST_SUCCESS_KEY",
+    "SYNC_READINGS_KEY",
+    "AlertRow",
+    "AuthFailure",
+    "Batch",
+    "BudgetResult",
+    "CommitResult",
+    "EpochStart",
+    "GatewayStore",
+    "Rejection",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+log = logging.getLogger("iotsphere.store")
 
 # Arrow's default allocator (jemalloc/mimalloc) keeps its own arenas next to glibc's; batches
 # here are small and short-lived, so the system allocator costs nothing and keeps RSS down.
@@ -141,10 +169,6 @@ DROPPED_COUNTER = "readings_dropped"  # unsynced readings deleted by the disk ca
 PRUNED_COUNTER = "readings_pruned"  # synced readings deleted after the retention period
 
 
-class StoreError(Exception):
-    """The store cannot do what was asked (carries a user-facing message)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Rejection:
     at: int
@@ -241,6 +265,33 @@ class Batch:
             or self.epoch
         )
 
+    def carried(self) -> Batch:
+        """What a failed commit must still write later. Audit rows, alerts, kv, counters,
+        last_seen and a clock epoch are the gateway's own records (upserts or deltas) that
+        nobody would send again; readings and rejections are left out because their senders
+        were told to retry, and resend them."""
+        return Batch(
+            auth_failures=list(self.auth_failures),
+            alerts=list(self.alerts),
+            counters=dict(self.counters),
+            kv=dict(self.kv),
+            last_seen=dict(self.last_seen),
+            epoch=self.epoch,
+        )
+
+    def absorb(self, later: Batch) -> None:
+        """Add a later batch to this one; where both set a value, the later one wins."""
+        self.readings.extend(later.readings)
+        self.rejections.extend(later.rejections)
+        self.auth_failures.extend(later.auth_failures)
+        self.alerts.extend(later.alerts)  # upserts in order: the later state of an alert wins
+        for name, n in later.counters.items():
+            self.counters[name] = self.counters.get(name, 0) + n
+        self.kv.update(later.kv)
+        for device, at in later.last_seen.items():
+            self.last_seen[device] = max(self.last_seen.get(device, 0), at)
+        self.epoch = later.epoch or self.epoch
+
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
@@ -251,84 +302,130 @@ class CommitResult:
 
 
 class GatewayStore:
-    def __init__(self, path: Path, *, memory_limit: str = "64MB", threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        memory_limit: str = "64MB",
+        threads: int = 1,
+        checkpoint_threshold: str | None = None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._con = duckdb.connect(
-                str(path),
-                config={"memory_limit": memory_limit, "threads": threads},
-            )
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StoreError(
-                    f"the database {path} is in use by another process (is the gateway running?)"
-                ) from exc
-            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+        config: DuckConfig = {"memory_limit": memory_limit, "threads": threads}
+        if checkpoint_threshold is not None:  # DuckDB's default: checkpoint at a 16 MiB WAL
+            config["checkpoint_threshold"] = checkpoint_threshold
         self._lock = threading.Lock()  # one statement sequence at a time, whatever the thread
+        # The next sequence numbers, kept in memory (read from the file by _load_cursors).
+        self._next_seq = self._next_change = self._next_auth = self._next_epoch = 1
+        self._db = DuckConnection(path, config, after_reopen=self._load_cursors)
         self._con.execute(SCHEMA)
         # Added after the first release: a cursor for syncing auth events.
         self._con.execute("ALTER TABLE auth_failures ADD COLUMN IF NOT EXISTS seq BIGINT")
-        self._compact_counters()
-        row = self._con.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchall()[0]
-        self._next_seq = int(row[0]) + 1
-        row = self._con.execute("SELECT coalesce(max(change_seq), 0) FROM alerts").fetchall()[0]
-        self._next_change = int(row[0]) + 1
-        row = self._con.execute("SELECT coalesce(max(seq), 0) FROM auth_failures").fetchall()[0]
-        self._next_auth = int(row[0]) + 1
-        row = self._con.execute("SELECT coalesce(max(id), 0) FROM clock_epochs").fetchall()[0]
-        self._next_epoch = int(row[0]) + 1
+        try:
+            self._compact_counters()
+        except StoreUnavailable as exc:  # e.g. opened on a full disk: the deltas stay as they are
+            log.warning("store: counters not compacted at open: %s", exc.failure.reason)
+        self._load_cursors()
+
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:
+        return self._db.con
+
+    def _load_cursors(self) -> None:
+        """The next sequence numbers from the file (at open, after a reopen, after a failed
+        transaction), never below what this instance has handed out already."""
+        q = self._con.execute
+        # Retention and the cap may have deleted the newest readings: the sync cursor, the
+        # drops and the clock epochs still name those numbers, and none may be used twice.
+        seq, change, auth, epoch = q(
+            "SELECT greatest("
+            "  (SELECT coalesce(max(seq), 0) FROM readings),"
+            "  (SELECT coalesce(max(to_seq), 0) FROM drops),"
+            "  (SELECT coalesce(max(first_seq) - 1, 0) FROM clock_epochs),"
+            "  (SELECT coalesce(max(TRY_CAST(value AS BIGINT)), 0) FROM kv WHERE key = ?)),"
+            " (SELECT coalesce(max(change_seq), 0) FROM alerts),"
+            " (SELECT coalesce(max(seq), 0) FROM auth_failures),"
+            " (SELECT coalesce(max(id), 0) FROM clock_epochs)",
+            [SYNC_READINGS_KEY],
+        ).fetchall()[0]
+        self._next_seq = max(self._next_seq, int(seq) + 1)
+        self._next_change = max(self._next_change, int(change) + 1)
+        self._next_auth = max(self._next_auth, int(auth) + 1)
+        self._next_epoch = max(self._next_epoch, int(epoch) + 1)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction (call with self._lock held). A failure is rolled back without
+        masking its error (StoreUnavailable for a storage failure). Its sequence numbers go back
+        to where they were (nothing of it was stored), unless the file says otherwise: DuckDB
+        can keep a commit whose WAL was written when the checkpoint after it failed."""
+        before = (self._next_seq, self._next_change, self._next_auth, self._next_epoch)
+        try:
+            with self._db.transaction() as con:
+                yield con
+        except BaseException as exc:
+            self._next_seq, self._next_change, self._next_auth, self._next_epoch = before
+            try:
+                self._load_cursors()
+            except duckdb.Error as reload_error:  # the reopen failed: the next use retries it
+                exc.add_note(f"sequence numbers not re-read: {reload_error}")
+            raise
 
     def _compact_counters(self) -> None:
-        con = self._con
-        con.execute("BEGIN TRANSACTION")
-        rows = con.execute("SELECT name, sum(value) FROM counters GROUP BY name").fetchall()
-        con.execute("DELETE FROM counters")
-        if rows:
-            con.execute(
-                "INSERT INTO counters SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[])",
-                [[r[0] for r in rows], [int(r[1]) for r in rows]],
-            )
-        con.execute("COMMIT")
+        with self._db.transaction() as con:
+            rows = con.execute("SELECT name, sum(value) FROM counters GROUP BY name").fetchall()
+            con.execute("DELETE FROM counters")
+            if rows:
+                con.execute(
+                    "INSERT INTO counters SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[])",
+                    [[r[0] for r in rows], [int(r[1]) for r in rows]],
+                )
 
     def close(self) -> None:
+        """Checkpoint and close; never fails over a full disk (the WAL keeps the data)."""
         with self._lock:
-            self._con.execute("CHECKPOINT")
-            self._con.close()
+            self._db.close()
+
+    # -- storage health ------------------------------------------------------------------
+
+    def recover(self, exc: BaseException) -> StoreUnavailable | None:
+        """After an operation outside commit() failed with exc: None when it is no storage
+        failure; else the StoreUnavailable to report, the store usable again (reopened when
+        DuckDB invalidated the database)."""
+        with self._lock:
+            return self._db.recover(exc)
+
+    def headroom(self) -> tuple[int, int]:
+        """(bytes still free for the database on its file system, bytes in its WAL)."""
+        return self._db.headroom()
 
     # -- writes -------------------------------------------------------------------------
 
     def commit(self, batch: Batch) -> CommitResult:
         """Make a batch durable in one transaction; dedupes readings on (device, metric, ts)."""
-        with self._lock:
-            con = self._con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                if batch.epoch is not None:
-                    e = batch.epoch
-                    con.execute(
-                        "INSERT INTO clock_epochs VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                        [
-                            self._next_epoch,
-                            self._next_seq,
-                            e.boot_id,
-                            e.mono_base_ms,
-                            e.flags,
-                            e.started_at,
-                        ],
-                    )
-                    self._next_epoch += 1
-                result = self._insert_readings(batch.readings)
-                self._insert_rejections(batch.rejections)
-                self._insert_auth_failures(batch.auth_failures)
-                self._upsert_alerts(batch.alerts)
-                self._write_last_seen(batch.last_seen)
-                self._add_counters(batch.counters)
-                for key, value in batch.kv.items():
-                    con.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction() as con:
+            if batch.epoch is not None:
+                e = batch.epoch
+                con.execute(
+                    "INSERT INTO clock_epochs VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                    [
+                        self._next_epoch,
+                        self._next_seq,
+                        e.boot_id,
+                        e.mono_base_ms,
+                        e.flags,
+                        e.started_at,
+                    ],
+                )
+                self._next_epoch += 1
+            result = self._insert_readings(batch.readings)
+            self._insert_rejections(batch.rejections)
+            self._insert_auth_failures(batch.auth_failures)
+            self._upsert_alerts(batch.alerts)
+            self._write_last_seen(batch.last_seen)
+            self._add_counters(batch.counters)
+            for key, value in batch.kv.items():
+                con.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value])
         return result
 
     def _insert_readings(self, readings: Sequence[Reading]) -> CommitResult:
@@ -751,9 +848,7 @@ class GatewayStore:
         cursor, _ = self.sync_cursor()
         pruned = dropped = 0
         with self._lock:
-            con = self._con
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with self._transaction() as con:
                 if synced_before_ms is not None and cursor > 0:
                     pruned = int(
                         con.execute(
@@ -770,13 +865,10 @@ class GatewayStore:
                 self._add_counters(
                     {k: v for k, v in ((PRUNED_COUNTER, pruned), (DROPPED_COUNTER, dropped)) if v}
                 )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             if pruned or dropped:
                 # Frees the deleted row groups for reuse, so the file stops growing.
-                con.execute("CHECKPOINT")
+                with self._db.guarded() as con:
+                    con.execute("CHECKPOINT")
         return BudgetResult(pruned, dropped)
 
     def _drop_over_cap(

@@ -1,9 +1,18 @@
 """The one actor that owns DuckDB: batches ingest into transactions, then confirms.
 
 A reading is confirmed (and so acknowledged to its device or broker) only after the transaction
-that holds it has committed. Batches close at `batch_max_readings` or after
-`batch_max_delay_ms`, whichever comes first; the DuckDB work runs in a worker thread so the
-event loop keeps serving sockets meanwhile.
+that holds it has committed. While a device waits for that confirmation the batch commits as
+soon as nothing else is queued (group commit: whatever arrives during one commit goes into the
+next), because a device's PUBACK now waits for the commit and a fixed delay would be latency
+each device pays and throughput its in-flight window caps; otherwise batches close at
+`batch_max_readings` or after `batch_max_delay_ms`. The DuckDB work runs in a worker thread so
+the event loop keeps serving sockets meanwhile.
+
+A commit that fails for a storage reason (a full disk, an I/O error) is no crash: its confirms
+get the StoreUnavailable (nothing of it is acknowledged), the gateway's own records in it are
+kept for the next commit (Batch.carried), and storage turns "unavailable" (edge.storage_health):
+ingest is refused at once, the disk budget runs (a full disk prunes every synced reading), and a
+Probe every PROBE_EVERY_S tries a small commit, which ends the outage.
 """
 
 from __future__ import annotations
@@ -17,11 +26,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from common.actors import Actor, ActorRef
+from common.actors import Actor, ActorRef, Timer
 from common.model import Reading
 from edge.clock_watch import ClockWatch
 from edge.config import DiskBudget
-from edge.store import AlertRow, AuthFailure, Batch, CommitResult, GatewayStore, Rejection
+from edge.storage_health import StorageHealth, storage_failure
+from edge.store import (
+    AlertRow,
+    AuthFailure,
+    Batch,
+    CommitResult,
+    GatewayStore,
+    Rejection,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("iotsphere.store")
 T = TypeVar("T")
@@ -68,6 +86,11 @@ class EnforceBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """While storage is unavailable: try a small commit; one that succeeds ends the outage."""
+
+
+@dataclass(frozen=True, slots=True)
 class Committed:
     """Told to the subscriber (the rules actor) after every commit with readings."""
 
@@ -75,7 +98,7 @@ class Committed:
     result: CommitResult
 
 
-StoreMsg = Ingest | RecordAuth | SaveAlerts | Call | Flush | EnforceBudget
+StoreMsg = Ingest | RecordAuth | SaveAlerts | Call | Flush | EnforceBudget | Probe
 
 
 class LagWindow:
@@ -131,11 +154,21 @@ class LiveStats:
     sync_inflight_through: int = 0  # readings up to this seq are in a batch sent to the cloud
     readings_dropped: int = 0  # since start: unsynced readings deleted by the disk cap
     readings_pruned: int = 0  # since start: synced readings deleted after retention
+    # Whether the store can write (why not, since when): kept by the store actor, read by
+    # status and by the rules actor, which raises the critical storage alert from it.
+    storage: StorageHealth = field(default_factory=StorageHealth)
 
 
 STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
 GROUP_COMMIT_FACTOR = 8
 META_INTERVAL_S = 2.0  # last_seen and counters are written at most this often
+PROBE_EVERY_S = 1.0  # while storage is unavailable: a small write this often
+# After a full disk, a probe writes only with this much free beyond the WAL: DuckDB's next
+# checkpoint copies the WAL into the database file, and resuming with a few KB free would only
+# fail the next batch again (a commit of 500 readings appends ~20-40 KB to the WAL).
+PROBE_HEADROOM_BYTES = 1 << 20
+MAX_HELD_AUTH_FAILURES = 10_000  # audit rows kept through an outage; beyond, counted as lost
+PROBE_KEY = "storage.last_probe_at"  # kv: what a probe writes
 
 
 class StoreActor(Actor[StoreMsg]):
@@ -158,6 +191,7 @@ class StoreActor(Actor[StoreMsg]):
         executor: ThreadPoolExecutor | None = None,
         clock_watch: ClockWatch | None = None,
         budget: DiskBudget | None = None,
+        probe_every_s: float = PROBE_EVERY_S,
     ) -> None:
         super().__init__()
         self._store = store
@@ -176,8 +210,16 @@ class StoreActor(Actor[StoreMsg]):
         self._executor = executor or STORE_THREAD
         self._clock_watch = clock_watch
         self._budget = budget
+        self._probe_every_s = probe_every_s
+        self._probing: Timer | None = None
+
+    @property
+    def _health(self) -> StorageHealth:
+        return self.stats.storage  # shared with status: it outlives a restart of this actor
 
     async def on_start(self) -> None:
+        if not self._health.available:
+            self._start_probing()
         if self._clock_watch is not None:
             self._batch.epoch = self._clock_watch.check()  # every start is a new epoch
             await self._flush()
@@ -187,6 +229,9 @@ class StoreActor(Actor[StoreMsg]):
     async def receive(self, msg: StoreMsg) -> object:
         match msg:
             case Ingest(readings, rejections, confirm):
+                if not self._health.available:
+                    self._refuse(msg)
+                    return None
                 self._batch.readings.extend(readings)
                 if rejections:
                     self._batch.rejections.extend(rejections)
@@ -203,11 +248,15 @@ class StoreActor(Actor[StoreMsg]):
             case RecordAuth(failure):
                 self._batch.auth_failures.append(failure)
                 self._count(f"auth_{failure.kind}", 1)
+                if not self._health.available:
+                    self._cap_held_auth()  # kept for the probe, within a bound
                 await self._maybe_flush()
             case SaveAlerts(alerts, kv, confirm):
                 self._batch.alerts.extend(alerts)
                 self._batch.kv.update(kv)
-                if confirm is not None:
+                if confirm is not None and not self._health.available:
+                    confirm(self._unavailable())  # not durable now; still written at recovery
+                elif confirm is not None:
                     self._confirms.append(confirm)
                 await self._flush()  # alerts are rare and matter: no waiting
             case Call(fn):
@@ -215,27 +264,52 @@ class StoreActor(Actor[StoreMsg]):
                 try:
                     return _Ok(await self._in_store_thread(fn, self._store))
                 except Exception as exc:  # the caller's error (bad input), not this actor's
-                    return _Failed(exc)
+                    return _Failed(await self._call_failed(exc))
             case Flush():
                 await self._flush()
             case EnforceBudget():
                 await self._flush()
                 await self._enforce_budget()
+            case Probe():
+                await self._probe()
         return None
+
+    async def _call_failed(self, exc: Exception) -> Exception:
+        """A Call's error; a storage failure (a direct write on a full disk, a database DuckDB
+        invalidated) also makes storage unavailable, with the store usable again."""
+        unavailable = exc if isinstance(exc, StoreUnavailable) else None
+        if unavailable is None and storage_failure(exc) is not None:
+            unavailable = await self._in_store_thread(self._store.recover, exc)
+        if unavailable is None:
+            return exc
+        await self._storage_failed(unavailable)
+        return unavailable
 
     async def _enforce_budget(self) -> None:
         budget = self._budget
-        assert budget is not None
+        if budget is None:
+            return
         now = time.time_ns() // 1_000_000
         retention = budget.synced_retention_s
-        result = await self._in_store_thread(
-            lambda: self._store.enforce_budget(
-                synced_before_ms=None if retention is None else now - int(retention * 1000),
-                unsynced_cap=budget.unsynced_cap,
-                protect_through=self.stats.sync_inflight_through,
-                now_ms=now,
+        synced_before = None if retention is None else now - int(retention * 1000)
+        health = self._health
+        if not health.available and health.failure is not None and health.failure.disk_full:
+            # The disk is full: readings the cloud has acknowledged go now, whatever the
+            # retention (they are safe there); refusing new readings is the worse loss.
+            synced_before = now
+        try:
+            result = await self._in_store_thread(
+                lambda: self._store.enforce_budget(
+                    synced_before_ms=synced_before,
+                    unsynced_cap=budget.unsynced_cap,
+                    protect_through=self.stats.sync_inflight_through,
+                    now_ms=now,
+                )
             )
-        )
+        except StoreUnavailable as exc:
+            log.warning("disk budget not enforced: %s", exc.failure.reason)
+            await self._storage_failed(exc, kick_budget=False)
+            return
         self.stats.readings_pruned += result.pruned
         self.stats.readings_dropped += result.dropped
         if result.dropped:
@@ -254,8 +328,12 @@ class StoreActor(Actor[StoreMsg]):
 
     async def on_stop(self) -> None:
         self._meta_due = 0.0  # write last_seen and counters now
-        await self._flush()
-        for timer in (self._timer, self._meta_timer):
+        if self._health.available:
+            await self._flush()
+        if not self._health.available:
+            await self._probe(final=True)  # one last try for the records held since the outage
+            await self._flush()  # last_seen and counters, once (if) that worked
+        for timer in (self._timer, self._meta_timer, self._probing):
             if timer is not None:
                 timer.cancel()
 
@@ -264,7 +342,9 @@ class StoreActor(Actor[StoreMsg]):
 
     async def _maybe_flush(self) -> None:
         pending = len(self._batch.readings)
-        if pending >= self._max_readings and (
+        if self._confirms and self.ref.mailbox_size == 0:
+            await self._flush()  # someone waits for this commit and nothing else is queued
+        elif pending >= self._max_readings and (
             # Group commit: while more ingest is already queued, take it into this transaction
             # (up to GROUP_COMMIT_FACTOR x the batch size). Under load that halves the commits
             # (each an fsync) instead of letting the mailbox, and the latency, grow.
@@ -287,6 +367,8 @@ class StoreActor(Actor[StoreMsg]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if not self._health.available:
+            return  # what is held waits for a probe that commits
         batch, confirms = self._batch, self._confirms
         if batch.readings:
             self._count("commits_with_readings", 1)
@@ -305,11 +387,18 @@ class StoreActor(Actor[StoreMsg]):
         self._batch, self._confirms = Batch(), []
         try:
             result = await self._in_store_thread(self._store.commit, batch)
+        except StoreUnavailable as exc:
+            for confirm in confirms:
+                confirm(exc)  # nothing of this commit is stored: senders retry
+            self._count("storage_refused_readings", len(batch.readings))
+            self._hold(batch.carried())
+            await self._storage_failed(exc, readings=len(batch.readings))
+            return
         except Exception as exc:
             log.exception("commit of %d readings failed", len(batch.readings))
             for confirm in confirms:
                 confirm(exc)
-            raise  # a failed commit is a crash: the supervisor restarts this actor
+            raise  # a bug, not the disk: the supervisor restarts this actor
         st = self.stats
         st.commits += 1
         st.last_commit_at = time.time_ns() // 1_000_000
@@ -327,6 +416,122 @@ class StoreActor(Actor[StoreMsg]):
             confirm(None)
         if batch.readings and self._on_commit is not None:
             await self._on_commit(Committed(batch.readings, result))
+
+    # -- storage unavailable (edge.storage_health) ----------------------------------------
+
+    def _unavailable(self) -> StoreUnavailable:
+        failure = self._health.failure
+        assert failure is not None, "unavailable storage always has a failure"
+        return StoreUnavailable(failure)
+
+    def _refuse(self, msg: Ingest) -> None:
+        """Ingest while storage is unavailable: answered at once, nothing kept (the senders
+        were told to retry, and resend)."""
+        n = len(msg.readings)
+        self.stats.storage = self._health.refused(n)
+        self._count("storage_refused_readings", n)
+        if msg.confirm is not None:
+            msg.confirm(self._unavailable())
+        elif n:
+            log.error("storage unavailable: %d readings without a confirmation lost", n)
+
+    def _hold(self, carried: Batch) -> None:
+        """Keep the gateway's own records of a failed commit for the next one, in order."""
+        carried.absorb(self._batch)
+        self._batch = carried
+        self._cap_held_auth()
+
+    def _cap_held_auth(self) -> None:
+        """Audit rows held through a long outage are bounded: the oldest go, counted."""
+        held = self._batch.auth_failures
+        excess = len(held) - MAX_HELD_AUTH_FAILURES
+        if excess > 0:
+            del held[:excess]
+            self._count("auth_failures_lost", excess)
+            log.error("storage unavailable: %d audit rows lost (held at most %d)",
+                      excess, MAX_HELD_AUTH_FAILURES)  # fmt: skip
+
+    def _note_failure(
+        self, exc: StoreUnavailable, *, probe: bool = False, readings: int = 0
+    ) -> bool:
+        """Record a storage failure; True when it begins an outage."""
+        began = self._health.available
+        now = time.time_ns() // 1_000_000
+        self.stats.storage = self._health.failed(
+            exc.failure, now, probe=probe, reopened=exc.reopened, refused=readings
+        )
+        if began:
+            self._start_probing()
+        return began
+
+    async def _storage_failed(
+        self, exc: StoreUnavailable, *, readings: int = 0, kick_budget: bool = True
+    ) -> None:
+        """A write failed for a storage reason: an outage begins (or goes on), never a crash."""
+        if not self._note_failure(exc, readings=readings):
+            log.warning("storage still unavailable: %s", exc.failure.reason)
+            return
+        lost = f"{readings} readings of the failed commit not acknowledged" if readings else (
+            "a write failed"
+        )
+        log.error(
+            "storage unavailable: %s (%s); %s; refusing ingest (retry later), probing every %g s",
+            exc.failure.reason,
+            exc.failure.detail,
+            lost,
+            self._probe_every_s,
+        )
+        if exc.failure.disk_full and kick_budget:
+            await self._enforce_budget()  # may free space; at least the file stops growing
+
+    def _start_probing(self) -> None:
+        if self._probing is None or not self._probing.active:
+            self._probing = self.schedule_every(self._probe_every_s, Probe())
+
+    async def _probe(self, *, final: bool = False) -> None:
+        """A small commit (with what is held); success ends the outage. After a full disk it
+        is tried only with PROBE_HEADROOM_BYTES free beyond the WAL."""
+        health = self._health
+        if health.available:
+            if self._probing is not None:
+                self._probing.cancel()
+            return
+        now = time.time_ns() // 1_000_000
+        if health.failure is not None and health.failure.disk_full and not final:
+            free, wal = await self._in_store_thread(self._store.headroom)
+            if free < PROBE_HEADROOM_BYTES + wal:
+                self.stats.storage = health.probed(now)
+                return
+        batch, confirms = self._batch, self._confirms
+        self._batch, self._confirms = Batch(), []
+        batch.kv[PROBE_KEY] = str(now)
+        try:
+            await self._in_store_thread(self._store.commit, batch)
+        except StoreUnavailable as exc:
+            del batch.kv[PROBE_KEY]
+            self._hold(batch)
+            self._confirms = confirms + self._confirms
+            self._note_failure(exc, probe=True)
+            log.debug("storage probe failed: %s", exc.failure.reason)
+            if final:
+                held = (len(batch.auth_failures), len(batch.alerts))
+                log.error("storage still unavailable at stop: %d audit rows, %d alert changes "
+                          "not written", *held)  # fmt: skip
+            return
+        down_s = (now - (health.since or now)) / 1000
+        self.stats.storage = health.recovered(now)
+        if self._probing is not None:
+            self._probing.cancel()
+        log.warning(
+            "storage available again after %.0f s (%s); %d commits failed, %d readings "
+            "refused since start",
+            down_s,
+            health.failure.reason if health.failure else "?",
+            health.failed_commits,
+            health.refused_readings,
+        )
+        for confirm in confirms:
+            confirm(None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ from edge.cloud_client import (
     CloudUnavailable,
     CloudUnreachable,
 )
-from edge.store import DROPPED_COUNTER, SYNC_DEVICES_KEY, GatewayStore
+from edge.store import DROPPED_COUNTER, SYNC_DEVICES_KEY, GatewayStore, StoreUnavailable
 from edge.store_actor import LiveStats, StoreMsg, call
 
 log = logging.getLogger("iotsphere.sync")
@@ -282,6 +282,16 @@ class SyncActor(Actor[SyncMsg]):
             self._client = None
 
     async def receive(self, msg: SyncMsg) -> object:
+        try:
+            return await self._tick()
+        except StoreUnavailable as exc:
+            # The store cannot write or read now (a full disk, a reopened database): a storage
+            # outage is the store actor's to report and probe, not a crash of this actor (its
+            # restarts share the gateway's budget). The next tick carries on from memory.
+            log.warning("sync: paused this tick, storage unavailable: %s", exc.failure.reason)
+            return None
+
+    async def _tick(self) -> object:
         now = self._clock.monotonic()
         if self._apply_config is not None and now >= self._config_due:
             await self._pull_config(now)
@@ -316,11 +326,18 @@ class SyncActor(Actor[SyncMsg]):
 
     async def _settle_save(self) -> None:
         """Wait for the pending cursor save; its failure crashes the actor (the supervisor
-        restarts it from the durable cursor)."""
+        restarts it from the durable cursor), except over a storage outage: then the cursor
+        stays in memory and the next save writes a later one (a restart before it resends
+        batches the cloud answers from its stored acks)."""
         pending, self._saving = self._saving, None
         if pending is not None:
             task, cursor = pending
-            await task
+            try:
+                await task
+            except StoreUnavailable as exc:
+                log.warning("sync: cursor %d not saved, storage unavailable: %s",
+                            cursor[0], exc.failure.reason)  # fmt: skip
+                return
             # status shows the durable cursor, not one a crash could still take back
             self.stats.cursor_seq, self.stats.alerts_cursor = cursor
 
@@ -514,7 +531,10 @@ class SyncActor(Actor[SyncMsg]):
             delay,
         )
         message = str(exc)
-        await call(self._store, lambda s: s.save_sync_error(message, now_ms))
+        try:
+            await call(self._store, lambda s: s.save_sync_error(message, now_ms))
+        except StoreUnavailable as store_exc:  # status still shows it (SyncStats)
+            log.warning("sync: error not saved, storage unavailable: %s", store_exc.failure.reason)
 
     async def _record_skew(self) -> None:
         """Save the clock skew the last answer showed into the current clock epoch, so the
@@ -526,9 +546,13 @@ class SyncActor(Actor[SyncMsg]):
             self._saved_skew is not None and abs(skew - self._saved_skew) <= SKEW_RECORD_CHANGE_MS
         ):
             return
-        self._saved_skew = skew
         boot = self._boot_id
-        await call(self._store, lambda s: s.set_epoch_skew(boot, skew))
+        try:
+            await call(self._store, lambda s: s.set_epoch_skew(boot, skew))
+        except StoreUnavailable as exc:  # measured again with the next answer, saved then
+            log.warning("sync: clock skew not saved, storage unavailable: %s", exc.failure.reason)
+            return
+        self._saved_skew = skew
 
     async def _refresh_backlog(self) -> None:
         count, oldest = await call(self._store, partial(_backlog, self._cursor[0]))
