@@ -440,7 +440,12 @@ class Gateway:
             self._tracker,
             self._on_auth_event,
             self.clock,
-            telemetry=TelemetryTerms(self._device_ingest, self._ingress.reply, token_auth),
+            telemetry=TelemetryTerms(
+                self._device_ingest,
+                self._ingress.reply,
+                token_auth,
+                storing=lambda: self.live.storage.available,
+            ),
         )
 
     # -- wiring between parts ----------------------------------------------------------------

@@ -228,15 +228,18 @@ class _Session:
                 return  # replies would go nowhere; the broker redelivers, we reply then
             for msg, device_id, outcome in messages:
                 if outcome.problem is not None or msg.response_topic:
-                    response = msg.response_topic
-                    if response and not response.startswith(f"devices/{device_id}/"):
-                        response = None
                     publish_outcome(
-                        mqtt, device_id, outcome.problem, len(outcome.readings), response,
-                        msg.correlation_data,
+                        mqtt, device_id, outcome.problem, len(outcome.readings),
+                        msg.response_topic, msg.correlation_data,
                     )  # fmt: skip
 
         return confirm
+
+
+def answerable_topic(device_id: str, topic: str) -> bool:
+    """A response topic the gateway may publish to: under the device's own prefix, and not a
+    telemetry topic (the answer would come back in as a reading of that device)."""
+    return topic.startswith(f"devices/{device_id}/") and telemetry_device(topic) is None
 
 
 def publish_outcome(
@@ -248,7 +251,8 @@ def publish_outcome(
     correlation: bytes | None,
 ) -> None:
     """The device-visible outcome of a committed message: a problem document on its errors
-    topic, and (MQTT 5) the outcome on its response topic, already checked to be its own."""
+    topic, and (MQTT 5) the outcome on its response topic when that is a topic it may be
+    answered on (see answerable_topic)."""
     if problem is not None:
         mqtt.publish(
             f"devices/{device_id}/errors",
@@ -256,7 +260,7 @@ def publish_outcome(
             qos=1,
             content_type="application/problem+json",
         )
-    if response_topic:
+    if response_topic and answerable_topic(device_id, response_topic):
         body: dict[str, object] = {"status": "accepted" if problem is None else "rejected"}
         if problem is None:
             body["readings"] = readings

@@ -75,6 +75,21 @@ def test_disk_full_refuses_mqtt_and_recovers_without_losing_an_acknowledged_read
             assert time.monotonic() < deadline, f"the disk never filled: {status}"
             time.sleep(0.2)
         assert "space" in json.dumps(storage).lower()
+        # A device connecting now is told "server unavailable" (it retries with its backoff)
+        # instead of being admitted and disconnected at its first PUBLISH.
+        device = creds[0]
+        refused = subprocess.run(
+            [
+                "mosquitto_pub", "-h", "127.0.0.1", "-p", str(gp.mqtt_port),
+                "-u", device["device_id"], "-P", device["token"],
+                "-t", f"devices/{device['device_id']}/telemetry", "-m", '{"t": 1}', "-q", "1",
+            ],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "unavailable" in (refused.stdout + refused.stderr).lower()
+        front = cli_json("gateway", "status", data_dir=data_dir)["mqtt_front"]
+        assert front["refused_storage"] >= 1 and front["auth_failures"] == 0
         stalled_at = _lines(acked_log)
         time.sleep(2)
         assert gp.proc is not None and gp.proc.poll() is None, "the gateway exited"

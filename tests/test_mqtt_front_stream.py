@@ -253,3 +253,28 @@ async def test_front_served_session_refuses_subscriptions_and_other_topics() -> 
     tap.client_data(encode_publish("v1/devices/me/telemetry", b"7", qos=1, packet_id=3))
     assert intake.payloads == [b"7"]
     tap.close()
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+class RecordingMqtt:
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    def publish(self, topic: str, payload: bytes, **_: object) -> None:
+        self.topics.append(topic)
+
+
+def test_a_response_topic_that_is_a_telemetry_topic_is_never_answered() -> None:
+    """Found by Paho's request_response test: the answer published to the device's telemetry
+    topic came back in through the ingress as two readings of that device."""
+    from edge.mqtt_ingress import answerable_topic, publish_outcome
+
+    assert answerable_topic("d1", "devices/d1/replies")
+    assert not answerable_topic("d1", "devices/d1/telemetry")
+    assert not answerable_topic("d1", "devices/d2/replies")
+    mqtt = RecordingMqtt()
+    for topic in ("devices/d1/telemetry", "devices/d2/replies", "devices/d1/replies"):
+        publish_outcome(mqtt, "d1", None, 1, topic, b"c")  # type: ignore[arg-type]
+    assert mqtt.topics == ["devices/d1/replies"]

