@@ -61,6 +61,9 @@ def test_parse_publish_refuses_wildcards_qos3_and_id_zero() -> None:
         v311_publish("devices/+/telemetry", b"{}"),
         bytes((0x36,)) + v311_publish("a", b"{}")[1:],
         v311_publish("a", b"{}", packet_id=0),
+        v311_publish("a\x00b", b"{}"),
+        bytes((0x32, 5, 0, 2, 0xC3, 0x28, 0)),  # a topic that is not UTF-8
+        bytes((0x32, 4, 0, 9, 0x61, 0)),  # the topic length runs past the packet
     ):
         with pytest.raises(MalformedPacket):
             parse_publish(raw[0], raw, 2, len(raw), v5=False)

@@ -59,7 +59,7 @@ V5_PROTOCOL_ERROR = 0x82
 V3_SUBACK_FAILURE = 0x80
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per message, and frozen __init__ costs 2x
 class PublishView:
     """A device's PUBLISH as the front needs it; `payload` is a copy, safe to keep."""
 
@@ -82,6 +82,8 @@ def parse_publish(first: int, buf: bytes | bytearray | memoryview, start: int, e
     if qos == 3:
         raise MalformedPacket("PUBLISH with QoS 3")
     dup = bool(first & 0x08)
+    if not v5 and qos == 1:
+        return _parse_v3_qos1(first, buf, start, end)
     r = Reader(buf, start, end)
     topic = r.utf8("topic name")
     if "+" in topic or "#" in topic:
@@ -130,6 +132,26 @@ def parse_publish(first: int, buf: bytes | bytearray | memoryview, start: int, e
         topic, qos, packet_id, dup, bool(first & 0x01), payload,
         content_type, response_topic, correlation, alias,
     )  # fmt: skip
+
+
+def _parse_v3_qos1(first: int, buf: bytes | bytearray | memoryview, start: int,
+                   end: int) -> PublishView:  # fmt: skip
+    """The common sensor's packet (3.1.1, QoS 1) without a field cursor: the same checks."""
+    topic_end = start + 2 + int.from_bytes(buf[start : start + 2], "big")
+    if topic_end + 2 > end:
+        raise MalformedPacket("topic name runs past the end of the packet")
+    try:
+        topic = bytes(buf[start + 2 : topic_end]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedPacket("topic name is not valid UTF-8") from exc
+    if "\x00" in topic or "+" in topic or "#" in topic:
+        raise MalformedPacket("PUBLISH topic name contains U+0000 or a wildcard")
+    packet_id = int.from_bytes(buf[topic_end : topic_end + 2], "big")
+    if packet_id == 0:
+        raise MalformedPacket("packet identifier 0")
+    return PublishView(
+        topic, 1, packet_id, bool(first & 0x08), bool(first & 0x01), bytes(buf[topic_end + 2 : end])
+    )
 
 
 def packet_id_of(buf: bytes | bytearray | memoryview, start: int, end: int) -> int:

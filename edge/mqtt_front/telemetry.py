@@ -109,7 +109,7 @@ class TapCounters:
     keepalive_pings: int = 0  # PINGREQs the front sent to keep a device's broker session
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message on the hot path
 class _Waiting:
     pending: Pending
     qos: int
