@@ -71,15 +71,20 @@ class BrokerCredentials:
 
 
 def device_role(device_id: str) -> dict[str, Any]:
-    """A device may publish and subscribe only under devices/{its id}/."""
+    """A device may publish and subscribe only under devices/{its id}/ (subscriptions also as
+    MQTT 5 shared subscriptions, which Mosquitto checks with their $share/GROUP/ prefix)."""
     topic = f"devices/{device_id}/#"
+    shared = f"$share/+/{topic}"
     return {
         "rolename": f"device-{device_id}",
         "acls": [
             {"acltype": "publishClientSend", "topic": topic, "allow": True, "priority": 0},
             {"acltype": "publishClientReceive", "topic": topic, "allow": True, "priority": 0},
-            {"acltype": "subscribePattern", "topic": topic, "allow": True, "priority": 0},
-            {"acltype": "unsubscribePattern", "topic": topic, "allow": True, "priority": 0},
+            *(
+                {"acltype": kind, "topic": t, "allow": True, "priority": 0}
+                for kind in ("subscribePattern", "unsubscribePattern")
+                for t in (topic, shared)
+            ),
         ],
     }
 

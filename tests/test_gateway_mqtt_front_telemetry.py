@@ -168,3 +168,22 @@ async def test_qos2_telemetry_is_stored_once_and_v5_response_topic_answered(
                 break
     assert reply == {"status": "accepted", "readings": 1}
     assert len(await gateway.readings("q2", None, 10)) == 1
+
+
+async def test_a_device_may_share_a_subscription_under_its_own_prefix(gateway: Gateway) -> None:
+    """MQTT 5 shared subscriptions ($share/GROUP/FILTER) are a device's right under its own
+    prefix too (Paho's interoperability suite found them refused where Mosquitto allows)."""
+    dev = await gateway.add_device("sh1", None)
+    async with aiomqtt.Client(
+        "127.0.0.1", gateway.mqtt_port, username="sh1", password=dev["token"],
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as c:  # fmt: skip
+        granted = await c.subscribe("$share/workers/devices/sh1/jobs", qos=1)
+        assert [code.value for code in granted] == [1]  # type: ignore[union-attr]
+        await c.publish("devices/sh1/jobs", b"job-1", qos=1)
+        async with asyncio.timeout(10):
+            async for msg in c.messages:
+                assert msg.payload == b"job-1"
+                break
+        refused = await c.subscribe("$share/workers/devices/other/jobs", qos=1)
+        assert [code.value for code in refused] == [0x87]  # type: ignore[union-attr]
