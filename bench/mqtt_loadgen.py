@@ -7,8 +7,12 @@ header, writes every PUBLISH a window allows in one write and parses PUBACKs by 
 times each PUBLISH to its PUBACK (what a device sees, now that the PUBACK waits for the commit).
 
 Each device keeps at most `window` messages unacknowledged (paho's default is 20), publishes
-`{"ts": ..., "values": {"m0": ...}}` with a strictly increasing ts, and either as fast as its
-window allows (saturate) or at `rate` messages/s, counting the sends its window delayed.
+`{"ts": ..., "values": {"m0sK": ...}}` and either as fast as its window allows (saturate) or at
+`rate` messages/s, counting the sends its window delayed. A reading is identified by (device,
+metric, ts) with ts in ms, so one series holds at most 1,000 readings a second: messages take
+turns over SLOTS series per metric, each with a strictly increasing ts that stays at the wall
+clock up to SLOTS x 1,000 messages a second per device (a ts ahead of the clock would skew the
+gateway's publish -> commit lag, and past its allowed future skew be refused).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+SLOTS = 16
 
 
 def _utf8(text: str) -> bytes:
@@ -67,24 +73,26 @@ async def run_device(
     if connack[3] != 0:
         raise RuntimeError(f"{device_id}: CONNACK refused with code {connack[3]}")
     topic = _utf8(f"devices/{device_id}/telemetry")
-    names = [f"m{i}" for i in range(metrics)]
+    names = [[f"m{i}s{slot}" for i in range(metrics)] for slot in range(SLOTS)]
     sent_at: dict[int, float] = {}
     next_id = 1
-    last_ts = 0
+    last_ts = [0] * SLOTS
+    turn = 0
     period = 1.0 / rate if rate else 0.0
     due = time.monotonic()
     room = asyncio.Event()
     room.set()
 
     def publish_some(n: int) -> None:
-        nonlocal next_id, last_ts
+        nonlocal next_id, turn
         out = bytearray()
         now = time.monotonic()
+        wall_ms = int(time.time() * 1000)
         for _ in range(n):
-            ts = max(int(time.time() * 1000), last_ts + 1)
-            last_ts = ts
+            slot = turn = (turn + 1) % SLOTS
+            ts = last_ts[slot] = max(wall_ms, last_ts[slot] + 1)
             payload = json.dumps(
-                {"ts": ts, "values": {m: 20.0 + (ts % 100) / 10 for m in names}},
+                {"ts": ts, "values": {m: 20.0 + (ts % 100) / 10 for m in names[slot]}},
                 separators=(",", ":"),
             ).encode()
             pid = next_id
