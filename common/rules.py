@@ -255,8 +255,10 @@ def _check(v: Mapping[str, object]) -> list[FieldError]:
     operator = v["operator"]
     if operator is None:
         bad("/operator", "required")
-    elif operator not in OPERATORS:
-        bad("/operator", f"unknown operator {operator!r}; expected one of {', '.join(OPERATORS)}")
+    elif not isinstance(operator, str) or operator not in OPERATORS:
+        shown = repr(operator)[:40]
+        bad("/operator", f"unknown operator {shown}; expected one of {', '.join(OPERATORS)}")
+        operator = None  # an object or a list is not hashable: no set lookups below
 
     threshold = v["threshold"]
     if operator in ORDERING_OPERATORS:

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,71 @@ def _read_burst(stock: Callable[[], None], sock: socket.socket, transport: Any) 
             protocol.error_received(exc)
             return
         protocol.datagram_msg_received(data, ancdata, flags, addr)
+
+
+# -- datagrams aiocoap cannot decode ------------------------------------------------------------
+#
+# aiocoap drops an unparsable datagram with a warning each, and lets a UnicodeDecodeError from a
+# string option (e.g. a Uri-Path that is not UTF-8: 40 02 00 01 b1 ff) escape into the event loop,
+# which logged a ~2 KB traceback per datagram. Anyone can send such datagrams, so they are counted
+# and logged at most once per MALFORMED_LOG_EVERY_S; the datagram is dropped (no answer) as
+# aiocoap drops the unparsable ones.
+
+MALFORMED_LOG_EVERY_S = 10.0
+_UNPARSABLE_PREFIX = "Ignoring unparsable message"
+
+
+class MalformedDatagrams(logging.Filter):
+    """Counts undecodable datagrams; filters aiocoap's line per datagram into one summary line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._logged_at = -MALFORMED_LOG_EVERY_S
+        self._unlogged = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_UNPARSABLE_PREFIX):
+            self.seen(record.args[0] if isinstance(record.args, tuple) and record.args else None)
+            return False
+        return True
+
+    def seen(self, address: object) -> None:
+        self.count += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= MALFORMED_LOG_EVERY_S:
+            log.warning(
+                "CoAP: %d undecodable datagram(s) dropped (%d in all; the last from %s)",
+                self._unlogged,
+                self.count,
+                address,
+            )
+            self._logged_at = now
+            self._unlogged = 0
+
+
+def drop_undecodable(context: aiocoap.Context, counter: MalformedDatagrams) -> int:
+    """Route the context's undecodable datagrams to `counter`; returns the transports changed."""
+    changed = 0
+    for transport in _udp_transports(context):
+        protocol = getattr(transport, "_protocol", None)
+        original = getattr(protocol, "datagram_msg_received", None)
+        if protocol is None or original is None:
+            continue
+
+        def guarded(data: bytes, ancdata: Any, flags: int, address: Any,
+                    original: Callable[..., None] = original) -> None:  # fmt: skip
+            try:
+                original(data, ancdata, flags, address)
+            except UnicodeDecodeError:  # from Message.decode: a string option not UTF-8
+                counter.seen(address)
+
+        protocol.datagram_msg_received = guarded
+        if isinstance(getattr(protocol, "log", None), logging.Logger):
+            protocol.log.addFilter(counter)
+        changed += 1
+    return changed
 
 
 def grow_receive_buffer(sock: socket.socket, wanted: int) -> int:

@@ -38,6 +38,7 @@ import aiocoap
 import aiocoap.error
 import aiocoap.interfaces
 from aiocoap import Code, Message
+from aiocoap.numbers import OptionNumber
 from aiocoap.optiontypes import BlockOption
 
 from common.clock import Clock
@@ -45,6 +46,8 @@ from common.codecs import Limits, PayloadError
 from common.problem import Problem
 from edge.coap_context import (
     GatewayCoapContext,
+    MalformedDatagrams,
+    drop_undecodable,
     grow_receive_buffer,
     keep_answers_small,
     read_in_bursts,
@@ -104,6 +107,7 @@ class CoapRequest:
     block1: Block1 | None = None
     size1: int | None = None
     oscore_device: str | None = None  # set when OSCORE-protected: the context's device
+    bad_options: tuple[int, ...] = ()  # critical options nobody here understands (-> 4.02)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,11 @@ def to_request(msg: Message, oscore_device: str | None = None) -> CoapRequest:
     sender: tuple[Any, ...] = tuple(sockaddr[:2]) if sockaddr else (str(remote), 0)
     block1 = msg.opt.block1
     cf = msg.opt.content_format
+    unknown = tuple(
+        int(o.number)
+        for o in msg.opt.option_list()
+        if int(o.number) & 1 and int(o.number) not in _KNOWN_OPTIONS
+    )
     return CoapRequest(
         method=str(msg.code).split(" ")[0] if msg.code.is_request() else str(msg.code),
         path=tuple(msg.opt.uri_path),
@@ -154,6 +163,7 @@ def to_request(msg: Message, oscore_device: str | None = None) -> CoapRequest:
         else Block1(block1.block_number, bool(block1.more), block1.size_exponent),
         size1=msg.opt.size1,
         oscore_device=oscore_device,
+        bad_options=unknown,
     )
 
 
@@ -311,6 +321,7 @@ class CoapStats:
     unavailable: int = 0  # 5.03: overloaded or stopping, nothing stored
     not_found: int = 0  # 4.04 (wrong path)
     bad_method: int = 0  # 4.05
+    bad_option: int = 0  # 4.02: an unrecognised critical option (RFC 7252 5.4.1)
     block_continues: int = 0  # 2.31 answers to Block1 parts
     block_incomplete: int = 0  # 4.08
     internal_errors: int = 0  # 5.00 (a bug: logged with its traceback)
@@ -329,6 +340,20 @@ METHOD_NOT_ALLOWED = Problem(
     "method-not-allowed", "Method not allowed", 405, "use POST for telemetry"
 )
 INTERNAL = Problem("internal-error", "Internal error", 500, "the gateway failed; it was logged")
+# Options aiocoap knows (and so parsed); an odd number is critical (RFC 7252 5.4.1).
+_KNOWN_OPTIONS = frozenset(int(n) for n in OptionNumber.__members__.values())
+
+
+def bad_option_problem(numbers: tuple[int, ...]) -> Problem:
+    shown = ", ".join(str(n) for n in numbers[:8])
+    return Problem(
+        "bad-option",
+        "Unrecognised critical option",
+        402,
+        f"critical option(s) {shown} not understood by this gateway; nothing was stored",
+    )
+
+
 OSCORE_REQUIRED = Problem(
     "unauthorized",
     "OSCORE required",
@@ -382,6 +407,9 @@ class TelemetryHandler:
         for (then `finish`). The CoAP fast path answers from the commit's done-callback."""
         st = self.stats
         st.requests += 1
+        if req.bad_options:
+            st.bad_option += 1
+            return CoapReply.problem(bad_option_problem(req.bad_options))
         path = req.path
         if path == ("telemetry",):
             return self._start_oscore(req)
@@ -500,6 +528,7 @@ class CoapIngress:
         self._context: aiocoap.Context | None = None
         self._port: int | None = None
         self.receive_buffer = 0  # bytes the kernel granted the socket
+        self.malformed = MalformedDatagrams()
         self._in_flight = InFlight(STOP_GRACE_S)
 
     @property
@@ -516,6 +545,7 @@ class CoapIngress:
         return {
             "port": self._port,
             "receive_buffer_bytes": self.receive_buffer,
+            "malformed_datagrams": self.malformed.count,
             **asdict(self.handler.stats),
             "auth": asdict(self.auth.stats),
             "in_flight": self._in_flight.count,
@@ -544,7 +574,11 @@ class CoapIngress:
                 f"cannot listen for CoAP on {host}:{self._requested_port} (UDP): {exc}"
             ) from exc
         context.plain_handler = self._answer_plain
-        if not keep_answers_small(context) or not read_in_bursts(context):
+        if (
+            not keep_answers_small(context)
+            or not read_in_bursts(context)
+            or not drop_undecodable(context, self.malformed)
+        ):
             log.warning("CoAP: aiocoap's internals changed; running it unmodified")
         self._context = context
         sock = server_socket(context)

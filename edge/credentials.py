@@ -32,7 +32,8 @@ class TokenHashes:
 
 
 def valid_device_id(device_id: str) -> bool:
-    return bool(DEVICE_ID_RE.match(device_id))
+    # fullmatch: with match, "$" also accepts a trailing newline ("dev\n" was a device id)
+    return bool(DEVICE_ID_RE.fullmatch(device_id))
 
 
 def new_token() -> str:

@@ -248,3 +248,53 @@ def test_answer_cache_keeps_only_the_datagram_of_an_ack() -> None:
     unknown.remote = "peer"
     _send_initially(recent, lambda m, mon: stock.append(m), sent.append, unknown)
     assert stock == [separate, unknown] and len(sent) == 2
+
+
+async def test_unknown_critical_option_is_answered_4_02_and_stores_nothing(
+    gateway: Gateway,
+) -> None:
+    """RFC 7252 5.4.1: an unrecognised critical option (odd number, here 25) in a CON request
+    is answered 4.02 Bad Option; it used to be accepted with 2.04."""
+    dev = await gateway.add_device("opt1", None)
+    payload = b'{"t": 1}'
+    plain = post_datagram(dev["token"], payload, mid=4242)  # its last option: 12 (format)
+    marker = len(plain) - len(payload) - 1
+    assert plain[marker] == 0xFF
+    # option 25 after 12: delta 13 (nibble 13, extended byte 0), length 0
+    datagram = plain[:marker] + b"\xd0\x00" + plain[marker:]
+    assert 25 in [int(o.number) for o in Message.decode(datagram).opt.option_list()]
+    sock = udp_socket()
+    try:
+        await asyncio.to_thread(sock.sendto, datagram, ("127.0.0.1", port_of(gateway)))
+        answer, _ = await asyncio.to_thread(receive_answer, sock, b"\x01\x02")
+    finally:
+        sock.close()
+    assert answer.code == Code.BAD_OPTION
+    assert problem_of(answer.payload)["status"] == 402
+    assert await gateway.readings("opt1", None, 10) == []
+
+
+async def test_undecodable_datagrams_are_counted_not_logged_each(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Uri-Path that is not UTF-8 (40 02 00 01 b1 ff) raised out of aiocoap into the event
+    loop, one ~2 KB traceback per datagram; other garbage was one warning per datagram."""
+    dev = await gateway.add_device("garb1", None)
+    sock = udp_socket()
+    port = port_of(gateway)
+    try:
+        for mid in range(300):
+            bad_utf8 = bytes((0x40, 0x02)) + mid.to_bytes(2, "big") + b"\xb1\xff"
+            truncated = bytes((0x40, 0x02)) + mid.to_bytes(2, "big") + b"\xb9abc"  # 9 announced
+            sock.sendto(bad_utf8, ("127.0.0.1", port))
+            sock.sendto(truncated, ("127.0.0.1", port))
+        # A good request after the garbage: answered, so everything before it was handled.
+        sock.sendto(post_datagram(dev["token"], b'{"t": 1}', mid=9999), ("127.0.0.1", port))
+        answer, _ = await asyncio.to_thread(receive_answer, sock, b"\x01\x02")
+    finally:
+        sock.close()
+    assert answer.code == Code.CHANGED
+    assert gateway._coap is not None and gateway._coap.malformed.count >= 300
+    noisy = [r for r in caplog.records if r.levelno >= 30]
+    assert len(noisy) <= 3, [r.getMessage()[:120] for r in noisy]
+    assert not any(r.exc_info for r in caplog.records)

@@ -585,3 +585,10 @@ def test_raise_and_clear_alternate_per_rule_and_subject(plan: list[tuple[Any, ..
         else:
             engine = RuleEngine(PROPERTY_RULES, EngineState.from_json(engine.state().to_json()))
     assert {(t.rule_id, t.subject) for t in engine.state().active} == open_episodes
+
+
+@pytest.mark.parametrize("operator", [{}, [], 5, True])
+def test_an_operator_that_is_not_a_string_is_a_422_not_a_crash(operator: Any) -> None:
+    """Found by schemathesis: {"operator": {}} raised TypeError (unhashable) -> HTTP 500."""
+    errors = problems({"metric": "t", "operator": operator, "threshold": 1})
+    assert set(errors) == {"/operator"} and "unknown operator" in errors["/operator"]
