@@ -15,6 +15,7 @@ import os
 import secrets
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,9 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from cloud.db import StoreError
 from cloud.settings import LoginLimits
-from cloud.store import Role
+from cloud.store import Role, User
 from common.clock import Clock
 from common.tokens import new_cli_token
 
@@ -133,7 +135,8 @@ class TokenService:
                 issuer=self.issuer,
                 options={
                     "require": ["exp", "iat", "iss", "aud", "sub"],
-                    "verify_exp": False,  # checked below against the injected clock
+                    # exp, iat and nbf are checked below against the injected clock
+                    "verify_exp": False,
                     "verify_iat": False,
                     "verify_nbf": False,
                 },
@@ -141,15 +144,68 @@ class TokenService:
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
         now = self._clock.now_ms() / 1000
-        exp, iat = claims["exp"], claims["iat"]
-        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
-            raise AuthError("invalid token: exp/iat not numeric")
+        exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
+        if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (exp, iat, nbf)):
+            raise AuthError("invalid token: exp/iat/nbf not numeric")
         if now >= exp:
             raise AuthError("token expired")
+        # A token from the future was not issued by this clock (or was forged with the key):
+        # refused beyond a small leeway for clocks of several workers.
+        if iat > now + CLOCK_LEEWAY_S:
+            raise AuthError("invalid token: issued in the future")
+        if nbf > now + CLOCK_LEEWAY_S:
+            raise AuthError("token not yet valid")
         try:
             return Principal(str(claims["sub"]), str(claims["org"]), Role(claims["role"]))
         except (KeyError, ValueError) as exc:
             raise AuthError("invalid token: bad org/role claims") from exc
+
+
+CLOCK_LEEWAY_S = 30
+
+
+class KnownUsers:
+    """Whether an access token's subject is still a user of the token's org, and with which
+    role now. Looked up at most every `ttl_s` per user, so a user deleted or moved ends their
+    access within that time, not at the token's expiry; a subject that never existed (a token
+    signed with a leaked key, or from another deployment) is refused at once."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[User | None]],
+        clock: Clock,
+        ttl_s: float = 2.0,
+    ) -> None:
+        self._lookup = lookup
+        self._clock = clock
+        self._ttl_s = ttl_s
+        self._seen: dict[str, tuple[float, User | None]] = {}
+
+    async def current(self, principal: Principal) -> Principal:
+        now = self._clock.monotonic()
+        hit = self._seen.get(principal.user_id)
+        if hit is None or now - hit[0] >= self._ttl_s:
+            try:
+                user = await self._lookup(principal.user_id)
+            except StoreError:
+                # The store is down: the request's own queries fail with their 503 (after
+                # their retries, as the dashboard flow says); this check does not turn that
+                # into a different answer. Nothing is served without the store anyway.
+                return principal if hit is None or hit[1] is None else _as_now(hit[1])
+            if len(self._seen) >= self.MAX_ENTRIES:
+                self._seen.clear()
+            self._seen[principal.user_id] = (now, user)
+        else:
+            user = hit[1]
+        if user is None or user.org_id != principal.org_id:
+            raise AuthError("the token's user does not exist (any more)")
+        return _as_now(user)
+
+
+def _as_now(user: User) -> Principal:
+    return Principal(user.id, user.org_id, user.role)
 
 
 # -- failed-login throttling ------------------------------------------------------------------

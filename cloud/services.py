@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cloud.auth import LoginLimiter, TokenService, load_or_create_secret
+from cloud.auth import KnownUsers, LoginLimiter, TokenService, load_or_create_secret
 from cloud.db import Database
 from cloud.metrics import Counter, Histogram, Registry
 from cloud.monitoring.loop import MonitorMetrics
@@ -88,6 +88,7 @@ class Services:
     sync: DuckSyncStore | None = None
     gateway_verifier: GatewayVerifier | None = None
     enroll_limiter: LoginLimiter | None = None
+    users: KnownUsers | None = None  # access tokens' subjects, checked against the store
 
 
 def build_services(
@@ -127,6 +128,7 @@ def build_services(
         sync=sync,
         gateway_verifier=verifier,
         enroll_limiter=LoginLimiter(settings.enroll, clock),
+        users=KnownUsers(store.user_by_id, clock),
     )
 
 

@@ -150,6 +150,45 @@ async def _assert_401(client: httpx.AsyncClient, token: str) -> None:
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"nbf": T0 // 1000 + 3600},  # not valid for another hour
+        {"iat": T0 // 1000 + 86_400},  # issued a day from now
+        {"sub": "never-existed"},
+        {"org": "another-org"},  # a real user, but not of this org
+        {"nbf": "soon"},
+    ],
+    ids=["nbf-ahead", "iat-ahead", "unknown-sub", "wrong-org", "nbf-not-numeric"],
+)
+async def test_correctly_signed_tokens_with_bad_claims_401(
+    client: httpx.AsyncClient,
+    store: DuckCloudStore,
+    settings: CloudSettings,
+    change: dict[str, object],
+) -> None:
+    """Found by an attack run: these were accepted because the signature was right."""
+    await add_user(store, "ann@example.com")
+    _, claims = await _claims_of(client)
+    key = bytes.fromhex(settings.jwt_secret_path.read_text().strip())
+    good = jwt.encode(claims, key, "HS256", headers={"typ": "at+jwt"})
+    r = await client.get("/api/dashboard", headers={"Authorization": f"Bearer {good}"})
+    assert r.status_code == 200  # sanity: the unchanged claims pass
+    claims.update(change)
+    await _assert_401(client, jwt.encode(claims, key, "HS256", headers={"typ": "at+jwt"}))
+
+
+async def test_a_deleted_user_loses_access_within_seconds(
+    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+) -> None:
+    user = await add_user(store, "ann@example.com")
+    auth = bearer(await login(client, "ann@example.com"))
+    assert (await client.get("/api/dashboard", headers=auth)).status_code == 200
+    await store.db.run(lambda c: c.execute("DELETE FROM users WHERE id = ?", [user.id]))
+    clock.advance(2.5)  # the subject check's cache: at most 2 s
+    await _assert_401(client, auth["Authorization"].split()[1])
+
+
 async def test_expired_token_401(
     client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
 ) -> None:

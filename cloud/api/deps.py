@@ -38,9 +38,12 @@ async def current_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise unauthorized("a bearer access token is required")
     try:
-        return services.tokens.verify(credentials.credentials)
+        principal = services.tokens.verify(credentials.credentials)
+        if services.users is not None:
+            principal = await services.users.current(principal)
     except AuthError as exc:
         raise unauthorized(str(exc)) from exc
+    return principal
 
 
 def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
