@@ -182,9 +182,26 @@ def _fail(path: str, message: str) -> NoReturn:
 # --- parsing -------------------------------------------------------------------------------
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object naming a key twice: refused as CBOR's are (which value was meant?)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _parse_json(body: bytes) -> object:
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        _fail("", f"invalid JSON: duplicate key {str(exc)[:80]!r}")
     except RecursionError:
         _fail("", "invalid JSON: nested too deeply")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -556,3 +556,18 @@ def test_senml_device_urn_base_name_is_not_part_of_the_metric() -> None:
         b'[{"bn": "env.", "n": "temp", "v": 1}]', ContentFormat.SENML_JSON, now_ms=1764300000000
     )
     assert [r.metric for r in prefixed] == ["env.temp"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"temperature": 1, "temperature": 2}',
+        b'{"ts": 1764300000000, "values": {"t": 1}, "values": {"t": 2}}',
+        b'[{"ts": 1764300000000, "values": {"t": 1, "h": 2, "t": 3}}]',
+    ],
+)
+def test_json_with_a_duplicate_key_is_refused_like_cbor(body: bytes) -> None:
+    """Which value did the device mean? JSON was accepted (the last one won) while CBOR's
+    duplicate keys were refused."""
+    ((path, message),) = errors_of(body, J)
+    assert path == "" and "duplicate key" in message
