@@ -59,6 +59,7 @@ from edge.store_actor import (
     LagWindow,
     LiveStats,
     RecordAuth,
+    SaveAlerts,
     StoreActor,
     StoreMsg,
     call,
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotsphere.gateway")
 CLOUD_TYPES_KEY = "cloud.device_types"  # device types from the cloud config (JSON list)
+LOCKOUTS_KEY = "security.lockouts"  # locks in force: {key: wall-clock ms when it ends}
 
 
 class Gateway:
@@ -150,6 +152,7 @@ class Gateway:
                     self._classifier.set_device_type(dev["device_id"], dev["type"])
                 self._device_status[dev["device_id"]] = dev["status"]
             self._directory.load(devices)
+            self._restore_lockouts(store)
             initial = store.stats()
             self.live.readings_stored = initial["readings_stored"]
             self.live.last_seq = initial["last_seq"]
@@ -476,6 +479,8 @@ class Gateway:
             client_id=event.client_id,
             reason=event.reason if event.key is None else f"{event.reason} ({event.key})",
         )
+        if event.kind == "lockout" and event.key is not None:
+            self._save_lockouts()
         if event.kind == "lockout" and event.key is not None and self._rules_ref is not None:
             log.warning("security: %s locked out after repeated failures", event.key)
             try:
@@ -493,8 +498,36 @@ class Gateway:
                 self.auth_events_lost,
             )
 
+    def _restore_lockouts(self, store: GatewayStore) -> None:
+        """Locks in force at the last stop hold after a restart: a restart must not forgive a
+        guesser (nor a power cut, which is why every new lock is saved when it happens)."""
+        saved = store.kv_get(LOCKOUTS_KEY)
+        if not saved:
+            return
+        try:
+            locks = json.loads(saved)
+            if not isinstance(locks, dict):
+                raise ValueError("not an object")
+            held = self._tracker.restore(
+                {str(k): int(v) for k, v in locks.items()}, self.clock.now_ms()
+            )
+        except (ValueError, TypeError) as exc:
+            log.error("security: saved lockouts unreadable (%s); starting without them", exc)
+            return
+        if held:
+            log.warning("security: %d lockout(s) from before the restart still in force", held)
+
+    def _save_lockouts(self) -> None:
+        doc = json.dumps(self._tracker.locks_until(self.clock.now_ms()), separators=(",", ":"))
+        try:
+            self.store_ref.tell(SaveAlerts([], {LOCKOUTS_KEY: doc}))
+        except (MailboxFull, ActorStopped):
+            log.error("security: lockouts not saved (store busy); a restart would forget them")
+
     def _on_device_auth_event(self, failure: AuthFailure, locked_key: str | None) -> None:
         """Audit row (and, for a new lockout, the security alert) from CoAP/HTTP ingress."""
+        if locked_key is not None:
+            self._save_lockouts()
         if locked_key is not None and self._rules_ref is not None:
             log.warning("security: %s locked out after repeated failures", locked_key)
             try:

@@ -180,6 +180,26 @@ class LockoutTracker:
         ]
         return sorted(locked, key=lambda item: -item[1])
 
+    def locks_until(self, now_ms: int) -> dict[str, int]:
+        """Every lock in force as {key: wall-clock ms when it ends}: what survives a restart
+        (the monotonic clock does not)."""
+        return {key: now_ms + int(remaining * 1000) for key, remaining in self.locked_keys()}
+
+    def restore(self, locks: dict[str, int], now_ms: int) -> int:
+        """Re-impose locks saved by locks_until before a restart; returns how many still hold.
+        A lock never ends later than its cooldown allows, whatever the saved time says."""
+        now = self._clock.monotonic()
+        restored = 0
+        for key, until_ms in locks.items():
+            remaining = min((until_ms - now_ms) / 1000, self._policy.cooldown_s)
+            if remaining <= 0 or not isinstance(key, str):
+                continue
+            state = self._keys.get(key) or self._insert(key)
+            state.locked_until = max(state.locked_until, now + remaining)
+            self._keys.move_to_end(key)
+            restored += 1
+        return restored
+
     def _insert(self, key: str) -> _KeyState:
         while len(self._keys) >= self._policy.max_tracked_keys:
             self._keys.popitem(last=False)

@@ -217,6 +217,27 @@ async def test_address_lockout_refuses_even_a_right_token(gateway_config: Gatewa
         assert await gw.readings("h6", None, 10) == []
 
 
+async def test_a_restart_keeps_active_lockouts(gateway_config: GatewayConfig) -> None:
+    """A restart (or a power cut) used to forgive a guesser: locks lived only in memory."""
+    cfg = replace(gateway_config, lockout=LockoutConfig(max_failures_per_address=3))
+    async with running(cfg) as gw:
+        good = await gw.add_device("h7", "thermo")
+        async with httpx.AsyncClient() as c:
+            for i in range(3):
+                url = f"{base_of(gw)}/api/v1/guess-{i}/telemetry"
+                problem_of(await c.post(url, content=b"{}"), 401)
+    async with running(cfg) as gw:  # the same data dir
+        async with httpx.AsyncClient() as c:
+            r = await c.post(
+                f"{base_of(gw)}/api/v1/{good['token']}/telemetry", content=b'{"t": 1}'
+            )
+        problem_of(r, 429)
+        assert 0 < int(r.headers["retry-after"]) <= 300
+        assert ("addr:127.0.0.1", pytest.approx(300, abs=30)) in [
+            (k, round(s)) for k, s in gw._tracker.locked_keys()
+        ]
+
+
 async def test_port_in_use_is_one_clear_error(gateway_config: GatewayConfig) -> None:
     from edge.http_ingress import HttpIngressError
 

@@ -273,3 +273,17 @@ def test_admit_goes_through_the_same_steps() -> None:
     assert a.auth.stats.admitted == 1 and a.auth.stats.locked_out == 1
     # check() sees the lock admit() set: the token is locked from any address
     assert a.auth.check(key, "10.0.0.9") is not None
+
+
+def test_locks_survive_a_restart_as_wall_clock_times_and_never_grow() -> None:
+    clock = ManualClock()
+    tracker = LockoutTracker(LockoutPolicy(max_failures_per_address=1, cooldown_s=300), clock)
+    tracker.record_failure(None, "10.0.0.9")
+    saved = tracker.locks_until(now_ms=1_000_000)
+    assert saved == {"addr:10.0.0.9": 1_300_000}
+    later = LockoutTracker(LockoutPolicy(cooldown_s=300), ManualClock())
+    # restarted 100 s later: 200 s left; a tampered far-future time is capped at the cooldown
+    assert later.restore({**saved, "addr:10.0.0.8": 10**15, "addr:old": 0}, 1_100_000) == 2
+    left = dict(later.locked_keys())
+    assert left["addr:10.0.0.9"] == pytest.approx(200) and left["addr:10.0.0.8"] == 300
+    assert later.check(None, "10.0.0.9").locked and not later.check(None, "10.0.0.7").locked
