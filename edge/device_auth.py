@@ -210,7 +210,11 @@ class DeviceAuthenticator:
         self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
         detail = reason if key is None else f"{reason} ({key})"
         self._audit("auth_failure", address, key, detail, None)
-        for locked in self._tracker.record_failure(key if count_key else None, address):
+        # A UDP source address proves nothing (it can be forged): CoAP failures never count
+        # against the address, or spoofed datagrams could lock a neighbour out.
+        proven = self._transport != "coap"
+        counted = key if count_key else None
+        for locked in self._tracker.record_failure(counted, address, proven=proven):
             self.stats.lockouts += 1
             self._audit("lockout", address, key, f"too_many_failures ({locked})", locked)
 

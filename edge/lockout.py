@@ -1,12 +1,22 @@
 """Lockout after repeated authentication failures (pure: no I/O, time from an injected Clock).
 
 Failures are counted per key in a sliding window; a key that reaches its limit is locked for a
-cooling period and its count starts again from zero when the lock ends. Two keys are derived
-from each attempt: the claimed identity ("user:<name>") and the source ("addr:<address>"), so a
-password-guesser is stopped whether it rotates passwords on one account or accounts from one
-host. The identity is whatever the protocol claims (MQTT username, a device id, or a digest of
-a bearer token; never a raw secret, since keys end up in alerts), so CoAP and HTTP ingress can
-use the same tracker.
+cooling period and its count starts again from zero when the lock ends. Keys are chosen so that
+an attacker can slow only themselves down, never lock a device or a neighbour out:
+
+- "user:<name>@<address>": the claimed identity from one source. Ten wrong passwords for a
+  device from the attacker's address lock that pair; the device, connecting from its own
+  address, is not affected.
+- "addr:<address>": the source, counted only where the source is proven (TCP after its
+  handshake). A UDP source can be forged: CoAP failures never lock an address, or anyone could
+  lock a site out with spoofed datagrams.
+- "user:<name>": the identity from anywhere, at GLOBAL_FACTOR x the per-pair limit (a slow guess
+  from many addresses). Its lock refuses the identity only from addresses that have failed for
+  it themselves: the right secret from an address with no failures always gets through.
+
+The identity is whatever the protocol claims (MQTT username, a device id, or a digest of a
+bearer token; never a raw secret, since keys end up in alerts), so CoAP and HTTP ingress can use
+the same tracker.
 
 Lifecycle of one key (the "device active -> locked out" edge of the device state table):
     counting --(failures in window >= limit)--> locked --(cooldown elapsed)--> counting (from 0)
@@ -23,6 +33,7 @@ from common.clock import Clock
 
 USER_PREFIX = "user:"
 ADDR_PREFIX = "addr:"
+GLOBAL_FACTOR = 5  # the identity's limit from all addresses together, in per-pair limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,20 +119,44 @@ class LockoutTracker:
     def tracked_keys(self) -> int:
         return len(self._keys)
 
-    def keys_for(self, username: str | None, address: str | None) -> list[tuple[str, int]]:
-        """(key, failure limit) pairs for an attempt; a missing username or address adds none."""
+    def keys_for(
+        self, username: str | None, address: str | None, *, proven: bool = True
+    ) -> list[tuple[str, int]]:
+        """(key, failure limit) pairs an attempt's failure counts towards: the identity from
+        this address, the address (when proven), the identity from anywhere."""
+        policy = self._policy
         keys: list[tuple[str, int]] = []
+        bucket = None if address is None else address_bucket(address, policy.ipv6_prefix)
+        if username is not None and bucket is not None:
+            keys.append((f"{USER_PREFIX}{username}@{bucket}", policy.max_failures_per_user))
+        if bucket is not None and proven:
+            keys.append((ADDR_PREFIX + bucket, policy.max_failures_per_address))
         if username is not None:
-            keys.append((USER_PREFIX + username, self._policy.max_failures_per_user))
-        if address is not None:
-            bucket = address_bucket(address, self._policy.ipv6_prefix)
-            keys.append((ADDR_PREFIX + bucket, self._policy.max_failures_per_address))
+            keys.append((USER_PREFIX + username, policy.max_failures_per_user * GLOBAL_FACTOR))
         return keys
 
     def check(self, username: str | None, address: str | None) -> LockoutDecision:
+        """Whether to refuse this attempt now. The identity's own (global) lock refuses it only
+        from an address that has failed for it: never the right secret from a clean one."""
         now = self._clock.monotonic()
         decision = LockoutDecision(locked=False)
-        for key, _limit in self.keys_for(username, address):
+        policy = self._policy
+        bucket = None if address is None else address_bucket(address, policy.ipv6_prefix)
+        candidates: list[str] = []
+        pair = None
+        if username is not None and bucket is not None:
+            pair = f"{USER_PREFIX}{username}@{bucket}"
+            candidates.append(pair)
+        if bucket is not None:
+            candidates.append(ADDR_PREFIX + bucket)  # counted only when proven, so forged
+            # sources cannot have locked it; a locked one refuses whatever the transport
+        if username is not None:
+            pair_state = self._keys.get(pair) if pair is not None else None
+            if pair is None or (
+                pair_state is not None and (pair_state.failures or pair_state.locked_until > now)
+            ):
+                candidates.append(USER_PREFIX + username)
+        for key in candidates:
             state = self._keys.get(key)
             if state is None or state.locked_until <= now:
                 continue
@@ -130,13 +165,16 @@ class LockoutTracker:
                 decision = LockoutDecision(locked=True, retry_after_s=retry_after, key=key)
         return decision
 
-    def record_failure(self, username: str | None, address: str | None) -> list[str]:
-        """Count one failure; return the keys that this failure locked (each exactly once)."""
+    def record_failure(
+        self, username: str | None, address: str | None, *, proven: bool = True
+    ) -> list[str]:
+        """Count one failure; return the keys that this failure locked (each exactly once).
+        `proven`: the source address is the sender's (TCP), not a claim (UDP)."""
         now = self._clock.monotonic()
         self._drop_stale(now)
         newly_locked: list[str] = []
         horizon = now - self._policy.window_s
-        for key, limit in self.keys_for(username, address):
+        for key, limit in self.keys_for(username, address, proven=proven):
             state = self._keys.get(key)
             if state is None:
                 state = self._insert(key)
@@ -158,11 +196,12 @@ class LockoutTracker:
         return newly_locked
 
     def record_success(self, username: str | None, address: str | None) -> None:
-        """A successful login clears the identity's failures (not the address's: one good
-        device behind a NAT must not launder a guesser's count). A lock is never lifted here."""
-        if username is None:
+        """A successful login clears the identity's failures from this address (not the
+        address's: one good device behind a NAT must not launder a guesser's count, nor the
+        identity's from everywhere). A lock is never lifted here."""
+        if username is None or address is None:
             return
-        key = USER_PREFIX + username
+        key = f"{USER_PREFIX}{username}@{address_bucket(address, self._policy.ipv6_prefix)}"
         state = self._keys.get(key)
         if state is None:
             return

@@ -11,16 +11,18 @@ those attempts would be neither audited nor counted, while a wrong token on
   path's unprotected 4.29 + Max-Age + problem document, before any decryption is spent on it;
 - otherwise the wrapper handles it unchanged, through a pipe proxy that shows how it ended: a
   protected answer means the request decrypted under its context; a raise, an unprotected
-  answer or no answer is a failed attempt, audited under the kid and counted against the
-  address. Both go through the CoAP DeviceAuthenticator, so the same LockoutTracker (shared
-  with the token, HTTP and MQTT paths), audit rate limit and security.lockout alert apply.
+  answer or no answer is a failed attempt, audited under the kid and counted. Both go through
+  the CoAP DeviceAuthenticator, so the same LockoutTracker (shared with the token, HTTP and
+  MQTT paths), audit rate limit and security.lockout alert apply. A UDP source address is
+  not proven, so these failures never lock the address itself (edge.lockout); an address
+  locked by proven (TCP) failures is still refused here.
   The client gets exactly what it got without the guard.
 
 The kid names the attempt ("oscore:<kid hex>") in audit rows, but is never locked: it is sent
 in clear in every request, so anyone who saw one of a device's datagrams could lock the device
 out by sending garbage under its kid, and locking it would stop no guesser (the keys are
-128-bit AES keys, not guessable secrets like a token typed in). The per-address count is what
-bounds a flood of forged attempts.
+128-bit AES keys, not guessable secrets like a token typed in). A flood of forged attempts is
+bounded by the audit rate limit; each costs one AEAD check.
 
 Reasons (audit rows and the CoAP authenticator's `failures` in `gateway status`):
 

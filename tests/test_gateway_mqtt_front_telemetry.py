@@ -187,3 +187,32 @@ async def test_a_device_may_share_a_subscription_under_its_own_prefix(gateway: G
                 break
         refused = await c.subscribe("$share/workers/devices/other/jobs", qos=1)
         assert [code.value for code in refused] == [0x87]  # type: ignore[union-attr]
+
+
+async def _connack_code(gateway: Gateway, user: str, password: str, source: str) -> int:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", gateway.mqtt_port, local_addr=(source, 0)
+    )
+    try:
+        writer.write(
+            encode_connect("c", keepalive=30, clean_start=True, username=user, password=password)
+        )
+        head = await asyncio.wait_for(reader.readexactly(2), 10)
+        body = await reader.readexactly(head[1])
+        return body[1]
+    finally:
+        writer.close()
+
+
+async def test_wrong_passwords_from_an_attacker_do_not_lock_the_device_out(
+    gateway: Gateway,
+) -> None:
+    """Found by an attack run: 10 wrong passwords for a device's id locked that device out
+    from every address. Now they lock that id from the attacker's address only."""
+    dev = await gateway.add_device("target", None)
+    for _ in range(10):
+        assert await _connack_code(gateway, "target", "wrong", "127.0.0.2") in (0x86, 0x87)
+    # the attacker, even with the right password, is refused (locked, v5 0x97) ...
+    assert await _connack_code(gateway, "target", dev["token"], "127.0.0.2") == 0x97
+    # ... the device, from its own address, is not
+    assert await _connack_code(gateway, "target", dev["token"], "127.0.0.3") == 0

@@ -221,7 +221,7 @@ async def test_ten_failures_lock_out_until_the_cooldown_ends(
     for _ in range(10):
         await refused_code(h, protocol, "dev1", "wrong")
     lockouts = [e for e in h.events if e.kind == "lockout"]
-    assert [e.key for e in lockouts] == ["user:dev1", "addr:127.0.0.1"]
+    assert [e.key for e in lockouts] == ["user:dev1@127.0.0.1", "addr:127.0.0.1"]
     assert h.reasons().count(("lockout", "too_many_failures")) == 2
     assert len(h.events) == 12
 

@@ -94,40 +94,31 @@ def lockout(per_user: int, per_address: int) -> LockoutConfig:
     )
 
 
-async def test_unknown_kid_is_audited_and_locks_the_address_for_every_path(
+async def test_unknown_kid_is_audited_but_locks_no_address(
     gateway_config: GatewayConfig, tmp_path: Path
 ) -> None:
+    """Failed OSCORE attempts are audited and counted, but a UDP source proves nothing:
+    anyone could forge them from a device's or a neighbour's address (issue 11), so they
+    never lock the address out, on CoAP or any other transport."""
     cfg = replace(gateway_config, lockout=lockout(per_user=10, per_address=3))
     async with running(cfg) as gw:
         token_dev = await gw.add_device("t1", "thermo")
-        printed = await gw.add_device("o1", "thermo", oscore=True)
         port = port_of(gw)
         params = new_device_params(set()).to_json()
         key = kid_of(params)
         async with oscore_client(stranger(tmp_path, "stranger", params)) as ctx:
-            for _ in range(3):
+            for _ in range(4):  # more than per_address
                 answer = await refusal(ctx, port)
-                assert answer.code == Code.UNAUTHORIZED  # what aiocoap answered before
-            # the address is locked: refused before any decryption, unprotected 4.29
-            assert_locked(await refusal(ctx, port))
-        # every path from that address: the token path, and a device with the right keys
-        async with coap_client(port) as plain:
+                assert answer.code == Code.UNAUTHORIZED
+        async with coap_client(port) as plain:  # the token path from that address
             answer = await plain.post(token_dev["token"], json.dumps(BODY).encode())
-            assert_locked(answer)
-        async with oscore_client(device_dir(tmp_path, printed)) as ctx:
-            assert_locked(await refusal(ctx, port))
-        assert await audit(gw) == {
-            ("auth_failure", f"unknown_context ({key})"): 3,
-            ("lockout", "too_many_failures (addr:127.0.0.1)"): 1,
-            ("auth_failure", "locked_out (addr:127.0.0.1)"): 1,  # once per 10 s and key
-        }
-        assert printed["oscore"]["secret_hex"] not in json.dumps(await gw.audit(100))
+            assert answer.code == Code.CHANGED
+        assert await audit(gw) == {("auth_failure", f"unknown_context ({key})"): 4}
         stats = await auth_stats(gw)
-        assert stats["failures"] == {"unknown_context": 3} and stats["lockouts"] == 1
-        assert stats["locked_out"] == 3 and stats["admitted"] == 0
-        alerts = await gw.alerts("active")
-        assert [a["rule_id"] for a in alerts] == ["security.lockout"]
-        assert await gw.readings(None, None, 10) == []
+        assert stats["failures"] == {"unknown_context": 4} and stats["lockouts"] == 0
+        assert not gw._tracker.check("t1", "127.0.0.1").locked  # MQTT/HTTP from there
+        assert not await gw.alerts("active")
+        assert len(await gw.readings(None, None, 10)) == 1
 
 
 async def test_forged_requests_under_a_known_kid_never_lock_out_its_device(
@@ -167,18 +158,13 @@ async def test_replayed_datagram_is_audited_and_counted(
             assert (await post(ctx, relay.port, BODY)).code == Code.CHANGED
             captured = [d for d in relay.sent if is_protected(d)]
         assert len(captured) == 1
-        for _ in range(3):
+        for _ in range(4):  # a replay can come from anywhere: counted, never a lock
             answer = await replay(captured[0], port)
             assert (answer.code, answer.payload) == (Code.UNAUTHORIZED, b"Replay detected")
-        # the third replay locked the address: the next one is refused before unprotecting
-        assert_locked(await replay(captured[0], port))
-        assert await audit(gw) == {
-            ("auth_failure", f"replay ({key})"): 3,
-            ("lockout", "too_many_failures (addr:127.0.0.1)"): 1,
-            ("auth_failure", "locked_out (addr:127.0.0.1)"): 1,
-        }
+        assert await audit(gw) == {("auth_failure", f"replay ({key})"): 4}
         stats = await auth_stats(gw)
-        assert stats["failures"] == {"replay": 3} and stats["admitted"] == 1
+        assert stats["failures"] == {"replay": 4} and stats["admitted"] == 1
+        assert stats["lockouts"] == 0
         assert len(await gw.readings("o1", None, 10)) == 1
 
 
@@ -229,22 +215,16 @@ async def test_valid_client_is_not_counted_as_a_failure(
             assert not await audit(gw)
             stats = await auth_stats(gw)
             assert stats["failures"] == {} and stats["admitted"] == 5
-            # successes do not launder failures from the same address (a NAT): two failures
-            # between successes still count towards the address's three
-            for i in range(2):
+            # a forger beside the device (or spoofing its address) is audited; the device
+            # goes on: no failure over UDP locks anything
+            for i in range(3):
                 assert (await refusal(forger, port)).code == Code.BAD_REQUEST
                 assert (await post(good, port, {"temperature": 10 + i})).code == Code.CHANGED
-            assert (await refusal(forger, port)).code == Code.BAD_REQUEST
-            assert_locked(await refusal(good, port))
         key = kid_of(printed)
-        assert await audit(gw) == {
-            ("auth_failure", f"decrypt_failed ({key})"): 3,
-            ("lockout", "too_many_failures (addr:127.0.0.1)"): 1,
-            ("auth_failure", "locked_out (addr:127.0.0.1)"): 1,
-        }
+        assert await audit(gw) == {("auth_failure", f"decrypt_failed ({key})"): 3}
         stats = await auth_stats(gw)
-        assert stats["failures"] == {"decrypt_failed": 3} and stats["lockouts"] == 1
-        assert len(await gw.readings("o1", None, 10)) == 7
+        assert stats["failures"] == {"decrypt_failed": 3} and stats["lockouts"] == 0
+        assert len(await gw.readings("o1", None, 10)) == 8
 
 
 async def test_malformed_oscore_requests_are_decode_errors(gateway: Gateway) -> None:
