@@ -38,6 +38,11 @@ log = logging.getLogger("iotsphere.http")
 TRANSPORT = "http"
 STOP_GRACE_S = 5.0  # how long stop() lets requests waiting for a commit finish
 BODY_TIMEOUT_S = 30.0  # a device that stops sending mid-body is answered 408, not waited for
+# A request's headers must be complete this long after the connection opened or the previous
+# answer went out (aiohttp's keep-alive timer, which also runs while headers trickle in): a
+# slowloris socket that sends a header byte now and then is closed instead of held for an hour
+# (aiohttp's default keep-alive is 3,630 s), and an idle keep-alive connection as well.
+HEADER_TIMEOUT_S = 10.0
 PROBLEM_TYPE = "application/problem+json"
 TELEMETRY_PATH = "/api/v1/{token}/telemetry"
 
@@ -267,7 +272,11 @@ class HttpIngress:
         # lingering_time=0: after an answer that left a body unread (413, 401, 429), close the
         # connection rather than read and discard up to 10 s of whatever the sender pushes.
         self._runner = web.AppRunner(
-            self.app(), access_log=None, lingering_time=0, shutdown_timeout=STOP_GRACE_S
+            self.app(),
+            access_log=None,
+            lingering_time=0,
+            shutdown_timeout=STOP_GRACE_S,
+            keepalive_timeout=HEADER_TIMEOUT_S,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._bind, self._requested_port)

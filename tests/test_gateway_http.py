@@ -359,3 +359,43 @@ async def test_sim_http_sends_every_format_and_refusals(gateway: Gateway) -> Non
                                  "--count", "2", "--bad-token")  # fmt: skip
     assert code == 0 and stats["answers"] == {"401": 2}
     assert len(await gateway.readings("sim-1", None, 100)) == 4 * 3 * 2
+
+
+async def test_slowloris_sockets_are_closed_and_devices_still_get_through(
+    gateway_config: GatewayConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an attack run: sockets sending a header byte now and then stayed open (62 s
+    and more), and enough of them stopped all intake. Headers now have HEADER_TIMEOUT_S."""
+    import edge.http_ingress
+
+    monkeypatch.setattr(edge.http_ingress, "HEADER_TIMEOUT_S", 1.0)
+    async with running(gateway_config) as gw:
+        dev = await gw.add_device("h8", "thermo")
+        slow = []
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
+            writer.write(b"POST /api/v1/x/telemetry HTTP/1.1\r\nHost: g\r\n")
+            slow.append((reader, writer))
+
+        async def trickle_until_closed(reader: asyncio.StreamReader,
+                                       writer: asyncio.StreamWriter) -> bytes:  # fmt: skip
+            while True:
+                try:
+                    writer.write(b"X")  # a header byte now and then, never the end
+                    await writer.drain()
+                except ConnectionError:
+                    return b""
+                try:
+                    return await asyncio.wait_for(reader.read(100), 0.3)
+                except TimeoutError:
+                    continue
+
+        async with asyncio.timeout(10):  # closed by the server, with nothing answered
+            assert await asyncio.gather(*(trickle_until_closed(r, w) for r, w in slow)) == [
+                b""
+            ] * 20
+        async with httpx.AsyncClient() as c:
+            r = await c.post(f"{base_of(gw)}/api/v1/{dev['token']}/telemetry", json={"t": 1})
+        assert r.status_code == 200
+        for _, writer in slow:
+            writer.close()
