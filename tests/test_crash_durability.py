@@ -71,21 +71,26 @@ def run_crash_scenario(
         stderr=sim_log.open("w"),
         text=True,
     )
-    for _ in range(kills):
-        # kill once the stream is well under way
-        deadline = time.monotonic() + 60
-        start_lines = _count_lines(acked_log)
-        while _count_lines(acked_log) < start_lines + devices * per_device // (kills + 2):
-            assert time.monotonic() < deadline, "simulator made no progress"
-            assert sim.poll() is None, "the stream ended before every cut: make it longer"
-            time.sleep(0.05)
-        if power_cut:
-            gp.power_cut()
-        else:
-            gp.stop(signal.SIGKILL)
-        time.sleep(0.3)
-        gp.start()
-    out, _ = sim.communicate(timeout=240)
+    try:
+        for _ in range(kills):
+            # kill once the stream is well under way
+            deadline = time.monotonic() + 60
+            start_lines = _count_lines(acked_log)
+            while _count_lines(acked_log) < start_lines + devices * per_device // (kills + 2):
+                assert time.monotonic() < deadline, "simulator made no progress"
+                assert sim.poll() is None, "the stream ended before every cut: make it longer"
+                time.sleep(0.05)
+            if power_cut:
+                gp.power_cut()
+            else:
+                gp.stop(signal.SIGKILL)
+            time.sleep(0.3)
+            gp.start()
+        out, _ = sim.communicate(timeout=240)
+    finally:
+        if sim.poll() is None:  # a failed run must not leave the simulator behind
+            sim.kill()
+            sim.wait()
     assert sim.returncode == 0, sim_log.read_text()[-2000:]
     stats = json.loads(out)
     acked = set()
