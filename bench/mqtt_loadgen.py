@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.mqtt_client.codec import encode_varint
+
 SLOTS = 16
 
 
@@ -32,19 +34,10 @@ def _utf8(text: str) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
 def connect_packet(client_id: str, username: str, password: str, keepalive: int = 60) -> bytes:
     body = _utf8("MQTT") + bytes((4, 0xC2)) + keepalive.to_bytes(2, "big")
     body += _utf8(client_id) + _utf8(username) + _utf8(password)
-    return b"\x10" + _varint(len(body)) + body
+    return b"\x10" + encode_varint(len(body)) + body
 
 
 @dataclass
@@ -98,7 +91,7 @@ async def run_device(
             pid = next_id
             next_id = next_id % 65535 + 1
             body = topic + pid.to_bytes(2, "big") + payload
-            out += b"\x32" + _varint(len(body)) + body
+            out += b"\x32" + encode_varint(len(body)) + body
             sent_at[pid] = now
         writer.write(out)
         stats.sent += n
