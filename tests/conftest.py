@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ import pytest
 
 from edge.config import GatewayConfig, LockoutConfig, load_config
 from edge.gateway import Gateway
+from tests.ports import restartable_port
 
 REPO = Path(__file__).resolve().parent.parent
 IOTSPHERE = [sys.executable, "-m", "common.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(
@@ -79,7 +73,9 @@ def data_dir(tmp_path: Path) -> Path:
 def gateway_config(data_dir: Path) -> GatewayConfig:
     # coap_port 0: the OS picks a free UDP port (Gateway.coap_port tells which)
     # http_port 0 likewise (Gateway.http_port)
-    return load_config(data_dir, bind="127.0.0.1", mqtt_port=free_port(), coap_port=0, http_port=0)
+    return load_config(
+        data_dir, bind="127.0.0.1", mqtt_port=restartable_port(), coap_port=0, http_port=0
+    )
 
 
 class GatewayProcess:
@@ -157,7 +153,7 @@ class GatewayProcess:
 
 @pytest.fixture
 def gateway_process(data_dir: Path) -> Iterator[GatewayProcess]:
-    gp = GatewayProcess(data_dir, free_port())
+    gp = GatewayProcess(data_dir, restartable_port())
     yield gp
     if gp.proc is not None and gp.proc.poll() is None:
         gp.stop()

@@ -12,13 +12,9 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from tests.ports import restartable_port
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PlainBroker:
@@ -31,7 +27,7 @@ class PlainBroker:
             raise RuntimeError("mosquitto and mosquitto_passwd are required (./dev.sh setup)")
         workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
-        self.port = free_port()
+        self.port = restartable_port()
         passwd = workdir / "passwd"
         for index, (user, password) in enumerate(users.items()):
             create = ["-c"] if index == 0 else []

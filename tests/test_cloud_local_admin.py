@@ -29,7 +29,8 @@ from tests.cloud_support import (
     sleeps,
     store,
 )
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.ports import free_port
 from tests.test_cloud_server import IOTSPHERE, run_cli
 
 __all__ = ["clock", "services", "settings", "sleeps", "store"]  # fixtures

@@ -17,7 +17,7 @@ from cloud.store import Role
 from common.clock import ManualClock
 from tests.cloud_monitoring_support import FAST_NOTIFY, QUIET_MONITOR, Cloud, eventually, login_at
 from tests.cloud_support import T0, add_user, reading
-from tests.conftest import free_port
+from tests.ports import free_port
 
 
 class Inbox:

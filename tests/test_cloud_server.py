@@ -26,7 +26,8 @@ from tests.cloud_support import (
     sleeps,
     store,
 )
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.ports import free_port
 
 __all__ = ["clock", "services", "settings", "sleeps", "store"]  # fixtures
 

@@ -47,7 +47,7 @@ from tests.cloud_support import (
     sleeps,
     store,
 )
-from tests.conftest import free_port
+from tests.ports import free_port
 
 __all__ = ["client", "clock", "services", "settings", "sleeps", "store"]  # fixtures
 

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.coap_support import coap_client, post_datagram, udp_socket
-from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli_json, free_port
+from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli_json
+from tests.ports import free_port
 
 COAP_CLIENT = shutil.which("coap-client-notls") or shutil.which("coap-client")
 needs_libcoap = pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap3-bin not installed")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge.local_password import load_hash, verify
-from tests.conftest import IOTSPHERE, REPO, cli_json, free_port
+from tests.conftest import IOTSPHERE, REPO, cli_json
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import REPO, GatewayProcess, cli_json, free_port
+from tests.conftest import REPO, GatewayProcess, cli_json
+from tests.ports import restartable_port
 from tests.tmpfs_support import fill, tmpfs
 
 pytestmark = pytest.mark.timeout(400)
@@ -41,7 +42,7 @@ def test_disk_full_refuses_mqtt_and_recovers_without_losing_an_acknowledged_read
     small_disk: Path, tmp_path: Path
 ) -> None:
     data_dir = small_disk / "gw"
-    gp = GatewayProcess(data_dir, free_port())
+    gp = GatewayProcess(data_dir, restartable_port())
     data_dir.mkdir()
     devices, per_device = 4, 12_000
     creds = [

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from edge.clock_watch import kernel_clock_synchronised
-from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json, free_port
+from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 PASSWORD = "e2e-passw0rd"

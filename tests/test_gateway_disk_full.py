@@ -20,7 +20,8 @@ from edge.config import LockoutConfig, load_config
 from edge.gateway import Gateway
 from edge.rules_actor import STORAGE_RULE
 from edge.store_actor import call
-from tests.conftest import free_port, running
+from tests.conftest import running
+from tests.ports import free_port
 from tests.tmpfs_support import fill, tmpfs
 from tests.waiting import until
 

@@ -19,7 +19,8 @@ from edge.gateway import Gateway
 from edge.identity import Identity, key_path, save_identity
 from edge.status_page import Sessions
 from edge.status_view import Table, render_table
-from tests.conftest import REPO, GatewayProcess, cli, cli_json, free_port
+from tests.conftest import REPO, GatewayProcess, cli, cli_json
+from tests.ports import free_port
 
 PASSWORD = "site-installer-pw"
 SHOTS = REPO / "artifacts" / "screenshots"

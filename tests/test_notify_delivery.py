@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from cloud.notify.outbox import OutboxStore, RetryPolicy
 from cloud.notify.senders import EmailSender, Sender, SmtpSettings, WebhookSender
 from cloud.notify.worker import NotificationWorker
 from common.clock import ManualClock
+from tests.ports import free_port
 
 ALERT: dict[str, Any] = {
     "id": "a-1",
@@ -39,12 +39,6 @@ ALERT: dict[str, Any] = {
     "resolved_at": None,
 }
 POLICY = RetryPolicy(max_attempts=5, base_s=2, cap_s=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -26,8 +26,9 @@ import duckdb
 import httpx
 import pytest
 
-from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json, free_port
+from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json
 from tests.fault_proxy import Fault, FaultProxy, ThreadedFaultProxy, plan
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -35,7 +35,8 @@ from cloud.store import Role
 from cloud.store_duckdb import DuckCloudStore
 from common.clock import ManualClock, SystemClock
 from common.rules import InvalidRule, parse_rule
-from tests.conftest import REPO, THERMO_TOML, GatewayProcess, cli, cli_json, free_port
+from tests.conftest import REPO, THERMO_TOML, GatewayProcess, cli, cli_json
+from tests.ports import free_port
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
