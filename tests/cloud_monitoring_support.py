@@ -20,7 +20,7 @@ from cloud.settings import CloudSettings, MonitorSettings, NotifySettings
 from cloud.store_duckdb import DuckCloudStore
 from common.clock import ManualClock
 from tests.cloud_support import PASSWORD
-from tests.conftest import free_port
+from tests.ports import free_port
 
 T = TypeVar("T")
 
