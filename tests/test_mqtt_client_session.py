@@ -26,7 +26,8 @@ from edge.mqtt_client.codec import (
     encode_puback,
 )
 from edge.mqtt_front.packets import parse_connect
-from tests.mosquitto_support import free_port, running_broker
+from tests.mosquitto_support import running_broker
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(30)
 

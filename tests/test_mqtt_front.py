@@ -13,7 +13,8 @@ import pytest
 from common.clock import ManualClock
 from edge.lockout import LockoutDecision, LockoutPolicy, LockoutTracker
 from edge.mqtt_front import AuthEvent, MqttFront
-from tests.mosquitto_support import free_port, running_broker
+from tests.mosquitto_support import running_broker
+from tests.ports import free_port
 
 USERS = {"dev1": "secret1", "dev2": "secret2"}
 V311 = aiomqtt.ProtocolVersion.V311
