@@ -7,18 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cloud.auth import hash_password, new_opaque_token, token_digest
 from cloud.db import Conflict
-from cloud.store import CloudStore, Role
+from cloud.store import CloudStore, Role, User, UserChange
 from common.problem import Problem, ProblemError
 
 DEFAULT_ORG = "default"
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # what the login endpoint accepts
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 LOCAL_ADMIN_SECRET_FILE = "cloud_admin.secret"
@@ -53,6 +56,8 @@ def check_email(raw: str) -> str:
 def check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD:
         raise _invalid(f"password must be at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise _invalid(f"password must be at most {MAX_PASSWORD} characters")
 
 
 async def add_user(
@@ -71,7 +76,150 @@ async def add_user(
         user = await store.create_user(email, password_hash, role, the_org.id, now_ms)
     except Conflict as exc:  # a concurrent add of the same address won the race
         raise taken from exc
+    audit_log.info(
+        "user added: user=%s email=%s org=%s role=%s", user.id, email, the_org.id, role.value
+    )
     return {"user_id": user.id, "email": user.email, "role": user.role.value, "org": the_org.name}
+
+
+# -- changing and removing users ----------------------------------------------------------------
+#
+# The API (by id, within the caller's org) and the CLI (by e-mail) share these, so the
+# last-admin rule, the revocation and the audit line are the same on every path.
+
+audit_log = logging.getLogger("iotsphere.cloud.audit")
+
+
+def _not_found(detail: str) -> ProblemError:
+    return ProblemError(Problem("not-found", "Not found", 404, detail))
+
+
+def _last_admin(user: User) -> ProblemError:
+    return ProblemError(
+        Problem(
+            "last-admin",
+            "Conflict",
+            409,
+            f"{user.email} is the last enabled admin of their organization;"
+            " make another user admin first",
+        )
+    )
+
+
+def _outcome(change: UserChange, user: User | None, who: str) -> User:
+    if change is UserChange.NOT_FOUND or user is None:
+        raise _not_found(f"no user {who}")
+    if change is UserChange.LAST_ADMIN:
+        raise _last_admin(user)
+    return user
+
+
+async def change_user(
+    store: CloudStore,
+    user: User,
+    now_ms: int,
+    *,
+    actor: str,
+    role: Role | None = None,
+    disabled: bool | None = None,
+    password: str | None = None,
+) -> User:
+    """Change a user's role, disabled state or password. A new password or a disable ends
+    their sessions (access tokens refused, refresh tokens revoked). 404 gone, 409 last admin,
+    422 a too short password."""
+    password_hash = None
+    if password is not None:
+        check_password(password)
+        password_hash = await asyncio.to_thread(hash_password, password)
+    change, updated = await store.update_user(
+        user.org_id, user.id, now_ms, role=role, disabled=disabled, password_hash=password_hash
+    )
+    updated = _outcome(change, updated, user.email)
+    what = []
+    if role is not None and role is not user.role:
+        what.append(f"role {user.role.value} -> {role.value}")
+    if disabled is not None and disabled != user.disabled:
+        what.append("disabled" if disabled else "enabled")
+    if password is not None:
+        what.append("password changed")
+    if updated.token_version != user.token_version:
+        what.append("sessions ended")
+    audit_log.info(
+        "user changed: user=%s email=%s org=%s by=%s: %s",
+        user.id, user.email, user.org_id, actor, ", ".join(what) or "no change",
+    )  # fmt: skip
+    return updated
+
+
+async def remove_user(store: CloudStore, user: User, *, actor: str) -> User:
+    """Delete a user and their refresh tokens; their access tokens are refused from now on.
+    404 gone, 409 last admin."""
+    change, removed = await store.delete_user(user.org_id, user.id)
+    removed = _outcome(change, removed, user.email)
+    audit_log.info(
+        "user deleted: user=%s email=%s org=%s by=%s", user.id, user.email, user.org_id, actor
+    )
+    return removed
+
+
+async def user_of_email(store: CloudStore, raw_email: str) -> User:
+    email = check_email(raw_email)
+    user = await store.user_by_email(email)
+    if user is None:
+        raise _not_found(f"no user {email}")
+    return user
+
+
+async def _org_name(store: CloudStore, org_id: str) -> str:
+    return next((o.name for o in await store.list_orgs() if o.id == org_id), org_id)
+
+
+def user_summary(user: User, org_name: str) -> dict[str, Any]:
+    """What the CLI prints of a user (`user add`'s fields, and its state)."""
+    return {
+        "user_id": user.id,
+        "email": user.email,
+        "role": user.role.value,
+        "org": org_name,
+        "disabled": user.disabled,
+        "created_at": user.created_at,
+    }
+
+
+async def list_users(store: CloudStore, org: str | None) -> list[dict[str, Any]]:
+    """Every user (of one organization, by name), by e-mail. 404 for an unknown org."""
+    names = {o.id: o.name for o in await store.list_orgs()}
+    org_id = None
+    if org is not None:
+        org_id = next((i for i, name in names.items() if name == org), None)
+        if org_id is None:
+            raise _not_found(f"no organization {org!r}")
+    return [user_summary(u, names.get(u.org_id, u.org_id)) for u in await store.list_users(org_id)]
+
+
+async def set_user_state(
+    store: CloudStore,
+    email: str,
+    now_ms: int,
+    *,
+    actor: str,
+    disabled: bool | None = None,
+    password: str | None = None,
+) -> dict[str, Any]:
+    """The CLI's disable / enable / passwd, by e-mail."""
+    if password is not None:
+        check_password(password)
+    user = await user_of_email(store, email)
+    changed = await change_user(
+        store, user, now_ms, actor=actor, disabled=disabled, password=password
+    )
+    return user_summary(changed, await _org_name(store, changed.org_id))
+
+
+async def delete_user_by_email(store: CloudStore, email: str, *, actor: str) -> dict[str, Any]:
+    """The CLI's delete, by e-mail; prints what was deleted."""
+    user = await remove_user(store, await user_of_email(store, email), actor=actor)
+    return {**user_summary(user, await _org_name(store, user.org_id)), "deleted": True}
 
 
 async def add_gateway(

@@ -28,6 +28,7 @@ from cloud.api import (
     monitoring,
     ops,
     sync,
+    users,
 )
 from cloud.api.local_admin import router as local_admin_router
 from cloud.problems import document_problems, install
@@ -107,6 +108,7 @@ def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> F
         monitoring.router,
         channels.router,
         api_keys.router,
+        users.router,
         ops.router,
         sync.router,
         local_admin_router,

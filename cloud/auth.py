@@ -95,6 +95,7 @@ class Principal:
     user_id: str
     org_id: str
     role: Role
+    token_version: int = 0  # the user's token version the access token was issued under
 
     def may(self, needed: Role) -> bool:
         return self.role.rank >= needed.rank
@@ -116,6 +117,7 @@ class TokenService:
             "sub": principal.user_id,
             "org": principal.org_id,
             "role": principal.role.value,
+            TOKEN_VERSION_CLAIM: principal.token_version,
             "iat": now,
             "exp": now + self.ttl_s,
             "jti": uuid.uuid4().hex,
@@ -155,20 +157,27 @@ class TokenService:
             raise AuthError("invalid token: issued in the future")
         if nbf > now + CLOCK_LEEWAY_S:
             raise AuthError("token not yet valid")
+        # tokens issued before versions existed carry none: version 0, every user's first
+        version = claims.get(TOKEN_VERSION_CLAIM, 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise AuthError("invalid token: token_version not an integer")
         try:
-            return Principal(str(claims["sub"]), str(claims["org"]), Role(claims["role"]))
+            return Principal(str(claims["sub"]), str(claims["org"]), Role(claims["role"]), version)
         except (KeyError, ValueError) as exc:
             raise AuthError("invalid token: bad org/role claims") from exc
 
 
 CLOCK_LEEWAY_S = 30
+TOKEN_VERSION_CLAIM = "token_version"
 
 
 class KnownUsers:
-    """Whether an access token's subject is still a user of the token's org, and with which
-    role now. Looked up at most every `ttl_s` per user, so a user deleted or moved ends their
-    access within that time, not at the token's expiry; a subject that never existed (a token
-    signed with a leaked key, or from another deployment) is refused at once."""
+    """Whether an access token's subject is still an enabled user of the token's org whose
+    sessions were not ended since (the token's version is the user's), and with which role now.
+    Looked up at most every `ttl_s` per user, so a user deleted, disabled, moved or whose
+    password changed loses access within that time, not at the token's expiry (at once in
+    this process: the API forgets the user when it changes them); a subject that never existed
+    (a token signed with a leaked key, or from another deployment) is refused at once."""
 
     MAX_ENTRIES = 10_000
 
@@ -192,20 +201,32 @@ class KnownUsers:
             except StoreError:
                 # The store is down: the request's own queries fail with their 503 (after
                 # their retries, as the dashboard flow says); this check does not turn that
-                # into a different answer. Nothing is served without the store anyway.
-                return principal if hit is None or hit[1] is None else _as_now(hit[1])
-            if len(self._seen) >= self.MAX_ENTRIES:
-                self._seen.clear()
-            self._seen[principal.user_id] = (now, user)
+                # into a different answer. Nothing is served without the store anyway. A
+                # verdict seen before still stands.
+                if hit is None:
+                    return principal
+                user = hit[1]
+            else:
+                if len(self._seen) >= self.MAX_ENTRIES:
+                    self._seen.clear()
+                self._seen[principal.user_id] = (now, user)
         else:
             user = hit[1]
         if user is None or user.org_id != principal.org_id:
             raise AuthError("the token's user does not exist (any more)")
+        if user.disabled:
+            raise AuthError("the token's user is disabled")
+        if user.token_version != principal.token_version:
+            raise AuthError("token revoked: the user's sessions were ended")
         return _as_now(user)
+
+    def forget(self, user_id: str) -> None:
+        """Look the user up again on their next request (this process just changed them)."""
+        self._seen.pop(user_id, None)
 
 
 def _as_now(user: User) -> Principal:
-    return Principal(user.id, user.org_id, user.role)
+    return Principal(user.id, user.org_id, user.role, user.token_version)
 
 
 # -- failed-login throttling ------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""`iotsphere cloud ...`: serve the aggregator, add users and gateways.
+"""`iotsphere cloud ...`: serve the aggregator, manage users, add gateways.
 
 DuckDB allows one writer process. While `cloud serve` runs on the data dir (it names itself
 in run/cloud.json), the admin commands ask it over loopback (/api/local-admin, authenticated
 by a secret in the data dir, like the gateway's admin API); otherwise they open the DuckDB
-file directly. Both paths run the same operation (add_user / add_gateway below), so their
-validation, defaults, output and errors cannot drift apart.
+file directly. Both paths run the same operation (cloud.admin_ops), so their validation,
+defaults, output and errors cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -28,8 +29,11 @@ from cloud.admin_ops import (
     add_user,
     check_email,
     check_password,
+    delete_user_by_email,
+    list_users,
     local_admin_secret,
     running_cloud_url,
+    set_user_state,
 )
 from cloud.db import Conflict, StoreError
 from cloud.services import open_duckdb_store
@@ -41,10 +45,24 @@ from common.clock import SystemClock
 from common.problem import ProblemError
 
 T = TypeVar("T")
+ACTOR = "cli (store opened directly)"
 
 
 def _post_to_running(data_dir: Path, path: str, body: dict[str, Any]) -> dict[str, str] | None:
     """POST to the running server's local admin API; None when no server runs here."""
+    result: dict[str, str] | None = _ask_running(data_dir, "POST", path, body)
+    return result
+
+
+def _ask_running(
+    data_dir: Path,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    params: dict[str, str] | None = None,
+) -> Any:
+    """Call the running server's local admin API: its JSON answer, or None when no server
+    runs here."""
     url = running_cloud_url(data_dir)
     if url is None:
         return None
@@ -55,7 +73,13 @@ def _post_to_running(data_dir: Path, path: str, body: dict[str, Any]) -> dict[st
     try:
         # trust_env=False: never through an HTTP(S)_PROXY; the password stays on this host
         with httpx.Client(base_url=url, timeout=60.0, trust_env=False) as http:
-            resp = http.post(path, json=body, headers={"Authorization": f"Bearer {secret}"})
+            resp = http.request(
+                method,
+                path,
+                json=body,
+                params=params,
+                headers={"Authorization": f"Bearer {secret}"},
+            )
     except httpx.ConnectError:
         return None  # nothing listens: stale run info (pid reused); the direct path decides
     except httpx.HTTPError as exc:
@@ -67,8 +91,7 @@ def _post_to_running(data_dir: Path, path: str, body: dict[str, Any]) -> dict[st
         except (ValueError, AttributeError):
             message = resp.text.strip() or f"HTTP {resp.status_code}"
         raise CliError(message, _exit_code(resp.status_code))
-    result: dict[str, str] = resp.json()
-    return result
+    return resp.json()
 
 
 def _exit_code(status: int) -> int:
@@ -102,12 +125,12 @@ def _with_store(
         store.close()
 
 
-def _read_password() -> str:
+def _read_password(prompt: str = "Password") -> str:
     if not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Repeat password: ") != password:
+        password = getpass.getpass(f"{prompt}: ")
+        if getpass.getpass(f"Repeat {prompt.lower()}: ") != password:
             raise CliError("passwords do not match", 2)
     return password
 
@@ -160,6 +183,62 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_path(email: str) -> str:
+    return f"{LOCAL_ADMIN_PREFIX}/users/{quote(email, safe='@')}"
+
+
+def _change_user(args: argparse.Namespace, email: str, body: dict[str, Any]) -> int:
+    """disable / enable / passwd: the running server's PATCH, else the store directly."""
+    result = _ask_running(data_dir_of(args), "PATCH", _user_path(email), body)
+    if result is None:
+        now = SystemClock().now_ms()
+        result = _with_store(
+            args, lambda store: set_user_state(store, email, now, actor=ACTOR, **body)
+        )
+    print_json(result)
+    return 0
+
+
+def _cmd_user_disable(args: argparse.Namespace) -> int:
+    return _change_user(args, _checked(lambda: check_email(args.email)), {"disabled": True})
+
+
+def _cmd_user_enable(args: argparse.Namespace) -> int:
+    return _change_user(args, _checked(lambda: check_email(args.email)), {"disabled": False})
+
+
+def _cmd_user_passwd(args: argparse.Namespace) -> int:
+    email = _checked(lambda: check_email(args.email))
+    password = _read_password("New password")
+    _checked(lambda: check_password(password))
+    return _change_user(args, email, {"password": password})
+
+
+def _cmd_user_delete(args: argparse.Namespace) -> int:
+    email = _checked(lambda: check_email(args.email))
+    result = _ask_running(data_dir_of(args), "DELETE", _user_path(email))
+    if result is None:
+        result = _with_store(args, lambda store: delete_user_by_email(store, email, actor=ACTOR))
+    print_json(result)
+    return 0
+
+
+def _cmd_user_list(args: argparse.Namespace) -> int:
+    org: str | None = args.org
+    params = {"org": org} if org is not None else None
+    result = _ask_running(data_dir_of(args), "GET", f"{LOCAL_ADMIN_PREFIX}/users", params=params)
+    if result is None:
+        result = _with_store(args, lambda store: list_users(store, org))
+    if args.json:
+        print_json(result)
+    else:  # one JSON object a line, as `gateway device list`
+        for item in result:
+            print_json(item)
+        if not result:
+            print("(none)")
+    return 0
+
+
 def _cmd_gateway_add(args: argparse.Namespace) -> int:
     name, org = args.name, args.org
     body = {"name": name, "org": org}
@@ -200,6 +279,25 @@ def register(parser: argparse.ArgumentParser) -> None:
     uadd.add_argument("--org", default=DEFAULT_ORG, help="organization (default: default)")
     add_common_args(uadd, json_flag=True)
     uadd.set_defaults(handler=_cmd_user_add)
+    ulist = usub.add_parser("list", help="list users (all organizations unless --org)")
+    ulist.add_argument("--org", default=None, help="only this organization's users")
+    add_common_args(ulist, json_flag=True)
+    ulist.set_defaults(handler=_cmd_user_list)
+    for name, handler, help_text in (
+        ("delete", _cmd_user_delete, "delete a user; their sessions end at once"),
+        ("disable", _cmd_user_disable, "disable a user: sessions end, logins are refused"),
+        ("enable", _cmd_user_enable, "enable a disabled user again"),
+        (
+            "passwd",
+            _cmd_user_passwd,
+            "set a user's password (from stdin, or prompted twice on a terminal); "
+            "their sessions end",
+        ),
+    ):
+        cmd = usub.add_parser(name, help=help_text)
+        cmd.add_argument("email")
+        add_common_args(cmd, json_flag=True)
+        cmd.set_defaults(handler=handler)
 
     gateway = sub.add_parser("gateway", help="manage gateways")
     gsub = gateway.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)

@@ -44,6 +44,32 @@ class User:
     role: Role
     password_hash: str
     created_at: int
+    # Bumped when the user's sessions must end (password changed, disabled): access tokens
+    # carry the version they were issued under and are refused once it differs.
+    token_version: int = 0
+    disabled_at: int | None = None  # a disabled user cannot log in; None while enabled
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "email": self.email,
+            "role": self.role.value,
+            "disabled": self.disabled,
+            "disabled_at": self.disabled_at,
+            "created_at": self.created_at,
+        }
+
+
+class UserChange(StrEnum):
+    """The outcome of changing or deleting a user (the store checks it in one transaction)."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"  # no such user in that org
+    LAST_ADMIN = "last_admin"  # refused: the org would be left without an enabled admin
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +166,9 @@ class RefreshUse(StrEnum):
     UNKNOWN = "unknown"
     EXPIRED = "expired"
     REUSED = "reused"  # already rotated: a stolen copy; the whole family is now revoked
+    # revoked (its family was, or the user's sessions were ended: password changed, user
+    # disabled or deleted); nothing more to revoke
+    REVOKED = "revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +177,7 @@ class RefreshToken:
     family_id: str  # all tokens rotated from one login
     user_id: str
     expires_at: int
+    token_version: int = 0  # the user's token_version at issue: refused once it changed
 
 
 class CloudStore(Protocol):
@@ -165,6 +195,29 @@ class CloudStore(Protocol):
 
     async def user_by_email(self, email: str) -> User | None: ...
     async def user_by_id(self, user_id: str) -> User | None: ...
+    async def list_orgs(self) -> list[Org]: ...
+    async def list_users(self, org_id: str | None) -> list[User]:
+        """The users of one org (None: of every org), by e-mail."""
+        ...
+
+    async def update_user(
+        self,
+        org_id: str,
+        user_id: str,
+        now_ms: int,
+        *,
+        role: Role | None = None,
+        disabled: bool | None = None,
+        password_hash: str | None = None,
+    ) -> tuple[UserChange, User | None]:
+        """Change what is given, in one transaction. A new password or a disable ends the
+        user's sessions: token_version is bumped and every refresh token revoked. Refused
+        (LAST_ADMIN) when it would leave the org without an enabled admin."""
+        ...
+
+    async def delete_user(self, org_id: str, user_id: str) -> tuple[UserChange, User | None]:
+        """Delete the user and their refresh tokens (LAST_ADMIN as update_user)."""
+        ...
 
     # refresh tokens
     async def save_refresh_token(self, token: RefreshToken) -> None: ...

@@ -1,4 +1,4 @@
-"""POST /api/auth/login and /api/auth/refresh."""
+"""POST /api/auth/login, /api/auth/refresh and /api/auth/password."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import uuid
 
 from fastapi import APIRouter, Request
 
-from cloud.api.deps import ServicesDep, problems
-from cloud.api.schemas import LoginRequest, RefreshRequest, TokenResponse
+from cloud.admin_ops import change_user
+from cloud.api.deps import AUTHED, ServicesDep, Viewer, problems
+from cloud.api.schemas import LoginRequest, PasswordChange, RefreshRequest, TokenResponse
 from cloud.auth import Principal, new_opaque_token, token_digest, verify_password
-from cloud.problems import too_many, unauthorized
+from cloud.problems import forbidden, too_many, unauthorized
 from cloud.services import Services
 from cloud.store import RefreshToken, RefreshUse, User
 
@@ -23,9 +24,9 @@ async def _issue(services: Services, user: User, family_id: str) -> TokenRespons
     refresh = new_opaque_token()
     expires_at = services.clock.now_ms() + services.settings.refresh_ttl_s * 1000
     await services.store.save_refresh_token(
-        RefreshToken(token_digest(refresh), family_id, user.id, expires_at)
+        RefreshToken(token_digest(refresh), family_id, user.id, expires_at, user.token_version)
     )
-    access = services.tokens.issue(Principal(user.id, user.org_id, user.role))
+    access = services.tokens.issue(Principal(user.id, user.org_id, user.role, user.token_version))
     return TokenResponse(
         access_token=access,
         token_type="bearer",
@@ -49,7 +50,8 @@ async def login(body: LoginRequest, request: Request, services: ServicesDep) -> 
     ok = await asyncio.to_thread(
         verify_password, user.password_hash if user else None, body.password
     )
-    if user is None or not ok:
+    # a disabled user gets the wrong password's answer: nobody learns which accounts exist
+    if user is None or not ok or user.disabled:
         services.limiter.record_failure(*keys)
         services.metrics.login_failures.inc("bad_credentials")
         log.warning("login failed: email=%s address=%s", email, address)
@@ -73,6 +75,37 @@ async def refresh(body: RefreshRequest, services: ServicesDep) -> TokenResponse:
     if use is not RefreshUse.OK or token is None:
         raise unauthorized(f"refresh token {use.value}")
     user = await services.store.user_by_id(token.user_id)
-    if user is None:
-        raise unauthorized("user no longer exists")
+    if user is None or user.disabled or user.token_version != token.token_version:
+        raise unauthorized("refresh token revoked")
     return await _issue(services, user, token.family_id)
+
+
+@router.post("/password", response_model=TokenResponse, responses=problems(*AUTHED, 403, 422, 429))
+async def change_password(
+    body: PasswordChange, principal: Viewer, request: Request, services: ServicesDep
+) -> TokenResponse:
+    """Change one's own password. Every other session of the user ends (their access tokens
+    are refused, their refresh tokens revoked); the answer is a new session for this one.
+    A wrong current password is a 403 and counts as a failed login."""
+    user = await services.store.user_by_id(principal.user_id)
+    if user is None:
+        raise unauthorized("the token's user does not exist (any more)")
+    address = request.client.host if request.client else "unknown"
+    keys = (f"user:{user.email}", f"addr:{address}")
+    wait = services.limiter.retry_after(*keys)
+    if wait is not None:
+        services.metrics.login_failures.inc("rate_limited")
+        raise too_many("too many failed attempts; try again later", wait)
+    ok = await asyncio.to_thread(verify_password, user.password_hash, body.current_password)
+    if not ok:
+        services.limiter.record_failure(*keys)
+        services.metrics.login_failures.inc("bad_credentials")
+        log.warning("password change refused: user=%s address=%s", user.id, address)
+        raise forbidden("the current password is wrong")
+    changed = await change_user(
+        services.store, user, services.clock.now_ms(),
+        actor=f"user:{user.id}", password=body.new_password,
+    )  # fmt: skip
+    if services.users is not None:
+        services.users.forget(user.id)
+    return await _issue(services, changed, uuid.uuid4().hex)

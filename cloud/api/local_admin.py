@@ -1,4 +1,4 @@
-"""The running cloud's local admin API, used by `iotsphere cloud user add` / `gateway add`.
+"""The running cloud's local admin API, used by `iotsphere cloud user ...` / `gateway add`.
 
 DuckDB admits one writer process, so while `cloud serve` holds the store the CLI asks the
 server to do the work. Authenticated by a bearer secret in the data dir (mode 0600, compared
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
@@ -20,11 +21,17 @@ from cloud.admin_ops import (
     LOCAL_ADMIN_PREFIX,
     add_gateway,
     add_user,
+    delete_user_by_email,
+    list_users,
     local_admin_secret,
+    set_user_state,
 )
 from cloud.api.deps import ServicesDep
 from cloud.problems import unauthorized
+from cloud.services import Services
 from cloud.store import Role
+
+ACTOR = "cli (local admin API)"
 
 
 async def require_local_secret(request: Request, services: ServicesDep) -> None:
@@ -53,6 +60,12 @@ class UserAdd(BaseModel):
     org: str = DEFAULT_ORG
 
 
+class UserChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    disabled: bool | None = None
+    password: str | None = None
+
+
 class GatewayAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -63,6 +76,35 @@ class GatewayAdd(BaseModel):
 async def post_user(body: UserAdd, services: ServicesDep) -> dict[str, str]:
     now = services.clock.now_ms()
     return await add_user(services.store, body.email, body.password, body.role, body.org, now)
+
+
+@router.get("/users")
+async def get_users(services: ServicesDep, org: str | None = None) -> list[dict[str, Any]]:
+    return await list_users(services.store, org)
+
+
+def _forget(services: Services, user_id: str) -> None:
+    # this process's cache of token subjects: the change counts from the next request
+    if services.users is not None:
+        services.users.forget(user_id)
+
+
+# {email:path}: an address may hold a '/', which the URL carries percent-encoded
+@router.patch("/users/{email:path}")
+async def patch_user(email: str, body: UserChange, services: ServicesDep) -> dict[str, Any]:
+    result = await set_user_state(
+        services.store, email, services.clock.now_ms(),
+        actor=ACTOR, disabled=body.disabled, password=body.password,
+    )  # fmt: skip
+    _forget(services, result["user_id"])
+    return result
+
+
+@router.delete("/users/{email:path}")
+async def delete_user(email: str, services: ServicesDep) -> dict[str, Any]:
+    result = await delete_user_by_email(services.store, email, actor=ACTOR)
+    _forget(services, result["user_id"])
+    return result
 
 
 @router.post("/gateways", status_code=201)

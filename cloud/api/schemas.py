@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.admin_ops import MAX_PASSWORD, MIN_PASSWORD
+from cloud.store import Role
 
 Value = bool | float | str  # bool first: JSON true must not become 1.0
 
@@ -12,6 +15,31 @@ Value = bool | float | str  # bool first: JSON true must not become 1.0
 class LoginRequest(BaseModel):
     email: str = Field(min_length=1, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD)
+    new_password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    role: Role
+    disabled: bool
+    disabled_at: int | None
+    created_at: int
+
+
+class UserPatch(BaseModel):
+    """Fields to change; absent or null ones stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Role | None = None
+    disabled: bool | None = Field(
+        default=None, description="true ends the user's sessions and refuses their logins"
+    )
 
 
 class RefreshRequest(BaseModel):
