@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from common.model import FieldError, Reading, ReadingFlag, Value
 from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, DeviceRecord, ReadingColumns
@@ -28,7 +27,6 @@ from edge.store_connection import DuckConfig, DuckConnection, StoreError, StoreU
 __all__ = [  # the errors live in edge.store_connection; callers import them from here
     "DROPPED_COUNTER",
     "PRUNED_COUNTER",
-    "READINGS_ARROW_SCHEMA",
     "SCHEMA",
     "SYNC_ALERTS_KEY",
     "SYNC_AUTH_KEY",
@@ -49,10 +47,6 @@ __all__ = [  # the errors live in edge.store_connection; callers import them fro
 ]
 
 log = logging.getLogger("iotsphere.store")
-
-# Arrow's default allocator (jemalloc/mimalloc) keeps its own arenas next to glibc's; batches
-# here are small and short-lived, so the system allocator costs nothing and keeps RSS down.
-pa.set_memory_pool(pa.system_memory_pool())
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -141,21 +135,11 @@ CREATE TABLE IF NOT EXISTS drops (
 CREATE TABLE IF NOT EXISTS counters (name VARCHAR NOT NULL, value BIGINT NOT NULL);
 """
 
-READINGS_ARROW_SCHEMA = pa.schema(
-    [
-        ("seq", pa.int64()),
-        ("device_id", pa.string()),
-        ("metric", pa.string()),
-        ("ts", pa.int64()),
-        ("received_at", pa.int64()),
-        ("value_num", pa.float64()),
-        ("value_bool", pa.bool_()),
-        ("value_str", pa.string()),
-        ("flags", pa.uint8()),
-        ("dev_seq", pa.int64()),
-    ]
+# Batches that may repeat stored readings go through this table and an anti-join.
+INCOMING_READINGS = "incoming_readings"
+INCOMING_READINGS_SCHEMA = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {INCOMING_READINGS} AS SELECT * FROM readings LIMIT 0"
 )
-
 
 # The sync cursor and outcome, in kv: written only after the cloud acknowledged (cursor) or
 # after an attempt (outcome), so `gateway status` can report them with the gateway stopped.
@@ -325,10 +309,14 @@ class GatewayStore:
         # and skips the anti-join: docs/decisions/edge-dedup-fast-path.md.
         self._series_newest: dict[tuple[str, str], int] | None = None
         self._pending_newest: dict[tuple[str, str], int] = {}
-        self._db = DuckConnection(path, config, after_reopen=self._load_cursors)
+        # Appenders of the current connection, by table (a reopen starts a new set).
+        self._appenders: dict[str, duckdb.Appender] = {}
+        self._appenders_of: duckdb.DuckDBPyConnection | None = None
+        self._db = DuckConnection(path, config, after_reopen=self._after_reopen)
         self._con.execute(SCHEMA)
         # Added after the first release: a cursor for syncing auth events.
         self._con.execute("ALTER TABLE auth_failures ADD COLUMN IF NOT EXISTS seq BIGINT")
+        self._con.execute(INCOMING_READINGS_SCHEMA)
         try:
             self._compact_counters()
         except StoreUnavailable as exc:  # e.g. opened on a full disk: the deltas stay as they are
@@ -338,6 +326,21 @@ class GatewayStore:
     @property
     def _con(self) -> duckdb.DuckDBPyConnection:
         return self._db.con
+
+    def _after_reopen(self) -> None:
+        self._con.execute(INCOMING_READINGS_SCHEMA)  # temporary tables end with a connection
+        self._load_cursors()
+
+    def _appender(self, table: str) -> duckdb.Appender:
+        """The kept appender of `table` on the current connection (creating one costs ~0.3 ms,
+        more than a small commit's insert)."""
+        con = self._con
+        if self._appenders_of is not con:
+            self._appenders, self._appenders_of = {}, con
+        appender = self._appenders.get(table)
+        if appender is None:
+            appender = self._appenders[table] = con.appender(table)
+        return appender
 
     def _load_cursors(self) -> None:
         """The next sequence numbers from the file (at open, after a reopen, after a failed
@@ -448,9 +451,6 @@ class GatewayStore:
             unique.setdefault((r.device_id, r.metric, r.ts), r)
         rows = list(unique.values())
         first = self._next_seq
-        # Read by DuckDB's replacement scan (the local variable's name in the SQL): half the
-        # cost of register/unregister per commit, which small commits pay in full.
-        incoming_readings = _readings_table(rows, first)  # noqa: F841 (read by DuckDB)
         newest = self._newest_per_series()
         pending: dict[tuple[str, str], int] = {}
         fresh = True
@@ -462,8 +462,16 @@ class GatewayStore:
             if r.ts > pending.get(key, known):
                 pending[key] = r.ts
         self._pending_newest = pending
+        # Rows go in through DuckDB's appender as Python tuples: no Arrow table to build and
+        # no pyarrow in the gateway (docs/decisions/edge-dedup-fast-path.md).
+        appender = self._appender("readings" if fresh else INCOMING_READINGS)
+        try:
+            appender.append_rows(_reading_rows(rows, first))
+            appender.flush()
+        except BaseException:
+            appender.clear()  # nothing of a failed commit may reach the next one
+            raise
         if fresh:  # newer than anything stored in each series: no duplicate possible
-            self._con.execute("INSERT INTO readings SELECT * FROM incoming_readings")
             inserted = len(rows)
         else:
             # Zone maps on ts prune the scan to the row groups overlapping this batch's time
@@ -472,12 +480,13 @@ class GatewayStore:
             hi = max(r.ts for r in rows)
             inserted = int(
                 self._con.execute(
-                    "INSERT INTO readings SELECT b.* FROM incoming_readings b ANTI JOIN ("
+                    f"INSERT INTO readings SELECT b.* FROM {INCOMING_READINGS} b ANTI JOIN ("
                     " SELECT device_id, metric, ts FROM readings WHERE ts BETWEEN ? AND ?"
                     ") r USING (device_id, metric, ts) ORDER BY b.seq",
                     [lo, hi],
                 ).fetchall()[0][0]
             )
+            self._con.execute(f"DELETE FROM {INCOMING_READINGS}")
         self._next_seq = first + len(rows)
         return CommitResult(
             inserted=inserted,
@@ -733,7 +742,8 @@ class GatewayStore:
         latter sorts the whole remaining backlog for every batch (quadratic over a long drain),
         the window is pruned by the zone maps of seq, which grows with insertion order. Gaps
         (deduplicated, dropped or pruned readings) make a window hold fewer rows; `more` says
-        the batch is nevertheless complete. Arrow: ~3x faster than a Reading per row."""
+        the batch is nevertheless complete. Columns by transposing fetched rows: as fast as
+        through Arrow at 5,000 rows (1.3 vs 1.0 us a row), faster for small windows."""
         with self._lock:
             lo = self._con.execute(
                 "SELECT min(seq) FROM readings WHERE seq > ?", [after_seq]
@@ -741,22 +751,24 @@ class GatewayStore:
             if lo is None:
                 return ReadingColumns(), False
             hi = int(lo) + limit - 1
-            t = self._con.sql(
+            rows = self._con.execute(
                 "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
                 "value_str, flags, dev_seq FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                params=[lo, hi],
-            ).to_arrow_table()
+                [lo, hi],
+            ).fetchall()
             more = self._next_seq - 1 > hi
-        col = {name: t.column(name).to_pylist() for name in t.column_names}
+        if not rows:
+            return ReadingColumns(), more
+        seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq = zip(*rows, strict=True)
         return ReadingColumns(
-            seq=tuple(col["seq"]),
-            device_id=tuple(col["device_id"]),
-            metric=tuple(col["metric"]),
-            ts=tuple(col["ts"]),
-            received_at=tuple(col["received_at"]),
-            value=tuple(map(_value, col["value_num"], col["value_bool"], col["value_str"])),
-            flags=tuple(col["flags"]),
-            dev_seq=tuple(col["dev_seq"]),
+            seq=seq,
+            device_id=dev,
+            metric=met,
+            ts=ts,
+            received_at=rec,
+            value=tuple(map(_value, vnum, vbool, vstr)),
+            flags=flags,
+            dev_seq=dev_seq,
         ), more
 
     def alert_changes_after(self, change_seq: int, limit: int) -> list[AlertChange]:
@@ -1085,37 +1097,17 @@ def _filters(**conds: str | None) -> tuple[str, list[Any]]:
     return ("WHERE " + " AND ".join(parts) if parts else "", params)
 
 
-def _readings_table(rows: Sequence[Reading], first_seq: int) -> pa.Table:
-    nums: list[float | None] = []
-    bools: list[bool | None] = []
-    strs: list[str | None] = []
-    for r in rows:
+def _reading_rows(rows: Sequence[Reading], first_seq: int) -> list[tuple[Any, ...]]:
+    """Rows in the readings table's column order; the value goes to the column of its type."""
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    for seq, r in enumerate(rows, first_seq):
         v = r.value
-        if isinstance(v, bool):
-            nums.append(None)
-            bools.append(v)
-            strs.append(None)
-        elif isinstance(v, str):
-            nums.append(None)
-            bools.append(None)
-            strs.append(v)
+        t = type(v)
+        if t is float or t is int:
+            append((seq, r.device_id, r.metric, r.ts, r.received_at, v, None, None, r.flags, r.seq))
+        elif t is bool:
+            append((seq, r.device_id, r.metric, r.ts, r.received_at, None, v, None, r.flags, r.seq))
         else:
-            nums.append(float(v))
-            bools.append(None)
-            strs.append(None)
-    columns = [
-        list(range(first_seq, first_seq + len(rows))),
-        [r.device_id for r in rows],
-        [r.metric for r in rows],
-        [r.ts for r in rows],
-        [r.received_at for r in rows],
-        nums,
-        bools,
-        strs,
-        [int(r.flags) for r in rows],
-        [r.seq for r in rows],
-    ]
-    return pa.Table.from_arrays(
-        [pa.array(c, type=f.type) for c, f in zip(columns, READINGS_ARROW_SCHEMA, strict=True)],
-        schema=READINGS_ARROW_SCHEMA,
-    )
+            append((seq, r.device_id, r.metric, r.ts, r.received_at, None, None, v, r.flags, r.seq))
+    return out
