@@ -21,8 +21,9 @@ from common.codecs import (
     Limits,
     PayloadError,
     Source,
-    decode,
+    decode_parsed,
     locate,
+    parse,
 )
 from common.model import FieldError, RawReading, Reading, ReadingFlag, Value
 
@@ -349,7 +350,12 @@ def decode_and_validate(
     limits: Limits = DEFAULT_LIMITS,
 ) -> list[Reading]:
     """Bytes -> Readings in one call: the receive time also anchors SenML relative times."""
-    raws = decode(body, fmt, limits, now_ms=received_at_ms)
+    doc = parse(body, fmt, limits)
+    if type(doc) is dict and (fmt is ContentFormat.JSON or fmt is ContentFormat.CBOR):
+        readings = _plain_message(device_id, doc, received_at_ms, spec, policy, limits)
+        if readings is not None:
+            return readings
+    raws = decode_parsed(doc, fmt, limits, now_ms=received_at_ms)
     return validate(
         device_id,
         raws,
@@ -359,3 +365,65 @@ def decode_and_validate(
         limits=limits,
         sources=lambda: locate(body, fmt, limits, now_ms=received_at_ms),
     )
+
+
+_INT_AS_FLOAT = 2**53  # ints up to this convert to float exactly (and never overflow)
+
+
+def _plain_message(
+    device_id: str,
+    doc: dict[Any, Any],
+    received_at_ms: int,
+    spec: DeviceTypeSpec | None,
+    policy: ValidationPolicy,
+    limits: Limits,
+) -> list[Reading] | None:
+    """The Readings of the message most devices send, `{"ts": ms, "values": {name: number}}`
+    or flat `{name: number}`, straight from the parsed document: the same readings decode()
+    and validate() would make, without a RawReading each. None for anything else (other keys,
+    a ts that gets a flag, strings, booleans, a name not validated before, a declared metric
+    out of range): the general path then decides, with its error messages."""
+    if "values" in doc:
+        values = doc["values"]
+        ts = doc.get("ts")
+        if (
+            type(values) is not dict
+            or type(ts) is not int
+            or len(doc) != 2
+            or not policy.min_valid_ts_ms <= ts <= received_at_ms + policy.max_future_skew_ms
+        ):
+            return None
+        flags = _NO_FLAGS
+    elif "ts" in doc or "seq" in doc:  # reserved: an error in a flat object
+        return None
+    else:
+        values, ts, flags = doc, received_at_ms, _FROM_GATEWAY
+    if not values or len(values) > limits.max_readings:
+        return None
+    metrics = spec.metrics if spec is not None else _NO_METRICS
+    strict = spec is not None and not spec.allow_undeclared
+    known = _KNOWN_NAMES
+    out: list[Reading] = []
+    for name, raw in values.items():
+        if name not in known:
+            return None
+        t = type(raw)
+        if t is int and -_INT_AS_FLOAT <= raw <= _INT_AS_FLOAT:
+            value = float(raw)
+        elif t is float and math.isfinite(raw):
+            value = raw
+        else:
+            return None
+        if metrics:
+            declared = metrics.get(name)
+            if declared is None:
+                if strict:
+                    return None
+            elif (
+                declared.type != "number"
+                or (declared.min is not None and value < declared.min)
+                or (declared.max is not None and value > declared.max)
+            ):
+                return None
+        out.append(Reading(device_id, name, ts, value, received_at_ms, flags, None))
+    return out
