@@ -139,6 +139,7 @@ class FakeIntake:
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.payloads: list[bytes] = []
         self.refuse = False
+        self.sealed = 0  # seal_soon() calls: one per read that held telemetry
 
     def submit(self, device_id: str, payload: bytes, content_format: str | None,
                transport: str) -> Pending:  # fmt: skip
@@ -147,6 +148,9 @@ class FakeIntake:
         self.payloads.append(payload)
         result = IngestResult(0, BAD) if payload == b"bad" else IngestResult(1)
         return Pending(self.future, result)
+
+    def seal_soon(self) -> None:
+        self.sealed += 1
 
     def commit(self, error: Exception | None = None) -> None:
         if error is None:
@@ -172,6 +176,7 @@ async def test_puback_only_after_the_commit_and_in_order() -> None:
     tap.client_data(v311_publish("devices/d1/telemetry", b"1", packet_id=1))
     tap.client_data(v311_publish("devices/d1/telemetry", b"bad", packet_id=2))
     assert host.to_client == b"" and host.to_broker == b""
+    assert intake.sealed == 2  # each read's telemetry goes to the store without a delay
     intake.commit()
     await asyncio.sleep(0)
     assert bytes(host.to_client) == encode_ack(4, 1, v5=False) + encode_ack(4, 2, v5=False)
@@ -184,7 +189,7 @@ async def test_other_packets_and_topics_go_to_the_broker_unchanged() -> None:
     foreign = v311_publish("devices/d2/telemetry", b"1", packet_id=4)
     tap.client_data(other + foreign + PINGREQ_BYTES)
     assert bytes(host.to_broker) == other + foreign + PINGREQ_BYTES
-    assert intake.payloads == []
+    assert intake.payloads == [] and intake.sealed == 0
     assert host.denied_topics == ["devices/d2/telemetry"]  # audited; the broker's ACL refuses
 
 

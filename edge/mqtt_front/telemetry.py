@@ -82,6 +82,8 @@ class Intake(Protocol):
         self, device_id: str, payload: bytes, content_format: str | None, transport: str
     ) -> Pending: ...
 
+    def seal_soon(self) -> None: ...
+
 
 # (device id, problem or None, readings stored, response topic, correlation data)
 ReplySink = Callable[[str, Problem | None, int, str | None, bytes | None], None]
@@ -177,6 +179,7 @@ class TelemetryTap:
             self._protocol_error(str(exc), V5_PACKET_TOO_LARGE if "exceeds" in str(exc) else 0)
             return
         forward = bytearray()
+        waiting = len(self._waiting)
         for first, start, body, end in packets:
             if self.closed:
                 return
@@ -211,6 +214,8 @@ class TelemetryTap:
         if forward and not self.closed:
             self._upstream_written = True
             self._host.write_upstream(forward)
+        if waiting != len(self._waiting):  # telemetry of this read: to the store now
+            self._intake.seal_soon()
 
     def _telemetry(self, pub: PublishView) -> None:
         pid = pub.packet_id
