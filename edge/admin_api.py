@@ -16,10 +16,14 @@ from aiohttp import web
 
 from common.problem import Problem
 from edge.backend import AdminBackend, BackendError
+from edge.listener import BoundedListener, ConnectionCaps, ListenerStats
 from edge.store import StoreUnavailable
 
 log = logging.getLogger("iotsphere.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Loopback only, for the CLI: a few connections at a time. Bounded like the LAN listeners so
+# that even here an accept() out of descriptors backs off instead of logging a traceback each.
+ADMIN_CAPS = ConnectionCaps(max_connections=32, max_per_address=32)
 
 
 def _problem(status: int, title: str, detail: str = "") -> web.Response:
@@ -47,6 +51,8 @@ class AdminApi:
         self._backend = backend
         self._secret = secret
         self._runner: web.AppRunner | None = None
+        self._listener: BoundedListener | None = None
+        self.listener_stats = ListenerStats(ADMIN_CAPS.max_connections, ADMIN_CAPS.max_per_address)
         self.port = 0
 
     def app(self) -> web.Application:
@@ -98,14 +104,18 @@ class AdminApi:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        manager = self._runner.server
+        assert manager is not None
+        self._listener = BoundedListener("admin API", manager, ADMIN_CAPS)
+        await self._listener.start(host, port)
+        self.listener_stats = self._listener.stats
+        self.port = self._listener.port
         log.info("admin API on 127.0.0.1:%d", self.port)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -53,6 +53,17 @@ class GatewayConfig:
     duckdb_threads: int = 1
     max_future_skew_s: float = 86_400.0  # device ts further ahead than this is flagged
     rule_tick_s: float = 1.0  # how often `for` timers and no-data rules are checked
+    # Connection caps of the LAN listeners (edge.listener): a connection over a cap is closed
+    # as soon as it is accepted (HTTP: a 503 problem document first), counted (`gateway status`
+    # "connections") and logged at most once per 10 s. At start the gateway raises its soft
+    # descriptor limit (never above the hard limit) to fd_reserve + 2 x mqtt_max_connections
+    # + http_max_connections (an MQTT connection can hold two: its own and its pipe to
+    # Mosquitto); under a lower hard limit both caps shrink in proportion and the start-up log
+    # says so. Figures: docs/decisions/listener-caps.md.
+    mqtt_max_connections: int = 4096  # open at once on the MQTT port (Mosquitto's name)
+    http_max_connections: int = 1024  # open at once on the HTTP port (devices, status page)
+    max_connections_per_address: int = 128  # per listener; never over a quarter of its cap
+    fd_reserve: int = 128  # descriptors kept for DuckDB, Mosquitto, CoAP, logs, admin, sync
     # Sync to the cloud (only once enrolled: `iotsphere gateway enroll`).
     sync_tick_s: float = 1.0  # how often the sync actor looks for unsynced data
     sync_config_every_s: float = 10.0  # how often rule/device changes are fetched from the cloud
@@ -93,6 +104,14 @@ class GatewayConfig:
         return self.data_dir / "run"
 
 
+_AT_LEAST = {
+    "mqtt_max_connections": 1,
+    "http_max_connections": 1,
+    "max_connections_per_address": 1,
+    "fd_reserve": 0,
+}
+
+
 def load_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
     """Defaults, then `gateway.toml` in the data dir, then non-None overrides (CLI flags)."""
     cfg = GatewayConfig(data_dir=data_dir)
@@ -104,6 +123,10 @@ def load_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
             raise ConfigError(f"{toml_path}: {exc}") from exc
         cfg = _apply_toml(cfg, raw, toml_path)
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    for name, least in _AT_LEAST.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{name} must be a whole number of at least {least}, not {value!r}")
     if cfg.broker_url is not None:
         parts = urlsplit(cfg.broker_url)
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:

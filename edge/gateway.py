@@ -46,6 +46,7 @@ from edge.device_ingest import DeviceIngest
 from edge.dynsec import DynsecClient, DynsecError
 from edge.http_ingress import HttpIngress
 from edge.identity import IdentityError, load_identity
+from edge.listener import CapPlan, open_fds, plan_caps, raise_nofile, wanted_nofile
 from edge.lockout import LockoutPolicy, LockoutTracker
 from edge.mqtt_front.proxy import AuthEvent, MqttFront, TelemetryTerms
 from edge.mqtt_ingress import MqttIngress
@@ -95,6 +96,8 @@ class Gateway:
         self._coap: CoapIngress | None = None
         self._oscore: OscoreRegistry | None = None  # devices' OSCORE contexts (CoAP)
         self._http: HttpIngress | None = None  # device HTTP ingress + local status page
+        self._admin: AdminApi | None = None
+        self._caps: CapPlan | None = None  # the listeners' connection caps, set by run()
         self._classifier = Classifier(
             config.device_types,
             ValidationPolicy(max_future_skew_ms=int(config.max_future_skew_s * 1000)),
@@ -141,6 +144,8 @@ class Gateway:
         tasks: list[asyncio.Task[Any]] = []
         admin: AdminApi | None = None
         try:
+            # Before Mosquitto starts: it inherits the descriptor limit raised here.
+            self._caps = self._size_listeners()
             devices = store.devices(include_secrets=True)
             cloud_types = store.kv_get(CLOUD_TYPES_KEY)  # as last fetched: also offline
             if cloud_types:
@@ -212,7 +217,7 @@ class Gateway:
                 self._mqtt_port = self._front.port
             await self._start_coap()
             await self._start_http()
-            admin = AdminApi(self, admin_secret(cfg.data_dir))
+            admin = self._admin = AdminApi(self, admin_secret(cfg.data_dir))
             await admin.start()
             write_run_info(cfg.run_dir, admin.port)
             self.ready.set()
@@ -261,6 +266,38 @@ class Gateway:
                 await self._broker.stop()
             log.info("gateway stopped")
 
+    def _size_listeners(self) -> CapPlan:
+        """Raise the soft descriptor limit to what the configured caps need (up to the hard
+        limit) and size the caps to the limit there is."""
+        cfg = self.cfg
+        mqtt, http = cfg.mqtt_max_connections, cfg.http_max_connections
+        soft, hard = raise_nofile(wanted_nofile(mqtt, http, cfg.fd_reserve))
+        plan = plan_caps(soft, cfg.fd_reserve, mqtt, http, cfg.max_connections_per_address)
+        say = log.warning if plan.scaled else log.info
+        say(
+            "connections: descriptor limit %d (hard %d): MQTT up to %d open (%d per address), "
+            "HTTP up to %d (%d per address)%s",
+            soft, hard, plan.mqtt.max_connections, plan.mqtt.max_per_address,
+            plan.http.max_connections, plan.http.max_per_address,
+            f"; the configured {mqtt}/{http} need a limit of {plan.wanted_nofile} "
+            "(LimitNOFILE in the service unit)" if plan.scaled else "",
+        )  # fmt: skip
+        return plan
+
+    def _connections_status(self) -> dict[str, Any] | None:
+        if self._caps is None:
+            return None
+        listeners = {
+            "mqtt": self._front.listener_stats if self._front is not None else None,
+            "http": self._http.listener_stats if self._http is not None else None,
+            "admin": self._admin.listener_stats if self._admin is not None else None,
+        }
+        return {
+            **self._caps.to_dict(),
+            "fds_open": open_fds(),
+            **{name: dataclasses.asdict(st) if st else None for name, st in listeners.items()},
+        }
+
     @property
     def http_port(self) -> int | None:
         """The bound HTTP port (the real one when the config asked for 0)."""
@@ -276,9 +313,11 @@ class Gateway:
             self._directory, self._tracker, self.clock, self._on_device_auth_event, "http"
         )
         page = StatusPage(self, self.cfg.data_dir, self.clock, audit=self._on_device_auth_event)
+        assert self._caps is not None
         self._http = HttpIngress(
-            self.cfg.bind, self.cfg.http_port, auth, self._device_ingest, page.install
-        )
+            self.cfg.bind, self.cfg.http_port, auth, self._device_ingest, page.install,
+            caps=self._caps.http,
+        )  # fmt: skip
         await self._http.start()
 
     async def status_page_data(self) -> StatusData:
@@ -432,6 +471,7 @@ class Gateway:
 
     def _new_front(self, port: int, broker_host: str, broker_port: int) -> MqttFront:
         assert self._device_ingest is not None and self._ingress is not None
+        assert self._caps is not None
         token_auth = DeviceAuthenticator(
             self._directory, self._tracker, self.clock, self._on_device_auth_event, "mqtt"
         )
@@ -443,6 +483,7 @@ class Gateway:
             self._tracker,
             self._on_auth_event,
             self.clock,
+            caps=self._caps.mqtt,
             telemetry=TelemetryTerms(
                 self._device_ingest,
                 self._ingress.reply,
@@ -750,6 +791,7 @@ class Gateway:
             "ingress": dict(self._ingress.stats) if self._ingress else None,
             "coap": self._coap.summary() if self._coap else None,
             "http": self._http.summary() if self._http else None,
+            "connections": self._connections_status(),
             "store_mailbox": self.store_ref.mailbox_size,
             "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,

@@ -13,6 +13,11 @@ more now, 507 Insufficient Storage with Retry-After when its disk is full (nothi
 body over the limit is refused without reading past the limit: a declared Content-Length is
 refused before the body is read (no "100 Continue" is sent for it), a chunked one after
 limit + 1 bytes, and the connection is closed instead of drained.
+
+Requests aiohttp cannot parse get a problem document too (414 for a request line over 8 KiB,
+e.g. a giant token; 431 for oversized or too many headers; 400 otherwise), counted and logged
+at most once per 10 s rather than a traceback each. The listener is an edge.listener
+BoundedListener: connections over its caps get a 503 problem document and are closed.
 """
 
 from __future__ import annotations
@@ -26,12 +31,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from common.codecs import Limits, PayloadError
 from common.problem import Problem
 from edge.coap_ingress import INTERNAL, METHOD_NOT_ALLOWED, NOT_FOUND
 from edge.device_auth import Admitted, DeviceAuthenticator
 from edge.device_ingest import DeviceIngest, InFlight, IngestUnavailable
+from edge.listener import (
+    LOG_EVERY_S,
+    BoundedListener,
+    ConnectionCaps,
+    ListenerStats,
+    LogThrottle,
+    Refusal,
+)
 
 log = logging.getLogger("iotsphere.http")
 
@@ -45,6 +59,9 @@ BODY_TIMEOUT_S = 30.0  # a device that stops sending mid-body is answered 408, n
 HEADER_TIMEOUT_S = 10.0
 PROBLEM_TYPE = "application/problem+json"
 TELEMETRY_PATH = "/api/v1/{token}/telemetry"
+REFUSED_RETRY_AFTER_S = 5  # what a connection refused at a cap is told
+# Without the gateway's plan (edge.listener.plan_caps), e.g. a test's own HttpIngress.
+DEFAULT_CAPS = ConnectionCaps(max_connections=1024, max_per_address=256)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RouteInstaller = Callable[[web.Application], None]
@@ -112,6 +129,7 @@ class HttpStats:
     not_found: int = 0  # 404 (any path the server does not serve)
     bad_method: int = 0  # 405
     internal_errors: int = 0  # 500 (a bug: logged with its traceback)
+    malformed: int = 0  # requests that could not be parsed: 400, 414 or 431
     readings: int = 0
 
 
@@ -197,6 +215,46 @@ def problem_response(problem: Problem, **kw: Any) -> web.Response:
     return to_response(HttpReply.problem(problem, **kw))
 
 
+def unparsable(exc: BaseException | None, max_line: int) -> Problem:
+    """The problem document for a request aiohttp's parser refused."""
+    if isinstance(exc, LineTooLong):
+        line = exc.args[0] if exc.args else b""
+        if isinstance(line, bytes | bytearray) and line.startswith((b"/", b"http:", b"https:")):
+            return Problem("uri-too-long", "URI too long", 414,
+                           f"the request line is longer than {max_line} bytes (a device token "
+                           "goes in the path: POST /api/v1/{token}/telemetry)")  # fmt: skip
+        return Problem("header-fields-too-large", "Request header fields too large", 431,
+                       f"a request header is longer than {max_line} bytes")  # fmt: skip
+    if isinstance(exc, HttpProcessingError) and "too many headers" in exc.message.lower():
+        return Problem("header-fields-too-large", "Request header fields too large", 431,
+                       "the request has too many header fields")  # fmt: skip
+    return Problem("bad-request", "Bad request", 400, "the request is not well-formed HTTP/1.1")
+
+
+class _ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, but a request its parser refuses gets a problem document
+    (aiohttp answers text/plain and logs a traceback per request: a log flood on demand)."""
+
+    __slots__ = ("_on_malformed",)
+
+    def __init__(
+        self, manager: web.Server, on_malformed: Callable[[Problem, str | None], None],
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(manager, **kwargs)
+        self._on_malformed = on_malformed
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        if status == 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)  # a bug: logged as such
+        problem = unparsable(exc, self.max_line_size)
+        self._on_malformed(problem, request.remote)
+        return problem_response(problem, close=True)
+
+
 def body_reader(request: web.Request) -> BodyReader:
     async def read(limit: int) -> bytes:
         buf = bytearray()
@@ -232,13 +290,18 @@ class HttpIngress:
         auth: DeviceAuthenticator,
         ingest: DeviceIngest,
         extra_routes: RouteInstaller | None = None,
+        caps: ConnectionCaps = DEFAULT_CAPS,
     ) -> None:
         self._bind = bind
+        self._caps = caps
         self._requested_port = port
         self.handler = TelemetryHandler(auth, ingest)
         self.auth = auth
         self._extra_routes = extra_routes
         self._runner: web.AppRunner | None = None
+        self._listener: BoundedListener | None = None
+        self.listener_stats = ListenerStats(caps.max_connections, caps.max_per_address)
+        self._malformed_log = LogThrottle()
         self._port: int | None = None
         self._in_flight = InFlight(STOP_GRACE_S)
 
@@ -260,6 +323,34 @@ class HttpIngress:
             "in_flight": self._in_flight.count,
         }
 
+    def _on_malformed(self, problem: Problem, remote: str | None) -> None:
+        self.stats.malformed += 1
+        if self._malformed_log.event(time.monotonic()):
+            log.warning(
+                "HTTP: %d unparsable request(s) answered with a problem document since the last "
+                "such line (%d in all; the last from %s: %d %s); at most one such line per %.0f s",
+                self._malformed_log.pending, self.stats.malformed, remote, problem.status,
+                problem.title, LOG_EVERY_S,
+            )  # fmt: skip
+            self._malformed_log.logged()
+
+    @staticmethod
+    def _refusal(why: Refusal) -> bytes:
+        detail = (
+            "this gateway holds as many HTTP connections as it may"
+            if why is Refusal.MAX_CONNECTIONS
+            else "this gateway holds as many HTTP connections from your address as it may"
+        )
+        body = Problem("too-many-connections", "Too many connections", 503,
+                       f"{detail}; retry later").to_json()  # fmt: skip
+        return (
+            b"HTTP/1.1 503 Service Unavailable\r\n"
+            b"Content-Type: " + PROBLEM_TYPE.encode() + b"\r\n"
+            b"Retry-After: " + str(REFUSED_RETRY_AFTER_S).encode() + b"\r\n"
+            b"Connection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
         app.router.add_route("POST", TELEMETRY_PATH, self._telemetry, expect_handler=self._expect)
@@ -271,31 +362,45 @@ class HttpIngress:
     async def start(self) -> None:
         # lingering_time=0: after an answer that left a body unread (413, 401, 429), close the
         # connection rather than read and discard up to 10 s of whatever the sender pushes.
-        self._runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            lingering_time=0,
-            shutdown_timeout=STOP_GRACE_S,
-            keepalive_timeout=HEADER_TIMEOUT_S,
+        handler_args: dict[str, Any] = {
+            "access_log": None,
+            "lingering_time": 0,
+            "keepalive_timeout": HEADER_TIMEOUT_S,
+        }
+        runner = self._runner = web.AppRunner(
+            self.app(), shutdown_timeout=STOP_GRACE_S, **handler_args
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._bind, self._requested_port)
+        await runner.setup()
+        manager = runner.server
+        assert manager is not None
+        loop = asyncio.get_running_loop()
+        # The runner's server keeps track of the connections (stop() ends them); the listener
+        # accepts them, within the caps, instead of a TCPSite.
+        listener = BoundedListener(
+            "HTTP",
+            lambda: _ProblemRequestHandler(manager, self._on_malformed, loop=loop, **handler_args),
+            self._caps,
+            refusal=self._refusal,
+        )
         try:
-            await site.start()
+            await listener.start(self._bind, self._requested_port)
         except OSError as exc:
-            await self._runner.cleanup()
+            await runner.cleanup()
             self._runner = None
             raise HttpIngressError(
                 f"cannot listen for HTTP on {self._bind}:{self._requested_port} (TCP): {exc}"
             ) from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self._port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
+        self._listener = listener
+        self.listener_stats = listener.stats
+        self._port = listener.port
         log.info("HTTP ingress listening on %s:%d", self._bind, self._port)
 
     async def stop(self) -> None:
         """Refuse new telemetry, let requests awaiting a commit get their answer, then close."""
         started = time.monotonic()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         drained = await self._in_flight.drain()
         if self._runner is None:
             return

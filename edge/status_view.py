@@ -141,13 +141,33 @@ def _latest_text(values: Mapping[str, tuple[int, Any]]) -> str | None:
     return ", ".join(f"{metric} {_text(v)}" for metric, (_ts_ms, v) in sorted(values.items()))
 
 
+def connection_counts(connections: Mapping[str, Any]) -> tuple[int, int]:
+    """(connections refused at the caps, failed accepts) over every listener."""
+    refused = failed = 0
+    for listener in connections.values():
+        if isinstance(listener, Mapping):
+            refused += int(listener.get("refused_max_connections", 0))
+            refused += int(listener.get("refused_per_address", 0))
+            failed += int(listener.get("accept_failures", 0))
+    return refused, failed
+
+
 def build_view(data: StatusData, now_ms: int) -> View:
     st = data.status
     sync: Mapping[str, Any] = st.get("sync") or {}
     broker: Mapping[str, Any] = st.get("broker") or {}
     disk: Mapping[str, Any] = st.get("disk") or {}
     storage: Mapping[str, Any] = st.get("storage") or {}
+    connections: Mapping[str, Any] = st.get("connections") or {}
     problems: list[str] = []
+    refused, accept_failures = connection_counts(connections)
+    if accept_failures:
+        wanted = connections.get("fd_limit_wanted")
+        short = isinstance(wanted, int) and connections.get("fd_limit", wanted) < wanted
+        problems.append(
+            f"the gateway ran out of file descriptors ({accept_failures} failed accepts)"
+            + (f": give its service LimitNOFILE={wanted} or more" if short else "")
+        )
 
     locked_rows = []
     for key, remaining in data.locked:
@@ -188,7 +208,10 @@ def build_view(data: StatusData, now_ms: int) -> View:
         ("Broker queue", size(disk.get("broker_queue_bytes"))),
         ("Rejected messages", _text(st.get("rejections"))),
         ("Authentication failures", _text(st.get("auth_failures"))),
-    ]
+        ("Connections refused at the limits", _text(refused) if connections else None),
+        ("Accepts failed (out of file descriptors)",
+         _text(accept_failures) if connections else None),
+    ]  # fmt: skip
 
     device_rows = []
     for dev in data.devices:

@@ -90,10 +90,15 @@ class GatewayProcess:
         self.http_port_flag = http_port  # 0: any free TCP port; see http_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "gateway.log"
+        # (soft, hard) RLIMIT_NOFILE for the gateway (and so its Mosquitto); None: inherited
+        self.nofile: tuple[int, int] | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
+        # `ulimit -n` as a shell would set it (no preexec_fn: unsafe in a threaded parent)
+        limit = [] if self.nofile is None else ["prlimit", "--nofile={}:{}".format(*self.nofile)]
         self.proc = subprocess.Popen(
             [
+                *limit,
                 *IOTSPHERE,
                 "gateway",
                 "run",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from edge.config import GatewayConfig, LockoutConfig
 from edge.gateway import Gateway
 from tests.conftest import IOTSPHERE, GatewayProcess, cli_json, running
+from tests.waiting import until
 
 PROBLEM = "application/problem+json"
 
@@ -399,3 +401,65 @@ async def test_slowloris_sockets_are_closed_and_devices_still_get_through(
         assert r.status_code == 200
         for _, writer in slow:
             writer.close()
+
+
+async def test_an_8_kib_token_or_oversized_headers_get_a_problem_document_and_no_traceback(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an attack run: an 8 KiB token in the URL got aiohttp's `text/plain` 400 (and
+    aiohttp logged a traceback per such request)."""
+    caplog.set_level(logging.INFO)
+    base = base_of(gateway)
+    async with httpx.AsyncClient() as c:
+        doc = problem_of(await c.post(f"{base}/api/v1/{'a' * 8192}/telemetry", json={}), 414)
+        assert doc["title"] == "URI too long" and "token" in doc["detail"]
+        url = f"{base}/api/v1/x/telemetry"
+        problem_of(await c.post(url, json={}, headers={"X-Big": "b" * 9000}), 431)
+        many = {f"X-{i}": "1" for i in range(200)}
+        problem_of(await c.post(url, json={}, headers=many), 431)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
+    writer.write(b"\x16\x03\x01 not HTTP at all\r\n\r\n")  # e.g. TLS to the plain port
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400") and PROBLEM.encode() in head
+    assert json.loads(body)["status"] == 400
+    assert (await gateway.status())["http"]["malformed"] == 4
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp")]
+    lines = [r.getMessage() for r in caplog.records if r.name == "iotsphere.http"
+             and "unparsable" in r.getMessage()]  # fmt: skip
+    assert len(lines) == 1 and "414 URI too long" in lines[0]
+
+
+async def test_http_connections_over_the_per_address_cap_get_503_and_are_closed(
+    gateway_config: GatewayConfig,
+) -> None:
+    # 8 connections at most, so 2 per address (a quarter)
+    async with running(replace(gateway_config, http_max_connections=8)) as gw:
+        dev = await gw.add_device("h9", "thermo")
+        port = gw.http_port
+        assert port is not None
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await asyncio.wait_for(reader.read(), 5)  # answered and closed unasked
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 5" in head
+        assert json.loads(body)["title"] == "Too many connections"
+        connections = (await gw.status())["connections"]
+        assert connections["http"]["refused_per_address"] == 1
+        assert connections["http"]["max_connections_per_address"] == 2
+        assert connections["http"]["open"] == 2
+        held[0][1].close()  # a place freed
+        url = f"{base_of(gw)}/api/v1/{dev['token']}/telemetry"
+
+        async def posted() -> bool:
+            async with httpx.AsyncClient() as c:
+                try:
+                    return (await c.post(url, json={"temperature": 1})).status_code == 200
+                except httpx.TransportError:
+                    return False  # refused: the freed place is not seen yet
+
+        await until(posted, timeout_s=5)
+        assert len(await gw.readings("h9", None, 10)) == 1
+        held[1][1].close()

@@ -18,7 +18,7 @@ from common.gateway_auth import generate_private_key, save_private_key
 from edge.gateway import Gateway
 from edge.identity import Identity, key_path, save_identity
 from edge.status_page import Sessions
-from edge.status_view import Table, render_table
+from edge.status_view import StatusData, Table, build_view, render_table
 from tests.conftest import REPO, GatewayProcess, cli, cli_json
 from tests.ports import free_port
 
@@ -54,6 +54,24 @@ def test_sessions_expire_end_and_follow_the_password() -> None:
 def test_every_value_is_escaped() -> None:
     html = render_table(Table("x", "<b>T</b>", ("<i>",), (("<script>alert(1)</script>",),), "-"))
     assert "<script>" not in html and "&lt;script&gt;" in html and "<b>" not in html
+
+
+def test_connection_refusals_and_fd_exhaustion_are_shown() -> None:
+    listener = {"refused_max_connections": 2, "refused_per_address": 40, "accept_failures": 0}
+    connections = {"fd_limit": 1024, "fd_limit_wanted": 9344, "mqtt": listener,
+                   "http": {**listener, "accept_failures": 3}, "admin": None}  # fmt: skip
+    data = StatusData(
+        status={"connections": connections},
+        devices=[], latest={}, rejections=[], audit=[], alerts=[], locked=[],
+    )  # fmt: skip
+    view = build_view(data, 0)
+    cards = dict(view.cards)
+    assert cards["Connections refused at the limits"] == "84"
+    assert cards["Accepts failed (out of file descriptors)"] == "3"
+    assert any("LimitNOFILE=9344" in p for p in view.problems)
+    quiet = StatusData(status={}, devices=[], latest={}, rejections=[], audit=[], alerts=[],
+                       locked=[])  # fmt: skip
+    assert dict(build_view(quiet, 0).cards)["Connections refused at the limits"] is None
 
 
 # -- over HTTP ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from common.clock import Clock
 from edge.device_auth import DeviceAuthenticator, Refused
+from edge.listener import BoundedListener, ConnectionCaps, ListenerStats
 from edge.lockout import LockoutTracker
 from edge.mqtt_front.packets import (
     V3_UNACCEPTABLE_PROTOCOL,
@@ -92,7 +93,7 @@ class FrontStats:
     malformed: int = 0  # CONNECTs that were garbage, too large, unsupported or too slow
     no_connect: int = 0  # connections that closed or idled out before sending any byte
     upstream_errors: int = 0  # broker unreachable, or it closed without a CONNACK
-    over_capacity: int = 0  # connections refused because max_connections were open
+    over_capacity: int = 0  # connections closed at once: a connection cap was reached
     refused_storage: int = 0  # CONNECTs refused while the store could not commit
     audit_sink_errors: int = 0
     bytes_up: int = 0  # client -> broker
@@ -109,7 +110,6 @@ class _Counters:
     malformed: int = 0
     no_connect: int = 0
     upstream_errors: int = 0
-    over_capacity: int = 0
     refused_storage: int = 0
     audit_sink_errors: int = 0
     bytes_up: int = 0
@@ -133,7 +133,9 @@ class TelemetryTerms:
     storing: Callable[[], bool] | None = None
 
 
-_STAT_FIELDS = tuple(f.name for f in fields(FrontStats))
+_STAT_FIELDS = tuple(f.name for f in fields(_Counters))
+# Without the gateway's plan (edge.listener.plan_caps), e.g. in tests of the front alone.
+DEFAULT_CAPS = ConnectionCaps(max_connections=10_000, max_per_address=10_000)
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -243,17 +245,7 @@ class _Session:
         self.counters.connections_total += 1
         self.counters.active += 1
         front._sessions.add(self)
-        if len(front._sessions) > front._max_connections:
-            self.counters.over_capacity += 1
-            n = self.counters.over_capacity
-            if n == 1 or n % 1000 == 0:
-                log.warning(
-                    "MQTT front at max_connections=%d; refused %d connections so far",
-                    front._max_connections,
-                    n,
-                )
-            self.close()
-            return
+        # Connections over the caps never get here: the listener closes them at accept.
         self.timer = front._loop().call_later(front._connect_timeout_s, self._connect_timeout)
 
     def handshake_data(self, client: bool, data: bytes) -> None:
@@ -576,7 +568,7 @@ class MqttFront:
         connect_timeout_s: float = 10.0,
         upstream_timeout_s: float = 5.0,
         half_close_linger_s: float = 30.0,
-        max_connections: int = 10_000,
+        caps: ConnectionCaps = DEFAULT_CAPS,
         telemetry: TelemetryTerms | None = None,
     ) -> None:
         self._bind = bind
@@ -588,8 +580,9 @@ class MqttFront:
         self._connect_timeout_s = connect_timeout_s
         self._upstream_timeout_s = upstream_timeout_s
         self._half_close_linger_s = half_close_linger_s
-        self._max_connections = max_connections
-        self._server: asyncio.Server | None = None
+        self._caps = caps
+        self._listener: BoundedListener | None = None
+        self._listener_stats: ListenerStats | None = None  # kept after stop, for status
         self._sessions: set[_Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._c = _Counters()
@@ -599,13 +592,20 @@ class MqttFront:
     @property
     def port(self) -> int:
         """The bound port (the real one when constructed with port 0)."""
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             raise MqttFrontError("MQTT front is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._listener.port
 
     @property
     def stats(self) -> FrontStats:
-        return FrontStats(**{name: getattr(self._c, name) for name in _STAT_FIELDS})
+        refused = self._listener_stats.refused if self._listener_stats is not None else 0
+        return FrontStats(
+            **{name: getattr(self._c, name) for name in _STAT_FIELDS}, over_capacity=refused
+        )
+
+    @property
+    def listener_stats(self) -> ListenerStats | None:
+        return self._listener_stats
 
     def drop_device(self, device_id: str) -> int:
         """End the sessions the front serves alone for a revoked device (the broker ends the
@@ -619,31 +619,32 @@ class MqttFront:
         return len(ended)
 
     async def start(self) -> None:
-        if self._server is not None:
+        if self._listener is not None:
             raise MqttFrontError("MQTT front already started")
-        loop = asyncio.get_running_loop()
+        # Over a cap, a connection is closed before its CONNECT is read (no CONNACK: it is not
+        # known yet which protocol version the client would parse; Mosquitto does the same).
+        listener = BoundedListener("MQTT", lambda: _Session(self).client_side, self._caps)
         try:
-            self._server = await loop.create_server(
-                lambda: _Session(self).client_side, self._bind, self._port, reuse_address=True
-            )
+            await listener.start(self._bind, self._port)
         except OSError as exc:
             raise MqttFrontError(
                 f"cannot listen for MQTT on {self._bind}:{self._port}: {exc.strerror or exc}"
             ) from exc
+        self._listener = listener
+        self._listener_stats = listener.stats
         log.info("MQTT front on %s:%d -> %s:%d", self._bind, self.port, *self._upstream)
 
     async def stop(self) -> None:
         """Stop listening and end every connection, piped or not."""
-        server, self._server = self._server, None
-        if server is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-        server.close()
+        listener.close()
         sessions = list(self._sessions)
         for session in sessions:
             session.abort()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(s.closed for s in sessions))
-        await server.wait_closed()
 
     # -- helpers for sessions ----------------------------------------------------------------
 
