@@ -113,6 +113,10 @@ class IngestResult:
         return self.problem is None
 
 
+# The results of accepted messages of up to 64 readings, made once (they are immutable).
+_ACCEPTED = tuple(IngestResult(n) for n in range(65))
+
+
 @dataclass(slots=True)
 class IngestStats:
     received: int = 0
@@ -135,7 +139,7 @@ class _Group:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message, and a frozen __init__ costs twice as much
 class Pending:
     """A message handed to the store: `result` holds once `committed` is done without an
     exception (IngestUnavailable: nothing of it was stored). `committed` is shared by the
@@ -236,7 +240,9 @@ class DeviceIngest:
         if outcome.problem is not None:
             return Pending(group.committed, IngestResult(0, outcome.problem))
         group.accepted += 1
-        return Pending(group.committed, IngestResult(len(outcome.readings)))
+        count = len(outcome.readings)
+        result = _ACCEPTED[count] if count < len(_ACCEPTED) else IngestResult(count)
+        return Pending(group.committed, result)
 
     def _classify(
         self,

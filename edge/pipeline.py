@@ -1,6 +1,6 @@
 """Device message -> accepted readings or a recorded rejection. Pure: no I/O, no clocks.
 
-Every transport (MQTT now, CoAP and HTTP later) funnels through `classify`, so validation and
+Every transport (MQTT, CoAP, HTTP) funnels through `classify`, so validation and
 rejection records are the same whatever the wire.
 """
 
@@ -49,7 +49,7 @@ UNKNOWN_DEVICE = Problem(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message, and a frozen __init__ costs twice as much
 class Outcome:
     readings: list[Reading]
     rejection: Rejection | None = None
