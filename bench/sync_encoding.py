@@ -1,6 +1,6 @@
 """Which wire encoding for gateway -> cloud sync batches? Bytes, encode and decode time.
 
-    .venv/bin/python bench/sync_encoding.py [--readings 10000] [--repeat 5]
+    .venv/bin/python bench/sync_encoding.py [--readings 10000] [--repeat 15] [--smoke]
 
 Data: 10 devices x 10 metrics, one message per device per second carrying all its metrics
 (so the 10 readings of a message share ts and device seq), received 0-40 ms later, values
@@ -12,7 +12,9 @@ common.sync_wire's transformed columns, each through JSON or CBOR (cbor2) and gz
 few levels (zstandard only if installed: it is not a dependency). Decode of the transformed
 columns is common.sync_wire.decode_batch, validation included; the others only parse and build
 the Reading values, so they are flattered. Times are the best of --repeat runs
-(the machine may be shared: the minimum is the least disturbed figure).
+(the machine may be shared: the minimum is the least disturbed figure). The encoding in use
+is also given against the naive peer (JSON rows + gzip 6) measured in the same run.
+Output: human lines, then one JSON line. --smoke: 1,000 readings, 2 repeats, about a second.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.model import Reading, ReadingFlag
 from common.sync_wire import (
     CBOR,
+    DEFAULT_CONTENT_ENCODING,
+    DEFAULT_LEVEL,
     JSON,
     ReadingColumns,
     SyncBatch,
@@ -248,28 +252,70 @@ def run(rows: list[tuple[int, Reading]], repeat: int) -> list[Result]:
     return results
 
 
+IN_USE = f"CBOR columns + {DEFAULT_CONTENT_ENCODING} {DEFAULT_LEVEL}"  # common.sync_wire's
+BASELINE = "JSON rows + gzip 6"  # the naive peer: one JSON object per reading
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readings", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument(
+        "--smoke", action="store_true",
+        help="a second, tiny sizes (1,000 readings, 2 repeats): checks that the benchmark "
+        "still runs, as the test suite does",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.smoke:
+        args.readings, args.repeat = 1_000, 2
+    if args.readings < 1 or args.repeat < 1:
+        ap.error("--readings and --repeat must be positive")
     print(
         f"python {sys.version.split()[0]}, cbor2 {version('cbor2')}, zlib {zlib.ZLIB_VERSION}, "
         f"zstandard {'installed' if zstandard else 'not installed'}"
     )
-    for label, decimals in (("decimal values (0.01)", True), ("full-precision floats", False)):
+    value_sets: dict[str, Any] = {}
+    for key, label, decimals in (
+        ("decimal", "decimal values (0.01)", True),
+        ("float", "full-precision floats", False),
+    ):
         rows = make_readings(args.readings, decimals=decimals)
         print(f"\n{args.readings:,} readings, {label}")
         print(
             f"{'encoding':<30} {'raw B':>9} {'wire B':>9} {'B/rdg':>6} {'encode ms':>9} "
             f"{'(zip ms)':>8} {'decode ms':>9}"
         )
+        figures: list[dict[str, Any]] = []
         for name, raw, size, enc_ms, zip_ms, dec_ms in run(rows, args.repeat):
+            mark = "  <- in use" if name == IN_USE else ""
             print(
                 f"{name:<30} {raw:>9,} {size:>9,} {size / len(rows):>6.2f} {enc_ms:>9.1f} "
-                f"{zip_ms:>8.1f} {dec_ms:>9.1f}"
+                f"{zip_ms:>8.1f} {dec_ms:>9.1f}{mark}"
             )
+            figures.append({
+                "encoding": name, "raw_bytes": raw, "wire_bytes": size,
+                "bytes_per_reading": round(size / len(rows), 3), "encode_ms": round(enc_ms, 2),
+                "zip_ms": round(zip_ms, 2), "decode_ms": round(dec_ms, 2),
+            })  # fmt: skip
+        by_name = {f["encoding"]: f for f in figures}
+        used, base = by_name[IN_USE], by_name[BASELINE]
+        versus = {  # the in-use figure over the baseline's: < 1 is better
+            what: round(used[key] / base[key], 3) if base[key] else None
+            for what, key in (
+                ("bytes", "wire_bytes"), ("encode", "encode_ms"), ("decode", "decode_ms")
+            )
+        }  # fmt: skip
+        print(
+            f"in use ({IN_USE}) against {BASELINE}, same run: {versus['bytes']:.2f}x the bytes, "
+            f"{versus['encode']}x the encode time, {versus['decode']}x the decode time"
+        )
+        value_sets[key] = {"in_use": used, "versus_baseline": versus, "candidates": figures}
     print("\nencode ms includes (zip ms), the compressor alone; decode ms includes inflating.")
+    print(json.dumps({
+        "bench": "sync_encoding", "in_use": IN_USE, "baseline": BASELINE,
+        "value_sets": value_sets,
+        "settings": {"readings": args.readings, "repeat": args.repeat, "smoke": args.smoke},
+    }, separators=(",", ":")))  # fmt: skip
 
 
 if __name__ == "__main__":
