@@ -52,11 +52,17 @@ from edge.mqtt_front.proxy import AuthEvent, MqttFront, TelemetryTerms
 from edge.mqtt_ingress import MqttIngress
 from edge.oscore_contexts import OscoreError, OscoreKeystore, OscoreRegistry
 from edge.pipeline import Classifier
-from edge.rules_actor import ChangeAlert, ReloadRules, RulesActor, RulesMsg, SecurityLockout
+from edge.rules_actor import (
+    ChangeAlert,
+    CommitFeed,
+    ReloadRules,
+    RulesActor,
+    RulesMsg,
+    SecurityLockout,
+)
 from edge.status_view import StatusData
 from edge.store import AuthFailure, GatewayStore
 from edge.store_actor import (
-    Committed,
     LagWindow,
     LiveStats,
     RecordAuth,
@@ -83,6 +89,7 @@ class Gateway:
         self._stopping = False
         self._store_ref: ActorRef[StoreMsg] | None = None
         self._rules_ref: ActorRef[RulesMsg] | None = None
+        self._commit_feed = CommitFeed()  # store -> rules, never blocking the store
         self._sync_ref: ActorRef[SyncMsg] | None = None
         self._broker: ManagedMosquitto | None = None
         self._broker_restarts = 0
@@ -172,7 +179,7 @@ class Gateway:
                         store,
                         max_readings=cfg.batch_max_readings,
                         max_delay_ms=cfg.batch_max_delay_ms,
-                        on_commit=self._on_commit,
+                        on_commit=self._commit_feed,
                         lag=self.ingest_lag,
                         stats=self.live,
                         clock_watch=self._clock_watch,
@@ -194,6 +201,7 @@ class Gateway:
                     capacity=10_000,
                 )
             )
+            self._commit_feed.rules = self._rules_ref
             await self._start_sync(root)
             host, port, user, password = await self._start_broker(devices)
             if self._broker is not None:
@@ -494,19 +502,6 @@ class Gateway:
 
     # -- wiring between parts ----------------------------------------------------------------
 
-    async def _on_commit(self, committed: Committed) -> None:
-        if self._rules_ref is None:
-            return
-        try:
-            await self._rules_ref.send(committed)
-        except ActorStopped:
-            # Stopping: the readings are durable and the rules actor replays everything after
-            # its saved cursor at the next start.
-            log.info(
-                "rules stopped; %d readings will be evaluated at the next start",
-                len(committed.readings),
-            )
-
     def _device_type_of(self, device_id: str) -> str | None:
         return self._classifier.device_type(device_id)
 
@@ -793,6 +788,7 @@ class Gateway:
             "http": self._http.summary() if self._http else None,
             "connections": self._connections_status(),
             "store_mailbox": self.store_ref.mailbox_size,
+            "rules_notices_skipped": self._commit_feed.skipped,
             "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,
         }

@@ -8,12 +8,13 @@ survives a restart without being raised twice.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
-from common.actors import Actor, ActorRef
+from common.actors import Actor, ActorRef, ActorStopped, MailboxFull
 from common.alerts import AlertEvent, AlertState, allowed_events, next_state
 from common.clock import Clock
 from common.model import Reading
@@ -55,6 +56,8 @@ class SecurityLockout:
     cooldown_s: float
 
 
+LOG_EVERY_S = 10.0  # "rules are behind" at most this often
+
 SECURITY_RULE = "security.lockout"
 # A critical alert while the store cannot write (edge.storage_health), on the gateway itself.
 STORAGE_RULE = "storage.unavailable"
@@ -77,6 +80,44 @@ def _load_rules(store: GatewayStore) -> list[Rule]:
     return rules
 
 
+class CommitFeed:
+    """The store actor's on_commit: tells the rules actor about each commit, never waiting.
+
+    The store must never block on the rules actor, which itself waits on the store (its
+    queries, SaveAlerts): with both mailboxes full each would wait for the other forever. When
+    the rules mailbox is full the notice is skipped and counted; the rules actor sees the gap
+    in sequence numbers (or a Tick sees the store ahead of it) and reads those readings from
+    the store, so no reading goes unevaluated."""
+
+    def __init__(self) -> None:
+        self.rules: ActorRef[RulesMsg] | None = None
+        self.skipped = 0  # notices not delivered (mailbox full): read back by the rules actor
+        self._last_log = -LOG_EVERY_S
+
+    async def __call__(self, committed: Committed) -> None:
+        if self.rules is None:
+            return
+        try:
+            self.rules.tell(committed)
+        except MailboxFull:
+            self.skipped += 1
+            now = time.monotonic()
+            if now - self._last_log >= LOG_EVERY_S:
+                self._last_log = now
+                log.warning(
+                    "rules are behind (mailbox full): %d commit notices skipped so far; "
+                    "their readings are evaluated from the store",
+                    self.skipped,
+                )
+        except ActorStopped:
+            # Stopping: the readings are durable and the rules actor replays everything after
+            # its saved cursor at the next start.
+            log.info(
+                "rules stopped; %d readings will be evaluated at the next start",
+                len(committed.readings),
+            )
+
+
 class RulesActor(Actor[RulesMsg]):
     def __init__(
         self,
@@ -95,6 +136,7 @@ class RulesActor(Actor[RulesMsg]):
         self._stats = stats
         self._cursor = 0  # highest reading seq evaluated
         self._saved_cursor = 0
+        self.caught_up = 0  # readings evaluated from the store after skipped commit notices
 
     async def on_start(self) -> None:
         rules = await call(self._store, _load_rules)
@@ -116,20 +158,28 @@ class RulesActor(Actor[RulesMsg]):
             self._cursor = self._saved_cursor = await call(self._store, lambda s: s.last_seq())
             return
         self._cursor = self._saved_cursor = int(raw)
-        replayed = 0
-        while True:
-            cursor = self._cursor
-            last, chunk = await call(self._store, partial(_chunk_after, cursor))
-            if not chunk:
-                break
-            self._cursor = last
-            await self._observe(chunk)
-            replayed += len(chunk)
+        replayed = await self._read_store()
         if replayed:
             log.info(
                 "rules: re-evaluated %d readings committed after the last saved state", replayed
             )
             await self._save_state()
+
+    async def _catch_up(self) -> None:
+        """Evaluate, from the store, the commits whose notices the CommitFeed skipped."""
+        self.caught_up += await self._read_store()
+
+    async def _read_store(self) -> int:
+        """Observe every stored reading after the cursor, in seq order; how many there were."""
+        read = 0
+        while True:
+            cursor = self._cursor
+            last, chunk = await call(self._store, partial(_chunk_after, cursor))
+            if not chunk:
+                return read
+            self._cursor = last
+            await self._observe(chunk)
+            read += len(chunk)
 
     async def _observe(self, readings: list[Reading]) -> None:
         types, watched = self._device_type_of, self._engine.metrics
@@ -154,10 +204,16 @@ class RulesActor(Actor[RulesMsg]):
         now = self._clock.now_ms()
         match msg:
             case Committed(readings, result):
+                if result.first_seq is not None and result.first_seq > self._cursor + 1:
+                    await self._catch_up()  # notices were skipped (CommitFeed): read the store
                 if result.last_seq is not None:
-                    self._cursor = max(self._cursor, result.last_seq)
+                    if result.last_seq <= self._cursor:
+                        return None  # evaluated by the catch-up
+                    self._cursor = result.last_seq
                 await self._observe(readings)
             case Tick():
+                if self._stats is not None and self._stats.last_seq > self._cursor:
+                    await self._catch_up()  # the newest commits' notices were skipped
                 await self._apply(self._engine.tick(now))
                 await self._expire_security(now)
                 await self._watch_storage(now)
