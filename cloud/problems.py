@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from cloud.db import StoreError
 from common.model import FieldError
@@ -120,13 +121,16 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
         assert isinstance(exc, ProblemError)
         return problem_response(exc.problem, getattr(exc, "headers", None))
 
-    async def on_http(_request: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
         title = _TITLES.get(status, "Error")
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else ""
         slug = title.lower().replace(" ", "-")
-        return problem_response(Problem(slug, title, status, detail), exc.headers)
+        headers = dict(exc.headers or {})
+        if status == 405:
+            headers["Allow"] = allowed_methods(request)
+        return problem_response(Problem(slug, title, status, detail), headers)
 
     async def on_validation(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -165,8 +169,28 @@ def install(app: FastAPI, *, retry_after_s: int) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The Allow header of a 405 (RFC 9110 section 15.5.6): every method some route of the
+    path takes. Starlette names only the first route that matched the path, and FastAPI makes
+    one route per method, so its Allow left out the others. Asked through each route's public
+    matches(), as the router itself asks (included routers are routes of their own)."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "type": "http", "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
 def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
-    """Make the OpenAPI document tell the truth: every 4xx/5xx is application/problem+json."""
+    """Make the OpenAPI document tell the truth: every 4xx/5xx is application/problem+json,
+    and an operation that takes a body may answer 400 (the body is not JSON at all)."""
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
     schemas.pop("HTTPValidationError", None)
@@ -176,6 +200,10 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
+            if "requestBody" in operation:
+                operation["responses"].setdefault(
+                    "400", {"description": "problem document (RFC 9457): the body is not JSON"}
+                )
             for code, response in operation["responses"].items():
                 if code[0] in "45":
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": ref}}

@@ -261,9 +261,17 @@ class CloudStore(Protocol):
         ...
 
     async def telemetry_buckets(
-        self, org_id: str, device_id: str, metric: str, from_ms: int, to_ms: int, bucket_ms: int
+        self,
+        org_id: str,
+        device_id: str,
+        metric: str,
+        from_ms: int,
+        to_ms: int,
+        bucket_ms: int,
+        limit: int,
     ) -> list[Bucket]:
-        """Buckets aligned to the epoch, covering [from_ms, to_ms), oldest first."""
+        """Buckets aligned to the epoch, covering [from_ms, to_ms), oldest first; at most
+        `limit` (those with readings)."""
         ...
 
     # alerts (the monitoring area creates them; users ack and resolve them)

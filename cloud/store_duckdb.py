@@ -613,7 +613,14 @@ class DuckCloudStore:
         return points
 
     async def telemetry_buckets(
-        self, org_id: str, device_id: str, metric: str, from_ms: int, to_ms: int, bucket_ms: int
+        self,
+        org_id: str,
+        device_id: str,
+        metric: str,
+        from_ms: int,
+        to_ms: int,
+        bucket_ms: int,
+        limit: int,
     ) -> list[Bucket]:
         # integer division on ms keeps buckets aligned to the epoch, like time_bucket does
         rows = await self.db.run(
@@ -621,7 +628,7 @@ class DuckCloudStore:
                 "SELECT (ts // $b) * $b AS bucket, min(v), max(v), avg(v), count(*) FROM ("
                 " SELECT ts, coalesce(value_num, CAST(value_bool AS DOUBLE)) AS v FROM readings"
                 " WHERE org_id = $org AND ts >= $lo AND ts < $hi AND device_id = $dev"
-                " AND metric = $metric) GROUP BY bucket ORDER BY bucket",
+                " AND metric = $metric) GROUP BY bucket ORDER BY bucket LIMIT $limit",
                 {
                     "b": bucket_ms,
                     "org": org_id,
@@ -629,6 +636,7 @@ class DuckCloudStore:
                     "hi": to_ms,
                     "dev": device_id,
                     "metric": metric,
+                    "limit": limit,
                 },
             ).fetchall()
         )

@@ -49,6 +49,7 @@ METRIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # CONTRACT.md "Telemetry payl
 MAX_ID_LENGTH: Final = 128
 MAX_NAME_LENGTH: Final = 200
 MAX_STRING_VALUE: Final = 256  # the longest string value a device may send (CONTRACT.md)
+MAX_FOR_SECONDS: Final = 1_000_000_000  # 31 years: any real duration, and finite in ms
 
 # Fields a client may send in a rule document; "id" and "version" are assigned by the server and
 # are accepted (a client often sends back what it got) but ignored.
@@ -264,13 +265,13 @@ def _check(v: Mapping[str, object]) -> list[FieldError]:
     if operator in ORDERING_OPERATORS:
         if threshold is None:
             bad("/threshold", f"required for operator {operator!r}")
-        elif not _is_number(threshold) or not math.isfinite(threshold):
+        elif not _is_number(threshold) or not _finite(threshold):
             bad("/threshold", f"must be a finite number for operator {operator!r}")
     elif operator in EQUALITY_OPERATORS:
         if threshold is None:
             bad("/threshold", f"required for operator {operator!r}")
         elif _is_number(threshold):
-            if not math.isfinite(threshold):
+            if not _finite(threshold):
                 bad("/threshold", "must be a finite number")
         elif isinstance(threshold, str):
             if len(threshold) > MAX_STRING_VALUE:
@@ -281,13 +282,16 @@ def _check(v: Mapping[str, object]) -> list[FieldError]:
         bad("/threshold", "a nodata rule takes no threshold")
 
     for_seconds = v["for_seconds"]
-    if not _is_number(for_seconds) or not math.isfinite(for_seconds) or for_seconds < 0:
+    if not _is_number(for_seconds) or not _finite(for_seconds) or for_seconds < 0:
         bad("/for_seconds", "must be a finite number >= 0")
+    elif for_seconds > MAX_FOR_SECONDS:
+        # the engine counts in ms: 1e308 s made it fail on every pass (infinity)
+        bad("/for_seconds", f"must be at most {MAX_FOR_SECONDS:.0e} (31 years)")
     elif operator == "nodata" and for_seconds <= 0:
         bad("/for_seconds", "a nodata rule needs for_seconds > 0")
 
     hysteresis = v["hysteresis"]
-    if not _is_number(hysteresis) or not math.isfinite(hysteresis) or hysteresis < 0:
+    if not _is_number(hysteresis) or not _finite(hysteresis) or hysteresis < 0:
         bad("/hysteresis", "must be a finite number >= 0")
     elif hysteresis > 0 and operator in OPERATORS and operator not in ORDERING_OPERATORS:
         bad("/hysteresis", "applies only to the operators >, >=, <, <=")
@@ -326,6 +330,15 @@ def _pointer(key: str) -> str:
 
 def _is_number(x: object) -> TypeGuard[int | float]:
     return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _finite(x: int | float) -> bool:
+    """Finite and within a float's range: a JSON integer may have 400 digits, which
+    math.isfinite (and float()) cannot take."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 # --- the engine --------------------------------------------------------------------------------

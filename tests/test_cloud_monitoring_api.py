@@ -102,10 +102,11 @@ async def test_invalid_rule_is_a_problem_listing_every_field(
     doc = assert_problem(r, 422)
     paths = {e["path"] for e in doc["errors"]}  # type: ignore[attr-defined]
     assert {"/metric", "/operator", "/severity", "/colour"} <= paths
+    # a well-formed rule naming a channel the org lacks: a conflict with what is stored
     r = await client.post(
         "/api/monitoring/alert_rules", headers=op, json={**RULE, "channels": ["nope"]}
     )
-    doc = assert_problem(r, 422)
+    doc = assert_problem(r, 409)
     assert doc["errors"] == [{"path": "/channels/0", "message": "no notification channel 'nope'"}]
     assert_problem(await client.post("/api/monitoring/alert_rules", headers=op, json=[1]), 422)
     assert (await client.get("/api/monitoring/alert_rules", headers=op)).json() == []
@@ -143,7 +144,7 @@ async def test_viewer_cannot_change_rules_and_orgs_are_isolated(
     r = await client.post(
         "/api/monitoring/alert_rules", headers=a, json={**RULE, "channels": [ch["id"]]}
     )
-    assert_problem(r, 422)
+    assert_problem(r, 409)  # as a channel that does not exist
     assert_problem(await client.get(f"/api/notification_channels/{ch['id']}", headers=a), 404)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,14 @@ from cloud.db import StoreError, StoreUnavailable
 from cloud.metrics import Registry
 from cloud.retry import with_store_retries
 from cloud.settings import LoginLimits
-from cloud.views import BadQuery, device_status, parse_bucket, time_range
+from cloud.views import (
+    BUCKET_PATTERN,
+    MAX_BUCKET_MS,
+    BadQuery,
+    device_status,
+    parse_bucket,
+    time_range,
+)
 from common.clock import ManualClock
 from tests.cloud_support import RecordingSleep
 
@@ -34,8 +42,24 @@ def test_parse_bucket_rejects(text: str) -> None:
 def test_time_range_defaults_and_order() -> None:
     assert time_range(10_000_000_000, None, None) == (10_000_000_000 - 86_400_000, 10_000_000_000)
     assert time_range(0, 5, 10) == (5, 10)
+    # from not before to: an empty range (the schema cannot order two query parameters)
+    assert time_range(0, 10, 10) == (10, 10)
+
+
+@pytest.mark.parametrize("text", ["300", "30s", "5m", "1h", "1d", "1500ms", "0001s", "1000ms"])
+def test_bucket_pattern_admits_what_parse_bucket_takes(text: str) -> None:
+    assert re.fullmatch(BUCKET_PATTERN, text) and parse_bucket(text) >= 1000
+
+
+@pytest.mark.parametrize("text", ["", "5x", "0", "00s", "999ms", " 5m", "5m ", "5m\n", "1.5h"])
+def test_bucket_pattern_refuses_what_parse_bucket_refuses(text: str) -> None:
+    assert not re.fullmatch(BUCKET_PATTERN, text)
     with pytest.raises(BadQuery):
-        time_range(0, 10, 10)
+        parse_bucket(text)
+
+
+def test_a_huge_bucket_is_one_bucket() -> None:
+    assert parse_bucket("9999999999999999d") == MAX_BUCKET_MS
 
 
 def test_device_status_threshold() -> None:

@@ -8,27 +8,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Response
 
+from cloud.api.bodies import CHANNEL_BASES, channel_body_schema, fits_some, json_body
 from cloud.api.deps import AUTHED, Admin, Operator, ServicesDep, notify_of, problems
-from cloud.api.monitoring import json_body
 from cloud.api.schemas import ChannelOut
 from cloud.notify.channels import Channel, apply_patch, parse_channel
 from cloud.problems import conflict, not_found
 from cloud.services import Services
+from common.problem import Problem, ProblemError
 
 router = APIRouter(prefix="/api/notification_channels", tags=["notifications"])
 
 ChannelId = Annotated[str, Path(min_length=1, max_length=128)]
-
-CHANNEL_BODY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "type": {"type": "string", "enum": ["webhook", "email"]},
-        "url": {"type": "string", "description": "webhook: http(s) URL"},
-        "to": {"type": "string", "description": "email: recipient address"},
-        "secret": {"type": "string", "description": "webhook: HMAC key (write-only)"},
-    },
-}
 
 
 @router.get("", response_model=list[ChannelOut], responses=problems(*AUTHED, 403))
@@ -40,7 +30,7 @@ async def list_channels(principal: Operator, services: ServicesDep) -> list[dict
     "",
     response_model=ChannelOut,
     responses=problems(*AUTHED, 403, 422),
-    openapi_extra=json_body(CHANNEL_BODY_SCHEMA, "a notification channel"),
+    openapi_extra=json_body(channel_body_schema(post=True), "a notification channel"),
 )
 async def create_channel(
     principal: Admin, services: ServicesDep, body: Annotated[Any, Body()]
@@ -48,6 +38,10 @@ async def create_channel(
     channel = parse_channel(body, id=uuid.uuid4().hex)  # 422 listing every problem
     await notify_of(services).save_channel(principal.org_id, channel, services.clock.now_ms())
     return channel.to_dict()
+
+
+def _parse_probe(data: dict[str, Any]) -> Channel:
+    return parse_channel(data, id="probe")
 
 
 async def _found(services: Services, org_id: str, channel_id: str) -> Channel:
@@ -67,13 +61,32 @@ async def get_channel(
 @router.patch(
     "/{channel_id}",
     response_model=ChannelOut,
-    responses=problems(*AUTHED, 403, 404, 422),
-    openapi_extra=json_body(CHANNEL_BODY_SCHEMA, "fields to change"),
+    responses=problems(*AUTHED, 403, 404, 409, 422),
+    openapi_extra=json_body(
+        channel_body_schema(post=False),
+        "fields to change; a new type needs its address (url or to). A patch that does not"
+        " fit the stored channel (e.g. a url for an email channel) is a 409",
+    ),
 )
 async def patch_channel(
     channel_id: ChannelId, principal: Admin, services: ServicesDep, body: Annotated[Any, Body()]
 ) -> dict[str, Any]:
-    channel = apply_patch(await _found(services, principal.org_id, channel_id), body)
+    current = await _found(services, principal.org_id, channel_id)
+    try:
+        channel = apply_patch(current, body)
+    except ProblemError as exc:
+        patch = {k: v for k, v in body.items() if k != "id"} if isinstance(body, dict) else None
+        if patch is None or not fits_some(patch, CHANNEL_BASES, _parse_probe):
+            raise  # invalid for any channel: 422
+        raise ProblemError(
+            Problem(
+                "channel-conflict",
+                "Conflict",
+                409,
+                f"the patch does not fit this channel: {exc.problem.detail}",
+                errors=exc.problem.errors,
+            )
+        ) from exc
     await notify_of(services).save_channel(principal.org_id, channel, services.clock.now_ms())
     return channel.to_dict()
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Response
 
+from cloud.api.bodies import DEVICE_TYPE_BODY_SCHEMA, json_body
 from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
 from cloud.api.sync import sync_of
 from cloud.problems import not_found
@@ -30,7 +31,7 @@ def _validated(name: str, body: Any) -> dict[str, Any]:
     spec = {k: v for k, v in body.items() if k != "name"}
     try:
         device_type_from_dict({"name": name, **spec})
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # Overflow: a bound of hundreds of digits
         raise ProblemError(
             Problem(
                 "invalid-device-type",
@@ -49,7 +50,11 @@ async def list_device_types(principal: Viewer, services: ServicesDep) -> list[di
     return await store.device_types(principal.org_id)
 
 
-@router.put("/device_types/{name}", responses=problems(*AUTHED, 400, 403))
+@router.put(
+    "/device_types/{name}",
+    responses=problems(*AUTHED, 400, 403),
+    openapi_extra=json_body(DEVICE_TYPE_BODY_SCHEMA, "the device type (the path names it)"),
+)
 async def put_device_type(
     name: TypeName,
     principal: Operator,

@@ -12,7 +12,15 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
+from cloud.api.bodies import (
+    METRICS_BODY_SCHEMA,
+    RULE_BASES,
+    fits_some,
+    json_body,
+    rule_body_schema,
+)
 from cloud.api.deps import (
     AUTHED,
     MetricsWriter,
@@ -30,88 +38,51 @@ from cloud.api.schemas import (
     RuleChangesOut,
     RuleOut,
 )
-from cloud.monitoring.ingest import SOURCE, parse_metrics
+from cloud.monitoring.ingest import parse_metrics
 from cloud.problems import not_found
 from cloud.services import Services
-from cloud.views import BadQuery, time_range
+from cloud.views import time_range
 from common.model import FieldError
 from common.problem import Problem, ProblemError
-from common.rules import (
-    METRIC_NAME,
-    OPERATORS,
-    SCOPE_FIELDS,
-    SEVERITIES,
-    InvalidRule,
-    Rule,
-    parse_rule,
-)
+from common.rules import SCOPE_FIELDS, InvalidRule, Rule, parse_rule
 
 router = APIRouter(prefix="/api/monitoring", tags=["monitoring"])
 
-RuleId = Annotated[str, Path(min_length=1, max_length=128)]
 
-_ID = {"type": "string", "minLength": 1, "maxLength": 128}
-RULE_BODY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "metric": {"type": "string", "pattern": f"^{METRIC_NAME.pattern}$"},
-        "operator": {"type": "string", "enum": list(OPERATORS)},
-        "threshold": {"type": ["number", "boolean", "string", "null"]},
-        "for_seconds": {"type": "number", "minimum": 0},
-        "hysteresis": {"type": "number", "minimum": 0},
-        "severity": {"type": "string", "enum": list(SEVERITIES)},
-        "enabled": {"type": "boolean"},
-        "channels": {"type": "array", "items": _ID},
-        "device_id": _ID,
-        "device_type": _ID,
-        "source": _ID,
-    },
-}
-METRICS_BODY_SCHEMA: dict[str, Any] = {
-    "type": "array",
-    "minItems": 1,
-    "maxItems": 1000,
-    "items": {
-        "type": "object",
-        "required": ["source", "metric", "value"],
-        "properties": {
-            "source": {"type": "string", "pattern": f"^{SOURCE.pattern}$"},
-            "metric": {"type": "string", "pattern": f"^{METRIC_NAME.pattern}$"},
-            "value": {"type": ["number", "boolean"]},
-            "ts": {"type": "integer", "description": "ms since the epoch (default: now)"},
-        },
-    },
-}
+class _RuleIdConvertor(StringConvertor):
+    """A rule id is any path segment but "changes": /alert_rules/changes is its own resource
+    (GET only). OpenAPI matches a concrete path before a templated one, so the router does
+    too: DELETE or PATCH there is a 405, not "no alert rule 'changes'"."""
+
+    regex = "(?!changes$)[^/]+"
 
 
-def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
+register_url_convertor("rule_id", _RuleIdConvertor())
+
+RuleId = Annotated[
+    str, Path(min_length=1, max_length=128, json_schema_extra={"pattern": "^(?!changes$)"})
+]
 
 
 async def _check_channels(services: Services, org_id: str, rule: Rule) -> None:
+    """409: a well-formed rule naming channels the org does not have (the state it meets)."""
     missing = await notify_of(services).missing_channels(org_id, list(rule.channels))
     if missing:
-        raise InvalidRule(
-            [
-                FieldError(f"/channels/{i}", f"no notification channel {cid!r}")
-                for i, cid in enumerate(rule.channels)
-                if cid in missing
-            ]
+        errors = tuple(
+            FieldError(f"/channels/{i}", f"no notification channel {cid!r}")
+            for i, cid in enumerate(rule.channels)
+            if cid in missing
+        )
+        raise ProblemError(
+            Problem("unknown-channel", "Conflict", 409, errors[0].message, errors=errors)
         )
 
 
 @router.post(
     "/alert_rules",
     response_model=RuleOut,
-    responses=problems(*AUTHED, 403, 422),
-    openapi_extra=json_body(RULE_BODY_SCHEMA, "an alert rule (CONTRACT.md shape)"),
+    responses=problems(*AUTHED, 403, 409, 422),
+    openapi_extra=json_body(rule_body_schema(post=True), "an alert rule (CONTRACT.md shape)"),
 )
 async def create_rule(
     principal: Operator, services: ServicesDep, body: Annotated[Any, Body()]
@@ -148,16 +119,22 @@ async def _found(services: Services, org_id: str, rule_id: str) -> Rule:
     return rule
 
 
-@router.get("/alert_rules/{rule_id}", response_model=RuleOut, responses=problems(*AUTHED, 404))
+@router.get(
+    "/alert_rules/{rule_id:rule_id}", response_model=RuleOut, responses=problems(*AUTHED, 404)
+)
 async def get_rule(rule_id: RuleId, principal: Viewer, services: ServicesDep) -> dict[str, Any]:
     return (await _found(services, principal.org_id, rule_id)).to_dict()
 
 
 @router.patch(
-    "/alert_rules/{rule_id}",
+    "/alert_rules/{rule_id:rule_id}",
     response_model=RuleOut,
-    responses=problems(*AUTHED, 403, 404, 422),
-    openapi_extra=json_body(RULE_BODY_SCHEMA, "fields to change; null resets to the default"),
+    responses=problems(*AUTHED, 403, 404, 409, 422),
+    openapi_extra=json_body(
+        rule_body_schema(post=False),
+        "fields to change; null resets to the default. A patch that does not fit the stored"
+        " rule (e.g. a string threshold for a '>' rule) is a 409",
+    ),
 )
 async def patch_rule(
     rule_id: RuleId, principal: Operator, services: ServicesDep, body: Annotated[Any, Body()]
@@ -169,8 +146,21 @@ async def patch_rule(
     if any(body.get(f) is not None for f in SCOPE_FIELDS):
         for f in SCOPE_FIELDS:  # a new scope replaces the old one rather than adding to it
             base.pop(f, None)
-    merged = {**base, **{k: v for k, v in body.items() if k not in ("id", "version")}}
-    rule = parse_rule(merged, id=current.id, version=current.version)
+    patch = {k: v for k, v in body.items() if k not in ("id", "version")}
+    try:
+        rule = parse_rule({**base, **patch}, id=current.id, version=current.version)
+    except InvalidRule as exc:
+        if not fits_some(patch, RULE_BASES, lambda d: parse_rule(d, id=current.id, version=1)):
+            raise  # invalid for any rule: 422
+        raise ProblemError(
+            Problem(
+                "rule-conflict",
+                "Conflict",
+                409,
+                f"the patch does not fit this rule: {exc.problem.detail}",
+                errors=exc.problem.errors,
+            )
+        ) from exc
     await _check_channels(services, principal.org_id, rule)
     stored = await monitoring_of(services).update_rule(
         principal.org_id, rule, services.clock.now_ms()
@@ -182,7 +172,7 @@ async def patch_rule(
 
 
 @router.delete(
-    "/alert_rules/{rule_id}",
+    "/alert_rules/{rule_id:rule_id}",
     status_code=204,
     response_class=Response,
     responses=problems(*AUTHED, 403, 404),
@@ -227,18 +217,7 @@ async def get_metrics(
     from_ms: Annotated[int | None, Query(alias="from", ge=0, le=2**62)] = None,
     to_ms: Annotated[int | None, Query(alias="to", ge=0, le=2**62)] = None,
 ) -> dict[str, Any]:
-    try:
-        lo, hi = time_range(services.clock.now_ms(), from_ms, to_ms)
-    except BadQuery as exc:
-        raise ProblemError(
-            Problem(
-                "invalid-request",
-                "Invalid request",
-                422,
-                str(exc),
-                errors=(FieldError(f"/query/{exc.param}", str(exc)),),
-            )
-        ) from exc
+    lo, hi = time_range(services.clock.now_ms(), from_ms, to_ms)  # from >= to: no points
     points = await monitoring_of(services).metric_points(
         principal.org_id, source, metric, lo, hi, services.settings.max_points
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from cloud.admin_ops import MAX_PASSWORD, MIN_PASSWORD
 from cloud.store import Role
@@ -37,7 +37,7 @@ class UserPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     role: Role | None = None
-    disabled: bool | None = Field(
+    disabled: StrictBool | None = Field(
         default=None, description="true ends the user's sessions and refuses their logins"
     )
 

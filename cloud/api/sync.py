@@ -44,7 +44,10 @@ router = APIRouter(tags=["gateway sync"])
 
 class EnrollIn(BaseModel):
     enrollment_token: str = Field(min_length=1, max_length=256)
-    public_key: str = Field(min_length=1, max_length=128, description="raw Ed25519, base64")
+    # 32 bytes in standard base64: every such value is an Ed25519 public key
+    public_key: str = Field(
+        pattern=r"^[A-Za-z0-9+/]{43}=$", description="the raw 32-byte Ed25519 key, base64"
+    )
     name: str | None = Field(default=None, max_length=128, description="informational")
 
 

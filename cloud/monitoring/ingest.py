@@ -42,6 +42,13 @@ class InvalidMetrics(ProblemError):
         )
 
 
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer of hundreds of digits: no float holds it
+        return False
+
+
 def parse_metrics(body: Any, now_ms: int) -> list[MetricPoint]:
     """Every item or nothing: raises InvalidMetrics listing the problems."""
     if not isinstance(body, list):
@@ -62,6 +69,8 @@ def parse_metrics(body: Any, now_ms: int) -> list[MetricPoint]:
         errors.extend(FieldError(f"{at}/{k}", "unknown field") for k in unknown)
         source, metric, value = item.get("source"), item.get("metric"), item.get("value")
         ts = item.get("ts", now_ms)
+        if isinstance(ts, float) and ts.is_integer() and abs(ts) < MAX_TS:
+            ts = int(ts)  # 1.7e12 is an integer to JSON (Schema) too
         if not isinstance(source, str) or not SOURCE.fullmatch(source):
             errors.append(FieldError(f"{at}/source", 'must look like "model:churn-v3"'))
         if not isinstance(metric, str) or not METRIC_NAME.fullmatch(metric):
@@ -69,7 +78,7 @@ def parse_metrics(body: Any, now_ms: int) -> list[MetricPoint]:
         if isinstance(value, bool):
             pass
         elif isinstance(value, int | float):
-            if not math.isfinite(value):
+            if not _finite(value):
                 errors.append(FieldError(f"{at}/value", "must be a finite number"))
         else:
             errors.append(FieldError(f"{at}/value", "must be a number or a boolean"))

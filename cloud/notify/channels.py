@@ -23,9 +23,52 @@ MAX_EMAIL = 254  # RFC 5321 path limit
 MIN_SECRET = 16  # shorter secrets make the signature guessable
 MAX_SECRET = 256
 
+# The patterns below are enforced here and published as they are in the OpenAPI document
+# (cloud/api/bodies.py), so the document promises exactly what is accepted. They avoid `\s`
+# and non-ASCII escapes, which Python, Rust and ECMAScript regexes read differently.
+
 # Deliberately plausible, not RFC 5322-complete: one @, a dotted domain, no spaces or control
 # characters (a CR/LF in "to" would be an SMTP header injection).
-_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+EMAIL_PATTERN = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$"
+
+# An absolute http(s) URL (RFC 3986): optional user info, a registered name or an IPv6
+# literal, a port 1-65535, then printable ASCII. Exactly what urlsplit parses without error.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_LS32 = rf"(?:{_H16}:{_H16}|{_IPV4})"
+_IPV6 = (
+    "(?:"
+    + "|".join(
+        (
+            rf"(?:{_H16}:){{6}}{_LS32}",
+            rf"::(?:{_H16}:){{5}}{_LS32}",
+            rf"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+            rf"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}",
+            rf"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
+            rf"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+            rf"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+            rf"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}",
+            rf"(?:(?:{_H16}:){{0,6}}{_H16})?::",
+        )
+    )
+    + ")"
+)
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_HOST = rf"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[{_IPV6}\])"
+URL_PATTERN = (
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?{_HOST}(?::{_PORT})?"
+    r"(?:[/?#][!-~]*)?$"
+)
+
+# Python's whitespace beyond ASCII (str.isspace), as literal characters.
+PY_SPACES = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# No control characters, and something besides whitespace (names are shown in lists).
+NAME_PATTERN = f"^[^\\x00-\\x1f]*[^\\x00-\\x20{PY_SPACES}][^\\x00-\\x1f]*$"
+
+_EMAIL_RE = re.compile(EMAIL_PATTERN)
+_URL_RE = re.compile(URL_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
 _KNOWN = frozenset({"id", "name", "type", "url", "to", "secret"})
 
 
@@ -85,7 +128,7 @@ def parse_channel(data: Mapping[str, Any], *, id: str | None = None) -> Channel:
     name = data.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         errors.append(FieldError("/name", f"must be a non-empty string of at most {MAX_NAME}"))
-    elif any(ord(c) < 32 for c in name):
+    elif not _NAME_RE.fullmatch(name):
         errors.append(FieldError("/name", "must not contain control characters"))
     raw_type = data.get("type")
     ctype: ChannelType | None = None
@@ -108,7 +151,8 @@ def parse_channel(data: Mapping[str, Any], *, id: str | None = None) -> Channel:
                 FieldError("/secret", f"must be a string of {MIN_SECRET}-{MAX_SECRET} characters")
             )
     elif ctype is ChannelType.EMAIL:
-        if not isinstance(to, str) or len(to) > MAX_EMAIL or not _EMAIL_RE.match(to):
+        # fullmatch: `$` alone also matches before a final newline
+        if not isinstance(to, str) or len(to) > MAX_EMAIL or not _EMAIL_RE.fullmatch(to):
             errors.append(FieldError("/to", "must be an email address such as ops@example.com"))
         if url is not None:
             errors.append(FieldError("/url", "only webhook channels have a URL"))
@@ -160,4 +204,6 @@ def _url_errors(url: object) -> list[FieldError]:
         return [FieldError("/url", "must have a host")]
     if port == 0:
         return [FieldError("/url", "port must be 1-65535")]
+    if not _URL_RE.fullmatch(url):
+        return [FieldError("/url", "is not a valid URL (printable ASCII; ports 1-65535)")]
     return []
