@@ -66,7 +66,7 @@ from cloud.store_duckdb import (  # noqa: E402
     DuckCloudStore,
     insert_readings_table,
 )
-from edge.broker import free_port  # noqa: E402
+from edge.ingest.mqtt.broker import free_port  # noqa: E402
 
 # The targets for this machine.
 TARGET_DASHBOARD_P95_MS = 100.0

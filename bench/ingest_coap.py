@@ -191,8 +191,8 @@ def trivial_server(port: int) -> None:
         ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
         # The same socket receive buffer as the gateway's, so the ratio compares the work per
         # request, not how many datagrams the kernel dropped.
-        from edge.coap_context import grow_receive_buffer, server_socket
-        from edge.coap_ingress import RECEIVE_BUFFER_BYTES
+        from edge.ingest.coap.context import grow_receive_buffer, server_socket
+        from edge.ingest.coap.ingress import RECEIVE_BUFFER_BYTES
 
         sock = server_socket(ctx)
         assert sock is not None

@@ -46,8 +46,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, installed or not
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from edge.backend import admin_secret, running_gateway_url  # noqa: E402
-from edge.broker import MOSQUITTO, free_port  # noqa: E402
+from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402
+from edge.ingest.mqtt.broker import MOSQUITTO, free_port  # noqa: E402
 
 # The issue's targets for this 2-core machine, broker and load generator included, for the
 # common sensor: one reading per QoS 1 message, 10 devices.
@@ -472,12 +472,12 @@ class Settings:
 def _provision(data_dir: Path, n: int) -> Path:
     """A fresh gateway data dir with n devices; returns the credentials file for the sims.
 
-    Same code path as `iotsphere gateway device add` on a stopped gateway (edge.ops on the
+    Same code path as `iotsphere gateway device add` on a stopped gateway (edge.admin.ops on the
     store), in-process: a CLI run per device would cost ~0.7 s each.
     """
-    from edge import ops
-    from edge.config import load_config
-    from edge.store import GatewayStore
+    from edge.admin import ops
+    from edge.app.config import load_config
+    from edge.storage.store import GatewayStore
 
     data_dir.mkdir(parents=True)
     # The whole fleet connects from 127.0.0.1 at once; the default per-address lockout is

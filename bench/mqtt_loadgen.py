@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.mqtt_client.codec import encode_varint
+from edge.ingest.mqtt.client.codec import encode_varint
 
 SLOTS = 16
 

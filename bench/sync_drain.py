@@ -53,8 +53,8 @@ from cloud.settings import CloudSettings  # noqa: E402
 from cloud.sync_store import DuckSyncStore  # noqa: E402
 from common.model import Reading  # noqa: E402
 from common.sync_wire import SyncBatch, decode_batch, encode_batch  # noqa: E402
-from edge.backend import admin_secret, running_gateway_url  # noqa: E402
-from edge.store import Batch, GatewayStore  # noqa: E402
+from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402
+from edge.storage.store import Batch, GatewayStore  # noqa: E402
 
 T0 = 1_764_300_000_000
 

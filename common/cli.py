@@ -18,10 +18,10 @@ from typing import Any
 
 # Subcommand groups, imported lazily so `iotsphere gateway ...` never loads the cloud.
 _GROUPS: dict[str, tuple[str, str]] = {
-    "gateway": ("edge.cli", "run and administer the edge gateway"),
+    "gateway": ("edge.app.cli", "run and administer the edge gateway"),
     "cloud": ("cloud.cli", "run and administer the cloud aggregator"),
     "sim": ("firmware_stubs.cli", "simulated devices (mqtt, coap, http)"),
-    "demo": ("edge.demo", "run everything at once on embedded defaults"),
+    "demo": ("edge.app.demo", "run everything at once on embedded defaults"),
 }
 
 

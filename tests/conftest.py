@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from edge.config import GatewayConfig, LockoutConfig, load_config
-from edge.gateway import Gateway
+from edge.app.config import GatewayConfig, LockoutConfig, load_config
+from edge.app.gateway import Gateway
 from tests.ports import restartable_port
 
 REPO = Path(__file__).resolve().parent.parent

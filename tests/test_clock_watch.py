@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.clock import ManualClock
 from common.model import ReadingFlag
-from edge.clock_watch import JUMP_MS, ClockWatch, kernel_clock_synchronised
+from edge.sync.clock_watch import JUMP_MS, ClockWatch, kernel_clock_synchronised
 
 
 def test_first_check_begins_an_epoch_then_drift_does_not() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.credentials import valid_device_id
+from edge.security.credentials import valid_device_id
 
 
 @pytest.mark.parametrize("device_id", ["dev-1", "a", "x" * 64, "A.b_c-9"])

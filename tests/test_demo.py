@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.local_password import load_hash, verify
+from edge.security.local_password import load_hash, verify
 from tests.conftest import IOTSPHERE, REPO, cli_json
 from tests.ports import free_port
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from common.clock import ManualClock
 from common.validation import ValidationPolicy
-from edge.device_ingest import GROUP_WINDOW_S, DeviceIngest
-from edge.pipeline import Classifier
-from edge.store_actor import Ingest
+from edge.ingest.classify import Classifier
+from edge.ingest.intake import GROUP_WINDOW_S, DeviceIngest
+from edge.storage.actor import Ingest
 
 T0 = 1_764_770_000_000
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edge.clock_watch import kernel_clock_synchronised
+from edge.sync.clock_watch import kernel_clock_synchronised
 from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json
 from tests.ports import free_port
 

@@ -13,9 +13,9 @@ import cbor2
 import pytest
 from aiocoap import GET, Code, Message
 
-from edge.coap_context import SentAnswer, _send_initially
-from edge.config import GatewayConfig, LockoutConfig
-from edge.gateway import Gateway
+from edge.app.config import GatewayConfig, LockoutConfig
+from edge.app.gateway import Gateway
+from edge.ingest.coap.context import SentAnswer, _send_initially
 from tests.coap_support import coap_client, post_datagram, receive_answer, udp_socket
 from tests.conftest import running
 
@@ -138,7 +138,7 @@ async def test_confirmable_retransmission_is_handled_once(gateway: Gateway) -> N
         sock.close()
     assert first.code == again.code == Code.CHANGED
 
-    # the cached answer (kept as its datagram: edge.coap_context.SentAnswer) is the same one
+    # the cached answer (kept as its datagram: edge.ingest.coap.context.SentAnswer) is the same one
     def fields(m: Message) -> tuple[Any, ...]:
         return m.mtype, m.mid, m.code, m.token, m.payload, m.opt
 
@@ -224,7 +224,7 @@ async def test_port_in_use_is_one_clear_error(gateway_config: GatewayConfig) -> 
     taken.bind(("127.0.0.1", 0))
     try:
         cfg = replace(gateway_config, coap_port=taken.getsockname()[1])
-        from edge.coap_ingress import CoapIngressError
+        from edge.ingest.coap.ingress import CoapIngressError
 
         with pytest.raises(CoapIngressError, match="cannot listen for CoAP"):
             async with running(cfg):
@@ -234,7 +234,7 @@ async def test_port_in_use_is_one_clear_error(gateway_config: GatewayConfig) -> 
 
 
 def test_answer_cache_keeps_only_the_datagram_of_an_ack() -> None:
-    """edge.coap_context: a piggy-backed answer is cached as bytes; anything else goes on to
+    """edge.ingest.coap.context: a piggy-backed answer is cached as bytes; anything else goes on to
     aiocoap unchanged."""
     recent: dict[tuple[Any, int], Any] = {("peer", 7): None}
     sent: list[Any] = []

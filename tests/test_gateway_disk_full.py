@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 
-from edge.config import LockoutConfig, load_config
-from edge.gateway import Gateway
-from edge.rules_actor import STORAGE_RULE
-from edge.store_actor import call
+from edge.alerts.rules_actor import STORAGE_RULE
+from edge.app.config import LockoutConfig, load_config
+from edge.app.gateway import Gateway
+from edge.storage.actor import call
 from tests.conftest import running
 from tests.ports import free_port
 from tests.tmpfs_support import fill, tmpfs

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.config import GatewayConfig, LockoutConfig
-from edge.gateway import Gateway
+from edge.app.config import GatewayConfig, LockoutConfig
+from edge.app.gateway import Gateway
 from tests.conftest import IOTSPHERE, GatewayProcess, cli_json, running
 from tests.waiting import until
 
@@ -241,7 +241,7 @@ async def test_a_restart_keeps_active_lockouts(gateway_config: GatewayConfig) ->
 
 
 async def test_port_in_use_is_one_clear_error(gateway_config: GatewayConfig) -> None:
-    from edge.http_ingress import HttpIngressError
+    from edge.ingest.http.ingress import HttpIngressError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -368,9 +368,9 @@ async def test_slowloris_sockets_are_closed_and_devices_still_get_through(
 ) -> None:
     """Found by an attack run: sockets sending a header byte now and then stayed open (62 s
     and more), and enough of them stopped all intake. Headers now have HEADER_TIMEOUT_S."""
-    import edge.http_ingress
+    import edge.ingest.http.ingress
 
-    monkeypatch.setattr(edge.http_ingress, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(edge.ingest.http.ingress, "HEADER_TIMEOUT_S", 1.0)
     async with running(gateway_config) as gw:
         dev = await gw.add_device("h8", "thermo")
         slow = []

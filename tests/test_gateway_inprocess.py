@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common.model import Reading, ReadingFlag
-from edge.gateway import Gateway
+from edge.app.gateway import Gateway
 from tests.waiting import until
 
 
@@ -98,7 +98,7 @@ async def test_broker_death_is_supervised(gateway: Gateway) -> None:
 
 
 async def test_admin_errors_are_clean(gateway: Gateway) -> None:
-    from edge.backend import BackendError
+    from edge.admin.backend import BackendError
 
     for bad in ("", "has space", "x" * 65, "a/b", "#"):
         try:
@@ -118,9 +118,9 @@ async def test_admin_errors_are_clean(gateway: Gateway) -> None:
 
 async def test_rules_replay_readings_committed_before_a_crash(gateway_config) -> None:  # type: ignore[no-untyped-def]
     """A crash between a commit and its rule evaluation must not swallow the alert."""
-    from edge import ops
-    from edge.rules_actor import CURSOR_KEY
-    from edge.store import Batch, GatewayStore
+    from edge.admin import ops
+    from edge.alerts.rules_actor import CURSOR_KEY
+    from edge.storage.store import Batch, GatewayStore
 
     store = GatewayStore(gateway_config.db_path)
     ops.add_rule(store, {"metric": "temperature", "operator": ">", "threshold": 30})

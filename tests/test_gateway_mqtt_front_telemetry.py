@@ -13,8 +13,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.gateway import Gateway
-from edge.mqtt_client.codec import encode_connect, encode_publish
+from edge.app.gateway import Gateway
+from edge.ingest.mqtt.client.codec import encode_connect, encode_publish
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)

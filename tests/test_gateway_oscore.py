@@ -17,9 +17,9 @@ import aiocoap
 import aiocoap.oscore
 from aiocoap import POST, Code, Message
 
-from edge.config import GatewayConfig
-from edge.gateway import Gateway
-from edge.oscore_contexts import (
+from edge.app.config import GatewayConfig
+from edge.app.gateway import Gateway
+from edge.ingest.coap.oscore_contexts import (
     ContextParams,
     OscoreKeystore,
     new_device_params,

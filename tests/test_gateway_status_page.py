@@ -15,10 +15,10 @@ import pytest
 
 from common.clock import ManualClock
 from common.gateway_auth import generate_private_key, save_private_key
-from edge.gateway import Gateway
-from edge.identity import Identity, key_path, save_identity
-from edge.status_page import Sessions
-from edge.status_view import StatusData, Table, build_view, render_table
+from edge.app.gateway import Gateway
+from edge.status.page import Sessions
+from edge.status.view import StatusData, Table, build_view, render_table
+from edge.sync.identity import Identity, key_path, save_identity
 from tests.conftest import REPO, GatewayProcess, cli, cli_json
 from tests.ports import free_port
 

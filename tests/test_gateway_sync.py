@@ -38,12 +38,12 @@ from common.sync_wire import (
     encode_ack,
     reading_clocks,
 )
-from edge.config import GatewayConfig, LockoutConfig
-from edge.gateway import Gateway
-from edge.identity import Identity, key_path, load_identity, save_identity
-from edge.store import GatewayStore
-from edge.store_actor import Ingest, call
-from edge.sync_actor import backoff_delay
+from edge.app.config import GatewayConfig, LockoutConfig
+from edge.app.gateway import Gateway
+from edge.storage.actor import Ingest, call
+from edge.storage.store import GatewayStore
+from edge.sync.actor import backoff_delay
+from edge.sync.identity import Identity, key_path, load_identity, save_identity
 from tests.conftest import cli, running
 from tests.waiting import until
 
@@ -322,7 +322,7 @@ async def test_restart_resumes_from_the_durable_cursor(
     first_round = list(stub.batch_ids)
     # While the gateway is down, more readings become durable (as after a crash mid-stream).
     store = GatewayStore(cfg.db_path)
-    from edge.store import Batch
+    from edge.storage.store import Batch
 
     store.commit(Batch(readings=readings(4, start_ts=1_764_400_000_000)))
     assert store.sync_cursor()[0] == 10
@@ -340,7 +340,7 @@ async def test_sync_actor_crash_resends_from_the_cursor(
 ) -> None:
     """A crash after the cloud stored a batch but before the cursor was saved: the restarted
     actor rebuilds the batch from the durable cursor and the cloud sees it again (once)."""
-    from edge.store import GatewayStore as Store
+    from edge.storage.store import GatewayStore as Store
 
     enroll_directly(gateway_config.data_dir, stub)
     real_save = Store.save_sync_cursor

@@ -1,4 +1,4 @@
-"""edge.listener: the caps' sizing and bookkeeping (pure), then BoundedListener on loopback:
+"""edge.ingest.listener: the caps' sizing and bookkeeping (pure), then BoundedListener on loopback:
 refusals at the caps, a place freed when a connection ends, and accept() out of descriptors."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, load_config
-from edge.listener import (
+from edge.app.config import ConfigError, load_config
+from edge.ingest.listener import (
     AcceptBackoff,
     BoundedListener,
     ConnectionCaps,

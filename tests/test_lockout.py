@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 from common.clock import ManualClock
-from edge.device_auth import (
+from edge.security.device_auth import (
     Admitted,
     DeviceAuthenticator,
     DeviceDirectory,
@@ -16,8 +16,8 @@ from edge.device_auth import (
     token_digest,
     token_key,
 )
-from edge.lockout import LockoutPolicy, LockoutTracker, address_bucket
-from edge.store import AuthFailure
+from edge.security.lockout import LockoutPolicy, LockoutTracker, address_bucket
+from edge.storage.store import AuthFailure
 
 
 def make(**policy: float) -> tuple[LockoutTracker, ManualClock]:

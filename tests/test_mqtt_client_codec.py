@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.mqtt_client.codec import (
+from edge.ingest.mqtt.client.codec import (
     PINGREQ_BYTES,
     PINGRESP_BYTES,
     CodecError,
@@ -29,7 +29,7 @@ from edge.mqtt_client.codec import (
     encode_subscribe,
     encode_varint,
 )
-from edge.mqtt_front.packets import parse_connect
+from edge.ingest.mqtt.front.packets import parse_connect
 
 
 def publish_bytes(

@@ -11,21 +11,21 @@ import aiomqtt
 import pytest
 from paho.mqtt.properties import Properties
 
-from edge.mqtt_client import (
+from edge.ingest.mqtt.client import (
     ConnectRefused,
     InboundPublish,
     MqttSession,
     MqttSessionError,
     SessionConfig,
 )
-from edge.mqtt_client.codec import (
+from edge.ingest.mqtt.client.codec import (
     PINGREQ_BYTES,
     PacketReader,
     encode_connack,
     encode_disconnect,
     encode_puback,
 )
-from edge.mqtt_front.packets import parse_connect
+from edge.ingest.mqtt.front.packets import parse_connect
 from tests.mosquitto_support import running_broker
 from tests.ports import free_port
 

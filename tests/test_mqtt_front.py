@@ -11,8 +11,8 @@ import aiomqtt
 import pytest
 
 from common.clock import ManualClock
-from edge.lockout import LockoutDecision, LockoutPolicy, LockoutTracker
-from edge.mqtt_front import AuthEvent, MqttFront
+from edge.ingest.mqtt.front import AuthEvent, MqttFront
+from edge.security.lockout import LockoutDecision, LockoutPolicy, LockoutTracker
 from tests.mosquitto_support import running_broker
 from tests.ports import free_port
 

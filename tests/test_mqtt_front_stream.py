@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from common.problem import Problem
-from edge.device_ingest import IngestResult, IngestUnavailable, Pending
-from edge.mqtt_client.codec import encode_publish
-from edge.mqtt_front.packets import MalformedPacket
-from edge.mqtt_front.stream import (
+from edge.ingest.intake import IngestResult, IngestUnavailable, Pending
+from edge.ingest.mqtt.client.codec import encode_publish
+from edge.ingest.mqtt.front.packets import MalformedPacket
+from edge.ingest.mqtt.front.stream import (
     PINGREQ_BYTES,
     PINGRESP_BYTES,
     BrokerFramer,
@@ -19,7 +19,7 @@ from edge.mqtt_front.stream import (
     encode_ack,
     parse_publish,
 )
-from edge.mqtt_front.telemetry import TapCounters, TelemetryTap
+from edge.ingest.mqtt.front.telemetry import TapCounters, TelemetryTap
 
 # -- pure helpers ---------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class RecordingMqtt:
 def test_a_response_topic_that_is_a_telemetry_topic_is_never_answered() -> None:
     """Found by Paho's request_response test: the answer published to the device's telemetry
     topic came back in through the ingress as two readings of that device."""
-    from edge.mqtt_ingress import answerable_topic, publish_outcome
+    from edge.ingest.mqtt.ingress import answerable_topic, publish_outcome
 
     assert answerable_topic("d1", "devices/d1/replies")
     assert not answerable_topic("d1", "devices/d1/telemetry")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.mqtt_front.packets import (
+from edge.ingest.mqtt.front.packets import (
     MAX_CONNECT_LEN,
     ConnectInfo,
     MalformedPacket,

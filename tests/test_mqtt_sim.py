@@ -388,12 +388,12 @@ async def test_ctrl_c_drains_and_prints_stats(broker: PlainBroker, tmp_path: Pat
 
 def _groups_importable() -> bool:
     try:
-        return all(importlib.util.find_spec(m) for m in ("edge.cli", "edge.demo"))
+        return all(importlib.util.find_spec(m) for m in ("edge.app.cli", "edge.app.demo"))
     except ImportError:
         return False
 
 
-@pytest.mark.skipif(not _groups_importable(), reason="edge.cli/edge.demo not written yet")
+@pytest.mark.skipif(not _groups_importable(), reason="edge.app.cli/edge.app.demo not written yet")
 def test_iotsphere_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["sim", "mqtt", "--help"])

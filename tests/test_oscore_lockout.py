@@ -1,6 +1,6 @@
 """OSCORE requests that aiocoap refuses itself (unknown kid, failed decryption, replay) are
-audited and counted for lockout like bad tokens (edge.oscore_guard); real gateways in-process,
-real aiocoap clients, real UDP on loopback."""
+audited and counted for lockout like bad tokens (edge.ingest.coap.oscore_guard); real gateways
+in-process, real aiocoap clients, real UDP on loopback."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 import aiocoap.oscore
 from aiocoap import CON, GET, POST, Code, Message
 
-from edge.config import GatewayConfig, LockoutConfig
-from edge.gateway import Gateway
-from edge.oscore_contexts import new_device_params
+from edge.app.config import GatewayConfig, LockoutConfig
+from edge.app.gateway import Gateway
+from edge.ingest.coap.oscore_contexts import new_device_params
 from firmware_stubs.oscore_device import write_context_dir
 from tests.coap_support import coap_client, receive_answer, udp_socket
 from tests.conftest import running

@@ -6,7 +6,7 @@ import cbor2
 
 from common.codecs import ContentFormat
 from common.validation import ValidationPolicy, device_type_from_dict
-from edge.pipeline import Classifier, sniff_format
+from edge.ingest.classify import Classifier, sniff_format
 
 NOW = 1_764_300_000_000
 THERMO = device_type_from_dict(

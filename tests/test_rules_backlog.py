@@ -11,9 +11,9 @@ from pathlib import Path
 from common.actors import ChildSpec, Supervisor
 from common.clock import SystemClock
 from common.model import Reading
-from edge.rules_actor import CURSOR_KEY, CommitFeed, RulesActor
-from edge.store import GatewayStore
-from edge.store_actor import Ingest, LiveStats, StoreActor, call
+from edge.alerts.rules_actor import CURSOR_KEY, CommitFeed, RulesActor
+from edge.storage.actor import Ingest, LiveStats, StoreActor, call
+from edge.storage.store import GatewayStore
 from tests.waiting import until
 
 MESSAGES = 400  # one reading each, alternating above and below the threshold

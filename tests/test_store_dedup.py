@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.model import Reading
-from edge.store import Batch, GatewayStore
+from edge.storage.store import Batch, GatewayStore
 
 T0 = 1_764_300_000_000
 

@@ -14,8 +14,8 @@ import duckdb
 import pytest
 
 from common.model import Reading
-from edge.storage_health import StorageFailure, StorageHealth, storage_failure
-from edge.store import Batch, GatewayStore, StoreUnavailable
+from edge.storage.health import StorageFailure, StorageHealth, storage_failure
+from edge.storage.store import Batch, GatewayStore, StoreUnavailable
 from tests.tmpfs_support import fill, tmpfs
 
 BATCH = 2000

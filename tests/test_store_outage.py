@@ -17,22 +17,11 @@ from common.clock import SystemClock
 from common.gateway_auth import RequestSigner, generate_private_key, public_key_bytes
 from common.model import Reading
 from common.problem import Problem
-from edge.cloud_client import CloudClient
-from edge.coap_ingress import _unavailable
-from edge.device_ingest import INSUFFICIENT_STORAGE, IngestUnavailable
-from edge.rules_actor import STORAGE_RULE, RulesActor
-from edge.status_view import StatusData, build_view
-from edge.storage_health import StorageFailure, StorageHealth
-from edge.store import (
-    AlertRow,
-    AuthFailure,
-    Batch,
-    CommitResult,
-    EpochStart,
-    GatewayStore,
-    StoreUnavailable,
-)
-from edge.store_actor import (
+from edge.alerts.rules_actor import STORAGE_RULE, RulesActor
+from edge.ingest.coap.ingress import _unavailable
+from edge.ingest.intake import INSUFFICIENT_STORAGE, IngestUnavailable
+from edge.status.view import StatusData, build_view
+from edge.storage.actor import (
     Ingest,
     LiveStats,
     RecordAuth,
@@ -41,7 +30,18 @@ from edge.store_actor import (
     StoreMsg,
     call,
 )
-from edge.sync_actor import SyncActor, SyncSettings, SyncStats
+from edge.storage.health import StorageFailure, StorageHealth
+from edge.storage.store import (
+    AlertRow,
+    AuthFailure,
+    Batch,
+    CommitResult,
+    EpochStart,
+    GatewayStore,
+    StoreUnavailable,
+)
+from edge.sync.actor import SyncActor, SyncSettings, SyncStats
+from edge.sync.cloud_client import CloudClient
 from tests.test_gateway_sync import StubCloud, stub  # noqa: F401 - stub is a fixture
 from tests.waiting import until
 

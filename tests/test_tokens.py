@@ -8,7 +8,7 @@ import pytest
 
 from cloud.auth import new_opaque_token
 from common import tokens
-from edge.credentials import new_token
+from edge.security.credentials import new_token
 from firmware_stubs.mqtt_sim import DeviceCredentials
 
 
