@@ -1,4 +1,6 @@
-"""The gateway's DuckDB store: schema, batched durable writes, and the queries the CLI needs.
+"""The gateway's DuckDB store: opening it, batched durable writes, devices, rules, the disk
+budget. The tables are in edge.storage.schema, the rows a commit writes in edge.storage.records,
+the reads for sync in edge.storage.sync_reads and the reports in edge.storage.reports.
 
 Synchronous on purpose: while the gateway runs, exactly one actor (edge.storage.actor) owns an
 instance and calls it from a worker thread; while it is stopped, the CLI opens it directly.
@@ -8,23 +10,43 @@ DuckDB allows one writer process, so nothing else ever opens the file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from common.model import FieldError, Reading, ReadingFlag, Value
-from common.sync_wire import AlertChange, AuthEvent, ClockEpoch, DeviceRecord, ReadingColumns
+from common.model import Reading
+from common.sync_wire import DeviceRecord
 from edge.storage.connection import DuckConfig, DuckConnection, StoreError, StoreUnavailable
+from edge.storage.records import (
+    AlertRow,
+    AuthFailure,
+    Batch,
+    BudgetResult,
+    CommitResult,
+    EpochStart,
+    Rejection,
+)
+from edge.storage.reports import Reports
+from edge.storage.schema import (
+    DROPPED_COUNTER,
+    INCOMING_READINGS,
+    INCOMING_READINGS_SCHEMA,
+    PRUNED_COUNTER,
+    SCHEMA,
+    SYNC_ALERTS_KEY,
+    SYNC_AUTH_KEY,
+    SYNC_DEVICES_KEY,
+    SYNC_LAST_ERROR_KEY,
+    SYNC_LAST_SUCCESS_KEY,
+    SYNC_READINGS_KEY,
+)
 
-__all__ = [  # the errors live in edge.storage.connection; callers import them from here
+__all__ = [  # defined in the modules beside this one; callers import them from here
     "DROPPED_COUNTER",
     "PRUNED_COUNTER",
     "SCHEMA",
@@ -48,247 +70,10 @@ __all__ = [  # the errors live in edge.storage.connection; callers import them f
 
 log = logging.getLogger("iotsphere.store")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    seq         BIGINT NOT NULL,   -- gateway-wide monotonic sequence, the sync cursor
-    device_id   VARCHAR NOT NULL,
-    metric      VARCHAR NOT NULL,
-    ts          BIGINT NOT NULL,   -- ms, device time (or receive time when the device sent none)
-    received_at BIGINT NOT NULL,   -- ms, gateway clock
-    value_num   DOUBLE,
-    value_bool  BOOLEAN,
-    value_str   VARCHAR,
-    flags       UTINYINT NOT NULL,
-    dev_seq     BIGINT
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id     VARCHAR PRIMARY KEY,
-    type          VARCHAR,
-    token_lookup  VARCHAR NOT NULL,   -- sha256 of the token, to find a device by token
-    pw_hash       VARCHAR NOT NULL,   -- PBKDF2-SHA512, the format Mosquitto's dynsec stores
-    pw_salt       VARCHAR NOT NULL,
-    pw_iterations INTEGER NOT NULL,
-    status        VARCHAR NOT NULL,   -- active | revoked
-    created_at    BIGINT NOT NULL,
-    revoked_at    BIGINT,
-    last_seen     BIGINT
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    occurred_at    BIGINT NOT NULL,
-    device_id      VARCHAR NOT NULL,
-    transport      VARCHAR NOT NULL,
-    status         INTEGER NOT NULL,
-    title          VARCHAR NOT NULL,
-    detail         VARCHAR,
-    errors         VARCHAR,           -- JSON array of {path, message}
-    payload_sha256 VARCHAR NOT NULL,
-    payload_size   INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS auth_failures (
-    occurred_at BIGINT NOT NULL,
-    kind      VARCHAR NOT NULL,       -- auth_failure | lockout
-    transport VARCHAR NOT NULL,
-    address   VARCHAR,
-    username  VARCHAR,
-    client_id VARCHAR,
-    reason    VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rules (
-    id         VARCHAR PRIMARY KEY,
-    body       VARCHAR NOT NULL,      -- the rule as CONTRACT JSON
-    version    BIGINT NOT NULL,
-    created_at BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alerts (
-    id              VARCHAR PRIMARY KEY,
-    rule_id         VARCHAR NOT NULL,
-    subject         VARCHAR NOT NULL,
-    metric          VARCHAR NOT NULL,
-    severity        VARCHAR NOT NULL,
-    state           VARCHAR NOT NULL,
-    value           VARCHAR,          -- JSON
-    started_at      BIGINT NOT NULL,
-    acknowledged_at BIGINT,
-    resolved_at     BIGINT,
-    change_seq      BIGINT NOT NULL   -- bumped on every change, for sync
-);
-CREATE TABLE IF NOT EXISTS kv (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
--- The gateway clock per stretch of readings (see common.sync_wire.ClockEpoch).
-CREATE TABLE IF NOT EXISTS clock_epochs (
-    id           BIGINT NOT NULL,     -- increasing: wall times may go backwards
-    first_seq    BIGINT NOT NULL,     -- the first reading seq received under this epoch
-    boot_id      VARCHAR NOT NULL,
-    mono_base_ms BIGINT NOT NULL,     -- wall clock minus monotonic clock during the epoch
-    flags        UTINYINT NOT NULL,   -- ReadingFlag.GATEWAY_CLOCK_* bits
-    skew_ms      BIGINT,              -- gateway minus cloud clock, last measured in the epoch
-    started_at   BIGINT NOT NULL
-);
--- Readings deleted by the unsynced-data cap before the cloud had them: one row per pass.
-CREATE TABLE IF NOT EXISTS drops (
-    occurred_at BIGINT NOT NULL,
-    from_seq    BIGINT NOT NULL,
-    to_seq      BIGINT NOT NULL,
-    readings    BIGINT NOT NULL
-);
--- Append-only deltas, summed on read and compacted at open: an upsert on a keyed table costs
--- ~85 ms per commit in DuckDB, an append next to nothing.
-CREATE TABLE IF NOT EXISTS counters (name VARCHAR NOT NULL, value BIGINT NOT NULL);
-"""
-
-# Batches that may repeat stored readings go through this table and an anti-join.
-INCOMING_READINGS = "incoming_readings"
-INCOMING_READINGS_SCHEMA = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {INCOMING_READINGS} AS SELECT * FROM readings LIMIT 0"
-)
-
-# The sync cursor and outcome, in kv: written only after the cloud acknowledged (cursor) or
-# after an attempt (outcome), so `gateway status` can report them with the gateway stopped.
-SYNC_READINGS_KEY = "sync.readings_seq"
-SYNC_ALERTS_KEY = "sync.alerts_change_seq"
-SYNC_LAST_SUCCESS_KEY = "sync.last_success_at"
-SYNC_LAST_ERROR_KEY = "sync.last_error"  # JSON {"at": ms, "message": str}
-SYNC_AUTH_KEY = "sync.auth_seq"
-SYNC_DEVICES_KEY = "sync.devices_digest"  # the device list the cloud has acknowledged
-DROPPED_COUNTER = "readings_dropped"  # unsynced readings deleted by the disk cap
-PRUNED_COUNTER = "readings_pruned"  # synced readings deleted after the retention period
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    at: int
-    device_id: str
-    transport: str
-    status: int
-    title: str
-    detail: str
-    errors: Sequence[FieldError]
-    payload: bytes
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.payload).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class AuthFailure:
-    at: int
-    kind: str
-    transport: str
-    address: str | None
-    username: str | None
-    client_id: str | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRow:
-    id: str
-    rule_id: str
-    subject: str
-    metric: str
-    severity: str
-    state: str
-    value: object
-    started_at: int
-    acknowledged_at: int | None = None
-    resolved_at: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "rule_id": self.rule_id,
-            "state": self.state,
-            "severity": self.severity,
-            "metric": self.metric,
-            "value": self.value,
-            "device_id": self.subject,
-            "started_at": self.started_at,
-            "acknowledged_at": self.acknowledged_at,
-            "resolved_at": self.resolved_at,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class EpochStart:
-    """A clock epoch beginning with the first reading of the commit that carries it."""
-
-    boot_id: str
-    mono_base_ms: int
-    flags: int
-    started_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetResult:
-    pruned: int  # synced readings past retention
-    dropped: int  # unsynced readings over the cap (counted in DROPPED_COUNTER)
-
-
-@dataclass
-class Batch:
-    """Everything one commit makes durable together."""
-
-    readings: list[Reading] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-    auth_failures: list[AuthFailure] = field(default_factory=list)
-    alerts: list[AlertRow] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
-    kv: dict[str, str] = field(default_factory=dict)
-    last_seen: dict[str, int] = field(default_factory=dict)  # device id -> ms
-    epoch: EpochStart | None = None
-
-    def is_empty(self) -> bool:
-        return not (
-            self.readings
-            or self.rejections
-            or self.auth_failures
-            or self.alerts
-            or self.counters
-            or self.kv
-            or self.last_seen
-            or self.epoch
-        )
-
-    def carried(self) -> Batch:
-        """What a failed commit must still write later. Audit rows, alerts, kv, counters,
-        last_seen and a clock epoch are the gateway's own records (upserts or deltas) that
-        nobody would send again; readings and rejections are left out because their senders
-        were told to retry, and resend them."""
-        return Batch(
-            auth_failures=list(self.auth_failures),
-            alerts=list(self.alerts),
-            counters=dict(self.counters),
-            kv=dict(self.kv),
-            last_seen=dict(self.last_seen),
-            epoch=self.epoch,
-        )
-
-    def absorb(self, later: Batch) -> None:
-        """Add a later batch to this one; where both set a value, the later one wins."""
-        self.readings.extend(later.readings)
-        self.rejections.extend(later.rejections)
-        self.auth_failures.extend(later.auth_failures)
-        self.alerts.extend(later.alerts)  # upserts in order: the later state of an alert wins
-        for name, n in later.counters.items():
-            self.counters[name] = self.counters.get(name, 0) + n
-        self.kv.update(later.kv)
-        for device, at in later.last_seen.items():
-            self.last_seen[device] = max(self.last_seen.get(device, 0), at)
-        self.epoch = later.epoch or self.epoch
-
-
-@dataclass(frozen=True, slots=True)
-class CommitResult:
-    inserted: int
-    duplicates: int
-    first_seq: int | None
-    last_seq: int | None
-
-
 _NO_TS = -(2**63)  # below any ts: a series with nothing stored yet
 
 
-class GatewayStore:
+class GatewayStore(Reports):
     def __init__(
         self,
         path: Path,
@@ -322,10 +107,6 @@ class GatewayStore:
         except StoreUnavailable as exc:  # e.g. opened on a full disk: the deltas stay as they are
             log.warning("store: counters not compacted at open: %s", exc.failure.reason)
         self._load_cursors()
-
-    @property
-    def _con(self) -> duckdb.DuckDBPyConnection:
-        return self._db.con
 
     def _after_reopen(self) -> None:
         self._con.execute(INCOMING_READINGS_SCHEMA)  # temporary tables end with a connection
@@ -666,151 +447,12 @@ class GatewayStore:
         with self._lock:
             self._con.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", [key, value])
 
-    def kv_get(self, key: str) -> str | None:
-        with self._lock:
-            rows = self._con.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchall()
-        return str(rows[0][0]) if rows else None
-
     # -- queries -----------------------------------------------------------------------------
-
-    def readings(
-        self, *, device_id: str | None = None, metric: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        where, params = _filters(device_id=device_id, metric=metric)
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
-                f"value_str, flags, dev_seq FROM readings {where} ORDER BY seq DESC LIMIT ?",
-                [*params, limit],
-            ).fetchall()
-        out = []
-        for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows:
-            value = _value(vnum, vbool, vstr)
-            out.append(
-                {
-                    "seq": seq,
-                    "device_id": dev,
-                    "metric": met,
-                    "ts": ts,
-                    "received_at": rec,
-                    "value": value,
-                    "flags": flags,
-                    "dev_seq": dev_seq,
-                }
-            )
-        return out
-
-    def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
-        """(last seq returned, readings with a sequence number above seq), in order."""
-        rows = self.readings_for_sync(seq, limit)
-        return (rows[-1][0] if rows else seq), [reading for _seq, reading in rows]
 
     def last_seq(self) -> int:
         return self._next_seq - 1
 
     # -- sync --------------------------------------------------------------------------------
-
-    def readings_for_sync(self, after_seq: int, limit: int) -> list[tuple[int, Reading]]:
-        """(gateway seq, reading) pairs above after_seq, in seq order (Reading.seq = dev_seq)."""
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
-                "value_str, flags, dev_seq FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
-                [after_seq, limit],
-            ).fetchall()
-        return [
-            (
-                int(seq),
-                Reading(
-                    device_id=dev,
-                    metric=met,
-                    ts=ts,
-                    value=_value(vnum, vbool, vstr),
-                    received_at=rec,
-                    flags=ReadingFlag(flags),
-                    seq=dev_seq,
-                ),
-            )
-            for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows
-        ]
-
-    def reading_columns_for_sync(self, after_seq: int, limit: int) -> tuple[ReadingColumns, bool]:
-        """(readings of the next window of at most `limit` sequence numbers after after_seq,
-        whether readings follow beyond that window), as wire columns read through Arrow.
-
-        A window (seq BETWEEN lo AND lo + limit - 1) rather than ORDER BY seq LIMIT: the
-        latter sorts the whole remaining backlog for every batch (quadratic over a long drain),
-        the window is pruned by the zone maps of seq, which grows with insertion order. Gaps
-        (deduplicated, dropped or pruned readings) make a window hold fewer rows; `more` says
-        the batch is nevertheless complete. Columns by transposing fetched rows: as fast as
-        through Arrow at 5,000 rows (1.3 vs 1.0 us a row), faster for small windows."""
-        with self._lock:
-            lo = self._con.execute(
-                "SELECT min(seq) FROM readings WHERE seq > ?", [after_seq]
-            ).fetchall()[0][0]
-            if lo is None:
-                return ReadingColumns(), False
-            hi = int(lo) + limit - 1
-            rows = self._con.execute(
-                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
-                "value_str, flags, dev_seq FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                [lo, hi],
-            ).fetchall()
-            more = self._next_seq - 1 > hi
-        if not rows:
-            return ReadingColumns(), more
-        seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq = zip(*rows, strict=True)
-        return ReadingColumns(
-            seq=seq,
-            device_id=dev,
-            metric=met,
-            ts=ts,
-            received_at=rec,
-            value=tuple(map(_value, vnum, vbool, vstr)),
-            flags=flags,
-            dev_seq=dev_seq,
-        ), more
-
-    def alert_changes_after(self, change_seq: int, limit: int) -> list[AlertChange]:
-        """Alerts whose latest change is above change_seq, in change order (one row per alert:
-        intermediate states of an alert changed twice since the last sync are not kept)."""
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT change_seq, id, rule_id, subject, metric, severity, state, value, "
-                "started_at, acknowledged_at, resolved_at FROM alerts WHERE change_seq > ? "
-                "ORDER BY change_seq LIMIT ?",
-                [change_seq, limit],
-            ).fetchall()
-        out = []
-        for r in rows:
-            value = json.loads(r[7]) if r[7] is not None else None
-            if isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            elif value is not None and not isinstance(value, float | bool | str):
-                value = json.dumps(value, separators=(",", ":"))  # e.g. a lockout's {"until"}
-            out.append(
-                AlertChange(
-                    change_seq=int(r[0]),
-                    id=r[1],
-                    rule_id=r[2],
-                    device_id=r[3],
-                    metric=r[4],
-                    severity=r[5],
-                    state=r[6],
-                    value=value,
-                    started_at=int(r[8]),
-                    acknowledged_at=r[9],
-                    resolved_at=r[10],
-                )
-            )
-        return out
-
-    def sync_cursor(self) -> tuple[int, int]:
-        """(readings seq, alerts change_seq) the cloud has acknowledged."""
-        return (
-            int(self.kv_get(SYNC_READINGS_KEY) or 0),
-            int(self.kv_get(SYNC_ALERTS_KEY) or 0),
-        )
 
     def save_sync_cursor(
         self,
@@ -831,39 +473,7 @@ class GatewayStore:
             kv[SYNC_DEVICES_KEY] = devices_digest
         self.commit(Batch(kv=kv))
 
-    def auth_sync_cursor(self) -> int:
-        return int(self.kv_get(SYNC_AUTH_KEY) or 0)
-
-    def auth_events_after(self, seq: int, limit: int) -> tuple[int, list[AuthEvent]]:
-        """(the seq of the last event returned, or seq; events after seq in order)."""
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT seq, occurred_at, kind, transport, reason, address, username, client_id"
-                " FROM auth_failures WHERE seq > ? ORDER BY seq LIMIT ?",
-                [seq, limit],
-            ).fetchall()
-        events = [AuthEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
-        return (int(rows[-1][0]) if rows else seq), events
-
     # -- clock epochs -------------------------------------------------------------------------
-
-    def epochs_for(self, first_seq: int, last_seq: int) -> list[ClockEpoch]:
-        """The epochs readings first_seq..last_seq fall in, oldest first, and always the current
-        (latest) epoch: the cloud judges an unmeasured current epoch by its own clock."""
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT first_seq, boot_id, mono_base_ms, flags, skew_ms FROM clock_epochs"
-                " WHERE (first_seq <= ? AND first_seq >= coalesce(("
-                "  SELECT max(first_seq) FROM clock_epochs WHERE first_seq <= ?), 0))"
-                " OR id = (SELECT max(id) FROM clock_epochs)"
-                " ORDER BY id",
-                [last_seq, first_seq],
-            ).fetchall()
-        # Epochs begun by commits without readings share a first_seq: the last one holds.
-        by_start = {
-            int(r[0]): ClockEpoch(int(r[0]), r[1], int(r[2]), int(r[3]), r[4]) for r in rows
-        }
-        return list(by_start.values())
 
     def set_epoch_skew(self, boot_id: str, skew_ms: int) -> None:
         """The skew measured now belongs to the current (latest) epoch of this boot."""
@@ -941,160 +551,18 @@ class GatewayStore:
         )
         return n, (floor + 1, upto)
 
-    def drops(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self._dicts("SELECT * FROM drops ORDER BY occurred_at DESC LIMIT ?", [limit])
-
     def save_sync_error(self, message: str, at_ms: int) -> None:
         self.commit(Batch(kv={SYNC_LAST_ERROR_KEY: json.dumps({"at": at_ms, "message": message})}))
 
-    def sync_backlog(self, after_seq: int) -> tuple[int, int | None]:
-        """(readings above the cursor, receive time of the oldest of them)."""
-        with self._lock:
-            n, oldest = self._con.execute(
-                "SELECT count(*), min(received_at) FROM readings WHERE seq > ?", [after_seq]
-            ).fetchall()[0]
-        return int(n), None if oldest is None else int(oldest)
-
-    def sync_outcome(self) -> dict[str, Any]:
-        """Last success and last error as saved (for status with the gateway stopped)."""
-        success = self.kv_get(SYNC_LAST_SUCCESS_KEY)
-        raw_error = self.kv_get(SYNC_LAST_ERROR_KEY)
-        error = json.loads(raw_error) if raw_error else None
-        return {
-            "last_success_at": int(success) if success else None,
-            "last_error": error,
-        }
-
-    def latest_values(self, window: int = 100_000) -> dict[str, dict[str, tuple[int, Value]]]:
-        """device -> metric -> (ts, value) of its newest reading among the last `window`
-        stored (by seq). Bounded on purpose: the local status page polls this, and a scan of
-        a Pi's whole readings table would cost seconds; a device silent for longer than the
-        window shows its last_seen (devices table) without values."""
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT device_id, metric, arg_max(ts, seq), arg_max(value_num, seq), "
-                "arg_max(value_bool, seq), arg_max(value_str, seq) FROM readings "
-                "WHERE seq > ? GROUP BY device_id, metric ORDER BY device_id, metric",
-                [self._next_seq - 1 - window],
-            ).fetchall()
-        out: dict[str, dict[str, tuple[int, Value]]] = {}
-        for dev, met, ts, vnum, vbool, vstr in rows:
-            out.setdefault(dev, {})[met] = (int(ts), _value(vnum, vbool, vstr))
-        return out
-
-    def count_readings(self, device_id: str | None = None) -> int:
-        where, params = _filters(device_id=device_id)
-        with self._lock:
-            return int(
-                self._con.execute(f"SELECT count(*) FROM readings {where}", params).fetchall()[0][0]
-            )
-
-    def alerts(self, state: str | None = None) -> list[AlertRow]:
-        where, params = ("WHERE state = ?", [state]) if state else ("", [])
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT id, rule_id, subject, metric, severity, state, value, started_at, "
-                f"acknowledged_at, resolved_at FROM alerts {where} ORDER BY started_at, id",
-                params,
-            ).fetchall()
-        return [
-            AlertRow(
-                id=r[0],
-                rule_id=r[1],
-                subject=r[2],
-                metric=r[3],
-                severity=r[4],
-                state=r[5],
-                value=json.loads(r[6]) if r[6] is not None else None,
-                started_at=r[7],
-                acknowledged_at=r[8],
-                resolved_at=r[9],
-            )
-            for r in rows
-        ]
-
-    def rejections(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self._dicts(
-            "SELECT occurred_at AS at, device_id, transport, status, title, detail, errors, "
-            "payload_sha256, payload_size FROM rejections ORDER BY occurred_at DESC LIMIT ?",
-            [limit],
-            json_cols=("errors",),
-        )
-
-    def auth_failures(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self._dicts(
-            "SELECT occurred_at AS at, kind, transport, address, username, client_id, reason "
-            "FROM auth_failures ORDER BY occurred_at DESC LIMIT ?",
-            [limit],
-        )
-
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT name, sum(value) FROM counters GROUP BY name ORDER BY name"
-            ).fetchall()
-        return {str(n): int(v) for n, v in rows}
-
-    def _dicts(
-        self, sql: str, params: list[Any], json_cols: tuple[str, ...] = ()
-    ) -> list[dict[str, Any]]:
-        with self._lock:
-            cur = self._con.execute(sql, params)
-            names = [d[0] for d in cur.description or []]
-            rows = cur.fetchall()
-        out = [dict(zip(names, row, strict=True)) for row in rows]
-        for item in out:
-            for col in json_cols:
-                if item.get(col) is not None:
-                    item[col] = json.loads(item[col])
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            q = self._con.execute
-            readings = int(q("SELECT count(*) FROM readings").fetchall()[0][0])
-            devices = q(
-                "SELECT status, count(*) FROM devices GROUP BY status ORDER BY status"
-            ).fetchall()
-            active_alerts = int(
-                q("SELECT count(*) FROM alerts WHERE state != 'resolved'").fetchall()[0][0]
-            )
-            rejections = int(q("SELECT count(*) FROM rejections").fetchall()[0][0])
-            auth = int(q("SELECT count(*) FROM auth_failures").fetchall()[0][0])
-        cursor, _ = self.sync_cursor()
-        backlog, oldest = self.sync_backlog(cursor)
-        return {
-            "readings_stored": readings,
-            "last_seq": self._next_seq - 1,
-            "devices": {str(s): int(n) for s, n in devices},
-            "active_alerts": active_alerts,
-            "rejections": rejections,
-            "auth_failures": auth,
-            # Readings above the acknowledged cursor (all of them until the gateway enrolls);
-            # the caller knows whether it is enrolled and sets "state".
-            "sync": {
-                "state": "not enrolled",
-                "backlog_readings": backlog,
-                "oldest_unsynced_at": oldest,
-                "oldest_unsynced_age_s": (
-                    None if oldest is None else max(0, time.time_ns() // 1_000_000 - oldest) // 1000
-                ),
-                **self.sync_outcome(),
-            },
-        }
 
 
-def _value(num: float | None, flag: bool | None, text: str | None) -> Value:
-    """The one typed value of a row's value_num / value_bool / value_str columns."""
-    if num is not None:
-        return num
-    return flag if flag is not None else text or ""
 
 
-def _filters(**conds: str | None) -> tuple[str, list[Any]]:
-    parts = [f"{col} = ?" for col, v in conds.items() if v is not None]
-    params = [v for v in conds.values() if v is not None]
-    return ("WHERE " + " AND ".join(parts) if parts else "", params)
+
+
+
+
+
 
 
 def _reading_rows(rows: Sequence[Reading], first_seq: int) -> list[tuple[Any, ...]]:
