@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.clock import Clock
 from common.problem import Problem, ProblemError
-from common.sync_wire import CLOCK_SKEW_FLAG_MS
+from common.sync_clocks import CLOCK_SKEW_FLAG_MS
 
 AUDIENCE: Final = "iotsphere-cloud"
 ALGORITHM: Final = "EdDSA"

@@ -1,0 +1,250 @@
+"""A sync batch as its wire document (the plain maps, lists and scalars that CBOR or JSON
+then serialise), both ways: batch_to_doc writes the header, counters, alert changes, auth
+events, clock epochs and device list as compact positional rows and hands the readings to
+common.sync_columns; batch_from_doc reads an untrusted document back, every field checked
+(DocCheck), and refuses a batch_id that does not match the batch's identity. Writer and reader
+sit together so the layout of each row is visible in one place."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from common.model import Value
+from common.sync_batch import (
+    AlertChange,
+    AuthEvent,
+    ClockEpoch,
+    DeviceRecord,
+    SyncBatch,
+    batch_id_for,
+    devices_digest,
+)
+from common.sync_columns import columns_from_doc, columns_to_doc
+from common.sync_wire_check import DocCheck
+from common.sync_wire_spec import (
+    EXACT_INT,
+    MAX_ALERTS,
+    MAX_AUTH_EVENTS,
+    MAX_COUNTERS,
+    MAX_DEVICES,
+    MAX_EPOCHS,
+    MAX_VALUE_STR,
+    WIRE_VERSION,
+)
+
+
+def batch_to_doc(batch: SyncBatch) -> dict[str, Any]:
+    """The wire document (before serialisation): plain maps, lists, ints, floats, strings."""
+    return {
+        "v": WIRE_VERSION,
+        "gateway_id": batch.gateway_id,
+        "batch_id": batch.batch_id,
+        "first_seq": batch.first_seq,
+        "last_seq": batch.last_seq,
+        "boot_id": batch.boot_id,
+        "gateway_clock_ms": batch.gateway_clock_ms,
+        "dropped": batch.dropped,
+        "auth_through": batch.auth_through,
+        "epochs": [
+            [e.first_seq, e.boot_id, e.mono_base_ms, e.flags, e.skew_ms] for e in batch.epochs
+        ],
+        "devices": [[d.device_id, d.type, d.status] for d in batch.devices],
+        "backlog": batch.backlog,
+        **({"follows": batch.follows} if batch.follows is not None else {}),
+        "counters": dict(batch.counters),
+        "alerts": [
+            [
+                a.change_seq,
+                a.id,
+                a.rule_id,
+                a.device_id,
+                a.metric,
+                a.severity,
+                a.state,
+                a.value,
+                a.started_at,
+                a.acknowledged_at,
+                a.resolved_at,
+            ]
+            for a in batch.alerts
+        ],
+        "auth": [
+            [e.at, e.kind, e.transport, e.reason, e.address, e.username, e.client_id]
+            for e in batch.auth_events
+        ],
+        "r": columns_to_doc(batch.readings, batch.first_seq),
+    }
+
+
+def batch_from_doc(doc: object) -> SyncBatch:
+    """Validate a parsed wire document (see batch_to_doc) into a SyncBatch, or WireError."""
+    c = DocCheck()
+    top = c.map_(doc, "")
+    if top.get("v") != WIRE_VERSION or type(top.get("v")) is not int:
+        c.abort("/v", f"must be {WIRE_VERSION} (the wire version)")
+    gateway_id = c.str_(top.get("gateway_id"), "/gateway_id")
+    batch_id = c.str_(top.get("batch_id"), "/batch_id", max_len=64)
+    first_seq = c.int_(top, "first_seq", "/first_seq", lo=1)
+    last_seq = c.int_(top, "last_seq", "/last_seq", lo=0)
+    boot_id = c.str_(top.get("boot_id"), "/boot_id", max_len=64)
+    clock_ms = c.int_(top, "gateway_clock_ms", "/gateway_clock_ms")
+    dropped = c.int_(top, "dropped", "/dropped", lo=0)
+    backlog = c.int_(top, "backlog", "/backlog", lo=0) if "backlog" in top else 0
+    follows = c.str_(top.get("follows"), "/follows", max_len=64) if "follows" in top else None
+    auth_through = 0
+    if "auth_through" in top:
+        auth_through = c.int_(top, "auth_through", "/auth_through", lo=0)
+    epochs = tuple(
+        _epoch(c, e, f"/epochs/{i}")
+        for i, e in enumerate(c.list_(top.get("epochs", []), "/epochs", MAX_EPOCHS))
+    )
+    devices = tuple(
+        _device(c, d, f"/devices/{i}")
+        for i, d in enumerate(c.list_(top.get("devices", []), "/devices", MAX_DEVICES))
+    )
+    if not c.errors and last_seq < first_seq - 1:
+        c.fail("/last_seq", "must be >= first_seq - 1")
+
+    counters: dict[str, int] = {}
+    raw_counters = c.map_(top.get("counters"), "/counters")
+    if len(raw_counters) > MAX_COUNTERS:
+        c.abort("/counters", f"must have at most {MAX_COUNTERS} entries")
+    for k in raw_counters:
+        name = c.str_(k, f"/counters/{str(k)[:64]}")
+        counters[name] = c.int_(raw_counters, k, f"/counters/{name}", lo=0)
+
+    alerts = tuple(
+        _alert(c, a, f"/alerts/{i}")
+        for i, a in enumerate(c.list_(top.get("alerts"), "/alerts", MAX_ALERTS))
+    )
+    auth = tuple(
+        _auth_event(c, e, f"/auth/{i}")
+        for i, e in enumerate(c.list_(top.get("auth"), "/auth", MAX_AUTH_EVENTS))
+    )
+    c.raise_if_any()
+    readings = columns_from_doc(c, c.map_(top.get("r"), "/r"), first_seq, last_seq)
+    c.raise_if_any()
+    batch = SyncBatch(
+        gateway_id=gateway_id,
+        batch_id=batch_id,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        boot_id=boot_id,
+        gateway_clock_ms=clock_ms,
+        readings=readings,
+        alerts=alerts,
+        counters=counters,
+        auth_events=auth,
+        dropped=dropped,
+        auth_through=auth_through,
+        epochs=epochs,
+        devices=devices,
+        backlog=backlog,
+        follows=follows,
+    )
+    expected = batch_id_for(
+        gateway_id,
+        first_seq,
+        last_seq,
+        batch.alerts_through,
+        auth_through,
+        devices_digest(devices) if devices else "",
+    )
+    if batch_id != expected:
+        c.abort("/batch_id", "does not match (gateway_id, first_seq, last_seq, alerts)")
+    return batch
+
+
+def _value(c: DocCheck, v: object, path: str) -> Value | None:
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        if len(v) > MAX_VALUE_STR:
+            c.fail(path, f"must be a string of <= {MAX_VALUE_STR}")
+        return v
+    if type(v) is int and abs(v) <= EXACT_INT:
+        return float(v)
+    if type(v) is float and math.isfinite(v):
+        return v
+    c.fail(path, "must be a finite number, boolean, string or null")
+    return None
+
+
+def _alert(c: DocCheck, a: object, path: str) -> AlertChange:
+    row = c.list_(a, path, 11)
+    if len(row) != 11:
+        c.abort(
+            path,
+            "must be [change_seq, id, rule_id, device_id, metric, severity, state, "
+            "value, started_at, acknowledged_at, resolved_at]",
+        )
+    seq = c.opt_int(row[0], f"{path}/0")
+    started = c.opt_int(row[8], f"{path}/8")
+    if seq is None or seq < 1:
+        c.fail(f"{path}/0", "change_seq must be a positive integer")
+    if started is None:
+        c.fail(f"{path}/8", "started_at must be an integer")
+    return AlertChange(
+        change_seq=seq or 0,
+        id=c.str_(row[1], f"{path}/1"),
+        rule_id=c.str_(row[2], f"{path}/2"),
+        device_id=c.str_(row[3], f"{path}/3"),
+        metric=c.str_(row[4], f"{path}/4"),
+        severity=c.str_(row[5], f"{path}/5"),
+        state=c.str_(row[6], f"{path}/6"),
+        value=_value(c, row[7], f"{path}/7"),
+        started_at=started or 0,
+        acknowledged_at=c.opt_int(row[9], f"{path}/9"),
+        resolved_at=c.opt_int(row[10], f"{path}/10"),
+    )
+
+
+def _device(c: DocCheck, d: object, path: str) -> DeviceRecord:
+    row = c.list_(d, path, 3)
+    if len(row) != 3:
+        c.abort(path, "must be [device_id, type, status]")
+    status = c.str_(row[2], f"{path}/2")
+    if status not in ("active", "revoked"):
+        c.fail(f"{path}/2", "must be active or revoked")
+    return DeviceRecord(c.str_(row[0], f"{path}/0"), c.opt_str(row[1], f"{path}/1"), status)
+
+
+def _epoch(c: DocCheck, e: object, path: str) -> ClockEpoch:
+    row = c.list_(e, path, 5)
+    if len(row) != 5:
+        c.abort(path, "must be [first_seq, boot_id, mono_base_ms, flags, skew_ms]")
+    first_seq = c.opt_int(row[0], f"{path}/0")
+    base = c.opt_int(row[2], f"{path}/2")
+    flags = c.opt_int(row[3], f"{path}/3")
+    if first_seq is None or first_seq < 1:
+        c.fail(f"{path}/0", "first_seq must be a positive integer")
+    if base is None:
+        c.fail(f"{path}/2", "mono_base_ms must be an integer")
+    if flags is None or not 0 <= flags <= 255:
+        c.fail(f"{path}/3", "flags must be an integer in [0, 255]")
+    return ClockEpoch(
+        first_seq=first_seq or 1,
+        boot_id=c.str_(row[1], f"{path}/1", max_len=64),
+        mono_base_ms=base or 0,
+        flags=flags or 0,
+        skew_ms=c.opt_int(row[4], f"{path}/4"),
+    )
+
+
+def _auth_event(c: DocCheck, e: object, path: str) -> AuthEvent:
+    row = c.list_(e, path, 7)
+    if len(row) != 7:
+        c.abort(path, "must be [at, kind, transport, reason, address, username, client_id]")
+    at = c.opt_int(row[0], f"{path}/0")
+    if at is None:
+        c.fail(f"{path}/0", "at must be an integer")
+    return AuthEvent(
+        at=at or 0,
+        kind=c.str_(row[1], f"{path}/1"),
+        transport=c.str_(row[2], f"{path}/2"),
+        reason=c.str_(row[3], f"{path}/3", empty=True),
+        address=c.opt_str(row[4], f"{path}/4"),
+        username=c.opt_str(row[5], f"{path}/5"),
+        client_id=c.opt_str(row[6], f"{path}/6"),
+    )
