@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import json
 import logging
@@ -30,17 +29,13 @@ from common.actors import (
     OverflowPolicy,
     Supervisor,
 )
-from common.alerts import AlertEvent
 from common.clock import Clock, SystemClock
-from common.rules import Rule, parse_rule
 from common.validation import ValidationPolicy, device_type_from_dict
-from edge.admin import ops
 from edge.admin.api import AdminApi
-from edge.admin.backend import BackendError, admin_secret, write_run_info
+from edge.admin.backend import admin_secret, write_run_info
+from edge.admin.gateway_backend import CLOUD_TYPES_KEY, GatewayBackend
 from edge.alerts.rules_actor import (
-    ChangeAlert,
     CommitFeed,
-    ReloadRules,
     RulesActor,
     RulesMsg,
     SecurityLockout,
@@ -48,17 +43,17 @@ from edge.alerts.rules_actor import (
 from edge.app.config import GatewayConfig
 from edge.ingest.classify import Classifier
 from edge.ingest.coap.ingress import CoapIngress
-from edge.ingest.coap.oscore_contexts import OscoreError, OscoreKeystore, OscoreRegistry
+from edge.ingest.coap.oscore_contexts import OscoreKeystore, OscoreRegistry
 from edge.ingest.http.ingress import HttpIngress
 from edge.ingest.intake import DeviceIngest
-from edge.ingest.listener import CapPlan, open_fds, plan_caps, raise_nofile, wanted_nofile
+from edge.ingest.listener import CapPlan, plan_caps, raise_nofile, wanted_nofile
 from edge.ingest.mqtt.broker import INGRESS_USER, BrokerCredentials, ManagedMosquitto, free_port
-from edge.ingest.mqtt.dynsec import DynsecClient, DynsecError
+from edge.ingest.mqtt.dynsec import DynsecClient
 from edge.ingest.mqtt.front.proxy import AuthEvent, MqttFront, TelemetryTerms
 from edge.ingest.mqtt.ingress import MqttIngress
 from edge.security.device_auth import DeviceAuthenticator, DeviceDirectory
 from edge.security.lockout import LockoutPolicy, LockoutTracker
-from edge.status.view import StatusData
+from edge.status.gateway_status import GatewayStatus
 from edge.storage.actor import (
     LagWindow,
     LiveStats,
@@ -76,11 +71,10 @@ if TYPE_CHECKING:
     from edge.sync.actor import SyncMsg, SyncStats
 
 log = logging.getLogger("iotsphere.gateway")
-CLOUD_TYPES_KEY = "cloud.device_types"  # device types from the cloud config (JSON list)
 LOCKOUTS_KEY = "security.lockouts"  # locks in force: {key: wall-clock ms when it ends}
 
 
-class Gateway:
+class Gateway(GatewayBackend, GatewayStatus):
     def __init__(self, config: GatewayConfig, clock: Clock | None = None) -> None:
         self.cfg = config
         self.clock: Clock = clock or SystemClock()
@@ -137,142 +131,165 @@ class Gateway:
         """The device-facing MQTT port (stays the same while the front restarts)."""
         return self._mqtt_port
 
-    @property
-    def store_ref(self) -> ActorRef[StoreMsg]:
-        assert self._store_ref is not None
-        return self._store_ref
-
     async def run(self, stop: asyncio.Event) -> None:
-        cfg = self.cfg
+        """Start everything, serve until `stop` is set or a part fails, then stop everything."""
         store = GatewayStore(
-            cfg.db_path, memory_limit=cfg.duckdb_memory_limit, threads=cfg.duckdb_threads
+            self.cfg.db_path,
+            memory_limit=self.cfg.duckdb_memory_limit,
+            threads=self.cfg.duckdb_threads,
         )
         root = Supervisor("gateway", clock=self.clock)
         tasks: list[asyncio.Task[Any]] = []
-        admin: AdminApi | None = None
         try:
-            # Before Mosquitto starts: it inherits the descriptor limit raised here.
-            self._caps = self._size_listeners()
-            devices = store.devices(include_secrets=True)
-            cloud_types = store.kv_get(CLOUD_TYPES_KEY)  # as last fetched: also offline
-            if cloud_types:
-                self._classifier.set_cloud_types(
-                    {b["name"]: device_type_from_dict(b) for b in json.loads(cloud_types)}
-                )
-            for dev in devices:
-                if dev["status"] == "active":
-                    self._classifier.set_device_type(dev["device_id"], dev["type"])
-                self._device_status[dev["device_id"]] = dev["status"]
-            self._directory.load(devices)
-            self._restore_lockouts(store)
-            initial = store.stats()
-            self.live.readings_stored = initial["readings_stored"]
-            self.live.last_seq = initial["last_seq"]
-            self.live.rejections = initial["rejections"]
-            self.live.auth_failures = initial["auth_failures"]
-            self.live.active_alerts = initial["active_alerts"]
-            self.live.oldest_unsynced_at = initial["sync"]["oldest_unsynced_at"]
-            self._store_ref = await root.start_child(
-                ChildSpec(
-                    "store",
-                    lambda: StoreActor(
-                        store,
-                        max_readings=cfg.batch_max_readings,
-                        max_delay_ms=cfg.batch_max_delay_ms,
-                        on_commit=self._commit_feed,
-                        lag=self.ingest_lag,
-                        stats=self.live,
-                        clock_watch=self._clock_watch,
-                        budget=cfg.budget,
-                    ),
-                    capacity=cfg.ingest_queue,
-                )
-            )
-            self._rules_ref = await root.start_child(
-                ChildSpec(
-                    "rules",
-                    lambda: RulesActor(
-                        self.store_ref,
-                        self.clock,
-                        self._device_type_of,
-                        cfg.rule_tick_s,
-                        self.live,
-                    ),
-                    capacity=10_000,
-                )
-            )
-            self._commit_feed.rules = self._rules_ref
-            await self._start_sync(root)
-            host, port, user, password = await self._start_broker(devices)
-            if self._broker is not None:
-                tasks.append(asyncio.create_task(self._watch_broker(), name="broker-watch"))
-            self._ingress = MqttIngress(
-                host=host,
-                port=port,
-                username=user,
-                password=password,
-                store=self.store_ref,
-                classifier=self._classifier,
-                clock=self.clock,
-            )
-            tasks.append(asyncio.create_task(self._ingress.run(), name="mqtt-ingress"))
-            await asyncio.wait_for(self._ingress.connected.wait(), 30)
-            # One ingest path (and one in-flight bound) for MQTT telemetry, CoAP and HTTP.
-            self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
-            if self._broker is not None:
-                self._front = self._new_front(cfg.mqtt_port, host, port)
-                await self._front.start()
-                self._mqtt_port = self._front.port
-            await self._start_coap()
-            await self._start_http()
-            admin = self._admin = AdminApi(self, admin_secret(cfg.data_dir))
-            await admin.start()
-            write_run_info(cfg.run_dir, admin.port)
-            self.ready.set()
-            # What start-up built lives as long as the process: keep it out of the cyclic
-            # collector's generations (fewer, shorter GC pauses on the ingest path).
-            gc.freeze()
-            log.info(
-                "gateway ready: MQTT on %s:%s, CoAP on %s:%s, data in %s",
-                cfg.bind,
-                self._front.port if self._front else "(external broker)",
-                cfg.bind,
-                self.coap_port,
-                cfg.data_dir,
-            )
-            escalation = asyncio.create_task(root.wait(), name="supervisor")
-            tasks.append(escalation)
-            stopper = asyncio.create_task(stop.wait(), name="stop")
-            done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            for task in done:
-                if task is not stopper and not task.cancelled() and task.exception():
-                    raise task.exception()  # type: ignore[misc]
+            await self.startup(store, root, tasks)
+            await self._serve(stop, root, tasks)
         finally:
-            self._stopping = True
-            log.info("gateway stopping: closing listeners, flushing the store")
-            (cfg.run_dir / "admin.json").unlink(missing_ok=True)
-            if admin is not None:
-                await admin.stop()
-            if self._front is not None:
-                await self._front.stop()
-            if self._coap is not None:
-                await self._coap.stop()  # answers what awaits a commit while the store runs
-            if self._oscore is not None:
-                self._oscore.close()  # saves sequence numbers and replay windows exactly
-            if self._http is not None:
-                await self._http.stop()
-            if self._device_ingest is not None:
-                self._device_ingest.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await root.stop()  # drains mailboxes: the store commits what it holds
-            store.close()
-            if self._broker is not None:
-                await self._broker.stop()
-            log.info("gateway stopped")
+            await self.shutdown(store, root, tasks)
+
+    async def startup(
+        self, store: GatewayStore, root: Supervisor, tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """In dependency order: state from the store, the actors, the broker and the MQTT
+        ingress, then the listeners devices use, then the admin API."""
+        cfg = self.cfg
+        # Before Mosquitto starts: it inherits the descriptor limit raised here.
+        self._caps = self._size_listeners()
+        devices = self._load_state(store)
+        await self._start_actors(root, store)
+        await self._start_sync(root)
+        host, port, user, password = await self._start_broker(devices)
+        if self._broker is not None:
+            tasks.append(asyncio.create_task(self._watch_broker(), name="broker-watch"))
+        self._ingress = MqttIngress(
+            host=host,
+            port=port,
+            username=user,
+            password=password,
+            store=self.store_ref,
+            classifier=self._classifier,
+            clock=self.clock,
+        )
+        tasks.append(asyncio.create_task(self._ingress.run(), name="mqtt-ingress"))
+        await asyncio.wait_for(self._ingress.connected.wait(), 30)
+        # One ingest path (and one in-flight bound) for MQTT telemetry, CoAP and HTTP.
+        self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
+        if self._broker is not None:
+            self._front = self._new_front(cfg.mqtt_port, host, port)
+            await self._front.start()
+            self._mqtt_port = self._front.port
+        await self._start_coap()
+        await self._start_http()
+        self._admin = AdminApi(self, admin_secret(cfg.data_dir))
+        await self._admin.start()
+        write_run_info(cfg.run_dir, self._admin.port)
+        self.ready.set()
+        # What start-up built lives as long as the process: keep it out of the cyclic
+        # collector's generations (fewer, shorter GC pauses on the ingest path).
+        gc.freeze()
+        log.info(
+            "gateway ready: MQTT on %s:%s, CoAP on %s:%s, data in %s",
+            cfg.bind,
+            self._front.port if self._front else "(external broker)",
+            cfg.bind,
+            self.coap_port,
+            cfg.data_dir,
+        )
+
+    def _load_state(self, store: GatewayStore) -> list[dict[str, Any]]:
+        """Devices, device types, lockouts and counters as stored; returns the devices."""
+        devices = store.devices(include_secrets=True)
+        cloud_types = store.kv_get(CLOUD_TYPES_KEY)  # as last fetched: also offline
+        if cloud_types:
+            self._classifier.set_cloud_types(
+                {b["name"]: device_type_from_dict(b) for b in json.loads(cloud_types)}
+            )
+        for dev in devices:
+            if dev["status"] == "active":
+                self._classifier.set_device_type(dev["device_id"], dev["type"])
+            self._device_status[dev["device_id"]] = dev["status"]
+        self._directory.load(devices)
+        self._restore_lockouts(store)
+        initial = store.stats()
+        self.live.readings_stored = initial["readings_stored"]
+        self.live.last_seq = initial["last_seq"]
+        self.live.rejections = initial["rejections"]
+        self.live.auth_failures = initial["auth_failures"]
+        self.live.active_alerts = initial["active_alerts"]
+        self.live.oldest_unsynced_at = initial["sync"]["oldest_unsynced_at"]
+        return devices
+
+    async def _start_actors(self, root: Supervisor, store: GatewayStore) -> None:
+        """The store actor, then the rules actor it feeds."""
+        cfg = self.cfg
+        self._store_ref = await root.start_child(
+            ChildSpec(
+                "store",
+                lambda: StoreActor(
+                    store,
+                    max_readings=cfg.batch_max_readings,
+                    max_delay_ms=cfg.batch_max_delay_ms,
+                    on_commit=self._commit_feed,
+                    lag=self.ingest_lag,
+                    stats=self.live,
+                    clock_watch=self._clock_watch,
+                    budget=cfg.budget,
+                ),
+                capacity=cfg.ingest_queue,
+            )
+        )
+        self._rules_ref = await root.start_child(
+            ChildSpec(
+                "rules",
+                lambda: RulesActor(
+                    self.store_ref, self.clock, self._device_type_of, cfg.rule_tick_s, self.live
+                ),
+                capacity=10_000,
+            )
+        )
+        self._commit_feed.rules = self._rules_ref
+
+    async def _serve(
+        self, stop: asyncio.Event, root: Supervisor, tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """Until `stop` is set, or a background task or the supervisor fails (re-raised)."""
+        escalation = asyncio.create_task(root.wait(), name="supervisor")
+        tasks.append(escalation)
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+
+    async def shutdown(
+        self, store: GatewayStore, root: Supervisor, tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """The reverse of startup: listeners first, then the actors (the store commits what
+        it holds), DuckDB, and the broker last."""
+        self._stopping = True
+        log.info("gateway stopping: closing listeners, flushing the store")
+        (self.cfg.run_dir / "admin.json").unlink(missing_ok=True)
+        if self._admin is not None:
+            await self._admin.stop()
+        if self._front is not None:
+            await self._front.stop()
+        if self._coap is not None:
+            await self._coap.stop()  # answers what awaits a commit while the store runs
+        if self._oscore is not None:
+            self._oscore.close()  # saves sequence numbers and replay windows exactly
+        if self._http is not None:
+            await self._http.stop()
+        if self._device_ingest is not None:
+            self._device_ingest.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await root.stop()  # drains mailboxes: the store commits what it holds
+        store.close()
+        if self._broker is not None:
+            await self._broker.stop()
+        log.info("gateway stopped")
 
     def _size_listeners(self) -> CapPlan:
         """Raise the soft descriptor limit to what the configured caps need (up to the hard
@@ -291,20 +308,6 @@ class Gateway:
             "(LimitNOFILE in the service unit)" if plan.scaled else "",
         )  # fmt: skip
         return plan
-
-    def _connections_status(self) -> dict[str, Any] | None:
-        if self._caps is None:
-            return None
-        listeners = {
-            "mqtt": self._front.listener_stats if self._front is not None else None,
-            "http": self._http.listener_stats if self._http is not None else None,
-            "admin": self._admin.listener_stats if self._admin is not None else None,
-        }
-        return {
-            **self._caps.to_dict(),
-            "fds_open": open_fds(),
-            **{name: dataclasses.asdict(st) if st else None for name, st in listeners.items()},
-        }
 
     @property
     def http_port(self) -> int | None:
@@ -327,29 +330,6 @@ class Gateway:
             caps=self._caps.http,
         )  # fmt: skip
         await self._http.start()
-
-    async def status_page_data(self) -> StatusData:
-        """The local status page's facts: live counters plus one store round trip."""
-
-        def gather(s: GatewayStore) -> tuple[Any, ...]:
-            return (
-                s.devices(),
-                s.latest_values(),
-                s.rejections(20),
-                s.auth_failures(20),
-                [a.to_dict() for state in ("active", "acknowledged") for a in s.alerts(state)],
-            )
-
-        devices, latest, rejections, audit, alerts = await call(self.store_ref, gather)
-        return StatusData(
-            status=await self.status(),
-            devices=devices,
-            latest=latest,
-            rejections=rejections,
-            audit=audit,
-            alerts=alerts,
-            locked=self._tracker.locked_keys(),
-        )
 
     @property
     def coap_port(self) -> int | None:
@@ -580,243 +560,6 @@ class Gateway:
                 "audit: store mailbox full, auth event not recorded (%d lost)",
                 self.auth_events_lost,
             )
-
-    # -- AdminBackend ------------------------------------------------------------------------
-
-    async def add_device(
-        self, device_id: str, device_type: str | None, oscore: bool = False
-    ) -> dict[str, Any]:
-        try:
-            result = await call(self.store_ref, lambda s: ops.add_device(s, device_id, device_type))
-        except ops.OpError as exc:
-            raise BackendError(str(exc)) from exc
-        self._classifier.set_device_type(device_id, device_type)
-        self._device_status[device_id] = "active"
-        self._directory.add_with_token(device_id, device_type, result["token"])
-        if oscore:
-            result["oscore"] = self._new_oscore_context(device_id)
-        else:
-            self._drop_oscore_context(device_id)  # a re-added device starts without one
-        if self._dynsec is not None:
-            try:
-                await self._dynsec.add_device(device_id, result["token"])
-            except (DynsecError, OSError, Exception) as exc:
-                # Stored already: the broker gets it from DuckDB at its next start.
-                log.error("broker: could not provision %s now: %s", device_id, exc)
-                result["broker"] = "pending (applied at the next broker start)"
-        return result
-
-    async def list_devices(self) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.devices())
-
-    def _new_oscore_context(self, device_id: str) -> dict[str, str]:
-        """The device's side of a new OSCORE context (the gateway's side is live at once)."""
-        if self._oscore is None:
-            raise BackendError("the CoAP listener is not running; no OSCORE context created")
-        try:
-            return self._oscore.create(device_id).to_json()
-        except OscoreError as exc:
-            raise BackendError(
-                f"device {device_id} added, but its OSCORE context was not: {exc}; "
-                "revoke it and add it again"
-            ) from exc
-
-    def _drop_oscore_context(self, device_id: str) -> None:
-        if self._oscore is None:
-            return
-        try:
-            self._oscore.remove(device_id)  # unloaded at once, whatever the disk says
-        except OscoreError as exc:
-            log.error("OSCORE: %s (an inactive device's context goes at the next start)", exc)
-
-    async def revoke_device(self, device_id: str) -> dict[str, Any]:
-        try:
-            result = await call(self.store_ref, lambda s: ops.revoke_device(s, device_id))
-        except ops.OpError as exc:
-            raise BackendError(str(exc)) from exc
-        self._device_status[device_id] = "revoked"
-        self._classifier.forget(device_id)
-        self._directory.revoke(device_id)
-        self._drop_oscore_context(device_id)
-        if self._front is not None:
-            self._front.drop_device(device_id)
-        if self._dynsec is not None:
-            try:
-                await self._dynsec.remove_device(device_id)
-            except Exception as exc:
-                log.error("broker: could not remove %s now: %s; restarting broker", device_id, exc)
-                if self._broker is not None:
-                    await self._broker.stop()  # the watcher restarts it from DuckDB
-        return result
-
-    async def add_rule(self, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            rule = await call(self.store_ref, lambda s: ops.add_rule(s, body))
-        except ops.OpError as exc:
-            raise BackendError(str(exc)) from exc
-        if self._rules_ref is not None:
-            await self._rules_ref.send(ReloadRules())
-        return rule
-
-    async def apply_cloud_config(self, version: int, doc: dict[str, Any]) -> int:
-        """Apply configuration changed in the cloud since `version`; returns the new version.
-
-        Cloud rules are stored like local ones (so they are evaluated offline too), deleted
-        ones removed; devices revoked centrally are revoked here; alerts acknowledged or
-        resolved centrally follow. The version is saved with the rules, so a crash re-applies
-        at most one idempotent document.
-        """
-        from edge.sync.actor import CONFIG_VERSION_KEY
-
-        new_version = int(doc.get("version", version))
-        now = self.clock.now_ms()
-        rules: list[Rule] = []
-        deleted: list[str] = []
-        for body in doc.get("rules", []):
-            if body.get("deleted"):
-                deleted.append(str(body["id"]))
-                continue
-            fields = {k: v for k, v in body.items() if k not in ("id", "version", "deleted")}
-            rules.append(parse_rule(fields, id=str(body["id"]), version=int(body["version"])))
-
-        def save(store: GatewayStore) -> None:
-            for rule in rules:
-                store.save_rule(rule.id, rule.to_dict(), rule.version, now)
-            for rule_id in deleted:
-                store.delete_rule(rule_id)
-            store.kv_set(CONFIG_VERSION_KEY, str(new_version))
-
-        await call(self.store_ref, save)
-        if (rules or deleted) and self._rules_ref is not None:
-            await self._rules_ref.send(ReloadRules())
-            log.info(
-                "cloud config v%d: %d rules updated, %d deleted",
-                new_version,
-                len(rules),
-                len(deleted),
-            )
-        if "device_types" in doc:
-            await self._apply_cloud_types(doc["device_types"])
-        for device_id in doc.get("revoked_devices", []):
-            if self._device_status.get(device_id) == "active":
-                await self.revoke_device(device_id)
-        for alert_id in doc.get("alert_acks", []):
-            await self.change_alert(str(alert_id), AlertEvent.ACK)
-        return new_version
-
-    async def _apply_cloud_types(self, bodies: list[dict[str, Any]]) -> None:
-        """Device types from the cloud: validated (a bad one is logged and skipped, the others
-        apply), kept in DuckDB so they hold after a restart while offline."""
-        types = {}
-        for body in bodies:
-            try:
-                spec = device_type_from_dict(body)
-            except ValueError as exc:
-                log.error("cloud config: device type skipped: %s", exc)
-                continue
-            types[spec.name] = spec
-        self._classifier.set_cloud_types(types)
-        raw = json.dumps([b for b in bodies if b.get("name") in types], sort_keys=True)
-        await call(self.store_ref, lambda s: s.kv_set(CLOUD_TYPES_KEY, raw))
-
-    async def list_rules(self) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.rules())
-
-    async def readings(
-        self, device_id: str | None, metric: str | None, limit: int
-    ) -> list[dict[str, Any]]:
-        return await call(
-            self.store_ref, lambda s: s.readings(device_id=device_id, metric=metric, limit=limit)
-        )
-
-    async def alerts(self, state: str | None) -> list[dict[str, Any]]:
-        rows = await call(self.store_ref, lambda s: s.alerts(state))
-        return [a.to_dict() for a in rows]
-
-    async def change_alert(self, alert_id: str, event: AlertEvent) -> dict[str, Any] | None:
-        """The alert after the change, or None when it is not open here."""
-        assert self._rules_ref is not None
-        result: dict[str, Any] | None = await self._rules_ref.ask(ChangeAlert(alert_id, event))  # type: ignore[assignment]
-        return result
-
-    async def errors(self, limit: int) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.rejections(limit))
-
-    async def audit(self, limit: int) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.auth_failures(limit))
-
-    async def status(self) -> dict[str, Any]:
-        """Answered from live counters, never queued behind ingest (it must work under load)."""
-        live = self.live
-        devices: dict[str, int] = {}
-        for state in self._device_status.values():
-            devices[state] = devices.get(state, 0) + 1
-        broker: dict[str, Any] = {"mode": "external" if self._broker is None else "managed"}
-        if self._broker is not None:
-            broker.update(
-                {
-                    "state": "running" if self._broker.running else "restarting",
-                    "pid": self._broker.pid,
-                    "port": self._broker.port,
-                    "restarts": self._broker_restarts,
-                }
-            )
-        return {
-            "gateway": "running",
-            "started_at": self.started_at,
-            "devices": dict(sorted(devices.items())),
-            "readings_stored": live.readings_stored,
-            "storage": live.storage.to_dict(self.clock.now_ms()),
-            "duplicates_ignored": live.duplicates,
-            "last_seq": live.last_seq,
-            "active_alerts": live.active_alerts,
-            "rejections": live.rejections,
-            "auth_failures": live.auth_failures,
-            "commits": live.commits,
-            "last_commit_at": live.last_commit_at,
-            "sync": self._sync_status(),
-            "disk": self._disk_status(),
-            "broker": broker,
-            "mqtt_front": (
-                dataclasses.asdict(self._front.stats)
-                | {"telemetry": dataclasses.asdict(self._front.tap_counters)}
-                if self._front
-                else None
-            ),
-            "ingress": dict(self._ingress.stats) if self._ingress else None,
-            "coap": self._coap.summary() if self._coap else None,
-            "http": self._http.summary() if self._http else None,
-            "connections": self._connections_status(),
-            "store_mailbox": self.store_ref.mailbox_size,
-            "rules_notices_skipped": self._commit_feed.skipped,
-            "ingest_lag": self.ingest_lag.summary(),
-            "auth_events_lost": self.auth_events_lost,
-        }
-
-    def _disk_status(self) -> dict[str, Any]:
-        live = self.live
-        return {
-            **ops.disk_usage(self.cfg),
-            "readings_dropped_since_start": live.readings_dropped,
-            "readings_pruned_since_start": live.readings_pruned,
-        }
-
-    def _sync_status(self) -> dict[str, Any]:
-        live = self.live
-        if self.sync_stats is not None:
-            return self.sync_stats.summary(self.clock.now_ms())
-        # Until this gateway is enrolled with a cloud, every stored reading is backlog.
-        return {
-            "state": "not enrolled" if self._sync_error is None else "error",
-            "error": self._sync_error,
-            "backlog_readings": live.readings_stored,
-            "oldest_unsynced_at": live.oldest_unsynced_at,
-            "oldest_unsynced_age_s": (
-                None
-                if live.oldest_unsynced_at is None
-                else max(0, self.clock.now_ms() - live.oldest_unsynced_at) // 1000
-            ),
-        }
 
 
 def run_gateway(cfg: GatewayConfig) -> None:
