@@ -9,7 +9,6 @@ import logging
 from typing import Any
 
 from common.alerts import AlertEvent
-from common.rules import Rule, parse_rule
 from common.validation import device_type_from_dict
 from edge.admin import ops
 from edge.admin.backend import BackendError
@@ -19,6 +18,7 @@ from edge.ingest.coap.oscore_contexts import OscoreError
 from edge.ingest.mqtt.dynsec import DynsecError
 from edge.storage.actor import call
 from edge.storage.store import GatewayStore
+from edge.sync.cloud_config import parse_cloud_config
 
 log = logging.getLogger("iotsphere.gateway")
 CLOUD_TYPES_KEY = "cloud.device_types"  # device types from the cloud config (JSON list)
@@ -106,45 +106,38 @@ class GatewayBackend(GatewayParts):
         Cloud rules are stored like local ones (so they are evaluated offline too), deleted
         ones removed; devices revoked centrally are revoked here; alerts acknowledged or
         resolved centrally follow. The version is saved with the rules, so a crash re-applies
-        at most one idempotent document.
+        at most one idempotent document. A malformed document (CloudConfigError) changes
+        nothing.
         """
         from edge.sync.actor import CONFIG_VERSION_KEY
 
-        new_version = int(doc.get("version", version))
+        config = parse_cloud_config(doc, version)
         now = self.clock.now_ms()
-        rules: list[Rule] = []
-        deleted: list[str] = []
-        for body in doc.get("rules", []):
-            if body.get("deleted"):
-                deleted.append(str(body["id"]))
-                continue
-            fields = {k: v for k, v in body.items() if k not in ("id", "version", "deleted")}
-            rules.append(parse_rule(fields, id=str(body["id"]), version=int(body["version"])))
 
         def save(store: GatewayStore) -> None:
-            for rule in rules:
+            for rule in config.rules:
                 store.save_rule(rule.id, rule.to_dict(), rule.version, now)
-            for rule_id in deleted:
+            for rule_id in config.deleted_rules:
                 store.delete_rule(rule_id)
-            store.kv_set(CONFIG_VERSION_KEY, str(new_version))
+            store.kv_set(CONFIG_VERSION_KEY, str(config.version))
 
         await call(self.store_ref, save)
-        if (rules or deleted) and self._rules_ref is not None:
+        if (config.rules or config.deleted_rules) and self._rules_ref is not None:
             await self._rules_ref.send(ReloadRules())
             log.info(
                 "cloud config v%d: %d rules updated, %d deleted",
-                new_version,
-                len(rules),
-                len(deleted),
+                config.version,
+                len(config.rules),
+                len(config.deleted_rules),
             )
-        if "device_types" in doc:
-            await self._apply_cloud_types(doc["device_types"])
-        for device_id in doc.get("revoked_devices", []):
+        if config.device_types is not None:
+            await self._apply_cloud_types(list(config.device_types))
+        for device_id in config.revoked_devices:
             if self._device_status.get(device_id) == "active":
                 await self.revoke_device(device_id)
-        for alert_id in doc.get("alert_acks", []):
-            await self.change_alert(str(alert_id), AlertEvent.ACK)
-        return new_version
+        for alert_id in config.alert_acks:
+            await self.change_alert(alert_id, AlertEvent.ACK)
+        return config.version
 
     async def _apply_cloud_types(self, bodies: list[dict[str, Any]]) -> None:
         """Device types from the cloud: validated (a bad one is logged and skipped, the others

@@ -61,6 +61,7 @@ from edge.sync.cloud_client import (
     CloudUnavailable,
     CloudUnreachable,
 )
+from edge.sync.cloud_config import CloudConfigError
 
 log = logging.getLogger("iotsphere.sync")
 
@@ -353,6 +354,9 @@ class SyncActor(Actor[SyncMsg]):
             await self._record_skew()
         except CloudError as exc:
             log.warning("sync: configuration not fetched: %s", exc)
+            self.stats.config_errors += 1
+        except CloudConfigError as exc:  # refused whole: nothing of it applied
+            log.error("sync: the cloud's configuration was refused: %s", exc)
             self.stats.config_errors += 1
         except Exception:  # a bad document must not stop readings from syncing
             log.exception("sync: configuration from the cloud could not be applied")
