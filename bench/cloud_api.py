@@ -61,9 +61,9 @@ from cloud.db import StoreError  # noqa: E402
 from cloud.services import open_duckdb_store  # noqa: E402
 from cloud.settings import CloudSettings  # noqa: E402
 from cloud.store import NewAlert, Role  # noqa: E402
-from cloud.store_duckdb import (  # noqa: E402
+from cloud.store_duckdb import DuckCloudStore  # noqa: E402
+from cloud.store_duckdb_telemetry import (  # noqa: E402
     READINGS_BATCH_SCHEMA,
-    DuckCloudStore,
     insert_readings_table,
 )
 from edge.ingest.mqtt.broker import free_port  # noqa: E402

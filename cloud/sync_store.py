@@ -28,7 +28,8 @@ import duckdb
 import pyarrow as pa
 
 from cloud.db import Database, Migration, first
-from cloud.store_duckdb import READINGS_BATCH_SCHEMA, insert_readings_table, split_value
+from cloud.store_duckdb_telemetry import READINGS_BATCH_SCHEMA, insert_readings_table
+from cloud.value_columns import split_value
 from common.alerts import AlertState
 from common.problem import Problem, ProblemError
 from common.sync_wire import AlertChange, BatchAck, SyncBatch, reading_clocks

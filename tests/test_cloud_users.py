@@ -17,7 +17,8 @@ from cloud.db import Database
 from cloud.services import open_duckdb_store
 from cloud.settings import CloudSettings
 from cloud.store import RefreshToken, RefreshUse, Role
-from cloud.store_duckdb import CORE_MIGRATIONS, DuckCloudStore
+from cloud.store_duckdb import DuckCloudStore
+from cloud.store_duckdb_schema import CORE_MIGRATIONS
 from common.clock import ManualClock
 from tests.cloud_support import (
     PASSWORD,

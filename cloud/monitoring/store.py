@@ -27,7 +27,7 @@ from cloud.monitoring.ingest import MetricPoint
 from cloud.notify.format import NotificationEvent
 from cloud.notify.outbox import enqueue_alert_on
 from cloud.store import NewAlert
-from cloud.store_duckdb import insert_alert, select_alert
+from cloud.store_duckdb_alerts import insert_alert, select_alert
 from common.alerts import OPEN_STATES, AlertEvent, next_state
 from common.model import Value
 from common.rules import EngineState, Observation, Rule, Transition, parse_rule
