@@ -233,6 +233,7 @@ class Gateway(GatewayBackend, GatewayStatus):
                     stats=self.live,
                     clock_watch=self._clock_watch,
                     budget=cfg.budget,
+                    clock=self.clock,
                 ),
                 capacity=cfg.ingest_queue,
             )

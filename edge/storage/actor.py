@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from common.actors import Actor, ActorRef, Timer
+from common.clock import Clock, SystemClock
 from common.model import Reading
 from edge.app.config import DiskBudget
 from edge.storage.health import StorageHealth, storage_failure
@@ -112,8 +112,8 @@ class LagWindow:
     def __init__(self, size: int = 20_000) -> None:
         self._samples: deque[int] = deque(maxlen=size)
 
-    def add_batch(self, readings: list[Reading]) -> None:
-        now = time.time_ns() // 1_000_000
+    def add_batch(self, readings: list[Reading], now: int) -> None:
+        """Samples for readings committed at `now` (ms since the epoch)."""
         # one sample per distinct message timestamp: a 10-value message counts once
         seen: set[tuple[str, int]] = set()
         for r in readings:
@@ -192,8 +192,10 @@ class StoreActor(Actor[StoreMsg]):
         clock_watch: ClockWatch | None = None,
         budget: DiskBudget | None = None,
         probe_every_s: float = PROBE_EVERY_S,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__()
+        self._clock: Clock = clock or SystemClock()
         self._store = store
         self._max_readings = max_readings
         self._max_delay_s = max_delay_ms / 1000
@@ -205,7 +207,7 @@ class StoreActor(Actor[StoreMsg]):
         self.stats = stats if stats is not None else LiveStats()
         self._last_seen: dict[str, int] = {}
         self._counters: dict[str, int] = {}
-        self._meta_due = time.monotonic() + META_INTERVAL_S
+        self._meta_due = self._clock.monotonic() + META_INTERVAL_S
         self._meta_timer: asyncio.TimerHandle | None = None
         self._executor = executor or STORE_THREAD
         self._clock_watch = clock_watch
@@ -289,7 +291,7 @@ class StoreActor(Actor[StoreMsg]):
         budget = self._budget
         if budget is None:
             return
-        now = time.time_ns() // 1_000_000
+        now = self._clock.now_ms()
         retention = budget.synced_retention_s
         synced_before = None if retention is None else now - int(retention * 1000)
         health = self._health
@@ -374,13 +376,13 @@ class StoreActor(Actor[StoreMsg]):
             self._count("commits_with_readings", 1)
             if self._clock_watch is not None and batch.epoch is None:
                 batch.epoch = self._clock_watch.check()
-        if time.monotonic() >= self._meta_due and (self._counters or self._last_seen):
+        if self._clock.monotonic() >= self._meta_due and (self._counters or self._last_seen):
             batch.counters, self._counters = self._counters, {}
             batch.last_seen, self._last_seen = self._last_seen, {}
-            self._meta_due = time.monotonic() + META_INTERVAL_S
+            self._meta_due = self._clock.monotonic() + META_INTERVAL_S
         if (self._counters or self._last_seen) and self._meta_timer is None:
             # quiet after a burst: write the pending metadata when it falls due anyway
-            delay = max(0.0, self._meta_due - time.monotonic())
+            delay = max(0.0, self._meta_due - self._clock.monotonic())
             self._meta_timer = asyncio.get_running_loop().call_later(delay, self._tell_meta)
         if batch.is_empty():
             return
@@ -401,7 +403,7 @@ class StoreActor(Actor[StoreMsg]):
             raise  # a bug, not the disk: the supervisor restarts this actor
         st = self.stats
         st.commits += 1
-        st.last_commit_at = time.time_ns() // 1_000_000
+        st.last_commit_at = self._clock.now_ms()
         st.readings_stored += result.inserted
         st.duplicates += result.duplicates
         st.rejections += len(batch.rejections)
@@ -411,7 +413,7 @@ class StoreActor(Actor[StoreMsg]):
         if st.oldest_unsynced_at is None and result.inserted:
             st.oldest_unsynced_at = min(r.received_at for r in batch.readings)
         if batch.readings:
-            self.lag.add_batch(batch.readings)
+            self.lag.add_batch(batch.readings, self._clock.now_ms())
         for confirm in confirms:
             confirm(None)
         if batch.readings and self._on_commit is not None:
@@ -456,7 +458,7 @@ class StoreActor(Actor[StoreMsg]):
     ) -> bool:
         """Record a storage failure; True when it begins an outage."""
         began = self._health.available
-        now = time.time_ns() // 1_000_000
+        now = self._clock.now_ms()
         self.stats.storage = self._health.failed(
             exc.failure, now, probe=probe, reopened=exc.reopened, refused=readings
         )
@@ -496,7 +498,7 @@ class StoreActor(Actor[StoreMsg]):
             if self._probing is not None:
                 self._probing.cancel()
             return
-        now = time.time_ns() // 1_000_000
+        now = self._clock.now_ms()
         if health.failure is not None and health.failure.disk_full and not final:
             free, wal = await self._in_store_thread(self._store.headroom)
             if free < PROBE_HEADROOM_BYTES + wal:
