@@ -24,16 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud.metrics import Counter, Registry
-from cloud.monitoring.store import (
+from cloud.monitoring.records import (
     KINDS,
     Clear,
-    DuckMonitoringStore,
     Episode,
     PassOutcome,
     Raise,
     SubjectKind,
     encode_engines,
 )
+from cloud.monitoring.store import DuckMonitoringStore
 from cloud.settings import MonitorSettings
 from common.clock import Clock
 from common.rules import Rule, RuleEngine

@@ -1,0 +1,67 @@
+"""The monitoring store's API keys for ML jobs that post metrics (ApiKeyQueries, one of the
+query groups DuckMonitoringStore is made of): only a SHA-256 digest of a key is stored, a
+revoked key stays listed, and api_key_by_hash finds only live keys."""
+
+from __future__ import annotations
+
+import uuid
+
+import duckdb
+
+from cloud.db import Database, first
+from cloud.monitoring.records import ApiKeyInfo
+
+
+class ApiKeyQueries:
+    db: Database  # set by DuckMonitoringStore
+
+    async def create_api_key(
+        self, org_id: str, name: str, key_hash: str, created_by: str, now_ms: int
+    ) -> ApiKeyInfo:
+        info = ApiKeyInfo(uuid.uuid4().hex, org_id, name, created_by, now_ms, None)
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                [info.id, org_id, name, key_hash, created_by, now_ms],
+            )
+        )
+        return info
+
+    async def list_api_keys(self, org_id: str) -> list[ApiKeyInfo]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT id, org_id, name, created_by, created_at, revoked_at FROM api_keys"
+                " WHERE org_id = ? ORDER BY created_at, id",
+                [org_id],
+            ).fetchall()
+        )
+        return [ApiKeyInfo(*r) for r in rows]
+
+    async def revoke_api_key(self, org_id: str, key_id: str, now_ms: int) -> bool:
+        def go(c: duckdb.DuckDBPyConnection) -> bool:
+            row = first(
+                c.execute(
+                    "SELECT revoked_at FROM api_keys WHERE org_id = ? AND id = ?",
+                    [org_id, key_id],
+                ).fetchall()
+            )
+            if row is None:
+                return False
+            if row[0] is None:
+                c.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [now_ms, key_id])
+            return True
+
+        return await self.db.run(self.db.transaction(go))
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyInfo | None:
+        """The live (not revoked) key with this digest."""
+        row = first(
+            await self.db.run(
+                lambda c: c.execute(
+                    "SELECT id, org_id, name, created_by, created_at, revoked_at FROM api_keys"
+                    " WHERE key_hash = ? AND revoked_at IS NULL",
+                    [key_hash],
+                ).fetchall()
+            )
+        )
+        return ApiKeyInfo(*row) if row else None

@@ -1,0 +1,102 @@
+"""The monitoring store's metrics from ML models and jobs (MetricQueries, one of the query
+groups DuckMonitoringStore is made of): each (source, metric, ts) stored once, the first copy
+winning inside a request and the stored copy across requests; points for a chart, and the
+series list the dashboard's models page shows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from cloud.db import Database, first
+from cloud.monitoring.ingest import MetricPoint
+from cloud.monitoring.records import MetricSeries
+from cloud.value_columns import join_value
+from common.model import Value
+
+_METRICS_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("metric", pa.string()),
+        ("ts", pa.int64()),
+        ("value_num", pa.float64()),
+        ("value_bool", pa.bool_()),
+    ]
+)
+
+
+def _split(value: MetricPoint) -> tuple[float | None, bool | None]:
+    if isinstance(value.value, bool):
+        return None, value.value
+    return float(value.value), None
+
+
+class MetricQueries:
+    db: Database  # set by DuckMonitoringStore
+
+    async def insert_metrics(self, org_id: str, points: Sequence[MetricPoint], now_ms: int) -> int:
+        """Store each (source, metric, ts) once; returns how many were new."""
+        cols: dict[str, list[Any]] = {n: [] for n in _METRICS_SCHEMA.names}
+        for p in points:
+            num, flag = _split(p)
+            cols["source"].append(p.source)
+            cols["metric"].append(p.metric)
+            cols["ts"].append(p.ts)
+            cols["value_num"].append(num)
+            cols["value_bool"].append(flag)
+        batch = pa.table(cols, schema=_METRICS_SCHEMA)
+
+        def go(c: duckdb.DuckDBPyConnection) -> int:
+            c.register("incoming_metrics", batch)
+            try:
+                before = first(c.execute("SELECT count(*) FROM metrics").fetchall())[0]
+                # first copy wins inside the request, the stored copy across requests
+                c.execute(
+                    "INSERT INTO metrics (org_id, source, metric, ts, value_num, value_bool,"
+                    " received_at) SELECT ?, source, metric, ts, value_num, value_bool, ? FROM"
+                    " (SELECT DISTINCT ON (source, metric, ts) * FROM incoming_metrics)"
+                    " ORDER BY ts ON CONFLICT DO NOTHING",
+                    [org_id, now_ms],
+                )
+                after = first(c.execute("SELECT count(*) FROM metrics").fetchall())[0]
+                return int(after) - int(before)
+            finally:
+                c.unregister("incoming_metrics")
+
+        return await self.db.run(self.db.transaction(go))
+
+    async def metric_points(
+        self, org_id: str, source: str, metric: str, from_ms: int, to_ms: int, limit: int
+    ) -> list[tuple[int, Value]]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT ts, value_num, value_bool FROM metrics WHERE org_id = ? AND source = ?"
+                " AND metric = ? AND ts >= ? AND ts < ? ORDER BY ts LIMIT ?",
+                [org_id, source, metric, from_ms, to_ms, limit],
+            ).fetchall()
+        )
+        out: list[tuple[int, Value]] = []
+        for ts, num, flag in rows:
+            value = join_value(num, flag)
+            if value is not None:
+                out.append((int(ts), value))
+        return out
+
+    async def metric_series(self, org_id: str) -> list[MetricSeries]:
+        """Every (source, metric) the org has values for, with its newest value: what the
+        dashboard's models page lists."""
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT source, metric, count(*), max(ts),"
+                " arg_max(value_num, ts), arg_max(value_bool, ts) FROM metrics"
+                " WHERE org_id = ? GROUP BY source, metric ORDER BY source, metric",
+                [org_id],
+            ).fetchall()
+        )
+        return [
+            MetricSeries(str(s), str(m), int(n), int(ts), join_value(num, flag))
+            for s, m, n, ts, num, flag in rows
+        ]
