@@ -3,7 +3,7 @@
 #   ./dev.sh demo        set up, then run the demo (cloud + gateway + Mosquitto + simulated sensors)
 #   ./dev.sh test        set up, then run lint, type checks and the test suite
 #   ./dev.sh test-soak   the long fault/soak tests (opt-in)
-#   ./dev.sh bench       set up, then run the benchmarks in bench/
+#   ./dev.sh bench       set up, then run the benchmarks in bench/ (--smoke: seconds each)
 #   ./dev.sh setup       only set up (Debian packages + .venv)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -74,6 +74,11 @@ case "$cmd" in
         $VENV/bin/mypy edge cloud common firmware_stubs
         exec $PY -m pytest "$@" ;;
     test-soak) setup; exec $PY -m pytest -m soak "$@" ;;
-    bench) setup; for b in bench/*.py; do echo "== $b"; $PY "$b" "$@"; done ;;
+    bench)  # every benchmark (a script with a --smoke mode; helper modules are skipped)
+        setup
+        for b in bench/*.py; do
+            grep -q -- "--smoke" "$b" || continue
+            echo "== $b"; $PY "$b" "$@"
+        done ;;
     *) sed -n '2,8p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac
