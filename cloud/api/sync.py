@@ -23,7 +23,8 @@ from cloud.api.deps import AUTHED, Admin, ServicesDep, problems
 from cloud.auth import token_digest
 from cloud.problems import HttpProblem, conflict, forbidden, not_found, too_many
 from cloud.services import Services
-from cloud.sync_store import DuckSyncStore, EnrollmentRefused, GatewayIdentity
+from cloud.sync_store import DuckSyncStore
+from cloud.sync_store_records import EnrollmentRefused, GatewayIdentity
 from common.gateway_auth import (
     GatewayAuthError,
     GatewayVerifier,
