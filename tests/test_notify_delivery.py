@@ -326,6 +326,30 @@ async def test_run_loop_delivers_on_wake_and_stops(cloud: Cloud, receiver: Recei
     assert cloud.status() == [("hook", "sent", 1)]
 
 
+async def test_a_database_down_at_start_does_not_end_delivery(
+    cloud: Cloud, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recovery of interrupted sends ran before the loop's error handling: a database that
+    failed at start ended the worker for good (nothing restarts it)."""
+    real = cloud.store.recover_interrupted
+    failures = [ConnectionError("database down"), ConnectionError("database down")]
+
+    def flaky(now_ms: int, max_attempts: int) -> int:
+        if failures:
+            raise failures.pop()
+        return real(now_ms, max_attempts)
+
+    monkeypatch.setattr(cloud.store, "recover_interrupted", flaky)
+    stop = asyncio.Event()
+    task = asyncio.create_task(cloud.worker.run(stop))
+    cloud.enqueue()
+    await asyncio.wait_for(receiver.got_delivery.wait(), 5)  # after two failed iterations
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert cloud.status() == [("hook", "sent", 1)]
+    assert cloud.worker.stats.loop_errors == 2
+
+
 # --- email ------------------------------------------------------------------------------------
 
 

@@ -96,10 +96,10 @@ class NotificationWorker:
 
     async def recover(self) -> int:
         """Put rows a crash left in `sending` back in line (once per worker; run() does it)."""
-        self._recovered = True
         n = await asyncio.to_thread(
             self._store.recover_interrupted, self._clock.now_ms(), self.policy.max_attempts
         )
+        self._recovered = True  # only once it worked: a failure is retried next iteration
         if n:
             log.warning("recovered %d notification(s) interrupted mid-send; resending", n)
         return n
@@ -120,8 +120,9 @@ class NotificationWorker:
         return len(batch)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set; the batch in flight is finished, not abandoned."""
-        await self.recover()
+        """Deliver until `stop` is set; the batch in flight is finished, not abandoned. The
+        recovery of interrupted sends runs in the first iteration that reaches the database
+        (a database down at start is retried like any other failure, not the end of delivery)."""
         while not stop.is_set():
             try:
                 n = await self.run_once()
