@@ -1,16 +1,16 @@
 """The running gateway: builds the actor tree and the listeners, runs until told to stop.
 
-Start order (each step needs the one before): store -> rules -> private broker -> ingress
-subscribed -> MQTT front listening -> admin API. Devices can reach the broker only through the
-front, and the front opens only once the ingress session exists, so the broker queues every
-accepted reading for the gateway from the first device on. Stop runs the other way round and
-flushes the store before DuckDB closes.
+Start order (each step needs the one before): store -> rules -> sync -> private broker ->
+ingress subscribed -> MQTT front listening -> CoAP -> HTTP -> admin API. Devices reach the
+broker only through the front, which takes their telemetry itself (edge.ingest.mqtt.front.
+telemetry) and opens only once the ingress session exists, so whatever a device publishes to
+the broker (external brokers, other topics) has a subscriber from the first device on. Stop
+runs the other way round and flushes the store before DuckDB closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import logging
@@ -90,7 +90,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         self._dynsec: DynsecClient | None = None
         self._ingress: MqttIngress | None = None
         self._front: MqttFront | None = None
-        # Token-in-URL devices (CoAP now, HTTP later): the directory is kept current by
+        # Token devices (CoAP, HTTP, MQTT token logins): the directory is kept current by
         # add_device/revoke_device, so a revoke takes effect on the next request.
         self._directory = DeviceDirectory()
         self._device_ingest: DeviceIngest | None = None
@@ -285,8 +285,10 @@ class Gateway(GatewayBackend, GatewayStatus):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
+        try:
             await root.stop()  # drains mailboxes: the store commits what it holds
+        except Exception:  # stopping goes on (DuckDB, the broker), but not silently
+            log.exception("stopping the actors failed; closing the store anyway")
         store.close()
         if self._broker is not None:
             await self._broker.stop()

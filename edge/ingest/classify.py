@@ -14,7 +14,7 @@ from common.codecs import ContentFormat, Limits, PayloadError
 from common.model import Reading
 from common.problem import Problem
 from common.validation import DeviceTypeSpec, ValidationPolicy, decode_and_validate
-from edge.storage.store import Rejection
+from edge.storage.records import Rejection
 
 _TS_VALUES_ARRAY = re.compile(rb'^\s*\[\s*\{\s*"(ts|values|seq)"')
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from common.clock import Clock
 from common.problem import Problem
 from edge.security.lockout import LockoutTracker
-from edge.storage.store import AuthFailure
+from edge.storage.records import AuthFailure
 
 log = logging.getLogger("iotsphere.device_auth")
 

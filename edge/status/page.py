@@ -40,7 +40,7 @@ from edge.status.view import (
     render_no_password,
     render_status,
 )
-from edge.storage.store import AuthFailure
+from edge.storage.records import AuthFailure
 
 log = logging.getLogger("iotsphere.status_page")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from common.clock import Clock
 from common.model import ReadingFlag
-from edge.storage.store import EpochStart
+from edge.storage.records import EpochStart
 
 log = logging.getLogger("iotsphere.clock")
 

@@ -35,7 +35,7 @@ from edge.ingest.classify import Classifier, Outcome
 from edge.ingest.mqtt.client import InboundPublish, MqttSession, MqttSessionError, SessionConfig
 from edge.ingest.mqtt.client.session import IMPLEMENTATION_ERROR
 from edge.storage.actor import Confirm, Ingest, StoreMsg
-from edge.storage.store import Rejection
+from edge.storage.records import Rejection
 
 log = logging.getLogger("iotsphere.ingress")
 
