@@ -56,16 +56,16 @@ import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from cloud.auth import hash_password  # noqa: E402
-from cloud.db import StoreError  # noqa: E402
-from cloud.services import open_duckdb_store  # noqa: E402
-from cloud.settings import CloudSettings  # noqa: E402
-from cloud.store import NewAlert, Role  # noqa: E402
-from cloud.store_duckdb import DuckCloudStore  # noqa: E402
-from cloud.store_duckdb_telemetry import (  # noqa: E402
+from cloud.app.services import open_duckdb_store  # noqa: E402
+from cloud.app.settings import CloudSettings  # noqa: E402
+from cloud.security.auth import hash_password  # noqa: E402
+from cloud.storage.db import StoreError  # noqa: E402
+from cloud.storage.duck import DuckCloudStore  # noqa: E402
+from cloud.storage.duck_telemetry import (  # noqa: E402
     READINGS_BATCH_SCHEMA,
     insert_readings_table,
 )
+from cloud.storage.interface import NewAlert, Role  # noqa: E402
 from edge.ingest.mqtt.broker import free_port  # noqa: E402
 
 # The targets for this machine.

@@ -48,9 +48,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cloud.services import open_duckdb_store  # noqa: E402
-from cloud.settings import CloudSettings  # noqa: E402
-from cloud.sync_store import DuckSyncStore  # noqa: E402
+from cloud.app.services import open_duckdb_store  # noqa: E402
+from cloud.app.settings import CloudSettings  # noqa: E402
+from cloud.sync.store import DuckSyncStore  # noqa: E402
 from common.model import Reading  # noqa: E402
 from common.sync_wire import SyncBatch, decode_batch, encode_batch  # noqa: E402
 from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402

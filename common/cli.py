@@ -19,7 +19,7 @@ from typing import Any
 # Subcommand groups, imported lazily so `iotsphere gateway ...` never loads the cloud.
 _GROUPS: dict[str, tuple[str, str]] = {
     "gateway": ("edge.app.cli", "run and administer the edge gateway"),
-    "cloud": ("cloud.cli", "run and administer the cloud aggregator"),
+    "cloud": ("cloud.app.cli", "run and administer the cloud aggregator"),
     "sim": ("firmware_stubs.cli", "simulated devices (mqtt, coap, http)"),
     "demo": ("edge.app.demo", "run everything at once on embedded defaults"),
 }

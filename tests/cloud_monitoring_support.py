@@ -14,10 +14,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from cloud.server import GracefulServer, uvicorn_server
-from cloud.services import Services, build_services, open_duckdb_store
-from cloud.settings import CloudSettings, MonitorSettings, NotifySettings
-from cloud.store_duckdb import DuckCloudStore
+from cloud.app.server import GracefulServer, uvicorn_server
+from cloud.app.services import Services, build_services, open_duckdb_store
+from cloud.app.settings import CloudSettings, MonitorSettings, NotifySettings
+from cloud.storage.duck import DuckCloudStore
 from common.clock import ManualClock
 from tests.cloud_support import PASSWORD
 from tests.ports import free_port

@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.app import create_app
-from cloud.auth import hash_password
-from cloud.services import Services, build_services, open_duckdb_store
-from cloud.settings import CloudSettings
-from cloud.store import Role, User
-from cloud.store_duckdb import DuckCloudStore
+from cloud.app.asgi import create_app
+from cloud.app.services import Services, build_services, open_duckdb_store
+from cloud.app.settings import CloudSettings
+from cloud.security.auth import hash_password
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role, User
 from common.clock import ManualClock
 from common.model import Reading
 

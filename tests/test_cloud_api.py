@@ -10,9 +10,9 @@ import httpx
 import jwt
 import pytest
 
-from cloud.settings import CloudSettings
-from cloud.store import NewAlert, Role
-from cloud.store_duckdb import DuckCloudStore
+from cloud.app.settings import CloudSettings
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import NewAlert, Role
 from common.clock import ManualClock
 from tests.cloud_support import (
     PASSWORD,

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.admin_ops import LOCAL_ADMIN_SECRET_FILE, running_cloud_url
-from cloud.app import create_app
-from cloud.services import Services
+from cloud.app.admin_ops import LOCAL_ADMIN_SECRET_FILE, running_cloud_url
+from cloud.app.asgi import create_app
+from cloud.app.services import Services
 from tests.cloud_support import (
     PASSWORD,
     assert_problem,

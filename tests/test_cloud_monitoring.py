@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from cloud.store import Role
+from cloud.storage.interface import Role
 from common.clock import ManualClock
 from tests.cloud_monitoring_support import (
     Cloud,

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from cloud.services import Services
-from cloud.store import NewAlert, Role
-from cloud.store_duckdb import DuckCloudStore
+from cloud.app.services import Services
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import NewAlert, Role
 from tests.cloud_support import (
     T0,
     add_user,

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cloud.db import StoreError
-from cloud.metrics import Registry
+from cloud.app.metrics import Registry
+from cloud.app.services import open_duckdb_store
+from cloud.app.settings import CloudSettings, MonitorSettings
 from cloud.monitoring.ingest import MetricPoint
 from cloud.monitoring.loop import MonitoringLoop, MonitorMetrics
 from cloud.monitoring.store import DuckMonitoringStore
 from cloud.notify.channels import parse_channel
 from cloud.notify.store import DuckNotifyStore
-from cloud.services import open_duckdb_store
-from cloud.settings import CloudSettings, MonitorSettings
-from cloud.store_duckdb import DuckCloudStore
+from cloud.storage.db import StoreError
+from cloud.storage.duck import DuckCloudStore
 from common.clock import ManualClock
 from common.rules import parse_rule
 from tests.cloud_support import T0, reading

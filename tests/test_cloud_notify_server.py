@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 from aiosmtpd.controller import Controller
 
+from cloud.app.settings import CloudSettings
 from cloud.notify.senders import SmtpSettings
-from cloud.settings import CloudSettings
-from cloud.store import Role
+from cloud.storage.interface import Role
 from common.clock import ManualClock
 from tests.cloud_monitoring_support import FAST_NOTIFY, QUIET_MONITOR, Cloud, eventually, login_at
 from tests.cloud_support import T0, add_user, reading

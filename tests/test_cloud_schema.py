@@ -22,11 +22,11 @@ from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import Status, events, from_schema
 
-from cloud.app import create_app
-from cloud.auth import Principal
-from cloud.services import build_services, open_duckdb_store
-from cloud.settings import CloudSettings
-from cloud.store import NewAlert, Role
+from cloud.app.asgi import create_app
+from cloud.app.services import build_services, open_duckdb_store
+from cloud.app.settings import CloudSettings
+from cloud.security.auth import Principal
+from cloud.storage.interface import NewAlert, Role
 from common.clock import ManualClock
 from tests.cloud_support import T0, add_user, reading
 

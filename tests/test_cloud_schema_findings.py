@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from cloud.api.bodies import rule_body_schema
+from cloud.app.services import Services
 from cloud.notify.channels import EMAIL_PATTERN, URL_PATTERN
-from cloud.services import Services
-from cloud.store import Role
-from cloud.store_duckdb import DuckCloudStore
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role
 from tests.cloud_support import (
     add_user,
     assert_problem,

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud.server import uvicorn_server
-from cloud.services import Services
-from cloud.store import Role
-from cloud.store_duckdb import DuckCloudStore
+from cloud.app.server import uvicorn_server
+from cloud.app.services import Services
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role
 from tests.cloud_support import (
     PASSWORD,
     add_user,

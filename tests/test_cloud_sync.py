@@ -14,13 +14,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import cloud.api.sync
-import cloud.sync_store
-from cloud.admin_ops import add_gateway
-from cloud.db import StoreError
-from cloud.server import uvicorn_server
-from cloud.services import Services
-from cloud.store import Role
-from cloud.store_duckdb import DuckCloudStore
+import cloud.sync.store
+from cloud.app.admin_ops import add_gateway
+from cloud.app.server import uvicorn_server
+from cloud.app.services import Services
+from cloud.storage.db import StoreError
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role
 from common.clock import ManualClock
 from common.gateway_auth import RequestSigner, generate_private_key, public_key_b64
 from common.model import ReadingFlag
@@ -330,7 +330,7 @@ async def test_a_failure_mid_batch_applies_nothing(
     def boom(*_args: object) -> None:
         raise StoreError("disk gone")  # after the readings went in
 
-    monkeypatch.setattr(cloud.sync_store, "_upsert_alert", boom)
+    monkeypatch.setattr(cloud.sync.store, "_upsert_alert", boom)
     assert_problem(await post(client, gw, b), 503)
     for table in ("readings", "devices", "sync_batches", "gateway_counters", "alerts"):
         assert await count(store, table) == 0, table

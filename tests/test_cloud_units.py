@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.auth import LoginLimiter, load_or_create_secret
-from cloud.db import StoreError, StoreUnavailable
-from cloud.metrics import Registry
-from cloud.retry import with_store_retries
-from cloud.settings import LoginLimits
-from cloud.views import (
+from cloud.api.views import (
     BUCKET_PATTERN,
     MAX_BUCKET_MS,
     BadQuery,
@@ -20,6 +15,11 @@ from cloud.views import (
     parse_bucket,
     time_range,
 )
+from cloud.app.metrics import Registry
+from cloud.app.settings import LoginLimits
+from cloud.security.auth import LoginLimiter, load_or_create_secret
+from cloud.storage.db import StoreError, StoreUnavailable
+from cloud.storage.retry import with_store_retries
 from common.clock import ManualClock
 from tests.cloud_support import RecordingSleep
 

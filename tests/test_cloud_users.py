@@ -12,13 +12,13 @@ import duckdb
 import httpx
 import pytest
 
-from cloud.auth import hash_password
-from cloud.db import Database
-from cloud.services import open_duckdb_store
-from cloud.settings import CloudSettings
-from cloud.store import RefreshToken, RefreshUse, Role
-from cloud.store_duckdb import DuckCloudStore
-from cloud.store_duckdb_schema import CORE_MIGRATIONS
+from cloud.app.services import open_duckdb_store
+from cloud.app.settings import CloudSettings
+from cloud.security.auth import hash_password
+from cloud.storage.db import Database
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.duck_schema import CORE_MIGRATIONS
+from cloud.storage.interface import RefreshToken, RefreshUse, Role
 from common.clock import ManualClock
 from tests.cloud_support import (
     PASSWORD,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.auth import new_opaque_token
+from cloud.security.auth import new_opaque_token
 from common import tokens
 from edge.security.credentials import new_token
 from firmware_stubs.mqtt_sim import DeviceCredentials

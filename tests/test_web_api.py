@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud import webui
-from cloud.admin_ops import add_gateway
-from cloud.app import create_app
-from cloud.services import Services
-from cloud.store import Role
-from cloud.store_duckdb import DuckCloudStore
+from cloud.api import webui
+from cloud.app.admin_ops import add_gateway
+from cloud.app.asgi import create_app
+from cloud.app.services import Services
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role
 from common.clock import ManualClock
 from tests.cloud_support import (
     T0,

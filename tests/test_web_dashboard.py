@@ -26,13 +26,13 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from cloud.admin_ops import add_gateway, add_user
-from cloud.auth import Principal, TokenService, load_or_create_secret
-from cloud.server import GracefulServer, uvicorn_server
-from cloud.services import build_services, open_duckdb_store
-from cloud.settings import CloudSettings
-from cloud.store import Role
-from cloud.store_duckdb import DuckCloudStore
+from cloud.app.admin_ops import add_gateway, add_user
+from cloud.app.server import GracefulServer, uvicorn_server
+from cloud.app.services import build_services, open_duckdb_store
+from cloud.app.settings import CloudSettings
+from cloud.security.auth import Principal, TokenService, load_or_create_secret
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role
 from common.clock import ManualClock, SystemClock
 from common.rules import InvalidRule, parse_rule
 from tests.conftest import REPO, THERMO_TOML, GatewayProcess, cli, cli_json

@@ -1,1 +1,1 @@
-"""HTTP routers, one module per area; create_app (cloud/app.py) mounts them."""
+"""HTTP routers, one module per area; create_app (cloud/app/asgi.py) mounts them."""

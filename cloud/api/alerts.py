@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
+from cloud.api.problems import not_found
 from cloud.api.schemas import AlertOut
+from cloud.app.services import Services
 from cloud.notify.store import alert_documents
-from cloud.problems import not_found
-from cloud.services import Services
-from cloud.store import AlertInfo
+from cloud.storage.interface import AlertInfo
 from common.alerts import AlertEvent, AlertState, next_state
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])

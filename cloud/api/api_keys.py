@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 
 from cloud.api.deps import API_KEY_PREFIX, AUTHED, Admin, ServicesDep, monitoring_of, problems
+from cloud.api.problems import not_found
 from cloud.api.schemas import ApiKeyCreated, ApiKeyOut, ApiKeyRequest
-from cloud.auth import token_digest
-from cloud.problems import not_found
+from cloud.security.auth import token_digest
 
 router = APIRouter(prefix="/api/api_keys", tags=["api keys"])
 

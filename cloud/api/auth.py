@@ -8,13 +8,13 @@ import uuid
 
 from fastapi import APIRouter, Request
 
-from cloud.admin_ops import change_user
 from cloud.api.deps import AUTHED, ServicesDep, Viewer, problems
+from cloud.api.problems import forbidden, too_many, unauthorized
 from cloud.api.schemas import LoginRequest, PasswordChange, RefreshRequest, TokenResponse
-from cloud.auth import Principal, new_opaque_token, token_digest, verify_password
-from cloud.problems import forbidden, too_many, unauthorized
-from cloud.services import Services
-from cloud.store import RefreshToken, RefreshUse, User
+from cloud.app.admin_ops import change_user
+from cloud.app.services import Services
+from cloud.security.auth import Principal, new_opaque_token, token_digest, verify_password
+from cloud.storage.interface import RefreshToken, RefreshUse, User
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 log = logging.getLogger("iotsphere.cloud.auth")

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Body, Path, Response
 
 from cloud.api.bodies import CHANNEL_BASES, channel_body_schema, fits_some, json_body
 from cloud.api.deps import AUTHED, Admin, Operator, ServicesDep, notify_of, problems
+from cloud.api.problems import conflict, not_found
 from cloud.api.schemas import ChannelOut
+from cloud.app.services import Services
 from cloud.notify.channels import Channel, apply_patch, parse_channel
-from cloud.problems import conflict, not_found
-from cloud.services import Services
 from common.problem import Problem, ProblemError
 
 router = APIRouter(prefix="/api/notification_channels", tags=["notifications"])

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
+from cloud.api.dashboard_data import assemble, default_config
 from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
+from cloud.api.problems import HttpProblem
 from cloud.api.schemas import DashboardOut
-from cloud.dashboard import assemble, default_config
-from cloud.problems import HttpProblem
 from common.problem import Problem
 
 router = APIRouter(prefix="/api/dashboard", tags=["dashboard"])

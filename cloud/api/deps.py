@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from cloud.auth import AuthError, Principal, token_digest
+from cloud.api.problems import HttpProblem, forbidden, unauthorized
+from cloud.app.services import Services
 from cloud.monitoring.store import DuckMonitoringStore
 from cloud.notify.store import DuckNotifyStore
-from cloud.problems import HttpProblem, forbidden, unauthorized
-from cloud.services import Services
-from cloud.store import Role
+from cloud.security.auth import AuthError, Principal, token_digest
+from cloud.storage.interface import Role
 from common.problem import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="JWT access token from /api/auth/login")

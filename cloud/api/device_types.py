@@ -11,8 +11,8 @@ from fastapi import APIRouter, Body, Path, Response
 
 from cloud.api.bodies import DEVICE_TYPE_BODY_SCHEMA, json_body
 from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
+from cloud.api.problems import not_found
 from cloud.api.sync import sync_of
-from cloud.problems import not_found
 from common.model import FieldError
 from common.problem import Problem, ProblemError
 from common.validation import device_type_from_dict

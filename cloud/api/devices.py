@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from cloud.api.deps import AUTHED, ServicesDep, Viewer, problems
+from cloud.api.problems import not_found
 from cloud.api.schemas import DeviceOut, GatewayOut, TelemetryOut
-from cloud.problems import not_found
-from cloud.views import (
+from cloud.api.views import (
     BUCKET_PATTERN,
     MAX_BUCKETS,
     BadQuery,

@@ -3,7 +3,7 @@
 DuckDB admits one writer process, so while `cloud serve` holds the store the CLI asks the
 server to do the work. Authenticated by a bearer secret in the data dir (mode 0600, compared
 in constant time): whoever can read the cloud's data may administer it, nobody else. Kept out
-of the public OpenAPI document; the operations are the CLI's own (cloud.cli.add_user /
+of the public OpenAPI document; the operations are the CLI's own (cloud.app.cli.add_user /
 add_gateway), so both paths validate, default and fail alike.
 """
 
@@ -16,7 +16,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
-from cloud.admin_ops import (
+from cloud.api.deps import ServicesDep
+from cloud.api.problems import unauthorized
+from cloud.app.admin_ops import (
     DEFAULT_ORG,
     LOCAL_ADMIN_PREFIX,
     add_gateway,
@@ -26,10 +28,8 @@ from cloud.admin_ops import (
     local_admin_secret,
     set_user_state,
 )
-from cloud.api.deps import ServicesDep
-from cloud.problems import unauthorized
-from cloud.services import Services
-from cloud.store import Role
+from cloud.app.services import Services
+from cloud.storage.interface import Role
 
 ACTOR = "cli (local admin API)"
 

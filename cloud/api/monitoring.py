@@ -31,6 +31,7 @@ from cloud.api.deps import (
     notify_of,
     problems,
 )
+from cloud.api.problems import not_found
 from cloud.api.schemas import (
     MetricPointsOut,
     MetricsAccepted,
@@ -38,10 +39,9 @@ from cloud.api.schemas import (
     RuleChangesOut,
     RuleOut,
 )
+from cloud.api.views import time_range
+from cloud.app.services import Services
 from cloud.monitoring.ingest import parse_metrics
-from cloud.problems import not_found
-from cloud.services import Services
-from cloud.views import time_range
 from common.model import FieldError
 from common.problem import Problem, ProblemError
 from common.rules import SCOPE_FIELDS, InvalidRule, Rule, parse_rule

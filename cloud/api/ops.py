@@ -8,10 +8,10 @@ import logging
 from fastapi import APIRouter, Response
 
 from cloud.api.deps import ServicesDep, problems
+from cloud.api.problems import unavailable
 from cloud.api.schemas import StatusOut
-from cloud.db import StoreError
-from cloud.metrics import Registry
-from cloud.problems import unavailable
+from cloud.app.metrics import Registry
+from cloud.storage.db import StoreError
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("iotsphere.cloud.api")

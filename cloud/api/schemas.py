@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from cloud.admin_ops import MAX_PASSWORD, MIN_PASSWORD
-from cloud.store import Role
+from cloud.app.admin_ops import MAX_PASSWORD, MIN_PASSWORD
+from cloud.storage.interface import Role
 
 Value = bool | float | str  # bool first: JSON true must not become 1.0
 

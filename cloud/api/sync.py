@@ -20,11 +20,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import AUTHED, Admin, ServicesDep, problems
-from cloud.auth import token_digest
-from cloud.problems import HttpProblem, conflict, forbidden, not_found, too_many
-from cloud.services import Services
-from cloud.sync_store import DuckSyncStore
-from cloud.sync_store_records import EnrollmentRefused, GatewayIdentity
+from cloud.api.problems import HttpProblem, conflict, forbidden, not_found, too_many
+from cloud.app.services import Services
+from cloud.security.auth import token_digest
+from cloud.sync.records import EnrollmentRefused, GatewayIdentity
+from cloud.sync.store import DuckSyncStore
 from common.gateway_auth import (
     GatewayAuthError,
     GatewayVerifier,

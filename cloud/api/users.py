@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
-from cloud.admin_ops import change_user, remove_user
 from cloud.api.deps import AUTHED, Admin, ServicesDep, problems
+from cloud.api.problems import not_found
 from cloud.api.schemas import UserOut, UserPatch
-from cloud.auth import Principal
-from cloud.problems import not_found
-from cloud.services import Services
-from cloud.store import User
+from cloud.app.admin_ops import change_user, remove_user
+from cloud.app.services import Services
+from cloud.security.auth import Principal
+from cloud.storage.interface import User
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 

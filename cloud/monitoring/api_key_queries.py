@@ -8,8 +8,8 @@ import uuid
 
 import duckdb
 
-from cloud.db import Database, first
 from cloud.monitoring.records import ApiKeyInfo
+from cloud.storage.db import Database, first
 
 
 class ApiKeyQueries:

@@ -23,7 +23,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud.metrics import Counter, Registry
+from cloud.app.metrics import Counter, Registry
+from cloud.app.settings import MonitorSettings
 from cloud.monitoring.records import (
     KINDS,
     Clear,
@@ -34,7 +35,6 @@ from cloud.monitoring.records import (
     encode_engines,
 )
 from cloud.monitoring.store import DuckMonitoringStore
-from cloud.settings import MonitorSettings
 from common.clock import Clock
 from common.rules import Rule, RuleEngine
 

@@ -11,10 +11,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from cloud.db import Database, first
 from cloud.monitoring.ingest import MetricPoint
 from cloud.monitoring.records import MetricSeries
-from cloud.value_columns import join_value
+from cloud.storage.db import Database, first
+from cloud.storage.value_columns import join_value
 from common.model import Value
 
 _METRICS_SCHEMA = pa.schema(

@@ -12,8 +12,8 @@ from typing import Any
 
 import duckdb
 
-from cloud.db import Database, first
 from cloud.monitoring.records import RuleChanges, empty_engines, encode_engines
+from cloud.storage.db import Database, first
 from common.rules import Rule, parse_rule
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import duckdb
 
-from cloud.db import Database, first
 from cloud.monitoring.api_key_queries import ApiKeyQueries
 from cloud.monitoring.metric_queries import MetricQueries
 from cloud.monitoring.records import (
@@ -30,9 +29,10 @@ from cloud.monitoring.rule_queries import RuleQueries
 from cloud.monitoring.schema import MONITORING_MIGRATIONS
 from cloud.notify.format import NotificationEvent
 from cloud.notify.outbox import enqueue_alert_on
-from cloud.store import NewAlert
-from cloud.store_duckdb_alerts import insert_alert, select_alert
-from cloud.value_columns import join_value
+from cloud.storage.db import Database, first
+from cloud.storage.duck_alerts import insert_alert, select_alert
+from cloud.storage.interface import NewAlert
+from cloud.storage.value_columns import join_value
 from common.alerts import OPEN_STATES, AlertEvent, next_state
 from common.rules import Observation, Rule
 

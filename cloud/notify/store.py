@@ -12,10 +12,10 @@ from typing import Any
 
 import duckdb
 
-from cloud.db import Database, Migration, first
 from cloud.notify.channels import Channel, ChannelType
 from cloud.notify.outbox import SCHEMA, OutboxStore, status_for_alerts_on
-from cloud.store import AlertInfo
+from cloud.storage.db import Database, Migration, first
+from cloud.storage.interface import AlertInfo
 
 NOTIFY_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cloud.store import Bucket, DeviceInfo, Point
+from cloud.storage.interface import Bucket, DeviceInfo, Point
 from common.model import ReadingFlag
 
 # A bucket of at least one second: digits and an optional unit, nothing else. The OpenAPI

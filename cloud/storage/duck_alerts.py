@@ -10,9 +10,9 @@ from typing import Any
 
 import duckdb
 
-from cloud.db import Database, first
-from cloud.store import AlertInfo, NewAlert
-from cloud.value_columns import join_value, split_value
+from cloud.storage.db import Database, first
+from cloud.storage.interface import AlertInfo, NewAlert
+from cloud.storage.value_columns import join_value, split_value
 from common.alerts import AlertState
 
 _ALERT_COLS = (

@@ -10,8 +10,8 @@ from typing import Any
 
 import duckdb
 
-from cloud.db import Database, first
-from cloud.store import Org, RefreshToken, RefreshUse, Role, User, UserChange
+from cloud.storage.db import Database, first
+from cloud.storage.interface import Org, RefreshToken, RefreshUse, Role, User, UserChange
 
 _USER_COLS = "id, email, org_id, role, password_hash, created_at, token_version, disabled_at"
 

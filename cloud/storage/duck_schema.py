@@ -1,13 +1,13 @@
 """The core tables of the cloud database and how they came to be: CORE_MIGRATIONS, applied in
-order by cloud.db.Database.migrate("core", ...) when DuckCloudStore opens. Orgs, users, refresh
-tokens, gateways, devices, the newest value per (device, metric), readings, dashboard configs,
-alerts and device types; other areas (sync, monitoring, notifications) add their own tables
+order by cloud.storage.db.Database.migrate("core", ...) when DuckCloudStore opens. Orgs, users,
+refresh tokens, gateways, devices, the newest value per (device, metric), readings, dashboard
+configs, alerts and device types; other areas (sync, monitoring, notifications) add their own tables
 under their own migration names. Readings carry no PRIMARY KEY: an ART index on (device,
 metric, ts) makes the file ~10x larger (measured, see ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
-from cloud.db import Migration
+from cloud.storage.db import Migration
 
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from cloud.api.views import device_view
+from cloud.app.services import Services
 from cloud.notify.store import alert_documents
-from cloud.retry import with_store_retries
-from cloud.services import Services
-from cloud.views import device_view
+from cloud.storage.retry import with_store_retries
 from common.alerts import OPEN_STATES
 
 T = TypeVar("T")

@@ -10,8 +10,8 @@ from typing import Any
 
 import duckdb
 
-from cloud.db import Database
-from cloud.sync_store_records import ALERT_STATE_RANK, GatewayScope
+from cloud.storage.db import Database
+from cloud.sync.records import ALERT_STATE_RANK, GatewayScope
 
 MAX_ALERT_ACKS = 1000  # per config answer; the rest follow on the next poll
 

@@ -14,9 +14,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from cloud.auth import hash_password, new_opaque_token, token_digest
-from cloud.db import Conflict
-from cloud.store import CloudStore, Role, User, UserChange
+from cloud.security.auth import hash_password, new_opaque_token, token_digest
+from cloud.storage.db import Conflict
+from cloud.storage.interface import CloudStore, Role, User, UserChange
 from common.problem import Problem, ProblemError
 
 DEFAULT_ORG = "default"

@@ -3,8 +3,8 @@ applied. A batch is applied in ONE transaction (devices, readings, alerts, event
 the ack): a crash part-way applies nothing, and the gateway's resend applies it all; each step
 of that transaction is a function below, run on the caller's connection. Pipelined batches
 wait here for the batch they follow. Gateways (enrollment, identity, revocation) and the config
-pushed down to them are query groups in cloud.sync_store_gateways and cloud.sync_store_config;
-the tables are in cloud.sync_store_schema, the values and errors in cloud.sync_store_records."""
+pushed down to them are query groups in cloud.sync.gateways and cloud.sync.config_store;
+the tables are in cloud.sync.schema, the values and errors in cloud.sync.records."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-from cloud.db import Database, first
-from cloud.store_duckdb_telemetry import READINGS_BATCH_SCHEMA, insert_readings_table
-from cloud.sync_store_config import ConfigQueries
-from cloud.sync_store_gateways import GatewayQueries
-from cloud.sync_store_records import ALERT_STATE_RANK, ForeignDevices
-from cloud.sync_store_schema import SYNC_MIGRATIONS
-from cloud.value_columns import split_value
+from cloud.storage.db import Database, first
+from cloud.storage.duck_telemetry import READINGS_BATCH_SCHEMA, insert_readings_table
+from cloud.storage.value_columns import split_value
+from cloud.sync.config_store import ConfigQueries
+from cloud.sync.gateways import GatewayQueries
+from cloud.sync.records import ALERT_STATE_RANK, ForeignDevices
+from cloud.sync.schema import SYNC_MIGRATIONS
 from common.alerts import AlertState
 from common.sync_wire import AlertChange, BatchAck, DeviceRecord, SyncBatch, reading_clocks
 

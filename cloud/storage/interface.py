@@ -3,7 +3,7 @@
 The API layer only sees this Protocol, so a PostgreSQL store can follow without touching it.
 Every method that reads or changes tenant data takes the org id: scoping is part of the
 interface, not something each endpoint has to remember. Errors: StoreError and its subclasses
-(cloud.db), nothing else.
+(cloud.storage.db), nothing else.
 """
 
 from __future__ import annotations

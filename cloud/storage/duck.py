@@ -1,7 +1,7 @@
 """CloudStore on embedded DuckDB (the default): one file in the data dir. DuckCloudStore is
 assembled from query groups that each live in their own module, with one job each: accounts
-(cloud.store_duckdb_accounts), devices and telemetry (cloud.store_duckdb_telemetry) and alerts
-(cloud.store_duckdb_alerts), over the core tables of cloud.store_duckdb_schema. What stays here
+(cloud.storage.duck_accounts), devices and telemetry (cloud.storage.duck_telemetry) and alerts
+(cloud.storage.duck_alerts), over the core tables of cloud.storage.duck_schema. What stays here
 is opening (the core migrations), availability, gateways and the dashboard configuration."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from cloud.db import Database, first
-from cloud.store import GatewayInfo
-from cloud.store_duckdb_accounts import AccountQueries
-from cloud.store_duckdb_alerts import AlertQueries
-from cloud.store_duckdb_schema import CORE_MIGRATIONS
-from cloud.store_duckdb_telemetry import TelemetryQueries
+from cloud.storage.db import Database, first
+from cloud.storage.duck_accounts import AccountQueries
+from cloud.storage.duck_alerts import AlertQueries
+from cloud.storage.duck_schema import CORE_MIGRATIONS
+from cloud.storage.duck_telemetry import TelemetryQueries
+from cloud.storage.interface import GatewayInfo
 
 
 class DuckCloudStore(AccountQueries, TelemetryQueries, AlertQueries):

@@ -23,9 +23,9 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from cloud.db import StoreError
-from cloud.settings import LoginLimits
-from cloud.store import Role, User
+from cloud.app.settings import LoginLimits
+from cloud.storage.db import StoreError
+from cloud.storage.interface import Role, User
 from common.clock import Clock
 from common.tokens import new_cli_token
 

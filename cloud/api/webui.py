@@ -27,7 +27,7 @@ from starlette.types import Scope
 
 log = logging.getLogger("iotsphere.cloud.web")
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 UPLOT_DIR = WEB_DIR / "node_modules" / "uplot" / "dist"
 UPLOT_FILES = ("uPlot.esm.js", "uPlot.min.css")

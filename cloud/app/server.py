@@ -23,10 +23,10 @@ from pathlib import Path
 import uvicorn
 from fastapi import APIRouter
 
-from cloud.admin_ops import local_admin_secret, remove_run_info, write_run_info
-from cloud.app import create_app
-from cloud.services import Services, build_services, open_duckdb_store
-from cloud.settings import CloudSettings
+from cloud.app.admin_ops import local_admin_secret, remove_run_info, write_run_info
+from cloud.app.asgi import create_app
+from cloud.app.services import Services, build_services, open_duckdb_store
+from cloud.app.settings import CloudSettings
 
 log = logging.getLogger("iotsphere.cloud")
 

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 
+from cloud.app.services import Services
 from cloud.monitoring.loop import MonitoringLoop
 from cloud.notify.channels import ChannelType
 from cloud.notify.outbox import RetryPolicy
 from cloud.notify.senders import EmailSender, Sender, WebhookSender
 from cloud.notify.worker import NotificationWorker
-from cloud.services import Services
 
 log = logging.getLogger("iotsphere.cloud")
 

@@ -10,17 +10,17 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cloud.auth import KnownUsers, LoginLimiter, TokenService, load_or_create_secret
-from cloud.db import Database
-from cloud.metrics import Counter, Histogram, Registry
+from cloud.app.metrics import Counter, Histogram, Registry
+from cloud.app.settings import CloudSettings
 from cloud.monitoring.loop import MonitorMetrics
 from cloud.monitoring.store import DuckMonitoringStore
 from cloud.notify.store import DuckNotifyStore
-from cloud.retry import Sleep
-from cloud.settings import CloudSettings
-from cloud.store import CloudStore
-from cloud.store_duckdb import DuckCloudStore
-from cloud.sync_store import DuckSyncStore
+from cloud.security.auth import KnownUsers, LoginLimiter, TokenService, load_or_create_secret
+from cloud.storage.db import Database
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import CloudStore
+from cloud.storage.retry import Sleep
+from cloud.sync.store import DuckSyncStore
 from common.clock import Clock, SystemClock
 from common.gateway_auth import GatewayVerifier
 
@@ -62,7 +62,7 @@ def _no_stats() -> str:
 
 @dataclass(slots=True)
 class Hooks:
-    """Set by the background tasks while they run (cloud/runtime.py); harmless no-ops before,
+    """Set by the background tasks while they run (cloud/app/background.py); harmless no-ops before,
     so the API works the same without them (in-process tests without a lifespan)."""
 
     wake_monitor: Callable[[], None] = _noop  # evaluate rules now (metrics just arrived)

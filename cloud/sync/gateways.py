@@ -11,8 +11,8 @@ import base64
 
 import duckdb
 
-from cloud.db import Database, first
-from cloud.sync_store_records import Enrolled, EnrollmentRefused, GatewayIdentity, GatewaySyncInfo
+from cloud.storage.db import Database, first
+from cloud.sync.records import Enrolled, EnrollmentRefused, GatewayIdentity, GatewaySyncInfo
 
 
 class GatewayQueries:

@@ -3,7 +3,7 @@
 DuckDB allows one writer process. While `cloud serve` runs on the data dir (it names itself
 in run/cloud.json), the admin commands ask it over loopback (/api/local-admin, authenticated
 by a secret in the data dir, like the gateway's admin API); otherwise they open the DuckDB
-file directly. Both paths run the same operation (cloud.admin_ops), so their validation,
+file directly. Both paths run the same operation (cloud.app.admin_ops), so their validation,
 defaults, output and errors cannot drift apart.
 """
 
@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from cloud.admin_ops import (
+from cloud.app.admin_ops import (
     DEFAULT_ORG,
     LOCAL_ADMIN_PREFIX,
     add_gateway,
@@ -35,11 +35,11 @@ from cloud.admin_ops import (
     running_cloud_url,
     set_user_state,
 )
-from cloud.db import Conflict, StoreError
-from cloud.services import open_duckdb_store
-from cloud.settings import CloudSettings
-from cloud.store import Role
-from cloud.store_duckdb import DuckCloudStore
+from cloud.app.services import open_duckdb_store
+from cloud.app.settings import CloudSettings
+from cloud.storage.db import Conflict, StoreError
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role
 from common.cli import CliError, add_common_args, data_dir_of, port_number, print_json
 from common.clock import SystemClock
 from common.problem import ProblemError
@@ -144,7 +144,7 @@ def _checked(check: Callable[[], T]) -> T:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from cloud.server import serve
+    from cloud.app.server import serve
     from common.malloc_arenas import limit_malloc_arenas
 
     limit_malloc_arenas()  # before the server's worker threads exist

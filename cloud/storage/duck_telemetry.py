@@ -15,9 +15,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cloud.db import Database, first
-from cloud.store import Bucket, DeviceInfo, Point
-from cloud.value_columns import join_value, split_value
+from cloud.storage.db import Database, first
+from cloud.storage.interface import Bucket, DeviceInfo, Point
+from cloud.storage.value_columns import join_value, split_value
 from common.model import Reading
 
 READINGS_BATCH_SCHEMA = pa.schema(

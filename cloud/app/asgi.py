@@ -31,9 +31,9 @@ from cloud.api import (
     users,
 )
 from cloud.api.local_admin import router as local_admin_router
-from cloud.problems import document_problems, install
-from cloud.services import ApiMetrics, Services
-from cloud.webui import install_web
+from cloud.api.problems import document_problems, install
+from cloud.api.webui import install_web
+from cloud.app.services import ApiMetrics, Services
 
 access_log = logging.getLogger("iotsphere.cloud.access")
 
@@ -82,7 +82,7 @@ def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> F
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The monitoring loop and notification worker live exactly as long as the server.
-        from cloud.runtime import Background
+        from cloud.app.background import Background
 
         background = Background(services)
         await background.start()
@@ -116,7 +116,7 @@ def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> F
         app.include_router(router)
     for router in extra_routers:
         app.include_router(router)
-    install_web(app)  # the dashboard pages and their static assets (cloud/webui.py)
+    install_web(app)  # the dashboard pages and their static assets (cloud/api/webui.py)
     app.add_middleware(AccessMiddleware, metrics=services.metrics)
 
     def openapi() -> dict[str, Any]:
