@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from common.cli import CliError, add_common_args, print_json
 from firmware_stubs.mqtt_sim import (
@@ -17,10 +18,15 @@ from firmware_stubs.mqtt_sim import (
     DeviceCredentials,
     SimConfig,
     SimConfigError,
-    SimStats,
     load_credentials,
     run_simulation,
 )
+
+if TYPE_CHECKING:
+    from firmware_stubs.request_sim import RequestSimConfig
+
+T = TypeVar("T")
+RC = TypeVar("RC", bound="RequestSimConfig")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +295,36 @@ def _mqtt_config(args: argparse.Namespace) -> SimConfig:
         raise CliError(str(exc), exit_code=2) from None
 
 
+def _request_sim_config(
+    config_type: type[RC],
+    args: argparse.Namespace,
+    devices: tuple[DeviceCredentials, ...] | None,
+    bad_token: bool,
+    **own: Any,
+) -> RC:
+    """A CoAP or HTTP simulator's config: the fleet and payload flags they share, and the
+    protocol's own fields (`own`). devices None: from --credentials/--device, where a file that
+    will not do is a usage error, as a config the simulator refuses is."""
+    try:
+        return config_type(
+            devices=_devices_of(args) if devices is None else devices,
+            host=args.host,
+            port=args.port,
+            rate=args.rate,
+            count=args.count,
+            metrics=args.metrics,
+            fmt=args.format,
+            malformed_every=1 if args.malformed else args.malformed_every,
+            bad_token=bad_token,
+            saturate=args.saturate,
+            no_clock=args.no_clock,
+            acked_log=args.acked_log,
+            **own,
+        )
+    except (config_type.error, SimConfigError) as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
+
 @contextlib.contextmanager
 def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
     """First SIGINT/SIGTERM: stop sampling and drain; a second SIGINT: stop at once."""
@@ -313,20 +349,43 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> It
             loop.remove_signal_handler(sig)
 
 
-async def _simulate(config: SimConfig) -> SimStats:
-    stop = asyncio.Event()
-    with _stop_on_signals(asyncio.get_running_loop(), stop):
-        return await run_simulation(config, stop=stop)
+def _run_until_stopped(simulate: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run one simulation to its end, or until SIGINT/SIGTERM sets the stop event it is given
+    (see _stop_on_signals); the errors a simulation can end with become CLI errors."""
 
+    async def main() -> T:
+        stop = asyncio.Event()
+        with _stop_on_signals(asyncio.get_running_loop(), stop):
+            return await simulate(stop)
 
-def _run_mqtt(args: argparse.Namespace) -> int:
-    config = _mqtt_config(args)
     try:
-        stats = asyncio.run(_simulate(config))
+        return asyncio.run(main())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None  # second Ctrl-C: common.cli exits 130
     except OSError as exc:  # e.g. the acked log cannot be opened
         raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+
+def _report_answers(
+    args: argparse.Namespace, stats: dict[str, object], *, bad_token: bool, accepted: str
+) -> int:
+    """Print a request-per-reading simulator's figures (CoAP, HTTP); with a wrong token, any
+    request answered `accepted` is an error."""
+    if args.json:
+        print_json(stats)
+    else:
+        print(", ".join(f"{k} {v}" for k, v in stats.items()))
+    sys.stdout.flush()
+    answers = stats["answers"]
+    assert isinstance(answers, dict)
+    if bad_token and answers.get(accepted):
+        raise CliError(f"{answers[accepted]} requests were accepted with a wrong token")
+    return 0
+
+
+def _run_mqtt(args: argparse.Namespace) -> int:
+    config = _mqtt_config(args)
+    stats = _run_until_stopped(lambda stop: run_simulation(config, stop=stop))
     if args.json:
         print_json(stats.to_dict())
     else:
@@ -348,7 +407,7 @@ def _run_mqtt(args: argparse.Namespace) -> int:
 
 def _run_coap(args: argparse.Namespace) -> int:
     from firmware_stubs.coap_oscore_sim import load_oscore_device, run_oscore_simulation
-    from firmware_stubs.coap_sim import CoapSimConfig, CoapSimError, run_coap_simulation
+    from firmware_stubs.coap_sim import CoapSimConfig, CoapSimStats, run_coap_simulation
 
     bad_token = args.bad_token or args.wrong_password
     oscore_dir: Path | None = None
@@ -366,93 +425,30 @@ def _run_coap(args: argparse.Namespace) -> int:
         raise CliError("one of --credentials, --device or --oscore is required", exit_code=2)
     else:
         devices = _devices_of(args)
-    try:
-        config = CoapSimConfig(
-            devices=devices,
-            host=args.host,
-            port=args.port,
-            rate=args.rate,
-            count=args.count,
-            metrics=args.metrics,
-            fmt=args.format,
-            confirmable=args.confirmable,
-            inflight=args.inflight,
-            malformed_every=1 if args.malformed else args.malformed_every,
-            bad_token=bad_token,
-            saturate=args.saturate,
-            no_clock=args.no_clock,
-            ack_timeout_s=args.ack_timeout,
-            acked_log=args.acked_log,
-        )
-    except (CoapSimError, SimConfigError) as exc:
-        raise CliError(str(exc), exit_code=2) from None
+    config = _request_sim_config(
+        CoapSimConfig,
+        args,
+        devices,
+        bad_token,
+        confirmable=args.confirmable,
+        inflight=args.inflight,
+        ack_timeout_s=args.ack_timeout,
+    )
 
-    async def simulate() -> dict[str, object]:
-        stop = asyncio.Event()
-        with _stop_on_signals(asyncio.get_running_loop(), stop):
-            if oscore_dir is not None:
-                return (await run_oscore_simulation(config, oscore_dir, stop=stop)).to_dict()
-            return (await run_coap_simulation(config, stop=stop)).to_dict()
+    async def simulate(stop: asyncio.Event) -> CoapSimStats:
+        if oscore_dir is not None:
+            return await run_oscore_simulation(config, oscore_dir, stop=stop)
+        return await run_coap_simulation(config, stop=stop)
 
-    try:
-        stats = asyncio.run(simulate())
-    except asyncio.CancelledError:
-        raise KeyboardInterrupt from None
-    except OSError as exc:
-        raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
-    if args.json:
-        print_json(stats)
-    else:
-        print(", ".join(f"{k} {v}" for k, v in stats.items()))
-    sys.stdout.flush()
-    answers = stats["answers"]
-    assert isinstance(answers, dict)
-    if bad_token and answers.get("2.04"):
-        raise CliError(f"{answers['2.04']} requests were accepted with a wrong token")
-    return 0
+    stats = _run_until_stopped(simulate)
+    return _report_answers(args, stats.to_dict(), bad_token=bad_token, accepted="2.04")
 
 
 def _run_http(args: argparse.Namespace) -> int:
-    from firmware_stubs.http_sim import HttpSimConfig, HttpSimError, run_http_simulation
+    from firmware_stubs.http_sim import HttpSimConfig, run_http_simulation
 
     bad_token = args.bad_token or args.wrong_password
-    try:
-        config = HttpSimConfig(
-            devices=_devices_of(args),
-            host=args.host,
-            port=args.port,
-            rate=args.rate,
-            count=args.count,
-            metrics=args.metrics,
-            fmt=args.format,
-            malformed_every=1 if args.malformed else args.malformed_every,
-            bad_token=bad_token,
-            saturate=args.saturate,
-            no_clock=args.no_clock,
-            timeout_s=args.timeout,
-            acked_log=args.acked_log,
-        )
-    except (HttpSimError, SimConfigError) as exc:
-        raise CliError(str(exc), exit_code=2) from None
+    config = _request_sim_config(HttpSimConfig, args, None, bad_token, timeout_s=args.timeout)
 
-    async def simulate() -> dict[str, object]:
-        stop = asyncio.Event()
-        with _stop_on_signals(asyncio.get_running_loop(), stop):
-            return (await run_http_simulation(config, stop=stop)).to_dict()
-
-    try:
-        stats = asyncio.run(simulate())
-    except asyncio.CancelledError:
-        raise KeyboardInterrupt from None
-    except OSError as exc:
-        raise CliError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
-    if args.json:
-        print_json(stats)
-    else:
-        print(", ".join(f"{k} {v}" for k, v in stats.items()))
-    sys.stdout.flush()
-    answers = stats["answers"]
-    assert isinstance(answers, dict)
-    if bad_token and answers.get("200"):
-        raise CliError(f"{answers['200']} requests were accepted with a wrong token")
-    return 0
+    stats = _run_until_stopped(lambda stop: run_http_simulation(config, stop=stop))
+    return _report_answers(args, stats.to_dict(), bad_token=bad_token, accepted="200")

@@ -23,7 +23,7 @@ import aiocoap.error
 import aiocoap.oscore
 from aiocoap import POST, Message, Reliable, Unreliable
 
-from firmware_stubs.coap_sim import FORMATS, CoapSimConfig, CoapSimStats, payload_for
+from firmware_stubs.coap_sim import CoapSimConfig, CoapSimStats
 from firmware_stubs.mqtt_sim import DeviceCredentials
 from firmware_stubs.oscore_device import (
     OscoreDeviceError,
@@ -31,6 +31,7 @@ from firmware_stubs.oscore_device import (
     context_of,
     write_context_dir,
 )
+from firmware_stubs.request_sim import FORMATS, payload_for
 
 REQUEST_TIMEOUT_S = 30.0
 
@@ -85,7 +86,7 @@ async def run_oscore_simulation(
             body = payload_for(config.fmt, device.device_id, config.metrics, seq, ts)
             code = await _post(ctx, uri, body, config)
             stats.sent += 1
-            stats.answers[code] = stats.answers.get(code, 0) + 1
+            stats.answered(code)
             if code == "2.04":
                 stats.acked += 1
             elif code == "timeout" or code.startswith("5."):

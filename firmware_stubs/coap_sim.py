@@ -14,24 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Literal, Protocol, cast
-
-import cbor2
+from dataclasses import dataclass
+from typing import IO, Any, ClassVar, cast
 
 from firmware_stubs.mqtt_sim import DeviceCredentials
+from firmware_stubs.request_sim import (
+    FORMATS,
+    Pacer,
+    RequestSimConfig,
+    RequestSimStats,
+    acknowledged,
+    reading_body,
+    run_devices,
+    timestamps,
+)
 
 CON, NON, ACK, RST = 0, 1, 2, 3
 POST = 2
 OPT_URI_PATH, OPT_CONTENT_FORMAT, OPT_MAX_AGE = 11, 12, 14
-FORMATS = {"json": 50, "cbor": 60, "senml": 110, "senml-cbor": 112}
-Format = Literal["json", "cbor", "senml", "senml-cbor"]
 
 
 class CoapSimError(Exception):
@@ -212,29 +215,16 @@ class DeviceEndpoint(asyncio.DatagramProtocol):
 
 
 @dataclass(frozen=True, slots=True)
-class CoapSimConfig:
-    devices: tuple[DeviceCredentials, ...]
-    host: str = "127.0.0.1"
+class CoapSimConfig(RequestSimConfig):
+    error: ClassVar[type[Exception]] = CoapSimError
+
     port: int = 5683
-    rate: float = 1.0  # requests per second per device
-    count: int = 10  # readings per device; 0 = until stopped
-    metrics: tuple[str, ...] = ("temperature", "humidity")
-    fmt: Format = "json"
     confirmable: bool = True
     inflight: int = 1  # outstanding requests per device
-    malformed_every: int = 0  # every K-th request carries a malformed payload
-    bad_token: bool = False  # use a wrong token (expect 4.01 / 4.29)
-    saturate: bool = False  # closed loop: next request as soon as an answer came
-    no_clock: bool = False  # flat objects without ts
     ack_timeout_s: float = 2.0
     max_retransmit: int = 4
-    acked_log: Path | None = None
 
-    def __post_init__(self) -> None:
-        if not self.devices:
-            raise CoapSimError("no devices")
-        if self.fmt not in FORMATS:
-            raise CoapSimError(f"unknown format {self.fmt!r}; use one of {', '.join(FORMATS)}")
+    def _check(self) -> None:
         if self.inflight < 1 or self.rate <= 0 or self.count < 0:
             raise CoapSimError("inflight must be >= 1, rate > 0, count >= 0")
 
@@ -246,103 +236,22 @@ def _transient(code: str) -> bool:
 
 
 @dataclass
-class CoapSimStats:
-    devices: int = 0
-    sent: int = 0
-    acked: int = 0  # answered 2.04
-    answers: dict[str, int] = field(default_factory=dict)  # code -> count
+class CoapSimStats(RequestSimStats):
     timeouts: int = 0
-    resent: int = 0  # readings sent again after a timeout or 5.03
     retransmissions: int = 0
-    elapsed_s: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def _counters(self) -> dict[str, int]:
         return {
-            "devices": self.devices,
-            "sent": self.sent,
-            "acked": self.acked,
-            "answers": dict(sorted(self.answers.items())),
             "timeouts": self.timeouts,
             "resent": self.resent,
             "retransmissions": self.retransmissions,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "rate_per_s": round(self.acked / self.elapsed_s, 1) if self.elapsed_s else 0.0,
-            "latency_ms": latency_summary(self.latencies_ms),
         }
-
-
-def latency_summary(samples: list[float]) -> dict[str, float] | None:
-    """p50, p99 and max of request latencies in ms (None without samples); the HTTP sensors
-    report theirs the same way."""
-    lat = sorted(samples)
-    n = len(lat)
-    if not n:
-        return None
-    return {
-        "p50": round(lat[n // 2], 2),
-        "p99": round(lat[min(n - 1, n * 99 // 100)], 2),
-        "max": round(lat[-1], 2),
-    }
-
-
-def payload_for(
-    fmt: Format, device_id: str, metrics: tuple[str, ...], seq: int, ts_ms: int | None
-) -> bytes:
-    values = {m: round(20 + 5 * random.random(), 2) if i else seq % 50 for i, m in
-              enumerate(metrics)}  # fmt: skip
-    if fmt in ("senml", "senml-cbor"):
-        base: dict[Any, Any] = {"bn": f"{device_id}/"}
-        if ts_ms is not None:
-            base["bt"] = ts_ms / 1000
-        records = [{**(base if i == 0 else {}), "n": m, "v": v} for i, (m, v) in
-                   enumerate(values.items())]  # fmt: skip
-        if fmt == "senml":
-            return json.dumps(records).encode()
-        labels = {"bn": -2, "bt": -3, "n": 0, "v": 2}
-        return cbor2.dumps([{labels[k]: v for k, v in r.items()} for r in records])
-    body: dict[str, Any] = values if ts_ms is None else {"ts": ts_ms, "seq": seq, "values": values}
-    return json.dumps(body).encode() if fmt == "json" else cbor2.dumps(body)
 
 
 async def run_coap_simulation(
     config: CoapSimConfig, stop: asyncio.Event | None = None
 ) -> CoapSimStats:
-    done = stop or asyncio.Event()
-    stats = CoapSimStats(devices=len(config.devices))
-    await run_devices(
-        config.devices, lambda d, log: _device(config, d, stats, done, log), stats, config.acked_log
-    )
-    return stats
-
-
-class _Timed(Protocol):
-    elapsed_s: float
-
-
-async def run_devices(
-    devices: Sequence[DeviceCredentials],
-    one: Callable[[DeviceCredentials, IO[str] | None], Awaitable[None]],
-    stats: _Timed,
-    acked_log: Path | None,
-) -> None:
-    """Run one simulated device per credential at once (the CoAP and HTTP simulators), with
-    the acknowledged-readings log open, and record the wall time in stats.elapsed_s."""
-    log: IO[str] | None = acked_log.open("a") if acked_log else None
-    started = time.perf_counter()
-    try:
-        await asyncio.gather(*(one(d, log) for d in devices))
-    finally:
-        stats.elapsed_s = time.perf_counter() - started
-        if log is not None:
-            log.close()
-
-
-def _timestamps() -> Iterator[int]:
-    last = 0
-    while True:
-        last = max(time.time_ns() // 1_000_000, last + 1)  # unique per device
-        yield last
+    return await run_devices(config, CoapSimStats(devices=len(config.devices)), _device, stop)
 
 
 async def _device(
@@ -361,28 +270,19 @@ async def _device(
     path = ["api", "v1", token, "telemetry"]
     fmt = FORMATS[config.fmt]
     slots = asyncio.Semaphore(config.inflight)
-    clock = _timestamps()
+    clock = timestamps()
     pending: set[asyncio.Task[None]] = set()
     retry: list[tuple[int, int | None]] = []  # readings to send again (seq, ts)
 
     async def one(seq: int, ts: int | None) -> None:
         try:
-            malformed = config.malformed_every and seq % config.malformed_every == 0
-            body = (
-                b'{"broken": '
-                if malformed
-                else payload_for(config.fmt, dev.device_id, config.metrics, seq, ts)
-            )
+            malformed, body = reading_body(config, dev.device_id, seq, ts)
             sent_at = time.perf_counter()
             stats.sent += 1
             answer = await endpoint.post(path, body, fmt, config.confirmable)
-            stats.answers[answer.code] = stats.answers.get(answer.code, 0) + 1
+            stats.answered(answer.code)
             if answer.code == "2.04":
-                stats.acked += 1
-                stats.latencies_ms.append((time.perf_counter() - sent_at) * 1000)
-                if log is not None:
-                    log.write(f"{dev.device_id} {seq} {ts}\n")
-                    log.flush()
+                acknowledged(stats, sent_at, log, dev.device_id, seq, ts)
             elif _transient(answer.code) and not config.bad_token and not malformed:
                 stats.timeouts += answer.code == "timeout"
                 retry.append((seq, ts))
@@ -391,8 +291,7 @@ async def _device(
 
     try:
         seq = 0
-        interval = 1.0 / config.rate
-        next_at = time.perf_counter()
+        pacer = Pacer(config.rate, config.saturate)
         while not stop.is_set() and (config.count == 0 or seq < config.count or retry):
             await slots.acquire()
             if retry:
@@ -406,11 +305,7 @@ async def _device(
                     continue
                 seq += 1
                 item = (seq, None if config.no_clock else next(clock))
-                if not config.saturate:
-                    next_at += interval
-                    delay = next_at - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                await pacer.wait()
             task = asyncio.create_task(one(*item))
             pending.add(task)
             task.add_done_callback(pending.discard)

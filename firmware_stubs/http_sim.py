@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO, ClassVar
 
 import httpx
 
-from firmware_stubs.coap_sim import FORMATS, Format, latency_summary, payload_for, run_devices
 from firmware_stubs.mqtt_sim import DeviceCredentials
+from firmware_stubs.request_sim import (
+    Pacer,
+    RequestSimConfig,
+    RequestSimStats,
+    acknowledged,
+    reading_body,
+    run_devices,
+    timestamps,
+)
 
 MEDIA_TYPES = {
     "json": "application/json",
@@ -33,53 +40,25 @@ class HttpSimError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class HttpSimConfig:
-    devices: tuple[DeviceCredentials, ...]
-    host: str = "127.0.0.1"
-    port: int = 8080
-    rate: float = 1.0  # requests per second per device
-    count: int = 10  # readings per device; 0 = until stopped
-    metrics: tuple[str, ...] = ("temperature", "humidity")
-    fmt: Format = "json"
-    malformed_every: int = 0  # every K-th request carries a malformed payload
-    bad_token: bool = False  # use a wrong token (expect 401 / 429)
-    saturate: bool = False  # closed loop: the next request as soon as an answer came
-    no_clock: bool = False  # flat objects without ts
-    timeout_s: float = 10.0
-    acked_log: Path | None = None
+class HttpSimConfig(RequestSimConfig):
+    error: ClassVar[type[Exception]] = HttpSimError
 
-    def __post_init__(self) -> None:
-        if not self.devices:
-            raise HttpSimError("no devices")
-        if self.fmt not in FORMATS:
-            raise HttpSimError(f"unknown format {self.fmt!r}; use one of {', '.join(FORMATS)}")
+    port: int = 8080
+    timeout_s: float = 10.0
+
+    def _check(self) -> None:
         if self.rate <= 0 or self.count < 0 or self.timeout_s <= 0:
             raise HttpSimError("rate and timeout must be > 0, count >= 0")
 
 
 @dataclass
-class HttpSimStats:
-    devices: int = 0
-    sent: int = 0
-    acked: int = 0  # answered 200
-    answers: dict[str, int] = field(default_factory=dict)  # status code (or "error") -> count
-    errors: int = 0  # no answer: connection refused or reset, timeout
-    resent: int = 0
-    elapsed_s: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
+class HttpSimStats(RequestSimStats):
+    """`acked` counts answers 200; `answers` maps a status code (or "error") to its count."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "devices": self.devices,
-            "sent": self.sent,
-            "acked": self.acked,
-            "answers": dict(sorted(self.answers.items())),
-            "errors": self.errors,
-            "resent": self.resent,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "rate_per_s": round(self.acked / self.elapsed_s, 1) if self.elapsed_s else 0.0,
-            "latency_ms": latency_summary(self.latencies_ms),
-        }
+    errors: int = 0  # no answer: connection refused or reset, timeout
+
+    def _counters(self) -> dict[str, int]:
+        return {"errors": self.errors, "resent": self.resent}
 
 
 def retry_after(resp: httpx.Response) -> float:
@@ -92,12 +71,7 @@ def retry_after(resp: httpx.Response) -> float:
 async def run_http_simulation(
     config: HttpSimConfig, stop: asyncio.Event | None = None
 ) -> HttpSimStats:
-    done = stop or asyncio.Event()
-    stats = HttpSimStats(devices=len(config.devices))
-    await run_devices(
-        config.devices, lambda d, log: _device(config, d, stats, done, log), stats, config.acked_log
-    )
-    return stats
+    return await run_devices(config, HttpSimStats(devices=len(config.devices)), _device, stop)
 
 
 async def _device(
@@ -110,9 +84,8 @@ async def _device(
     token = dev.wrong_token if config.bad_token else dev.token
     url = f"http://{config.host}:{config.port}/api/v1/{token}/telemetry"
     headers = {"Content-Type": MEDIA_TYPES[config.fmt]}
-    interval = 1.0 / config.rate
-    next_at = time.perf_counter()
-    last_ts = 0
+    pacer = Pacer(config.rate, config.saturate)
+    clock = timestamps()
     seq = 0
     retry: list[tuple[int, int | None]] = []
     async with httpx.AsyncClient(timeout=config.timeout_s) as client:
@@ -122,39 +95,24 @@ async def _device(
                 stats.resent += 1
             else:
                 seq += 1
-                last_ts = max(time.time_ns() // 1_000_000, last_ts + 1)
-                item = (seq, None if config.no_clock else last_ts)
-                if not config.saturate:
-                    next_at += interval
-                    delay = next_at - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                item = (seq, None if config.no_clock else next(clock))
+                await pacer.wait()
             n, ts = item
-            malformed = bool(config.malformed_every) and n % config.malformed_every == 0
-            body = (
-                b'{"broken": '
-                if malformed
-                else payload_for(config.fmt, dev.device_id, config.metrics, n, ts)
-            )
+            malformed, body = reading_body(config, dev.device_id, n, ts)
             stats.sent += 1
             sent_at = time.perf_counter()
             try:
                 resp = await client.post(url, content=body, headers=headers)
             except httpx.HTTPError:
                 stats.errors += 1
-                stats.answers["error"] = stats.answers.get("error", 0) + 1
+                stats.answered("error")
                 if not config.bad_token:
                     retry.append(item)
                     await asyncio.sleep(1.0)
                 continue
-            code = str(resp.status_code)
-            stats.answers[code] = stats.answers.get(code, 0) + 1
+            stats.answered(str(resp.status_code))
             if resp.status_code == 200:
-                stats.acked += 1
-                stats.latencies_ms.append((time.perf_counter() - sent_at) * 1000)
-                if log is not None:
-                    log.write(f"{dev.device_id} {n} {ts}\n")
-                    log.flush()
+                acknowledged(stats, sent_at, log, dev.device_id, n, ts)
             elif (resp.status_code >= 500 or resp.status_code == 429) and not (
                 config.bad_token or malformed
             ):
