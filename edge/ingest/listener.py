@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -46,6 +47,7 @@ FDS_PER_MQTT_CONNECTION = 2
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+@functools.lru_cache(maxsize=4096)  # a few sensors, thousands of requests: parse each once
 def plain_address(address: str) -> str:
     """One spelling per source: an IPv4-mapped IPv6 address counts as its IPv4 address."""
     try:

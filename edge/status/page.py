@@ -31,6 +31,7 @@ from aiohttp import hdrs, web
 
 from common.clock import Clock
 from common.problem import Problem
+from edge.ingest.listener import plain_address
 from edge.security import local_password
 from edge.security.lockout import LockoutPolicy, LockoutTracker
 from edge.status.view import (
@@ -274,9 +275,7 @@ class StatusPage:
             encoded = None
         if encoded is None:
             return _html(render_no_password(), 403)
-        from edge.ingest.coap.ingress import _plain_address
-
-        address = _plain_address(request.remote) if request.remote else None
+        address = plain_address(request.remote) if request.remote else None
         decision = self._tracker.check(LOGIN_USER, address)
         if decision.locked:
             retry = max(1, math.ceil(decision.retry_after_s))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -70,6 +69,7 @@ from edge.ingest.intake import (
     IngestUnavailable,
     Pending,
 )
+from edge.ingest.listener import plain_address
 from edge.security.device_auth import Admitted, DeviceAuthenticator
 
 # Piggy-backed answers: a 2.04 waits for the DuckDB commit, often longer than aiocoap's 0.1 s
@@ -153,7 +153,7 @@ def to_request(msg: Message, oscore_device: str | None = None) -> CoapRequest:
         path=tuple(msg.opt.uri_path),
         content_format=None if cf is None else int(cf),
         payload=bytes(msg.payload),
-        address=_plain_address(str(sender[0])),
+        address=plain_address(str(sender[0])),
         sender=sender,
         block1=None
         if block1 is None
@@ -174,17 +174,6 @@ def to_message(reply: CoapReply) -> Message:
     if reply.size1 is not None:
         msg.opt.size1 = reply.size1
     return msg
-
-
-@functools.lru_cache(maxsize=4096)  # a few sensors, thousands of requests: parse each once
-def _plain_address(address: str) -> str:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 @dataclass(slots=True)

@@ -44,6 +44,7 @@ from edge.ingest.listener import (
     ListenerStats,
     LogThrottle,
     Refusal,
+    plain_address,
 )
 from edge.security.device_auth import Admitted, DeviceAuthenticator
 
@@ -271,11 +272,7 @@ def body_reader(request: web.Request) -> BodyReader:
 
 
 def _plain_address(remote: str | None) -> str | None:
-    if remote is None:
-        return None
-    from edge.ingest.coap.ingress import _plain_address as plain
-
-    return plain(remote)
+    return None if remote is None else plain_address(remote)
 
 
 class HttpIngress:
