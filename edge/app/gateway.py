@@ -489,6 +489,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         return self._classifier.device_type(device_id)
 
     def _on_auth_event(self, event: AuthEvent) -> None:
+        """The MQTT front's auth event: recorded as the CoAP/HTTP ones are."""
         failure = AuthFailure(
             at=event.at_ms,
             kind=event.kind,
@@ -498,24 +499,7 @@ class Gateway(GatewayBackend, GatewayStatus):
             client_id=event.client_id,
             reason=event.reason if event.key is None else f"{event.reason} ({event.key})",
         )
-        if event.kind == "lockout" and event.key is not None:
-            self._save_lockouts()
-        if event.kind == "lockout" and event.key is not None and self._rules_ref is not None:
-            log.warning("security: %s locked out after repeated failures", event.key)
-            try:
-                self._rules_ref.tell(
-                    SecurityLockout(event.key, event.at_ms, self.cfg.lockout.cooldown_s)
-                )
-            except MailboxFull:
-                log.error("rules mailbox full: security alert for %s not raised", event.key)
-        try:
-            self.store_ref.tell(RecordAuth(failure))
-        except MailboxFull:
-            self.auth_events_lost += 1
-            log.error(
-                "audit: store mailbox full, auth event not recorded (%d lost)",
-                self.auth_events_lost,
-            )
+        self._on_device_auth_event(failure, event.key if event.kind == "lockout" else None)
 
     def _restore_lockouts(self, store: GatewayStore) -> None:
         """Locks in force at the last stop hold after a restart: a restart must not forgive a
@@ -544,7 +528,8 @@ class Gateway(GatewayBackend, GatewayStatus):
             log.error("security: lockouts not saved (store busy); a restart would forget them")
 
     def _on_device_auth_event(self, failure: AuthFailure, locked_key: str | None) -> None:
-        """Audit row (and, for a new lockout, the security alert) from CoAP/HTTP ingress."""
+        """Audit row (and, for a new lockout, the saved locks and the security alert) from
+        CoAP/HTTP ingress, the status page login and, through _on_auth_event, the MQTT front."""
         if locked_key is not None:
             self._save_lockouts()
         if locked_key is not None and self._rules_ref is not None:
