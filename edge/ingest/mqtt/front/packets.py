@@ -163,15 +163,10 @@ def parse_connect(buf: Buffer, max_len: int = MAX_CONNECT_LEN) -> ConnectInfo | 
     Bytes after the packet (a client may pipeline SUBSCRIBE behind CONNECT) are left alone:
     ConnectInfo.packet_len says where the CONNECT ends.
     """
-    header = decode_fixed_header(buf, max_len)
-    if header is None:
+    whole = _whole_packet(buf, max_len, CONNECT, "CONNECT")
+    if whole is None:
         return None
-    first, remaining, header_len = header
-    if first != CONNECT:
-        raise MalformedPacket(f"expected CONNECT, got first byte 0x{first:02x}")
-    packet_len = header_len + remaining
-    if len(buf) < packet_len:
-        return None
+    header_len, packet_len = whole
     r = Reader(buf, header_len, packet_len)
 
     name = r.utf8("protocol name")
@@ -227,18 +222,31 @@ def parse_connack(buf: Buffer, max_len: int = MAX_CONNACK_LEN) -> tuple[int, int
     The code is the 3.x return code (0 accepted) or the v5 reason code (0 success, >= 0x80
     refused); v5 properties are covered by packet_len and not interpreted.
     """
+    whole = _whole_packet(buf, max_len, CONNACK, "CONNACK", min_remaining=2)
+    if whole is None:
+        return None
+    header_len, packet_len = whole
+    return buf[header_len + 1], packet_len
+
+
+def _whole_packet(
+    buf: Buffer, max_len: int, first_byte: int, name: str, *, min_remaining: int = 0
+) -> tuple[int, int] | None:
+    """(fixed header length, packet length) of the `name` packet at the start of buf once all
+    of it is there; None while more bytes are needed. Raises MalformedPacket for another
+    packet type, or a remaining length under min_remaining (checked before waiting for it)."""
     header = decode_fixed_header(buf, max_len)
     if header is None:
         return None
     first, remaining, header_len = header
-    if first != CONNACK:
-        raise MalformedPacket(f"expected CONNACK, got first byte 0x{first:02x}")
-    if remaining < 2:
-        raise MalformedPacket("CONNACK shorter than 2 bytes")
+    if first != first_byte:
+        raise MalformedPacket(f"expected {name}, got first byte 0x{first:02x}")
+    if remaining < min_remaining:
+        raise MalformedPacket(f"{name} shorter than {min_remaining} bytes")
     packet_len = header_len + remaining
     if len(buf) < packet_len:
         return None
-    return buf[header_len + 1], packet_len
+    return header_len, packet_len
 
 
 def refusal_code(protocol_level: int, reason: RefusalReason) -> int:
