@@ -232,16 +232,8 @@ class RulesActor(Actor[RulesMsg]):
         """One critical alert per lockout; resolved by a Tick once the cooldown has passed."""
         if (SECURITY_RULE, key) in self._open:
             return
-        alert = AlertRow(
-            id=str(uuid.uuid4()),
-            rule_id=SECURITY_RULE,
-            subject=key,
-            metric="auth_failures",
-            severity="critical",
-            state=AlertState.ACTIVE,
-            value={"until": at_ms + int(cooldown_s * 1000)},
-            started_at=at_ms,
-        )
+        until = at_ms + int(cooldown_s * 1000)
+        alert = _raised(SECURITY_RULE, key, "auth_failures", "critical", {"until": until}, at_ms)
         self._open[(SECURITY_RULE, key)] = alert
         log.warning("security alert: %s locked out", key)
         await self._persist([alert])
@@ -252,13 +244,7 @@ class RulesActor(Actor[RulesMsg]):
             until = alert.value.get("until") if isinstance(alert.value, dict) else None
             if key[0] == SECURITY_RULE and isinstance(until, int) and now >= until:
                 del self._open[key]
-                expired.append(
-                    replace(
-                        alert,
-                        state=next_state(AlertState(alert.state), AlertEvent.RESOLVE),
-                        resolved_at=now,
-                    )
-                )
+                expired.append(_resolved(alert, now))
         if expired:
             await self._persist(expired)
 
@@ -275,29 +261,19 @@ class RulesActor(Actor[RulesMsg]):
         opened = self._open.get(key)
         if not health.available and opened is None:
             failure = health.failure
-            alert = AlertRow(
-                id=str(uuid.uuid4()),
-                rule_id=STORAGE_RULE,
-                subject=STORAGE_SUBJECT,
-                metric="storage",
-                severity="critical",
-                state=AlertState.ACTIVE,
-                value={
-                    "reason": failure.reason if failure else "unknown",
-                    "disk_full": bool(failure and failure.disk_full),
-                },
-                started_at=health.since or now,
+            value = {
+                "reason": failure.reason if failure else "unknown",
+                "disk_full": bool(failure and failure.disk_full),
+            }
+            alert = _raised(
+                STORAGE_RULE, STORAGE_SUBJECT, "storage", "critical", value, health.since or now
             )
             self._open[key] = alert
             log.error("storage alert: the gateway cannot store data (%s)", alert.value)
             await self._persist([alert])
         elif health.available and opened is not None:
             del self._open[key]
-            resolved = replace(
-                opened,
-                state=next_state(AlertState(opened.state), AlertEvent.RESOLVE),
-                resolved_at=health.recovered_at or now,
-            )
+            resolved = _resolved(opened, health.recovered_at or now)
             log.warning("storage alert resolved: the gateway stores data again")
             await self._persist([resolved])
 
@@ -308,16 +284,7 @@ class RulesActor(Actor[RulesMsg]):
         for t in transitions:
             key = (t.rule_id, t.subject)
             if t.kind == "raised":
-                alert = AlertRow(
-                    id=str(uuid.uuid4()),
-                    rule_id=t.rule_id,
-                    subject=t.subject,
-                    metric=t.metric,
-                    severity=t.severity,
-                    state=AlertState.ACTIVE,
-                    value=t.value,
-                    started_at=t.at_ms,
-                )
+                alert = _raised(t.rule_id, t.subject, t.metric, t.severity, t.value, t.at_ms)
                 self._open[key] = alert
                 log.warning(
                     "alert raised: rule %s on %s (%s=%r)", t.rule_id, t.subject, t.metric, t.value
@@ -326,11 +293,7 @@ class RulesActor(Actor[RulesMsg]):
                 opened = self._open.pop(key, None)
                 if opened is None:
                     continue
-                alert = replace(
-                    opened,
-                    state=next_state(AlertState(opened.state), AlertEvent.RESOLVE),
-                    resolved_at=t.at_ms,
-                )
+                alert = _resolved(opened, t.at_ms)
                 log.info("alert resolved: rule %s on %s", t.rule_id, t.subject)
             changed.append(alert)
         await self._persist(changed, self._state_kv())
@@ -354,3 +317,26 @@ class RulesActor(Actor[RulesMsg]):
                 await self._persist([updated])
                 return updated.to_dict()
         return None  # not open here (already resolved, or never raised at this gateway)
+
+
+def _raised(
+    rule_id: str, subject: str, metric: str, severity: str, value: object, started_at: int
+) -> AlertRow:
+    """A newly raised alert: its own id, active."""
+    return AlertRow(
+        id=str(uuid.uuid4()),
+        rule_id=rule_id,
+        subject=subject,
+        metric=metric,
+        severity=severity,
+        state=AlertState.ACTIVE,
+        value=value,
+        started_at=started_at,
+    )
+
+
+def _resolved(alert: AlertRow, at_ms: int) -> AlertRow:
+    """The alert after a RESOLVE at at_ms (the lifecycle table in common.alerts says to what)."""
+    return replace(
+        alert, state=next_state(AlertState(alert.state), AlertEvent.RESOLVE), resolved_at=at_ms
+    )
