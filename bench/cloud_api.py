@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -56,6 +55,7 @@ import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
+from bench.support import BenchError, log_tail, run_benchmark, stop_process  # noqa: E402
 from cloud.app.services import open_duckdb_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.security.auth import hash_password  # noqa: E402
@@ -81,10 +81,6 @@ BUCKET_MS = 300_000
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 120.0
 SEED_BATCH_READINGS = 40_000  # readings per seeding transaction: the gateway's sync batch
-
-
-class BenchError(Exception):
-    """The benchmark could not measure (the server did not start, a request failed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,19 +265,10 @@ class Server:
     base_url: str
 
     def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return log_tail(self.log, n)
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s)
 
 
 def start_server(data_dir: Path, workdir: Path) -> Server:
@@ -667,20 +654,12 @@ def _parse(argv: Sequence[str]) -> Settings:
 
 def main(argv: Sequence[str]) -> int:
     settings = _parse(argv)
-    # SIGTERM ends the run like Ctrl-C: through the finally block that stops the server.
-    # (SIGINT too: a shell starting us in the background would otherwise leave it ignored.)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C and SIGTERM end the run through the finally block that stops the server. (SIGINT
+    # set here: a shell starting us in the background would otherwise leave it ignored.)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        result = run(settings)
-    except KeyboardInterrupt:
-        print("\ninterrupted; server stopped, work dir removed", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"\ncloud_api: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, separators=(",", ":")), flush=True)
-    return 0
+    return run_benchmark(
+        "cloud_api", lambda: run(settings), "interrupted; server stopped, work dir removed"
+    )
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, installed or not
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from bench.support import BenchError, log_tail, run_benchmark, stop_process  # noqa: E402
 from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402
 from edge.ingest.mqtt.broker import MOSQUITTO, free_port  # noqa: E402
 
@@ -62,10 +63,6 @@ FULL_SPEED_TOTAL_RATE = 100_000.0  # offered msgs/s in A and B: far above what o
 SAMPLE_EVERY_S = 0.25  # RSS sampling and subscriber progress period
 LAG_SAMPLE_EVERY_S = 2.0  # ingest_lag covers the last 20k commits: ~2 s at 10k/s
 SIM_GRACE_S = 120.0  # sims outlive their phase by at most this if the bench stalls
-
-
-class BenchError(Exception):
-    """The benchmark could not measure (a process did not start, a port never opened)."""
 
 
 # --------------------------------------------------------------------------- workers
@@ -228,22 +225,13 @@ class Child:
         return None
 
     def log_tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return log_tail(self.log, n)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s)
         if self._reader is not None:
             self._reader.join(2)
 
@@ -961,18 +949,9 @@ def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "_sub":
         return _worker_sub(argv[1:])
     settings = _parse(argv)
-    # SIGTERM ends the run like Ctrl-C: through the finally blocks that stop every child.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        result = run(settings)
-    except KeyboardInterrupt:
-        print("\ninterrupted; all benchmark processes stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"\ningest_mqtt: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, separators=(",", ":")), flush=True)
-    return 0
+    return run_benchmark(
+        "ingest_mqtt", lambda: run(settings), "interrupted; all benchmark processes stopped"
+    )
 
 
 if __name__ == "__main__":
