@@ -32,7 +32,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,15 +53,10 @@ from cloud.sync.store import DuckSyncStore  # noqa: E402
 from common.model import Reading  # noqa: E402
 from common.sync_wire import SyncBatch, decode_batch, encode_batch  # noqa: E402
 from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402
+from edge.ingest.mqtt.broker import free_port  # noqa: E402
 from edge.storage.store import Batch, GatewayStore  # noqa: E402
 
 T0 = 1_764_300_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(*args: str, stdin: str | None = None) -> str:
