@@ -24,7 +24,7 @@ import aiocoap.oscore
 from aiocoap import POST, Message, Reliable, Unreliable
 
 from firmware_stubs.coap_sim import CoapSimConfig, CoapSimStats
-from firmware_stubs.mqtt_sim import DeviceCredentials
+from firmware_stubs.credentials import DeviceCredentials
 from firmware_stubs.oscore_device import (
     OscoreDeviceError,
     client_credentials,

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, cast
 
-from firmware_stubs.mqtt_sim import DeviceCredentials
+from firmware_stubs.credentials import DeviceCredentials
 from firmware_stubs.request_sim import (
     FORMATS,
     Pacer,

@@ -15,7 +15,7 @@ from typing import IO, ClassVar
 
 import httpx
 
-from firmware_stubs.mqtt_sim import DeviceCredentials
+from firmware_stubs.credentials import DeviceCredentials
 from firmware_stubs.request_sim import (
     Pacer,
     RequestSimConfig,

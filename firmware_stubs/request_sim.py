@@ -17,7 +17,7 @@ from typing import IO, Any, ClassVar, Literal, Protocol, TypeVar
 
 import cbor2
 
-from firmware_stubs.mqtt_sim import DeviceCredentials
+from firmware_stubs.credentials import DeviceCredentials
 
 FORMATS = {"json": 50, "cbor": 60, "senml": 110, "senml-cbor": 112}  # -> CoAP Content-Format
 Format = Literal["json", "cbor", "senml", "senml-cbor"]
