@@ -71,6 +71,7 @@ case "$cmd" in
     test)
         setup; browser_setup
         $VENV/bin/ruff check .
+        $VENV/bin/ruff format --check .
         $VENV/bin/mypy edge cloud common firmware_stubs
         exec $PY -m pytest "$@" ;;
     test-soak) setup; exec $PY -m pytest -m soak "$@" ;;

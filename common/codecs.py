@@ -478,7 +478,8 @@ class _Walk:
             ts_path = f"{path}/t" if "t" in rec else base.time_path or path
             self.sources.append(Source(name_path, f"{path}/{value_key}", ts_path))
 
-    def senml_bases(self, rec: dict[Any, Any], path: str, base: _SenmlBase) -> None:
+    # one branch per SenML base field (RFC 8428 section 4.5):
+    def senml_bases(self, rec: dict[Any, Any], path: str, base: _SenmlBase) -> None:  # noqa: PLR0912
         # Base fields apply to this record and every later one until replaced (RFC 8428 4.1).
         if "bver" in rec:
             ver = rec["bver"]

@@ -102,7 +102,8 @@ class RuleEngine:
         """The rules as last given, disabled ones included."""
         return self._rules
 
-    def observe(self, observations: Sequence[Observation], now_ms: int) -> list[Transition]:
+    # the episode state machine in one place (see RuleEngine):
+    def observe(self, observations: Sequence[Observation], now_ms: int) -> list[Transition]:  # noqa: PLR0912
         """Judge a batch of readings (any order; judged oldest first) that arrived at now_ms."""
         out: list[Transition] = []
         by_metric = self._by_metric

@@ -190,7 +190,7 @@ class SyncBatch:
         return max((a.change_seq for a in self.alerts), default=0)
 
     @classmethod
-    def create(
+    def create(  # noqa: PLR0913 - builds the batch from its keyword fields
         cls,
         *,
         gateway_id: str,

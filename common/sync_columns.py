@@ -205,7 +205,7 @@ def columns_from_doc(
     )
 
 
-def _values_from_doc(
+def _values_from_doc(  # noqa: PLR0912 - one branch per value column encoding
     c: DocCheck, r: Mapping[Any, Any], n: int, dev_i: list[int], met_i: list[int], nmet: int
 ) -> list[Value]:
     if "vk" in r:

@@ -370,7 +370,8 @@ def decode_and_validate(
 _INT_AS_FLOAT = 2**53  # ints up to this convert to float exactly (and never overflow)
 
 
-def _plain_message(
+# the hot path inlined: each check hands the message back:
+def _plain_message(  # noqa: PLR0911, PLR0912
     device_id: str,
     doc: dict[Any, Any],
     received_at_ms: int,

@@ -220,40 +220,87 @@ def _add_coap_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host", default="127.0.0.1", help="gateway host (default: 127.0.0.1)")
     group.add_argument("--port", type=_port, default=5683, help="gateway port (default: 5683)")
     kind = group.add_mutually_exclusive_group()
-    kind.add_argument("--con", dest="confirmable", action="store_true", default=True,
-                      help="confirmable requests (default)")
-    kind.add_argument("--non", dest="confirmable", action="store_false",
-                      help="non-confirmable requests")
-    group.add_argument("--format", choices=("json", "senml", "senml-cbor", "cbor"),
-                       default="json", help="payload format (default: json)")
-    group.add_argument("--inflight", type=_int_at_least(1), default=1, metavar="N",
-                       help="outstanding requests per device (default: 1)")
+    kind.add_argument(
+        "--con",
+        dest="confirmable",
+        action="store_true",
+        default=True,
+        help="confirmable requests (default)",
+    )
+    kind.add_argument(
+        "--non", dest="confirmable", action="store_false", help="non-confirmable requests"
+    )
+    group.add_argument(
+        "--format",
+        choices=("json", "senml", "senml-cbor", "cbor"),
+        default="json",
+        help="payload format (default: json)",
+    )
+    group.add_argument(
+        "--inflight",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="outstanding requests per device (default: 1)",
+    )
     group.add_argument("--malformed", action="store_true", help="every payload is malformed")
-    group.add_argument("--bad-token", action="store_true",
-                       help="use a wrong token and expect refusal (exit 1 if any is accepted)")
-    group.add_argument("--ack-timeout", type=_positive_float, default=2.0, metavar="SECONDS",
-                       help="first retransmission timeout (RFC 7252 ACK_TIMEOUT; default: 2)")
-    group.add_argument("--acked-log", type=Path, metavar="FILE",
-                       help='append "device_id seq ts_ms" per reading answered 2.04')
-    group.add_argument("--oscore", type=Path, metavar="CONTEXT.json",
-                       help="one OSCORE device: POST /telemetry protected with the context "
-                       "`gateway device add ID --oscore` printed (saved to this file); its "
-                       "sequence numbers are kept in CONTEXT.json.state/")
+    group.add_argument(
+        "--bad-token",
+        action="store_true",
+        help="use a wrong token and expect refusal (exit 1 if any is accepted)",
+    )
+    group.add_argument(
+        "--ack-timeout",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="first retransmission timeout (RFC 7252 ACK_TIMEOUT; default: 2)",
+    )
+    group.add_argument(
+        "--acked-log",
+        type=Path,
+        metavar="FILE",
+        help='append "device_id seq ts_ms" per reading answered 2.04',
+    )
+    group.add_argument(
+        "--oscore",
+        type=Path,
+        metavar="CONTEXT.json",
+        help="one OSCORE device: POST /telemetry protected with the context "
+        "`gateway device add ID --oscore` printed (saved to this file); its "
+        "sequence numbers are kept in CONTEXT.json.state/",
+    )
 
 
 def _add_http_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("HTTP")
     group.add_argument("--host", default="127.0.0.1", help="gateway host (default: 127.0.0.1)")
     group.add_argument("--port", type=_port, default=8080, help="gateway port (default: 8080)")
-    group.add_argument("--format", choices=("json", "senml", "senml-cbor", "cbor"),
-                       default="json", help="payload format (default: json)")
+    group.add_argument(
+        "--format",
+        choices=("json", "senml", "senml-cbor", "cbor"),
+        default="json",
+        help="payload format (default: json)",
+    )
     group.add_argument("--malformed", action="store_true", help="every payload is malformed")
-    group.add_argument("--bad-token", action="store_true",
-                       help="use a wrong token and expect refusal (exit 1 if any is accepted)")
-    group.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
-                       help="per request (default: 10)")
-    group.add_argument("--acked-log", type=Path, metavar="FILE",
-                       help='append "device_id seq ts_ms" per reading answered 200')
+    group.add_argument(
+        "--bad-token",
+        action="store_true",
+        help="use a wrong token and expect refusal (exit 1 if any is accepted)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="per request (default: 10)",
+    )
+    group.add_argument(
+        "--acked-log",
+        type=Path,
+        metavar="FILE",
+        help='append "device_id seq ts_ms" per reading answered 200',
+    )
 
 
 # --------------------------------------------------------------------------- running

@@ -254,7 +254,7 @@ async def run_coap_simulation(
     return await run_devices(config, CoapSimStats(devices=len(config.devices)), _device, stop)
 
 
-async def _device(
+async def _device(  # noqa: PLR0915 - one simulated device's loop, read top to bottom
     config: CoapSimConfig,
     dev: DeviceCredentials,
     stats: CoapSimStats,

@@ -47,7 +47,7 @@ class SimConfig:
     seed: int | None = None  # for reproducible values and jitter
     clock: Clock = field(default_factory=SystemClock, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: PLR0912 - one check per configuration field
         problems: list[str] = []
         if not self.devices:
             problems.append("no devices")

@@ -230,9 +230,7 @@ async def test_a_restart_keeps_active_lockouts(gateway_config: GatewayConfig) ->
                 problem_of(await c.post(url, content=b"{}"), 401)
     async with running(cfg) as gw:  # the same data dir
         async with httpx.AsyncClient() as c:
-            r = await c.post(
-                f"{base_of(gw)}/api/v1/{good['token']}/telemetry", content=b'{"t": 1}'
-            )
+            r = await c.post(f"{base_of(gw)}/api/v1/{good['token']}/telemetry", content=b'{"t": 1}')
         problem_of(r, 429)
         assert 0 < int(r.headers["retry-after"]) <= 300
         assert ("addr:127.0.0.1", pytest.approx(300, abs=30)) in [
@@ -393,9 +391,9 @@ async def test_slowloris_sockets_are_closed_and_devices_still_get_through(
                     continue
 
         async with asyncio.timeout(10):  # closed by the server, with nothing answered
-            assert await asyncio.gather(*(trickle_until_closed(r, w) for r, w in slow)) == [
-                b""
-            ] * 20
+            assert (
+                await asyncio.gather(*(trickle_until_closed(r, w) for r, w in slow)) == [b""] * 20
+            )
         async with httpx.AsyncClient() as c:
             r = await c.post(f"{base_of(gw)}/api/v1/{dev['token']}/telemetry", json={"t": 1})
         assert r.status_code == 200

@@ -49,7 +49,8 @@ def _finite(x: int | float) -> bool:
         return False
 
 
-def parse_metrics(body: Any, now_ms: int) -> list[MetricPoint]:
+# one check per field of a metric point, each with its own error:
+def parse_metrics(body: Any, now_ms: int) -> list[MetricPoint]:  # noqa: PLR0912
     """Every item or nothing: raises InvalidMetrics listing the problems."""
     if not isinstance(body, list):
         raise InvalidMetrics([FieldError("", "must be a JSON array of metric items")])

@@ -131,7 +131,8 @@ class MonitoringLoop:
                 log.exception("monitoring pass for org %s failed; retrying next pass", org_id)
         return more
 
-    async def evaluate_org(self, org_id: str) -> bool:
+    # one monitoring pass reads best in order: load, evaluate, persist, notify:
+    async def evaluate_org(self, org_id: str) -> bool:  # noqa: PLR0912
         store = self._store
         snap = await store.load_snapshot(org_id)
         if snap is None:

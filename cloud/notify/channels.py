@@ -110,7 +110,8 @@ def invalid_channel(errors: list[FieldError]) -> ProblemError:
     )
 
 
-def parse_channel(data: Mapping[str, Any], *, id: str | None = None) -> Channel:
+# one check per channel field and type, each with its own error:
+def parse_channel(data: Mapping[str, Any], *, id: str | None = None) -> Channel:  # noqa: PLR0912
     """Validate a channel document; `id` (server-assigned on create) overrides data["id"].
 
     Raises ProblemError 422 listing every field error at once (not just the first).
@@ -188,7 +189,8 @@ def apply_patch(channel: Channel, patch: Mapping[str, Any]) -> Channel:
     return parse_channel(merged, id=channel.id)
 
 
-def _url_errors(url: object) -> list[FieldError]:
+# one answer per reason a URL is refused:
+def _url_errors(url: object) -> list[FieldError]:  # noqa: PLR0911
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
         return [FieldError("/url", f"must be an http(s) URL of at most {MAX_URL} characters")]
     if any(ord(c) <= 32 for c in url):

@@ -62,7 +62,7 @@ class NotificationWorker:
     the sends in flight are recovered and repeated on the next start (at-least-once).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - its collaborators are injected, each a test seam
         self,
         store: OutboxStore,
         senders: Mapping[ChannelType, Sender],

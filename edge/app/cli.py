@@ -258,7 +258,8 @@ def _cmd_password_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(parser: argparse.ArgumentParser) -> None:
+# the argparse definition of every gateway command, read top to bottom:
+def register(parser: argparse.ArgumentParser) -> None:  # noqa: PLR0915
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")

@@ -179,7 +179,7 @@ class StoreActor(Actor[StoreMsg]):
     META_INTERVAL_S (and at stop), which keeps the per-commit cost flat as devices grow.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - its collaborators are injected, each a test seam
         self,
         store: GatewayStore,
         *,
@@ -228,7 +228,8 @@ class StoreActor(Actor[StoreMsg]):
         if self._budget is not None:
             self.schedule_every(self._budget.every_s, EnforceBudget())
 
-    async def receive(self, msg: StoreMsg) -> object:
+    # one branch per store message:
+    async def receive(self, msg: StoreMsg) -> object:  # noqa: PLR0912
         match msg:
             case Ingest(readings, rejections, confirm):
                 if not self._health.available:
@@ -365,7 +366,8 @@ class StoreActor(Actor[StoreMsg]):
         self._meta_timer = None
         self.ref.tell(Flush())
 
-    async def _flush(self) -> None:
+    # the commit, its failure paths and confirmations in order:
+    async def _flush(self) -> None:  # noqa: PLR0912
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -473,8 +475,10 @@ class StoreActor(Actor[StoreMsg]):
         if not self._note_failure(exc, readings=readings):
             log.warning("storage still unavailable: %s", exc.failure.reason)
             return
-        lost = f"{readings} readings of the failed commit not acknowledged" if readings else (
-            "a write failed"
+        lost = (
+            f"{readings} readings of the failed commit not acknowledged"
+            if readings
+            else ("a write failed")
         )
         log.error(
             "storage unavailable: %s (%s); %s; refusing ingest (retry later), probing every %g s",

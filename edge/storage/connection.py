@@ -59,9 +59,7 @@ class DuckConnection:
     `after_reopen` runs after every reopen, before any other statement: the store re-reads
     what it keeps in memory (the next sequence numbers) from the file."""
 
-    def __init__(
-        self, path: Path, config: DuckConfig, after_reopen: Callable[[], None]
-    ) -> None:
+    def __init__(self, path: Path, config: DuckConfig, after_reopen: Callable[[], None]) -> None:
         self.path = path
         self._config = config
         self._after_reopen = after_reopen

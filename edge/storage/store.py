@@ -555,16 +555,6 @@ class GatewayStore(Reports):
         self.commit(Batch(kv={SYNC_LAST_ERROR_KEY: json.dumps({"at": at_ms, "message": message})}))
 
 
-
-
-
-
-
-
-
-
-
-
 def _reading_rows(rows: Sequence[Reading], first_seq: int) -> list[tuple[Any, ...]]:
     """Rows in the readings table's column order; the value goes to the column of its type."""
     out: list[tuple[Any, ...]] = []

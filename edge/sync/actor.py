@@ -227,7 +227,7 @@ def _read_batch_rows(
 
 
 class SyncActor(Actor[SyncMsg]):
-    def __init__(
+    def __init__(  # noqa: PLR0913 - its collaborators are injected, each a test seam
         self,
         store: ActorRef[StoreMsg],
         client_factory: Callable[[], CloudClient],

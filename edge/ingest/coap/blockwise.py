@@ -86,7 +86,7 @@ class Block1Assembler:
     def max_bytes(self) -> int:
         return self._max_bytes
 
-    def feed(
+    def feed(  # noqa: PLR0911 - one result per RFC 7959 case
         self, key: tuple[Any, ...], block: Block1, payload: bytes, size1: int | None = None
     ) -> BlockResult:
         now = self._clock.monotonic()

@@ -267,7 +267,8 @@ class TelemetryHandler:
             await asyncio.shield(first.pending.committed)
         return self.finish(first)
 
-    def start(self, req: CoapRequest) -> CoapReply | Awaiting:
+    # one CoAP answer per outcome:
+    def start(self, req: CoapRequest) -> CoapReply | Awaiting:  # noqa: PLR0911
         """Everything up to the commit, without awaiting: an answer now, or the commit to wait
         for (then `finish`). The CoAP fast path answers from the commit's done-callback."""
         st = self.stats

@@ -229,7 +229,8 @@ def decode_packet(data: bytes) -> Packet:
     return packets[0]
 
 
-def _decode(first: int, data: bytes, start: int, end: int) -> Packet:
+# one return per MQTT packet type:
+def _decode(first: int, data: bytes, start: int, end: int) -> Packet:  # noqa: PLR0911
     ptype, flags = first >> 4, first & 0x0F
     if ptype == PUBLISH:  # the hot path: checked first
         return _decode_publish(flags, data, start, end)
@@ -353,7 +354,8 @@ def _expect_end(r: Reader, what: str) -> None:
 PropertyValue = int | str | bytes
 
 
-def _properties(r: Reader, allowed: frozenset[int], what: str) -> dict[int, PropertyValue]:
+# one branch per MQTT 5 property type:
+def _properties(r: Reader, allowed: frozenset[int], what: str) -> dict[int, PropertyValue]:  # noqa: PLR0912
     """Read a property list; return the last value of each (user properties are checked only)."""
     length = r.varint(f"{what} property length")
     if length > r.remaining():
@@ -485,7 +487,7 @@ def encode_subscribe(packet_id: int, topic_filter: str, qos: int = 1) -> bytes:
     return _packet(SUBSCRIBE << 4 | 0x02, body)
 
 
-def encode_publish(
+def encode_publish(  # noqa: PLR0913 - the PUBLISH fields as keywords
     topic: str,
     payload: bytes,
     *,

@@ -132,7 +132,7 @@ DEFAULT_CAPS = ConnectionCaps(max_connections=10_000, max_per_address=10_000)
 
 
 class MqttFront:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - its collaborators are injected, each a test seam
         self,
         bind: str,
         port: int,

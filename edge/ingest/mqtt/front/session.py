@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edge.ingest.mqtt.front.proxy")  # one logger for the front
 
+
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
     # asyncio already sets TCP_NODELAY on TCP transports; set it explicitly because a delayed
     # small PUBACK through two hops would cost up to 40 ms per QoS 1 message with Nagle on.

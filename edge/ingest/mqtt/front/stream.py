@@ -72,7 +72,8 @@ class PublishView:
     topic_alias: int | None = None
 
 
-def parse_publish(first: int, buf: bytes | bytearray | memoryview, start: int, end: int,
+# one branch per MQTT 5 PUBLISH property; the hot path:
+def parse_publish(first: int, buf: bytes | bytearray | memoryview, start: int, end: int,  # noqa: PLR0912
                   v5: bool) -> PublishView:  # fmt: skip
     """The PUBLISH whose variable header starts at buf[start] and which ends at buf[end]."""
     qos = (first >> 1) & 0x03
