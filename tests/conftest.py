@@ -19,7 +19,7 @@ import pytest
 
 from edge.app.config import GatewayConfig, LockoutConfig, load_config
 from edge.app.gateway import Gateway
-from tests.ports import restartable_port
+from tests.support.ports import restartable_port
 
 REPO = Path(__file__).resolve().parent.parent
 IOTSPHERE = [sys.executable, "-m", "common.cli"]

@@ -3,7 +3,7 @@ report every problem with its JSON Pointer), documented by hand for /openapi.jso
 
 Each schema says exactly what its parser accepts: a request it admits is not refused for its
 shape (only for the state it meets: 404, 409), and one it forbids is refused (400/422).
-schemathesis holds both directions (tests/test_cloud_schema.py). Constraints between fields
+schemathesis holds both directions (tests/cloud/test_cloud_schema.py). Constraints between fields
 are written as `anyOf` branches, one per kind of rule or channel.
 
 PATCH bodies are merged into the stored object, so whether the result is valid can depend on

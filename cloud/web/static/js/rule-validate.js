@@ -1,6 +1,6 @@
 // Client-side check of an alert rule document: the same rules, paths and limits as the API's
 // validator (common/rules.py _check), so the form catches mistakes before anything is posted.
-// tests/test_web_dashboard.py runs both on the same documents and compares the field paths.
+// tests/cloud/test_web_dashboard.py runs both on the same documents and compares the field paths.
 
 export const OPERATORS = [">", ">=", "<", "<=", "==", "!=", "nodata"];
 export const ORDERING = [">", ">=", "<", "<="];

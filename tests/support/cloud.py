@@ -1,0 +1,99 @@
+"""Fixtures and helpers shared by the cloud tests (tests/cloud/) (imported explicitly)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud.app.asgi import create_app
+from cloud.app.services import Services, build_services, open_duckdb_store
+from cloud.app.settings import CloudSettings
+from cloud.security.auth import hash_password
+from cloud.storage.duck import DuckCloudStore
+from cloud.storage.interface import Role, User
+from common.clock import ManualClock
+from common.model import Reading
+
+PASSWORD = "correct horse battery"
+T0 = 1_764_300_000_000  # ManualClock's default start, a multiple of 5 minutes
+
+
+class RecordingSleep:
+    """Injected backoff sleep: records the delays, returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> CloudSettings:
+    return CloudSettings(data_dir=tmp_path / "cloud")
+
+
+@pytest.fixture
+def store(settings: CloudSettings) -> Iterator[DuckCloudStore]:
+    s = open_duckdb_store(settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def sleeps() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+def services(
+    settings: CloudSettings, store: DuckCloudStore, clock: ManualClock, sleeps: RecordingSleep
+) -> Services:
+    return build_services(settings, store, clock, sleep=sleeps)
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cloud.test") as c:
+        yield c
+
+
+async def add_user(
+    store: DuckCloudStore, email: str, role: Role = Role.ADMIN, org: str = "default"
+) -> User:
+    o = await store.ensure_org(org, T0)
+    return await store.create_user(email, hash_password(PASSWORD), role, o.id, T0)
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
+    r = await client.post("/api/auth/login", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def reading(device: str, metric: str, ts: int, value: float | bool | str) -> Reading:
+    return Reading(device_id=device, metric=metric, ts=ts, value=value, received_at=ts + 5)
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    doc: dict[str, object] = r.json()
+    assert doc["status"] == status
+    assert isinstance(doc["type"], str) and isinstance(doc["title"], str)
+    return doc
