@@ -37,6 +37,7 @@ from common.clock import ManualClock, SystemClock
 from common.rules import InvalidRule, parse_rule
 from tests.conftest import REPO, THERMO_TOML, GatewayProcess, cli, cli_json
 from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -100,16 +101,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run in a thread: Playwright's sync API keeps a loop running in this one."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
-
-
-def wait_for(fetch: Any, what: str, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = fetch()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 from edge.sync.clock_watch import kernel_clock_synchronised
 from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json
 from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 PASSWORD = "e2e-passw0rd"
@@ -47,16 +48,6 @@ def cloud(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def wait_for(fetch: Any, what: str, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = fetch()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_device_to_gateway_to_cloud_dashboard(

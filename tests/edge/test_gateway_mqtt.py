@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GatewayProcess, cli, cli_json
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,16 +49,6 @@ def pub(
         timeout=20,
         check=False,
     )
-
-
-def wait_for(predicate, timeout_s: float = 15.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def readings(data_dir: Path, device: str) -> list[dict]:  # type: ignore[type-arg]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from edge.status.view import StatusData, Table, build_view, render_table
 from edge.sync.identity import Identity, key_path, save_identity
 from tests.conftest import REPO, GatewayProcess, cli, cli_json
 from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 PASSWORD = "site-installer-pw"
 SHOTS = REPO / "artifacts" / "screenshots"
@@ -141,16 +141,6 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
-
-
-def wait_for(fetch: Any, what: str, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = fetch()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(120)

@@ -12,7 +12,6 @@ import random
 import re
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from firmware_stubs.mqtt_sim import (
     run_simulation,
 )
 from tests.support.mosquitto import PlainBroker
+from tests.support.waiting import until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICES = (DeviceCredentials("dev-a", "tok-a"), DeviceCredentials("dev-b", "tok-b"))
@@ -84,14 +84,6 @@ async def subscribed(broker: PlainBroker) -> AsyncIterator[list[tuple[str, bytes
                 await task
 
 
-async def wait_until(condition: object, within: float = 5.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 def config_for(broker: PlainBroker, **overrides: object) -> SimConfig:
     base = SimConfig(
         devices=DEVICES,
@@ -125,7 +117,7 @@ async def test_two_devices_publish_all_messages_qos1(broker: PlainBroker, tmp_pa
     log_path = tmp_path / "acked.log"
     async with subscribed(broker) as received:
         stats = await run_simulation(config_for(broker, acked_log=log_path))
-        await wait_until(lambda: len(received) >= 40)
+        await until(lambda: len(received) >= 40, timeout_s=5.0)
 
     assert (stats.sent, stats.acked, stats.refused, stats.errors) == (40, 40, 0, 0)
     assert stats.unacked == 0
@@ -167,7 +159,7 @@ async def test_malformed_every_fifth_message(broker: PlainBroker) -> None:
     config = config_for(broker, devices=DEVICES[:1], count=12, malformed_every=5)
     async with subscribed(broker) as received:
         stats = await run_simulation(config)
-        await wait_until(lambda: len(received) >= 12)
+        await until(lambda: len(received) >= 12, timeout_s=5.0)
     assert stats.acked == 12  # the broker acknowledges broken payloads too; the gateway rejects
     valid: list[int] = []
     broken: list[int] = []
@@ -188,7 +180,7 @@ async def test_no_clock_sends_flat_objects_without_ts(broker: PlainBroker) -> No
     )
     async with subscribed(broker) as received:
         stats = await run_simulation(config)
-        await wait_until(lambda: len(received) >= 5)
+        await until(lambda: len(received) >= 5, timeout_s=5.0)
     assert stats.acked == 5
     for topic, payload in received:
         doc = json.loads(payload)
@@ -202,7 +194,7 @@ async def test_qos0_publishes_without_acks(broker: PlainBroker, tmp_path: Path) 
     config = config_for(broker, devices=DEVICES[:1], count=10, qos=0, acked_log=log_path)
     async with subscribed(broker) as received:
         stats = await run_simulation(config)
-        await wait_until(lambda: len(received) >= 10)
+        await until(lambda: len(received) >= 10, timeout_s=5.0)
     assert (stats.sent, stats.acked, stats.unacked) == (10, 0, 0)
     assert acked_lines(log_path) == []
 
@@ -213,7 +205,7 @@ async def test_reconnects_and_resends_after_broker_restart(
     log_path = tmp_path / "acked.log"
     config = config_for(broker, devices=DEVICES[:1], count=60, rate=100.0, acked_log=log_path)
     sim = asyncio.create_task(run_simulation(config))
-    await wait_until(lambda: len(acked_lines(log_path)) >= 10)
+    await until(lambda: len(acked_lines(log_path)) >= 10, timeout_s=5.0)
     broker.stop(kill=True)  # no goodbye: in-flight messages stay unacknowledged
     await asyncio.sleep(0.1)  # long enough for at least one failed reconnect attempt
     broker.start()
@@ -233,7 +225,7 @@ async def test_stop_ends_an_endless_run_with_stats(broker: PlainBroker, tmp_path
     config = config_for(broker, count=0, rate=200.0, acked_log=log_path)
     stop = asyncio.Event()
     sim = asyncio.create_task(run_simulation(config, stop=stop))
-    await wait_until(lambda: len(acked_lines(log_path)) >= 10)
+    await until(lambda: len(acked_lines(log_path)) >= 10, timeout_s=5.0)
     stop.set()
     stats = await asyncio.wait_for(sim, 5)
     assert stats.acked >= 10
@@ -308,7 +300,7 @@ async def test_cli_runs_a_fleet_from_a_credentials_file(
     async with subscribed(broker) as received:
         # In a thread: the handler runs its own event loop, as it does under `iotsphere`.
         code = await asyncio.to_thread(run_cli, argv)
-        await wait_until(lambda: len(received) >= 7)
+        await until(lambda: len(received) >= 7, timeout_s=5.0)
     assert code == 0
     stats = json.loads(capsys.readouterr().out)
     assert {k: stats[k] for k in ("sent", "acked", "refused", "reconnects", "errors")} == {
@@ -373,7 +365,7 @@ async def test_ctrl_c_drains_and_prints_stats(broker: PlainBroker, tmp_path: Pat
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        await wait_until(lambda: len(acked_lines(log_path)) >= 5)
+        await until(lambda: len(acked_lines(log_path)) >= 5, timeout_s=5.0)
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 10)
     finally:
