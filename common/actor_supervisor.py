@@ -18,6 +18,7 @@ from common.actor_cell import ActorCell
 from common.actor_errors import ActorStopped, EscalationError
 from common.actor_ref import ActorRef
 from common.actor_specs import ChildSpec, SleepFn
+from common.backoff import ceiling_s
 from common.clock import Clock, SystemClock
 
 # The runtime's one logger keeps the name it had before the runtime was split into modules.
@@ -162,7 +163,7 @@ class Supervisor:
             self._escalate(child.name, error)
             return None
         n = sum(1 for _, name in self._history if name == child.name)
-        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** (n - 1)))
+        return ceiling_s(n, self.backoff_base_s, self.backoff_max_s)
 
     def _escalate(self, child: str, error: BaseException | None) -> None:
         err = EscalationError(self._name, child, self.max_restarts, self.window_s, error)

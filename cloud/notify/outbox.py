@@ -37,6 +37,7 @@ from typing import Any
 import duckdb
 
 from cloud.notify.format import Notification, NotificationEvent
+from common.backoff import ceiling_s
 
 
 class NotificationStatus(StrEnum):
@@ -114,8 +115,7 @@ class RetryPolicy:
 
 def backoff_ceiling_s(attempts: int, policy: RetryPolicy) -> float:
     """min(cap, base * 2^(attempts-1)): the upper bound of the wait after `attempts` tries."""
-    exponent = min(max(attempts - 1, 0), 60)  # 2**60 * base is beyond any cap; avoid overflow
-    return min(policy.cap_s, policy.base_s * 2.0**exponent)
+    return ceiling_s(max(attempts, 1), policy.base_s, policy.cap_s)
 
 
 def backoff_delay_s(

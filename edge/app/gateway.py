@@ -14,7 +14,6 @@ import asyncio
 import gc
 import json
 import logging
-import random
 import signal
 import time
 import uuid
@@ -29,6 +28,7 @@ from common.actors import (
     OverflowPolicy,
     Supervisor,
 )
+from common.backoff import Backoff, spread
 from common.clock import Clock, SystemClock
 from common.validation import ValidationPolicy, device_type_from_dict
 from edge.admin.api import AdminApi
@@ -430,7 +430,7 @@ class Gateway(GatewayBackend, GatewayStatus):
     async def _watch_broker(self) -> None:
         """Restart the private broker whenever it dies, with backoff; DuckDB rebuilds its auth."""
         assert self._broker is not None
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0, spread())
         while True:
             started = time.monotonic()
             code = await self._broker.wait()
@@ -447,9 +447,8 @@ class Gateway(GatewayBackend, GatewayStatus):
             if self._front is not None:
                 await self._front.stop()
             if time.monotonic() - started > 60:
-                delay = 0.5
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 30.0)
+                backoff.reset()  # it ran a while: this is a new failure, not a crash loop
+            await asyncio.sleep(backoff.next_s())
             devices = await call(self.store_ref, lambda s: s.devices(include_secrets=True))
             self._broker.prepare(devices, self._broker_creds)
             await self._broker.start()

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from common.backoff import Backoff
+
 log = logging.getLogger("iotsphere.listener")
 
 LOG_EVERY_S = 10.0  # at most one summary line per listener and kind in this long
@@ -176,17 +178,13 @@ class AcceptBackoff:
     an accepted connection."""
 
     def __init__(self, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S) -> None:
-        self._first_s = first_s
-        self._max_s = max_s
-        self._next_s = first_s
+        self._backoff = Backoff(first_s, max_s)  # no jitter: one process, one listener
 
     def failed(self) -> float:
-        delay = self._next_s
-        self._next_s = min(self._next_s * 2, self._max_s)
-        return delay
+        return self._backoff.next_s()
 
     def succeeded(self) -> None:
-        self._next_s = self._first_s
+        self._backoff.reset()
 
 
 class LogThrottle:

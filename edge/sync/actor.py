@@ -39,6 +39,7 @@ from functools import partial
 from typing import Any
 
 from common.actors import Actor, ActorRef
+from common.backoff import full_jitter_s
 from common.clock import Clock
 from common.sync_wire import (
     AlertChange,
@@ -81,12 +82,7 @@ class SyncTick:
 SyncMsg = SyncTick
 
 
-def backoff_delay(failures: int, base_s: float, cap_s: float, rand: Callable[[], float]) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2^(failures-1))]; 0 before any failure."""
-    if failures <= 0:
-        return 0.0
-    bound: float = min(cap_s, base_s * 2.0 ** min(failures - 1, 62))
-    return float(rand() * bound)
+backoff_delay = full_jitter_s  # uniform in [0, min(cap, base * 2^(failures-1))]
 
 
 @dataclass

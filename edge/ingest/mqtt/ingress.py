@@ -23,11 +23,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any
 
 from common.actors import ActorRef
+from common.backoff import Backoff, spread
 from common.clock import Clock
 from common.model import Reading
 from common.problem import Problem
@@ -110,18 +110,21 @@ class MqttIngress:
         publish_outcome(mqtt, device_id, problem, readings, response_topic, correlation)
 
     async def run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 10.0, spread())
         while True:
             try:
                 self._session = _Session(self)
                 await self._session.run()
-                backoff = 0.2
+                backoff.reset()
             except IngressDisconnected as exc:
                 self.connected.clear()
                 self.stats["reconnects"] += 1
-                log.warning("ingress: broker connection lost (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 10.0)
+                log.warning(
+                    "ingress: broker connection lost (%s); retrying in %.1fs",
+                    exc,
+                    backoff.ceiling_s,
+                )
+                await asyncio.sleep(backoff.next_s())
 
 
 # One classified message: (the publish, its device id, the outcome).
