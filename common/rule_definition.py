@@ -25,23 +25,9 @@ from common.rule_validation import (
     is_number,
 )
 
-# Fields a client may send in a rule document; "id" and "version" are assigned by the server and
-# are accepted (a client often sends back what it got) but ignored.
-_CLIENT_FIELDS: Final = frozenset(
-    {
-        "name",
-        "metric",
-        "operator",
-        "threshold",
-        "for_seconds",
-        "hysteresis",
-        "severity",
-        "enabled",
-        "channels",
-        *SCOPE_FIELDS,
-    }
-)
-_SERVER_FIELDS: Final = frozenset({"id", "version"})
+# The fields a client may send in a rule document: every field of a rule. "id" and "version"
+# are assigned by the server and are accepted (a client often sends back what it got) but ignored.
+_KNOWN_FIELDS: Final = frozenset(RULE_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +107,7 @@ def parse_rule(data: Mapping[str, Any], *, id: str, version: int) -> Rule:
     if not isinstance(data, Mapping):
         raise InvalidRule([FieldError("", "a rule must be a JSON object")])
     errors: list[FieldError] = [
-        FieldError(_pointer(str(key)), "unknown field")
-        for key in data
-        if key not in _CLIENT_FIELDS and key not in _SERVER_FIELDS
+        FieldError(_pointer(str(key)), "unknown field") for key in data if key not in _KNOWN_FIELDS
     ]
     values: dict[str, object] = {f: data.get(f) for f in RULE_FIELDS}
     # null means "the default" for optional fields, which makes PATCH-by-merge simple.
