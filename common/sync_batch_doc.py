@@ -156,6 +156,25 @@ def batch_from_doc(doc: object) -> SyncBatch:
     return batch
 
 
+# The layout of each positional row, as batch_to_doc writes it (the reader's error names it).
+_ALERT_ROW = (
+    "change_seq",
+    "id",
+    "rule_id",
+    "device_id",
+    "metric",
+    "severity",
+    "state",
+    "value",
+    "started_at",
+    "acknowledged_at",
+    "resolved_at",
+)
+_DEVICE_ROW = ("device_id", "type", "status")
+_EPOCH_ROW = ("first_seq", "boot_id", "mono_base_ms", "flags", "skew_ms")
+_AUTH_ROW = ("at", "kind", "transport", "reason", "address", "username", "client_id")
+
+
 def _value(c: DocCheck, v: object, path: str) -> Value | None:
     if v is None or isinstance(v, bool):
         return v
@@ -172,13 +191,7 @@ def _value(c: DocCheck, v: object, path: str) -> Value | None:
 
 
 def _alert(c: DocCheck, a: object, path: str) -> AlertChange:
-    row = c.list_(a, path, 11)
-    if len(row) != 11:
-        c.abort(
-            path,
-            "must be [change_seq, id, rule_id, device_id, metric, severity, state, "
-            "value, started_at, acknowledged_at, resolved_at]",
-        )
+    row = c.row(a, path, _ALERT_ROW)
     seq = c.opt_int(row[0], f"{path}/0")
     started = c.opt_int(row[8], f"{path}/8")
     if seq is None or seq < 1:
@@ -201,9 +214,7 @@ def _alert(c: DocCheck, a: object, path: str) -> AlertChange:
 
 
 def _device(c: DocCheck, d: object, path: str) -> DeviceRecord:
-    row = c.list_(d, path, 3)
-    if len(row) != 3:
-        c.abort(path, "must be [device_id, type, status]")
+    row = c.row(d, path, _DEVICE_ROW)
     status = c.str_(row[2], f"{path}/2")
     if status not in ("active", "revoked"):
         c.fail(f"{path}/2", "must be active or revoked")
@@ -211,9 +222,7 @@ def _device(c: DocCheck, d: object, path: str) -> DeviceRecord:
 
 
 def _epoch(c: DocCheck, e: object, path: str) -> ClockEpoch:
-    row = c.list_(e, path, 5)
-    if len(row) != 5:
-        c.abort(path, "must be [first_seq, boot_id, mono_base_ms, flags, skew_ms]")
+    row = c.row(e, path, _EPOCH_ROW)
     first_seq = c.opt_int(row[0], f"{path}/0")
     base = c.opt_int(row[2], f"{path}/2")
     flags = c.opt_int(row[3], f"{path}/3")
@@ -233,9 +242,7 @@ def _epoch(c: DocCheck, e: object, path: str) -> ClockEpoch:
 
 
 def _auth_event(c: DocCheck, e: object, path: str) -> AuthEvent:
-    row = c.list_(e, path, 7)
-    if len(row) != 7:
-        c.abort(path, "must be [at, kind, transport, reason, address, username, client_id]")
+    row = c.row(e, path, _AUTH_ROW)
     at = c.opt_int(row[0], f"{path}/0")
     if at is None:
         c.fail(f"{path}/0", "at must be an integer")

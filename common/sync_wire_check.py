@@ -78,6 +78,13 @@ class DocCheck:
             self.abort(path, f"must have at most {max_len} items")
         return v
 
+    def row(self, v: object, path: str, fields: Sequence[str]) -> list[Any]:
+        """A positional row of exactly len(fields) items; aborts naming its layout."""
+        row = self.list_(v, path, len(fields))
+        if len(row) != len(fields):
+            self.abort(path, f"must be [{', '.join(fields)}]")
+        return row
+
     def map_(self, v: object, path: str) -> dict[Any, Any]:
         if type(v) is not dict:
             self.abort(path, "must be a map")
