@@ -10,6 +10,7 @@ import bisect
 import math
 import threading
 from collections.abc import Sequence
+from typing import TypeVar
 
 LabelValues = tuple[str, ...]
 
@@ -90,6 +91,9 @@ class Histogram:
         return lines
 
 
+_Series = TypeVar("_Series", Counter, Histogram)
+
+
 class Registry:
     CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -97,20 +101,22 @@ class Registry:
         self._series: dict[str, Counter | Histogram] = {}
 
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
-        existing = self._series.get(name)
-        if isinstance(existing, Counter):
-            return existing
-        c = Counter(name, help_text, labels)
-        self._series[name] = c
-        return c
+        return self._series_named(Counter, name, help_text, labels)
 
     def histogram(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Histogram:
+        return self._series_named(Histogram, name, help_text, labels)
+
+    def _series_named(
+        self, kind: type[_Series], name: str, help_text: str, labels: Sequence[str]
+    ) -> _Series:
+        """The series registered under `name` if it is of this kind (asking twice gives one
+        series), else a new one in its place."""
         existing = self._series.get(name)
-        if isinstance(existing, Histogram):
+        if isinstance(existing, kind):
             return existing
-        h = Histogram(name, help_text, labels)
-        self._series[name] = h
-        return h
+        series = kind(name, help_text, labels)
+        self._series[name] = series
+        return series
 
     def render(self) -> str:
         lines: list[str] = []
