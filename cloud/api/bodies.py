@@ -29,7 +29,7 @@ from cloud.notify.channels import (
     PY_SPACES,
     URL_PATTERN,
 )
-from common.problem import ProblemError
+from common.problem import Problem, ProblemError
 from common.rules import (
     EQUALITY_OPERATORS,
     MAX_FOR_SECONDS,
@@ -80,6 +80,20 @@ def fits_some(
             continue
         return True
     return False
+
+
+def patch_conflict(kind: str, exc: ProblemError) -> ProblemError:
+    """The 409 for a patch that fits some object of its kind but not the stored one (`exc`,
+    what parsing the merged object reported); `kind` names it: "rule", "channel"."""
+    return ProblemError(
+        Problem(
+            f"{kind}-conflict",
+            "Conflict",
+            409,
+            f"the patch does not fit this {kind}: {exc.problem.detail}",
+            errors=exc.problem.errors,
+        )
+    )
 
 
 # -- alert rules (common.rules.parse_rule) ------------------------------------------------------

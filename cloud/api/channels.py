@@ -8,13 +8,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Response
 
-from cloud.api.bodies import CHANNEL_BASES, channel_body_schema, fits_some, json_body
+from cloud.api.bodies import (
+    CHANNEL_BASES,
+    channel_body_schema,
+    fits_some,
+    json_body,
+    patch_conflict,
+)
 from cloud.api.deps import AUTHED, Admin, Operator, ServicesDep, notify_of, problems
 from cloud.api.problems import conflict, not_found
 from cloud.api.schemas import ChannelOut
 from cloud.app.services import Services
 from cloud.notify.channels import Channel, apply_patch, parse_channel
-from common.problem import Problem, ProblemError
+from common.problem import ProblemError
 
 router = APIRouter(prefix="/api/notification_channels", tags=["notifications"])
 
@@ -78,15 +84,7 @@ async def patch_channel(
         patch = {k: v for k, v in body.items() if k != "id"} if isinstance(body, dict) else None
         if patch is None or not fits_some(patch, CHANNEL_BASES, _parse_probe):
             raise  # invalid for any channel: 422
-        raise ProblemError(
-            Problem(
-                "channel-conflict",
-                "Conflict",
-                409,
-                f"the patch does not fit this channel: {exc.problem.detail}",
-                errors=exc.problem.errors,
-            )
-        ) from exc
+        raise patch_conflict("channel", exc) from exc
     await notify_of(services).save_channel(principal.org_id, channel, services.clock.now_ms())
     return channel.to_dict()
 

@@ -19,6 +19,7 @@ from cloud.api.bodies import (
     RULE_BASES,
     fits_some,
     json_body,
+    patch_conflict,
     rule_body_schema,
 )
 from cloud.api.deps import (
@@ -152,15 +153,7 @@ async def patch_rule(
     except InvalidRule as exc:
         if not fits_some(patch, RULE_BASES, lambda d: parse_rule(d, id=current.id, version=1)):
             raise  # invalid for any rule: 422
-        raise ProblemError(
-            Problem(
-                "rule-conflict",
-                "Conflict",
-                409,
-                f"the patch does not fit this rule: {exc.problem.detail}",
-                errors=exc.problem.errors,
-            )
-        ) from exc
+        raise patch_conflict("rule", exc) from exc
     await _check_channels(services, principal.org_id, rule)
     stored = await monitoring_of(services).update_rule(
         principal.org_id, rule, services.clock.now_ms()
