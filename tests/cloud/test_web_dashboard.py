@@ -345,6 +345,40 @@ def test_rule_form_checks_before_posting_and_the_alert_appears_live(tab: Tab, si
     page.goto(site.base + "/#/alerts")
     page.locator("#s-active-alerts").wait_for()
     tab.shot("alerts")
+    open_row = page.locator("#s-active-alerts tr", has_text="model:churn-v3")
+    open_row.get_by_role("button", name="Resolve").click()
+    page.locator("#s-past-alerts tr", has_text="model:churn-v3").wait_for()
+    ours = [a for a in site.api("GET", "/api/alerts").json() if a["source"] == "model:churn-v3"]
+    assert "resolved" in [a["state"] for a in ours]
+    assert tab.console_errors == []
+
+
+def test_rules_and_channels_are_deleted_in_two_steps(tab: Tab, site: Site) -> None:
+    page = tab.page
+    url = f"http://127.0.0.1:{free_port()}/"
+    hook = {"name": "old-hook", "type": "webhook", "url": url}
+    channel_id = site.api("POST", "/api/notification_channels", json=hook).json()["id"]
+    rule = {"name": "old rule", "metric": "pressure", "operator": ">", "threshold": 5}
+    rule_id = site.api("POST", "/api/monitoring/alert_rules", json=rule).json()["id"]
+    tab.login("/")
+    for page_path, button_id, api_path, name in (
+        ("/#/rules", f"delete-{rule_id}", f"/api/monitoring/alert_rules/{rule_id}", "old rule"),
+        (
+            "/#/channels",
+            f"delete-channel-{channel_id}",
+            f"/api/notification_channels/{channel_id}",
+            "old-hook",
+        ),
+    ):
+        page.goto(site.base + page_path)
+        button = page.locator(f"#{button_id}")
+        button.click()  # the first click only arms it
+        assert button.inner_text() == "Confirm delete"
+        assert tab.api_calls("DELETE", api_path) == []
+        button.click()
+        page.locator("tr", has_text=name).wait_for(state="detached")
+        assert len(tab.api_calls("DELETE", api_path)) == 1
+        assert site.api("GET", api_path).status_code == 404
     assert tab.console_errors == []
 
 

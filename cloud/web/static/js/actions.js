@@ -2,6 +2,7 @@
 // while the request runs, and a failure is written next to it with the problem's title.
 
 import { ApiError, Redirecting } from "./api.js";
+import { h } from "./dom.js";
 
 export function describe(error) {
   if (error instanceof ApiError) {
@@ -26,4 +27,19 @@ export async function act(button, statusEl, fn) {
   } finally {
     button.disabled = false;
   }
+}
+
+// A Delete button that asks twice instead of window.confirm() (keyboard-friendly and visible
+// to screen readers): the first click arms it ("Confirm delete"), the second runs fn via act.
+export function deleteButton(id, ariaLabel, statusEl, fn) {
+  const button = h("button", { type: "button", class: "small danger", id, "aria-label": ariaLabel }, "Delete");
+  button.addEventListener("click", () => {
+    if (button.dataset.armed !== "true") {
+      button.dataset.armed = "true";
+      button.textContent = "Confirm delete";
+      return;
+    }
+    act(button, statusEl, fn);
+  });
+  return button;
 }

@@ -22,31 +22,31 @@ export function deliveries(alert, channelNames) {
   }));
 }
 
+// The state changes a user can make on an alert, each posted to /api/alerts/{id}/{change}.
+const CHANGES = {
+  ack: { label: "Acknowledge", cls: "small", done: "Alert acknowledged" },
+  resolve: { label: "Resolve", cls: "small secondary", done: "Alert resolved" },
+};
+
+function changeButton(a, change, status, ctx) {
+  const { label, cls, done } = CHANGES[change];
+  const button = h("button", { type: "button", id: `${change}-${a.id}`, class: cls,
+    "aria-label": `${label} ${a.metric} alert on ${a.device_id ?? a.source}` }, label);
+  button.addEventListener("click", () => act(button, status, async () => {
+    await api.postJson(`/api/alerts/${encodeURIComponent(a.id)}/${change}`);
+    ctx.toast(done);
+    await ctx.refresh();
+  }));
+  return button;
+}
+
 export function alertsTable(caption, alerts, ctx, channelNames, empty) {
   const config = ctx.config();
   const rows = alerts.map((a) => {
     const status = statusLine(`alert-status-${a.id}`);
     const buttons = [];
-    if (a.state === "active") {
-      const ack = h("button", { type: "button", id: `ack-${a.id}`, class: "small",
-        "aria-label": `Acknowledge ${a.metric} alert on ${a.device_id ?? a.source}` }, "Acknowledge");
-      ack.addEventListener("click", () => act(ack, status, async () => {
-        await api.postJson(`/api/alerts/${encodeURIComponent(a.id)}/ack`);
-        ctx.toast("Alert acknowledged");
-        await ctx.refresh();
-      }));
-      buttons.push(ack);
-    }
-    if (a.state !== "resolved") {
-      const resolve = h("button", { type: "button", id: `resolve-${a.id}`, class: "small secondary",
-        "aria-label": `Resolve ${a.metric} alert on ${a.device_id ?? a.source}` }, "Resolve");
-      resolve.addEventListener("click", () => act(resolve, status, async () => {
-        await api.postJson(`/api/alerts/${encodeURIComponent(a.id)}/resolve`);
-        ctx.toast("Alert resolved");
-        await ctx.refresh();
-      }));
-      buttons.push(resolve);
-    }
+    if (a.state === "active") buttons.push(changeButton(a, "ack", status, ctx));
+    if (a.state !== "resolved") buttons.push(changeButton(a, "resolve", status, ctx));
     return [
       badge(a.severity),
       subject(a),

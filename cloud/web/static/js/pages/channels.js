@@ -2,7 +2,7 @@
 // admins change them (the API answers 403 otherwise, shown with its title).
 
 import * as api from "../api.js";
-import { act } from "../actions.js";
+import { act, deleteButton } from "../actions.js";
 import { h, section, statusLine, table } from "../dom.js";
 
 export const channelsPage = {
@@ -25,19 +25,10 @@ export const channelsPage = {
 
 function remove(channel, ctx) {
   const status = statusLine(`channel-status-${channel.id}`);
-  const button = h("button", { type: "button", class: "small danger", id: `delete-channel-${channel.id}`,
-    "aria-label": `Delete channel ${channel.name}` }, "Delete");
-  button.addEventListener("click", () => {
-    if (button.dataset.armed !== "true") {
-      button.dataset.armed = "true";
-      button.textContent = "Confirm delete";
-      return;
-    }
-    act(button, status, async () => {
-      await api.del(`/api/notification_channels/${encodeURIComponent(channel.id)}`);
-      ctx.toast(`Channel "${channel.name}" deleted`);
-      await ctx.refresh();
-    });
+  const button = deleteButton(`delete-channel-${channel.id}`, `Delete channel ${channel.name}`, status, async () => {
+    await api.del(`/api/notification_channels/${encodeURIComponent(channel.id)}`);
+    ctx.toast(`Channel "${channel.name}" deleted`);
+    await ctx.refresh();
   });
   return h("div", { class: "actions" }, button, status);
 }

@@ -3,7 +3,7 @@
 // errors are shown on the same fields.
 
 import * as api from "../api.js";
-import { act, describe } from "../actions.js";
+import { act, deleteButton, describe } from "../actions.js";
 import { badge, h, statusLine, table } from "../dom.js";
 import * as fmt from "../format.js";
 import * as router from "../router.js";
@@ -48,20 +48,10 @@ export const rulesPage = {
 
 function actions(rule, ctx) {
   const status = statusLine(`rule-status-${rule.id}`);
-  const del = h("button", { type: "button", class: "small danger", id: `delete-${rule.id}`,
-    "aria-label": `Delete rule ${rule.name}` }, "Delete");
-  // two steps instead of window.confirm(): keyboard-friendly and visible to screen readers
-  del.addEventListener("click", () => {
-    if (del.dataset.armed !== "true") {
-      del.dataset.armed = "true";
-      del.textContent = "Confirm delete";
-      return;
-    }
-    act(del, status, async () => {
-      await api.del(`/api/monitoring/alert_rules/${encodeURIComponent(rule.id)}`);
-      ctx.toast(`Rule "${rule.name}" deleted`);
-      await ctx.refresh();
-    });
+  const del = deleteButton(`delete-${rule.id}`, `Delete rule ${rule.name}`, status, async () => {
+    await api.del(`/api/monitoring/alert_rules/${encodeURIComponent(rule.id)}`);
+    ctx.toast(`Rule "${rule.name}" deleted`);
+    await ctx.refresh();
   });
   return h("div", { class: "actions" },
     h("a", { href: `#/rules/${encodeURIComponent(rule.id)}/edit`, "aria-label": `Edit rule ${rule.name}` }, "Edit"),
