@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from cloud.api.deps import AUTHED, Operator, ServicesDep, Viewer, problems
+from cloud.api.deps import AUTHED, Operator, PathId, ServicesDep, Viewer, problems
 from cloud.api.problems import not_found
 from cloud.api.schemas import AlertOut
 from cloud.app.services import Services
@@ -15,8 +15,6 @@ from cloud.storage.interface import AlertInfo
 from common.alerts import AlertEvent, AlertState, next_state
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
-
-AlertId = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 @router.get("", response_model=list[AlertOut], responses=problems(*AUTHED, 422))
@@ -36,7 +34,7 @@ async def _found(services: Services, org_id: str, alert_id: str) -> AlertInfo:
 
 
 @router.get("/{alert_id}", response_model=AlertOut, responses=problems(*AUTHED, 404))
-async def get_alert(alert_id: AlertId, principal: Viewer, services: ServicesDep) -> dict[str, Any]:
+async def get_alert(alert_id: PathId, principal: Viewer, services: ServicesDep) -> dict[str, Any]:
     return await _doc(services, await _found(services, principal.org_id, alert_id))
 
 
@@ -54,13 +52,13 @@ async def _move(services: Services, org_id: str, alert_id: str, event: AlertEven
 
 
 @router.post("/{alert_id}/ack", response_model=AlertOut, responses=problems(*AUTHED, 403, 404, 409))
-async def ack(alert_id: AlertId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
+async def ack(alert_id: PathId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
     return await _doc(services, await _move(services, principal.org_id, alert_id, AlertEvent.ACK))
 
 
 @router.post(
     "/{alert_id}/resolve", response_model=AlertOut, responses=problems(*AUTHED, 403, 404, 409)
 )
-async def resolve(alert_id: AlertId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
+async def resolve(alert_id: PathId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
     moved = await _move(services, principal.org_id, alert_id, AlertEvent.RESOLVE)
     return await _doc(services, moved)

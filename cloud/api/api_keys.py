@@ -4,11 +4,19 @@ the store keeps its SHA-256 digest (a 256-bit random key needs no salt or slow h
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 
-from cloud.api.deps import API_KEY_PREFIX, AUTHED, Admin, ServicesDep, monitoring_of, problems
+from cloud.api.deps import (
+    API_KEY_PREFIX,
+    AUTHED,
+    Admin,
+    PathId,
+    ServicesDep,
+    monitoring_of,
+    problems,
+)
 from cloud.api.problems import not_found
 from cloud.api.schemas import ApiKeyCreated, ApiKeyOut, ApiKeyRequest
 from cloud.security.auth import token_digest
@@ -37,7 +45,7 @@ async def list_api_keys(principal: Admin, services: ServicesDep) -> list[dict[st
     "/{key_id}", status_code=204, response_class=Response, responses=problems(*AUTHED, 403, 404)
 )
 async def revoke_api_key(
-    key_id: Annotated[str, Path(min_length=1, max_length=128)],
+    key_id: PathId,
     principal: Admin,
     services: ServicesDep,
 ) -> Response:

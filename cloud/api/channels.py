@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Response
+from fastapi import APIRouter, Body, Response
 
 from cloud.api.bodies import (
     CHANNEL_BASES,
@@ -15,7 +15,7 @@ from cloud.api.bodies import (
     json_body,
     patch_conflict,
 )
-from cloud.api.deps import AUTHED, Admin, Operator, ServicesDep, notify_of, problems
+from cloud.api.deps import AUTHED, Admin, Operator, PathId, ServicesDep, notify_of, problems
 from cloud.api.problems import conflict, not_found
 from cloud.api.schemas import ChannelOut
 from cloud.app.services import Services
@@ -23,8 +23,6 @@ from cloud.notify.channels import Channel, apply_patch, parse_channel
 from common.problem import ProblemError
 
 router = APIRouter(prefix="/api/notification_channels", tags=["notifications"])
-
-ChannelId = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 @router.get("", response_model=list[ChannelOut], responses=problems(*AUTHED, 403))
@@ -59,7 +57,7 @@ async def _found(services: Services, org_id: str, channel_id: str) -> Channel:
 
 @router.get("/{channel_id}", response_model=ChannelOut, responses=problems(*AUTHED, 403, 404))
 async def get_channel(
-    channel_id: ChannelId, principal: Operator, services: ServicesDep
+    channel_id: PathId, principal: Operator, services: ServicesDep
 ) -> dict[str, Any]:
     return (await _found(services, principal.org_id, channel_id)).to_dict()
 
@@ -75,7 +73,7 @@ async def get_channel(
     ),
 )
 async def patch_channel(
-    channel_id: ChannelId, principal: Admin, services: ServicesDep, body: Annotated[Any, Body()]
+    channel_id: PathId, principal: Admin, services: ServicesDep, body: Annotated[Any, Body()]
 ) -> dict[str, Any]:
     current = await _found(services, principal.org_id, channel_id)
     try:
@@ -95,9 +93,7 @@ async def patch_channel(
     response_class=Response,
     responses=problems(*AUTHED, 403, 404, 409),
 )
-async def delete_channel(
-    channel_id: ChannelId, principal: Admin, services: ServicesDep
-) -> Response:
+async def delete_channel(channel_id: PathId, principal: Admin, services: ServicesDep) -> Response:
     await _found(services, principal.org_id, channel_id)
     if services.monitoring is not None:
         users = await services.monitoring.rules_using_channel(principal.org_id, channel_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.api.problems import HttpProblem, forbidden, unauthorized
@@ -28,6 +28,9 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+# An id in a URL path (device, gateway, user, channel, alert, API key): 1 to 128 characters.
+PathId = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 async def current_principal(

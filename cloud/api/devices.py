@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from cloud.api.deps import AUTHED, ServicesDep, Viewer, problems
+from cloud.api.deps import AUTHED, PathId, ServicesDep, Viewer, problems
 from cloud.api.problems import not_found
 from cloud.api.schemas import DeviceOut, GatewayOut, TelemetryOut
 from cloud.api.views import (
@@ -24,8 +24,6 @@ from common.model import FieldError
 from common.problem import Problem, ProblemError
 
 router = APIRouter(prefix="/api", tags=["devices"])
-
-DeviceId = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 def _bad(exc: BadQuery) -> ProblemError:
@@ -48,9 +46,7 @@ async def list_devices(principal: Viewer, services: ServicesDep) -> list[dict[st
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut, responses=problems(*AUTHED, 404))
-async def get_device(
-    device_id: DeviceId, principal: Viewer, services: ServicesDep
-) -> dict[str, Any]:
+async def get_device(device_id: PathId, principal: Viewer, services: ServicesDep) -> dict[str, Any]:
     info = await services.store.get_device(principal.org_id, device_id)
     if info is None:  # also for other orgs' devices: no existence leak
         raise not_found(f"no device {device_id!r}")
@@ -64,7 +60,7 @@ async def get_device(
     responses=problems(*AUTHED, 404, 422),
 )
 async def telemetry(
-    device_id: DeviceId,
+    device_id: PathId,
     principal: Viewer,
     services: ServicesDep,
     metric: Annotated[str, Query(min_length=1, max_length=64)],

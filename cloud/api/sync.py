@@ -16,10 +16,10 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import AUTHED, Admin, ServicesDep, problems
+from cloud.api.deps import AUTHED, Admin, PathId, ServicesDep, problems
 from cloud.api.problems import HttpProblem, conflict, forbidden, not_found, too_many
 from cloud.app.services import Services
 from cloud.security.auth import token_digest
@@ -260,7 +260,7 @@ async def get_config(
     tags=["devices"],
 )
 async def revoke_gateway(
-    gateway_id: Annotated[str, Path(min_length=1, max_length=128)],
+    gateway_id: PathId,
     principal: Admin,
     services: ServicesDep,
 ) -> Response:
@@ -279,7 +279,7 @@ async def revoke_gateway(
     tags=["devices"],
 )
 async def revoke_device(
-    device_id: Annotated[str, Path(min_length=1, max_length=128)],
+    device_id: PathId,
     principal: Admin,
     services: ServicesDep,
 ) -> Response:

@@ -6,11 +6,11 @@ deleted, disabled or demoted (409)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 
-from cloud.api.deps import AUTHED, Admin, ServicesDep, problems
+from cloud.api.deps import AUTHED, Admin, PathId, ServicesDep, problems
 from cloud.api.problems import not_found
 from cloud.api.schemas import UserOut, UserPatch
 from cloud.app.admin_ops import change_user, remove_user
@@ -19,8 +19,6 @@ from cloud.security.auth import Principal
 from cloud.storage.interface import User
 
 router = APIRouter(prefix="/api/users", tags=["users"])
-
-UserId = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 async def _found(services: Services, principal: Principal, user_id: str) -> User:
@@ -41,13 +39,13 @@ async def list_users(principal: Admin, services: ServicesDep) -> list[dict[str, 
 
 
 @router.get("/{user_id}", response_model=UserOut, responses=problems(*AUTHED, 403, 404))
-async def get_user(user_id: UserId, principal: Admin, services: ServicesDep) -> dict[str, Any]:
+async def get_user(user_id: PathId, principal: Admin, services: ServicesDep) -> dict[str, Any]:
     return (await _found(services, principal, user_id)).to_dict()
 
 
 @router.patch("/{user_id}", response_model=UserOut, responses=problems(*AUTHED, 403, 404, 409, 422))
 async def patch_user(
-    user_id: UserId, body: UserPatch, principal: Admin, services: ServicesDep
+    user_id: PathId, body: UserPatch, principal: Admin, services: ServicesDep
 ) -> dict[str, Any]:
     user = await _found(services, principal, user_id)
     changed = await change_user(
@@ -64,7 +62,7 @@ async def patch_user(
     response_class=Response,
     responses=problems(*AUTHED, 403, 404, 409),
 )
-async def delete_user(user_id: UserId, principal: Admin, services: ServicesDep) -> Response:
+async def delete_user(user_id: PathId, principal: Admin, services: ServicesDep) -> Response:
     user = await _found(services, principal, user_id)
     await remove_user(services.store, user, actor=f"user:{principal.user_id}")
     _forget(services, user.id)
