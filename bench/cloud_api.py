@@ -36,7 +36,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,7 +54,12 @@ import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from bench.support import BenchError, log_tail, run_benchmark, stop_process  # noqa: E402
+# The server, the request timing and the report are in bench/support/ (cloud_server, http_timing,
+# cloud_api_report); this script seeds the store, measures the API and puts the figures together.
+from bench.support import BenchError, run_benchmark  # noqa: E402
+from bench.support.cloud_api_report import report, targets  # noqa: E402
+from bench.support.cloud_server import Server, start_server  # noqa: E402
+from bench.support.http_timing import concurrent, sequential  # noqa: E402
 from cloud.app.services import open_duckdb_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.security.auth import hash_password  # noqa: E402
@@ -66,11 +70,6 @@ from cloud.storage.duck_telemetry import (  # noqa: E402
     insert_readings_table,
 )
 from cloud.storage.interface import NewAlert, Role  # noqa: E402
-from edge.ingest.mqtt.broker import free_port  # noqa: E402
-
-# The issue's targets for this machine.
-TARGET_DASHBOARD_P95_MS = 100.0
-TARGET_BUCKETS_P95_MS = 100.0
 
 EMAIL = "bench@example.com"
 PASSWORD = "bench-password-not-secret"
@@ -78,7 +77,6 @@ ORG = "bench"
 DAY_MS = 86_400_000
 BUCKET = "5m"
 BUCKET_MS = 300_000
-READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 120.0
 SEED_BATCH_READINGS = 40_000  # readings per seeding transaction: the gateway's sync batch
 
@@ -255,155 +253,7 @@ def seed(data_dir: Path, s: Settings) -> Seeded:
     return Seeded(last_step_ms, time.monotonic() - started, round(size / 1e6, 1))
 
 
-# --------------------------------------------------------------------------- the server
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    log: Path
-    base_url: str
-
-    def log_tail(self, n: int = 20) -> str:
-        return log_tail(self.log, n)
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        stop_process(self.proc, timeout_s)
-
-
-def start_server(data_dir: Path, workdir: Path) -> Server:
-    port = free_port()
-    log = workdir / "cloud.log"
-    argv = [
-        sys.executable, "-m", "common.cli", "cloud", "serve",
-        "--data-dir", str(data_dir), "--bind", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            cwd=ROOT,
-            start_new_session=True,  # a Ctrl-C reaches only us; we stop it in order
-        )
-    server = Server(proc, log, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with httpx.Client(base_url=server.base_url, timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BenchError(f"cloud serve exited with {proc.returncode}:\n{server.log_tail()}")
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return server
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-    server.stop()
-    raise BenchError(f"cloud serve not ready within {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
-
-
 # --------------------------------------------------------------------------- measuring
-
-
-def percentile(sorted_ms: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted samples."""
-    if not sorted_ms:
-        return float("nan")
-    rank = max(1, -(-len(sorted_ms) * p // 100))  # ceil(n * p / 100), at least 1
-    return sorted_ms[int(rank) - 1]
-
-
-def summary(samples_ms: Sequence[float]) -> dict[str, Any]:
-    ordered = sorted(samples_ms)
-    return {
-        "requests": len(ordered),
-        "p50_ms": round(percentile(ordered, 50), 2),
-        "p95_ms": round(percentile(ordered, 95), 2),
-        "max_ms": round(ordered[-1], 2) if ordered else None,
-        "mean_ms": round(sum(ordered) / len(ordered), 2) if ordered else None,
-    }
-
-
-Request = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
-
-
-async def timed(client: httpx.AsyncClient, request: Request, i: int) -> float:
-    started = time.perf_counter()
-    r = await request(client, i)
-    await r.aread()
-    elapsed = (time.perf_counter() - started) * 1000
-    if r.status_code != 200:
-        raise BenchError(f"{r.request.method} {r.request.url} -> {r.status_code}: {r.text[:300]}")
-    return elapsed
-
-
-@dataclass(frozen=True, slots=True)
-class CpuMark:
-    at: float
-    server: float  # CPU seconds of the server process
-    own: float  # CPU seconds of this process (the load generator)
-    host_busy: float  # host CPU seconds not idle, all cores
-
-
-def cpu_mark(server: psutil.Process) -> CpuMark:
-    t, host = server.cpu_times(), psutil.cpu_times()
-    idle = host.idle + getattr(host, "iowait", 0.0)
-    return CpuMark(time.perf_counter(), t.user + t.system, time.process_time(), sum(host) - idle)
-
-
-def cpu_report(a: CpuMark, b: CpuMark) -> dict[str, Any]:
-    """CPU over a window, 100% = one core. `other_processes` is whatever else ran on the host:
-    figures taken on a shared machine are only comparable when it is near 0."""
-    wall = b.at - a.at
-    server = 100 * (b.server - a.server) / wall
-    own = 100 * (b.own - a.own) / wall
-    host = 100 * (b.host_busy - a.host_busy) / wall
-    return {
-        "server": round(server, 1),
-        "bench_client": round(own, 1),
-        "other_processes": round(max(0.0, host - server - own), 1),
-        "cores": os.cpu_count(),
-    }
-
-
-async def sequential(
-    client: httpx.AsyncClient, request: Request, warmup: int, n: int, server: psutil.Process
-) -> dict[str, Any]:
-    for i in range(warmup):
-        await timed(client, request, i)
-    start = cpu_mark(server)
-    samples = [await timed(client, request, warmup + i) for i in range(n)]
-    result = summary(samples)
-    result["cpu_percent"] = cpu_report(start, cpu_mark(server))
-    return result
-
-
-async def concurrent(
-    client: httpx.AsyncClient,
-    request: Request,
-    clients: int,
-    warmup: int,
-    n: int,
-    server: psutil.Process,
-) -> dict[str, Any]:
-    async def worker(queue: list[int], out: list[float]) -> None:
-        while queue:
-            i = queue.pop()
-            out.append(await timed(client, request, i))
-
-    warm_queue, warm = list(range(warmup)), list[float]()  # opens every client's connection
-    await asyncio.gather(*(worker(warm_queue, warm) for _ in range(clients)))
-    pending, samples = list(range(n)), list[float]()
-    start = cpu_mark(server)
-    await asyncio.gather(*(worker(pending, samples) for _ in range(clients)))
-    end = cpu_mark(server)
-    result = summary(samples)
-    result["clients"] = clients
-    result["wall_s"] = round(end.at - start.at, 2)
-    result["requests_per_s"] = round(len(samples) / (end.at - start.at), 1)
-    result["cpu_percent"] = cpu_report(start, end)
-    return result
 
 
 async def measure(base_url: str, s: Settings, seeded: Seeded, server_pid: int) -> dict[str, Any]:
@@ -494,56 +344,7 @@ def versus_floor(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- report
-
-
-def _verdict(value: float, target: float) -> str:
-    return "met" if value <= target else "MISSED"
-
-
-def _cpu_line(cpu: dict[str, Any]) -> str:
-    return (
-        f"CPU server {cpu['server']}%, bench client {cpu['bench_client']}%, "
-        f"other processes {cpu['other_processes']}%"
-    )
-
-
-def report(result: dict[str, Any]) -> None:
-    d, b, c = result["dashboard"], result["buckets"], result["dashboard_concurrent"]
-    f, fc, vs = result["floor"], result["floor_concurrent"], result["versus_floor"]
-    cores = c["cpu_percent"]["cores"]
-    print(f"\n(CPU: 100% = one core of {cores}; 'other processes' should be near 0)")
-    print(
-        f"  GET /healthz (floor), 1 client     p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms "
-        f"over {f['requests']} requests\n"
-        f"  GET /healthz (floor), {fc['clients']} clients    {fc['requests_per_s']} requests/s, "
-        f"p50 {fc['p50_ms']} ms, p95 {fc['p95_ms']} ms over {fc['requests']} requests"
-    )
-    print(
-        f"  GET /api/dashboard, 1 client       p50 {d['p50_ms']} ms, p95 {d['p95_ms']} ms, "
-        f"max {d['max_ms']} ms over {d['requests']} requests\n"
-        f"  {'':35}{d['response_bytes'] / 1000:.0f} kB, {d['devices_online']} devices online; "
-        f"{_cpu_line(d['cpu_percent'])}"
-    )
-    print(
-        f"  24 h / {BUCKET} telemetry, 1 client   p50 {b['p50_ms']} ms, p95 {b['p95_ms']} ms, "
-        f"max {b['max_ms']} ms over {b['requests']} requests\n"
-        f"  {'':35}{b['buckets_per_answer']} buckets of {b['readings_per_answer']} readings; "
-        f"{_cpu_line(b['cpu_percent'])}"
-    )
-    print(
-        f"  GET /api/dashboard, {c['clients']} clients     {c['requests_per_s']} requests/s, "
-        f"p50 {c['p50_ms']} ms, p95 {c['p95_ms']} ms over {c['requests']} requests\n"
-        f"  {'':35}{_cpu_line(c['cpu_percent'])}"
-    )
-    print(
-        f"\nagainst the floor (same run): dashboard p50 {vs['dashboard_p50_x_floor']}x, "
-        f"telemetry p50 {vs['buckets_p50_x_floor']}x; {c['clients']}-client dashboard rate "
-        f"{vs['dashboard_concurrent_share_of_floor_rate']} of the floor's"
-    )
-    print("\ntargets (information only; nothing is asserted)")
-    for name, t in result["targets"].items():
-        print(f"  {name:22} {t['value']!s:>8} ms  target {t['target']:>8} ms  {t['verdict']}")
+# --------------------------------------------------------------------------- the run
 
 
 def run(s: Settings) -> dict[str, Any]:
@@ -577,18 +378,7 @@ def run(s: Settings) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
     result["versus_floor"] = versus_floor(result)
     result["seed"] = {"seconds": round(seeded.seconds, 1), "db_mb": seeded.db_mb}
-    result["targets"] = {
-        "dashboard_p95": {
-            "value": result["dashboard"]["p95_ms"],
-            "target": TARGET_DASHBOARD_P95_MS,
-            "verdict": _verdict(result["dashboard"]["p95_ms"], TARGET_DASHBOARD_P95_MS),
-        },
-        "buckets_p95": {
-            "value": result["buckets"]["p95_ms"],
-            "target": TARGET_BUCKETS_P95_MS,
-            "verdict": _verdict(result["buckets"]["p95_ms"], TARGET_BUCKETS_P95_MS),
-        },
-    }
+    result["targets"] = targets(result)
     result["settings"] = {
         "readings": s.stored,
         "devices": s.devices,
@@ -601,7 +391,7 @@ def run(s: Settings) -> dict[str, Any]:
         "alerts": s.alerts,
         "cores": os.cpu_count(),
     }
-    report(result)
+    report(result, BUCKET)
     return result
 
 

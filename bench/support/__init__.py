@@ -1,6 +1,8 @@
 """What the benchmark scripts share: their error, the children they start and stop, and how a
 run ends. A package, not a `bench/*.py` module, so `./dev.sh bench` does not run it as a
-benchmark. The scripts import it after putting the repository on sys.path."""
+benchmark. The scripts import it after putting the repository on sys.path. Its modules hold
+the rest: processes, resources (CPU, RSS), gateway, cloud_server, http_timing, and the parts of
+the larger benchmarks (ingest_mqtt_phases, mqtt_workers, ingest_mqtt_report, cloud_api_report)."""
 
 from __future__ import annotations
 
