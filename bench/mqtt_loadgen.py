@@ -49,38 +49,35 @@ class DeviceStats:
     latencies_ms: list[float] = field(default_factory=list)
 
 
-async def run_device(
-    device_id: str,
-    token: str,
-    port: int,
-    *,
-    window: int,
-    rate: float | None,
-    metrics: int,
-    stop: asyncio.Event,
-    stats: DeviceStats,
-) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(connect_packet(f"lg-{device_id}", device_id, token))
-    connack = await reader.readexactly(4)
-    if connack[3] != 0:
-        raise RuntimeError(f"{device_id}: CONNACK refused with code {connack[3]}")
-    topic = _utf8(f"devices/{device_id}/telemetry")
-    names = [[f"m{i}s{slot}" for i in range(metrics)] for slot in range(SLOTS)]
-    sent_at: dict[int, float] = {}
-    next_id = 1
-    last_ts = [0] * SLOTS
-    turn = 0
-    period = 1.0 / rate if rate else 0.0
-    due = time.monotonic()
-    room = asyncio.Event()
-    room.set()
+class _Link:
+    """One device's connection after CONNACK: PUBLISHes out, PUBACKs in, and the messages in
+    flight between them (packet id -> send time), which the window bounds."""
 
-    def publish_some(n: int) -> None:
-        nonlocal next_id, turn
+    def __init__(
+        self,
+        device_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        metrics: int,
+        stats: DeviceStats,
+    ) -> None:
+        self.reader, self.writer, self.stats = reader, writer, stats
+        self.topic = _utf8(f"devices/{device_id}/telemetry")
+        self.names = [[f"m{i}s{slot}" for i in range(metrics)] for slot in range(SLOTS)]
+        self.sent_at: dict[int, float] = {}
+        self.next_id = 1
+        self.last_ts = [0] * SLOTS
+        self.turn = 0
+        self.room = asyncio.Event()  # set when PUBACKs arrive (the window may have room)
+        self.room.set()
+
+    def publish(self, n: int) -> None:
+        """n PUBLISHes in one write, each over the next slot's series."""
         out = bytearray()
         now = time.monotonic()
         wall_ms = int(time.time() * 1000)
+        topic, names, last_ts, sent_at = self.topic, self.names, self.last_ts, self.sent_at
+        next_id, turn = self.next_id, self.turn
         for _ in range(n):
             slot = turn = (turn + 1) % SLOTS
             ts = last_ts[slot] = max(wall_ms, last_ts[slot] + 1)
@@ -93,13 +90,16 @@ async def run_device(
             body = topic + pid.to_bytes(2, "big") + payload
             out += b"\x32" + encode_varint(len(body)) + body
             sent_at[pid] = now
-        writer.write(out)
-        stats.sent += n
+        self.next_id, self.turn = next_id, turn
+        self.writer.write(out)
+        self.stats.sent += n
 
-    async def read_acks() -> None:
+    async def read_acks(self) -> None:
+        """PUBACKs (4 bytes each) until the connection closes: each times its PUBLISH."""
         buf = b""
+        sent_at, stats = self.sent_at, self.stats
         while True:
-            data = await reader.read(65536)
+            data = await self.reader.read(65536)
             if not data:
                 raise ConnectionError("connection closed")
             buf += data
@@ -113,40 +113,87 @@ async def run_device(
                     stats.acked += 1
                     stats.latencies_ms.append((now - started) * 1000)
             buf = buf[usable:]
-            room.set()
+            self.room.set()
 
-    acks = asyncio.create_task(read_acks())
-    try:
-        while not stop.is_set():
-            free = window - len(sent_at)
-            if free <= 0:
-                room.clear()
-                waiter = asyncio.create_task(room.wait())
-                await asyncio.wait({waiter, acks}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                if acks.done():
-                    acks.result()
-                continue
-            if not period:
-                publish_some(free)
-                await asyncio.sleep(0)
-                continue
-            now = time.monotonic()
-            if now < due:
-                await asyncio.sleep(due - now)
-                continue
-            behind = int((now - due) / period) + 1
-            n = min(free, behind)
-            if behind > free:
-                stats.late += 1
-            publish_some(n)
-            due += n * period
-        # Drain what is in flight (up to 2 s): acks set `room` as they arrive.
+    async def wait_for_room(self, acks: asyncio.Task[None]) -> None:
+        """Until a PUBACK arrives; re-raises what ended the ack reader if it stopped."""
+        self.room.clear()
+        waiter = asyncio.create_task(self.room.wait())
+        await asyncio.wait({waiter, acks}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if acks.done():
+            acks.result()
+
+    async def drain(self, acks: asyncio.Task[None], timeout_s: float) -> None:
+        """Wait (up to timeout_s) for what is in flight: acks set `room` as they arrive."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                while sent_at and not acks.done():
-                    room.clear()
-                    await room.wait()
+            async with asyncio.timeout(timeout_s):
+                while self.sent_at and not acks.done():
+                    self.room.clear()
+                    await self.room.wait()
+
+
+async def _connect(
+    device_id: str, token: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(connect_packet(f"lg-{device_id}", device_id, token))
+    connack = await reader.readexactly(4)
+    if connack[3] != 0:
+        raise RuntimeError(f"{device_id}: CONNACK refused with code {connack[3]}")
+    return reader, writer
+
+
+async def _publish_until_stopped(
+    link: _Link,
+    acks: asyncio.Task[None],
+    *,
+    window: int,
+    rate: float | None,
+    stop: asyncio.Event,
+) -> None:
+    """Fill the window as fast as PUBACKs free it (rate None) or send at `rate` messages/s,
+    counting the sends the window held back past their time."""
+    period = 1.0 / rate if rate else 0.0
+    due = time.monotonic()
+    while not stop.is_set():
+        free = window - len(link.sent_at)
+        if free <= 0:
+            await link.wait_for_room(acks)
+            continue
+        if not period:
+            link.publish(free)
+            await asyncio.sleep(0)
+            continue
+        now = time.monotonic()
+        if now < due:
+            await asyncio.sleep(due - now)
+            continue
+        behind = int((now - due) / period) + 1
+        n = min(free, behind)
+        if behind > free:
+            link.stats.late += 1
+        link.publish(n)
+        due += n * period
+
+
+async def run_device(
+    device_id: str,
+    token: str,
+    port: int,
+    *,
+    window: int,
+    rate: float | None,
+    metrics: int,
+    stop: asyncio.Event,
+    stats: DeviceStats,
+) -> None:
+    reader, writer = await _connect(device_id, token, port)
+    link = _Link(device_id, reader, writer, metrics, stats)
+    acks = asyncio.create_task(link.read_acks())
+    try:
+        await _publish_until_stopped(link, acks, window=window, rate=rate, stop=stop)
+        await link.drain(acks, 2.0)
     except (ConnectionError, OSError):
         stats.errors += 1
     finally:

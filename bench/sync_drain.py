@@ -37,8 +37,9 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 import httpx
@@ -191,7 +192,23 @@ def status(gw_dir: Path) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
+@dataclass
+class Drain:
+    """The timed part of a run: from the first acknowledged batch to backlog 0."""
+
+    started: float  # monotonic, when the gateway was started
+    first_ok: float | None = None  # monotonic, when its first batch was acknowledged
+    acked_at_first: int = 0  # readings the first acknowledged batch(es) carried: not timed
+    done: float = 0.0  # monotonic, backlog 0 (or the 600 s limit)
+    sync: dict[str, Any] = field(default_factory=dict)  # the last `sync` status read
+
+    @property
+    def seconds(self) -> float:
+        # From the first acknowledged batch (the cloud and the gateway are up) to backlog 0.
+        return self.done - (self.first_ok or self.started)
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readings", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=40_000, help="readings per sync batch")
@@ -202,33 +219,17 @@ def main() -> int:
         "the benchmark still runs, as the test suite does",
     )  # fmt: skip
     args = ap.parse_args()
-    # SIGTERM ends the run like Ctrl-C: through the finally block that stops both servers.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.smoke:
         args.readings, args.batch, args.devices = 40_000, 5_000, 4
     if min(args.readings, args.batch, args.devices) < 1:
         ap.error("--readings, --batch and --devices must be positive")
     if args.readings <= args.batch:
         ap.error("--readings must exceed --batch: the drain is timed from the first acked batch")
-    n = args.readings
-    work = Path(tempfile.mkdtemp(prefix="iotsphere-drain-"))
-    cloud_dir, gw_dir = work / "cloud", work / "gateway"
-    gw_dir.mkdir(parents=True)
-    print(f"prefilling {n:,} readings ...", flush=True)
-    fill_s = prefill(gw_dir / "gateway.duckdb", n, args.devices)
-    print(f"  {fill_s:.1f} s ({n / fill_s:,.0f} readings/s into the gateway store)")
-    print("in-process peer: read, encode, decode, apply; one process, no HTTP ...", flush=True)
-    peer = in_process_peer(gw_dir / "gateway.duckdb", work / "peer-cloud", n, args.batch)
-    print(
-        f"  {peer['seconds']:.2f} s: {peer['readings_per_s']:,} readings/s, "
-        f"{peer['bytes_per_reading']} bytes/reading ({peer['batches']} batches)",
-        flush=True,
-    )
-    (gw_dir / "gateway.toml").write_text(
-        "[gateway]\n"
-        f"sync_batch_max_readings = {args.batch}\n"
-        "sync_tick_s = 0.05\nsync_batch_max_age_s = 0.05\nsync_backoff_max_s = 1.0\n"
-    )
+    return args
+
+
+def start_cloud(work: Path, cloud_dir: Path) -> tuple[subprocess.Popen[bytes], str, BinaryIO]:
+    """`iotsphere cloud serve` on a free port: (the process, its URL, its open log)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cloud_log = (work / "cloud.log").open("wb")
@@ -237,58 +238,69 @@ def main() -> int:
          "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=cloud_log,
     )  # fmt: skip
-    gateway: subprocess.Popen[bytes] | None = None
-    try:
-        wait_ready(url, cloud)
-        token = json.loads(cli("cloud", "gateway", "add", "drain", "--data-dir", str(cloud_dir)))
-        cli("gateway", "enroll", "--cloud", url, "--token", token["enrollment_token"],
-            "--data-dir", str(gw_dir))  # fmt: skip
-        gw_log = (work / "gateway.log").open("wb")
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "gateway", "run", "--data-dir", str(gw_dir),
-             "--mqtt-port", "0", "--coap-port", "0", "--http-port", "0",
-             *os.environ.get("GATEWAY_ARGS", "").split()],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=gw_log,
-        )  # fmt: skip
-        rss = PeakRss({"gateway": gateway.pid, "cloud": cloud.pid})
-        print(f"  gateway pid {gateway.pid}, cloud pid {cloud.pid}", flush=True)
-        first_ok: float | None = None
-        acked_at_first = 0  # readings the first acknowledged batch(es) carried: not timed
-        started = time.monotonic()
-        st: dict[str, Any] = {}
-        while time.monotonic() - started < 600:
-            if gateway.poll() is not None:
-                raise SystemExit(f"the gateway exited; see {work / 'gateway.log'}")
-            try:
-                st = status(gw_dir)["sync"]
-            except (LookupError, httpx.HTTPError):
-                time.sleep(0.2)
-                continue
-            if first_ok is None and st.get("successes", 0) > 0:
-                first_ok = time.monotonic()
-                acked_at_first = st.get("readings_acked", 0)
-            if st.get("backlog_readings") == 0 and st.get("readings_acked", 0) >= n:
-                break
-            time.sleep(0.05)
-        done = time.monotonic()
-        peaks = rss.stop()
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(30)
-        cloud.terminate()
-        cloud.wait(30)
-        cloud_log.close()
+    return cloud, url, cloud_log
+
+
+def enroll(url: str, cloud_dir: Path, gw_dir: Path) -> None:
+    """Add a gateway to the cloud and enroll the gateway's data dir with its token."""
+    token = json.loads(cli("cloud", "gateway", "add", "drain", "--data-dir", str(cloud_dir)))
+    cli("gateway", "enroll", "--cloud", url, "--token", token["enrollment_token"],
+        "--data-dir", str(gw_dir))  # fmt: skip
+
+
+def start_gateway(work: Path, gw_dir: Path) -> subprocess.Popen[bytes]:
+    gw_log = (work / "gateway.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "common.cli", "gateway", "run", "--data-dir", str(gw_dir),
+         "--mqtt-port", "0", "--coap-port", "0", "--http-port", "0",
+         *os.environ.get("GATEWAY_ARGS", "").split()],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=gw_log,
+    )  # fmt: skip
+
+
+def time_drain(gateway: subprocess.Popen[bytes], gw_dir: Path, work: Path, n: int) -> Drain:
+    """Poll the gateway's sync status until all n readings are acknowledged (600 s at most)."""
+    drain = Drain(started=time.monotonic())
+    while time.monotonic() - drain.started < 600:
+        if gateway.poll() is not None:
+            raise SystemExit(f"the gateway exited; see {work / 'gateway.log'}")
+        try:
+            drain.sync = status(gw_dir)["sync"]
+        except (LookupError, httpx.HTTPError):
+            time.sleep(0.2)
+            continue
+        st = drain.sync
+        if drain.first_ok is None and st.get("successes", 0) > 0:
+            drain.first_ok = time.monotonic()
+            drain.acked_at_first = st.get("readings_acked", 0)
+        if st.get("backlog_readings") == 0 and st.get("readings_acked", 0) >= n:
+            break
+        time.sleep(0.05)
+    drain.done = time.monotonic()
+    return drain
+
+
+def cloud_counts(cloud_dir: Path) -> tuple[int, int]:
+    """(readings, distinct (device, metric, ts)) in the cloud's store, read after it stopped."""
     con = duckdb.connect(str(cloud_dir / "cloud.duckdb"), read_only=True)
     stored, distinct = con.execute(
         "SELECT count(*), count(DISTINCT (device_id, metric, ts)) FROM readings"
     ).fetchall()[0]
     con.close()
-    # From the first acknowledged batch (the cloud and the gateway are up) to backlog 0.
-    seconds = done - (first_ok or started)
+    return stored, distinct
+
+
+def report(
+    args: argparse.Namespace, drain: Drain, peaks: dict[str, float], peer: dict[str, Any],
+    fill_s: float, counts: tuple[int, int],
+) -> None:  # fmt: skip
+    """The human lines and the final JSON line."""
+    n = args.readings
+    stored, distinct = counts
+    seconds, st = drain.seconds, drain.sync
     # Only the readings acknowledged inside the timed window: counting the first batch's too
     # (as before) overstated the rate by one batch (4% of 1M, 33% of a 4-batch smoke run).
-    timed_readings = n - acked_at_first if first_ok is not None else n
+    timed_readings = n - drain.acked_at_first if drain.first_ok is not None else n
     rate = timed_readings / max(seconds, 1e-3)
     per_reading = st.get("bytes_sent", 0) / n
     figures = {
@@ -323,6 +335,49 @@ def main() -> int:
     for what, met in ok.items():
         print(f"  {'met   ' if met else 'MISSED'} {what}")
     print(json.dumps({"bench": "sync_drain", **figures, "targets": ok}))
+
+
+def main() -> int:
+    args = parse_args()
+    # SIGTERM ends the run like Ctrl-C: through the finally block that stops both servers.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    n = args.readings
+    work = Path(tempfile.mkdtemp(prefix="iotsphere-drain-"))
+    cloud_dir, gw_dir = work / "cloud", work / "gateway"
+    gw_dir.mkdir(parents=True)
+    print(f"prefilling {n:,} readings ...", flush=True)
+    fill_s = prefill(gw_dir / "gateway.duckdb", n, args.devices)
+    print(f"  {fill_s:.1f} s ({n / fill_s:,.0f} readings/s into the gateway store)")
+    print("in-process peer: read, encode, decode, apply; one process, no HTTP ...", flush=True)
+    peer = in_process_peer(gw_dir / "gateway.duckdb", work / "peer-cloud", n, args.batch)
+    print(
+        f"  {peer['seconds']:.2f} s: {peer['readings_per_s']:,} readings/s, "
+        f"{peer['bytes_per_reading']} bytes/reading ({peer['batches']} batches)",
+        flush=True,
+    )
+    (gw_dir / "gateway.toml").write_text(
+        "[gateway]\n"
+        f"sync_batch_max_readings = {args.batch}\n"
+        "sync_tick_s = 0.05\nsync_batch_max_age_s = 0.05\nsync_backoff_max_s = 1.0\n"
+    )
+    cloud, url, cloud_log = start_cloud(work, cloud_dir)
+    gateway: subprocess.Popen[bytes] | None = None
+    try:
+        wait_ready(url, cloud)
+        enroll(url, cloud_dir, gw_dir)
+        gateway = start_gateway(work, gw_dir)
+        rss = PeakRss({"gateway": gateway.pid, "cloud": cloud.pid})
+        print(f"  gateway pid {gateway.pid}, cloud pid {cloud.pid}", flush=True)
+        drain = time_drain(gateway, gw_dir, work, n)
+        peaks = rss.stop()
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(30)
+        cloud.terminate()
+        cloud.wait(30)
+        cloud_log.close()
+    report(args, drain, peaks, peer, fill_s, cloud_counts(cloud_dir))
     if os.environ.get("KEEP") is None:
         import shutil
 

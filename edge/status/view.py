@@ -153,14 +153,18 @@ def connection_counts(connections: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def build_view(data: StatusData, now_ms: int) -> View:
+    return View(now_ms, _cards(data.status), _tables(data, now_ms), _problems(data))
+
+
+def _problems(data: StatusData) -> tuple[str, ...]:
+    """What needs the installer's attention, in words, in the order the page lists it."""
     st = data.status
     sync: Mapping[str, Any] = st.get("sync") or {}
     broker: Mapping[str, Any] = st.get("broker") or {}
-    disk: Mapping[str, Any] = st.get("disk") or {}
     storage: Mapping[str, Any] = st.get("storage") or {}
     connections: Mapping[str, Any] = st.get("connections") or {}
     problems: list[str] = []
-    refused, accept_failures = connection_counts(connections)
+    _refused, accept_failures = connection_counts(connections)
     if accept_failures:
         wanted = connections.get("fd_limit_wanted")
         short = isinstance(wanted, int) and connections.get("fd_limit", wanted) < wanted
@@ -168,30 +172,39 @@ def build_view(data: StatusData, now_ms: int) -> View:
             f"the gateway ran out of file descriptors ({accept_failures} failed accepts)"
             + (f": give its service LimitNOFILE={wanted} or more" if short else "")
         )
-
-    locked_rows = []
-    for key, remaining in data.locked:
+    for key, _remaining in data.locked:
         kind, name = who_is_locked(key)
-        locked_rows.append((kind, name, _ts(now_ms + int(remaining * 1000))))
         problems.append(f"{kind} {name} is locked out")
-
-    sync_state = str(sync.get("state") or "unknown")
     if sync.get("consecutive_failures"):
-        sync_state += f" (failing: {sync['consecutive_failures']} attempts)"
         problems.append("the cloud is not reachable; readings are kept here until it is")
-    broker_state = str(broker.get("state") or broker.get("mode") or "unknown")
-    if broker.get("mode") == "managed":
-        broker_state += f", {broker.get('restarts', 0)} restarts"
-        if broker.get("state") != "running":
-            problems.append("the MQTT broker is restarting")
-    storage_state = storage_text(storage)
+    if broker.get("mode") == "managed" and broker.get("state") != "running":
+        problems.append("the MQTT broker is restarting")
     if storage.get("state") == "unavailable":
         problems.append(
             f"the gateway cannot store data ({storage.get('reason')}): devices are told to "
             "retry later" + (", free disk space" if storage.get("disk_full") else "")
         )
+    if data.alerts:
+        n = len(data.alerts)
+        problems.append(f"{n} open alert{'s' if n != 1 else ''}")
+    return tuple(problems)
+
+
+def _cards(st: Mapping[str, Any]) -> tuple[tuple[str, Cell], ...]:
+    """The summary: one labelled value each."""
+    sync: Mapping[str, Any] = st.get("sync") or {}
+    broker: Mapping[str, Any] = st.get("broker") or {}
+    disk: Mapping[str, Any] = st.get("disk") or {}
+    connections: Mapping[str, Any] = st.get("connections") or {}
+    refused, accept_failures = connection_counts(connections)
+    sync_state = str(sync.get("state") or "unknown")
+    if sync.get("consecutive_failures"):
+        sync_state += f" (failing: {sync['consecutive_failures']} attempts)"
+    broker_state = str(broker.get("state") or broker.get("mode") or "unknown")
+    if broker.get("mode") == "managed":
+        broker_state += f", {broker.get('restarts', 0)} restarts"
     last_error = sync.get("last_error") or sync.get("error")
-    cards: list[tuple[str, Cell]] = [
+    return (
         ("Gateway started", _ts(st.get("started_at"))),
         ("Readings stored", _text(st.get("readings_stored"))),
         ("Cloud sync", sync_state),
@@ -202,7 +215,7 @@ def build_view(data: StatusData, now_ms: int) -> View:
         ("Last sync error", _text(last_error)),
         ("Last sync error at", _ts(sync.get("last_error_at"))),
         ("MQTT broker", broker_state),
-        ("Storage", storage_state),
+        ("Storage", storage_text(st.get("storage") or {})),
         ("Disk used (data folder)", size(disk.get("used_bytes"))),
         ("Database", size(disk.get("database_bytes"))),
         ("Broker queue", size(disk.get("broker_queue_bytes"))),
@@ -211,12 +224,40 @@ def build_view(data: StatusData, now_ms: int) -> View:
         ("Connections refused at the limits", _text(refused) if connections else None),
         ("Accepts failed (out of file descriptors)",
          _text(accept_failures) if connections else None),
-    ]  # fmt: skip
+    )  # fmt: skip
 
-    device_rows = []
+
+def _tables(data: StatusData, now_ms: int) -> tuple[Table, ...]:
+    return (
+        Table("locked", "Locked out now", ("Kind", "Who", "Locked until"),
+              _locked_rows(data, now_ms), "Nothing is locked out."),
+        Table("devices", "Devices", ("Device", "Type", "Status", "Last seen", "Latest values"),
+              _device_rows(data), "No devices yet: iotsphere gateway device add ID"),
+        Table("alerts", "Open alerts",
+              ("Since", "Severity", "State", "Rule", "Device / key", "Metric", "Value"),
+              _alert_rows(data), "No open alerts."),
+        Table("rejections", "Recently rejected messages",
+              ("Time", "Device", "Transport", "Status", "Reason"),
+              _rejection_rows(data), "No rejected messages."),
+        Table("audit", "Authentication failures and lockouts",
+              ("Time", "Kind", "Transport", "Address", "Who", "Reason"),
+              _audit_rows(data), "No authentication failures."),
+    )  # fmt: skip
+
+
+def _locked_rows(data: StatusData, now_ms: int) -> tuple[tuple[Cell, ...], ...]:
+    rows = []
+    for key, remaining in data.locked:
+        kind, name = who_is_locked(key)
+        rows.append((kind, name, _ts(now_ms + int(remaining * 1000))))
+    return tuple(rows)
+
+
+def _device_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
+    rows = []
     for dev in data.devices:
         device_id = str(dev.get("device_id"))
-        device_rows.append(
+        rows.append(
             (
                 device_id,
                 _text(dev.get("type")),
@@ -225,7 +266,11 @@ def build_view(data: StatusData, now_ms: int) -> View:
                 _latest_text(data.latest.get(device_id, {})),
             )
         )
-    alert_rows = [
+    return tuple(rows)
+
+
+def _alert_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
+    return tuple(
         (
             _ts(a.get("started_at")),
             _text(a.get("severity")),
@@ -238,11 +283,11 @@ def build_view(data: StatusData, now_ms: int) -> View:
             ),
         )
         for a in data.alerts
-    ]
-    if data.alerts:
-        n = len(data.alerts)
-        problems.append(f"{n} open alert{'s' if n != 1 else ''}")
-    rejection_rows = [
+    )
+
+
+def _rejection_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
+    return tuple(
         (
             _ts(r.get("at")),
             _text(r.get("device_id")),
@@ -251,8 +296,11 @@ def build_view(data: StatusData, now_ms: int) -> View:
             _text(f"{r.get('title')}: {r.get('detail')}" if r.get("detail") else r.get("title")),
         )
         for r in data.rejections
-    ]
-    audit_rows = [
+    )
+
+
+def _audit_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
+    return tuple(
         (
             _ts(a.get("at")),
             _text(a.get("kind")),
@@ -262,23 +310,7 @@ def build_view(data: StatusData, now_ms: int) -> View:
             _text(a.get("reason")),
         )
         for a in data.audit
-    ]
-    tables = (
-        Table("locked", "Locked out now", ("Kind", "Who", "Locked until"),
-              tuple(locked_rows), "Nothing is locked out."),
-        Table("devices", "Devices", ("Device", "Type", "Status", "Last seen", "Latest values"),
-              tuple(device_rows), "No devices yet: iotsphere gateway device add ID"),
-        Table("alerts", "Open alerts",
-              ("Since", "Severity", "State", "Rule", "Device / key", "Metric", "Value"),
-              tuple(alert_rows), "No open alerts."),
-        Table("rejections", "Recently rejected messages",
-              ("Time", "Device", "Transport", "Status", "Reason"),
-              tuple(rejection_rows), "No rejected messages."),
-        Table("audit", "Authentication failures and lockouts",
-              ("Time", "Kind", "Transport", "Address", "Who", "Reason"),
-              tuple(audit_rows), "No authentication failures."),
-    )  # fmt: skip
-    return View(now_ms, tuple(cards), tables, tuple(problems))
+    )
 
 
 # -- HTML ---------------------------------------------------------------------------------------
