@@ -1,16 +1,7 @@
 """MQTT ingress: the gateway's own subscriber on the broker, with acknowledge-after-commit.
 
-Why our own small MQTT 5 client (edge.ingest.mqtt.client) rather than paho-mqtt or aiomqtt (measured
-on the 2-core bench host, 10-reading QoS 1 messages from a Mosquitto backlog):
-- aiomqtt has no manual acknowledgement (aiomqtt issue #345, PR #346 open), and its message
-  iterator creates a task per message: ~3,100 msgs/s ceiling for MQTT 5.
-- paho-mqtt (manual_ack, driven from the loop) spent ~151 us per message decoding an MQTT 5
-  PUBLISH alone (v3.1.1: 82 us), half the gateway's main thread at 1,400 msgs/s.
-  edge.ingest.mqtt.client decodes one in ~11 us (186 B, no properties; ~27 us with content type,
-  response topic and correlation data), frames every packet of a socket read at once and
-  acknowledges a committed group with one write. Draining 20k such messages from a Mosquitto
-  backlog through the whole ingress (classification included, the store confirming at once):
-  paho 287 us CPU per message, 3,300 msgs/s; this client 91 us, 9,600-10,000 msgs/s.
+Our own small MQTT 5 client (edge.ingest.mqtt.client), not paho-mqtt or aiomqtt: they cost 3x the
+CPU per message or cannot acknowledge manually (docs/decisions/mqtt-ingress-client.md).
 The session reads everything the kernel holds per wakeup, classifies it as one group and sends
 one Ingest per group to the store actor. A QoS 1 PUBLISH is acknowledged to the broker only after
 its reading (or its rejection record) has committed; the broker keeps unacknowledged messages
