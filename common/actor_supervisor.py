@@ -1,4 +1,4 @@
-"""Supervisor: starts actors and nested supervisors, restarts them with backoff, escalates.
+"""Supervisor: starts actors, loops and nested supervisors, restarts them with backoff, escalates.
 Supervision follows Erlang's shape: a supervisor allows max_restarts restarts (over all its
 children) within window_s; one more and it gives up. A nested supervisor that gives up halts
 its subtree and reports to its parent, which restarts the whole subtree (same refs, fresh
@@ -18,6 +18,7 @@ from common.actor_cell import ActorCell
 from common.actor_errors import ActorStopped, EscalationError
 from common.actor_ref import ActorRef
 from common.actor_specs import ChildSpec, SleepFn
+from common.actor_task import LoopFactory, TaskChild
 from common.backoff import ceiling_s
 from common.clock import Clock, SystemClock
 
@@ -101,6 +102,15 @@ class Supervisor:
         self._children.append(cell)
         await cell.start()
         return cell.ref
+
+    def start_task(self, name: str, factory: LoopFactory) -> TaskChild:
+        """Run a loop (`factory()` makes it) as a child: restarted with backoff when it fails,
+        within this supervisor's restart budget."""
+        self._check_can_add(name)
+        child = TaskChild(name, factory, self)
+        self._children.append(child)
+        child.start()
+        return child
 
     async def start_supervisor(self, child: Supervisor) -> Supervisor:
         """Adopt a fresh supervisor as a child: its escalations come here."""

@@ -141,14 +141,12 @@ class Gateway(GatewayBackend, GatewayStatus):
         root = Supervisor("gateway", clock=self.clock)
         tasks: list[asyncio.Task[Any]] = []
         try:
-            await self.startup(store, root, tasks)
+            await self.startup(store, root)
             await self._serve(stop, root, tasks)
         finally:
             await self.shutdown(store, root, tasks)
 
-    async def startup(
-        self, store: GatewayStore, root: Supervisor, tasks: list[asyncio.Task[Any]]
-    ) -> None:
+    async def startup(self, store: GatewayStore, root: Supervisor) -> None:
         """In dependency order: state from the store, the actors, the broker and the MQTT
         ingress, then the listeners devices use, then the admin API."""
         cfg = self.cfg
@@ -159,7 +157,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         await self._start_sync(root)
         host, port, user, password = await self._start_broker(devices)
         if self._broker is not None:
-            tasks.append(asyncio.create_task(self._watch_broker(), name="broker-watch"))
+            root.start_task("broker-watch", self._watch_broker)  # restarted if it fails
         self._ingress = MqttIngress(
             host=host,
             port=port,
@@ -169,7 +167,8 @@ class Gateway(GatewayBackend, GatewayStatus):
             classifier=self._classifier,
             clock=self.clock,
         )
-        tasks.append(asyncio.create_task(self._ingress.run(), name="mqtt-ingress"))
+        # It reconnects by itself; anything else that ends it, the supervisor restarts.
+        root.start_task("mqtt-ingress", self._ingress.run)
         await asyncio.wait_for(self._ingress.connected.wait(), 30)
         # One ingest path (and one in-flight bound) for MQTT telemetry, CoAP and HTTP.
         self._device_ingest = DeviceIngest(self.store_ref, self._classifier, self.clock)
