@@ -21,17 +21,9 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
-    client,
-    clock,
     login,
     reading,
-    services,
-    settings,
-    sleeps,
-    store,
 )
-
-__all__ = ["client", "clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 
 async def seed_org(store: DuckCloudStore, org: str, device: str) -> str:

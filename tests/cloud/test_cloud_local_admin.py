@@ -25,15 +25,8 @@ from tests.conftest import REPO
 from tests.support.cloud import (
     PASSWORD,
     assert_problem,
-    clock,
-    services,
-    settings,
-    sleeps,
-    store,
 )
 from tests.support.ports import free_port
-
-__all__ = ["clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 USERS = "/api/local-admin/users"
 GATEWAYS = "/api/local-admin/gateways"

@@ -15,16 +15,8 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
-    client,
-    clock,
     login,
-    services,
-    settings,
-    sleeps,
-    store,
 )
-
-__all__ = ["client", "clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 RULE = {"source": "model:churn-v3", "metric": "accuracy", "operator": "<", "threshold": 0.8}
 

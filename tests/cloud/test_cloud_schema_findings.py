@@ -20,16 +20,8 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
-    client,
-    clock,
     login,
-    services,
-    settings,
-    sleeps,
-    store,
 )
-
-__all__ = ["client", "clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 RULES = "/api/monitoring/alert_rules"
 CHANNELS = "/api/notification_channels"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud.app.server import uvicorn_server
 from cloud.app.services import Services
 from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import Role
@@ -21,15 +19,9 @@ from tests.support.cloud import (
     PASSWORD,
     add_user,
     assert_problem,
-    clock,
-    services,
-    settings,
-    sleeps,
-    store,
+    served,
 )
 from tests.support.ports import free_port
-
-__all__ = ["clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 # the installed entry point (common.cli:main), as a user runs it
 IOTSPHERE = [sys.executable, "-c", "import sys; from common.cli import main; sys.exit(main())"]
@@ -39,31 +31,21 @@ async def test_login_and_dashboard_over_a_real_socket(
     services: Services, store: DuckCloudStore
 ) -> None:
     await add_user(store, "ann@example.com", Role.VIEWER)
-    port = free_port()
-    server = uvicorn_server(services, "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            r = await http.post(
-                "/api/auth/login", json={"email": "ann@example.com", "password": PASSWORD}
-            )
-            assert r.status_code == 200, r.text
-            auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
-            r = await http.get("/api/dashboard", headers=auth)
-            assert r.status_code == 200 and set(r.json()) == {"config", "devices", "alerts"}
-            assert_problem(await http.get("/api/dashboard"), 401)
-            store.make_unavailable()
-            r = await http.get("/api/dashboard", headers=auth)
-            assert_problem(r, 503)
-            assert r.headers["retry-after"] == "5"
-            store.make_available()
-            assert (await http.get("/api/dashboard", headers=auth)).status_code == 200
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with served(services) as http:
+        r = await http.post(
+            "/api/auth/login", json={"email": "ann@example.com", "password": PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+        auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        r = await http.get("/api/dashboard", headers=auth)
+        assert r.status_code == 200 and set(r.json()) == {"config", "devices", "alerts"}
+        assert_problem(await http.get("/api/dashboard"), 401)
+        store.make_unavailable()
+        r = await http.get("/api/dashboard", headers=auth)
+        assert_problem(r, 503)
+        assert r.headers["retry-after"] == "5"
+        store.make_available()
+        assert (await http.get("/api/dashboard", headers=auth)).status_code == 200
 
 
 def run_cli(*args: str, data_dir: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import cloud.api.sync
 import cloud.sync.store
 from cloud.app.admin_ops import add_gateway
-from cloud.app.server import uvicorn_server
 from cloud.app.services import Services
 from cloud.storage.db import StoreError
 from cloud.storage.duck import DuckCloudStore
@@ -39,17 +38,9 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
-    client,
-    clock,
     login,
-    services,
-    settings,
-    sleeps,
-    store,
+    served,
 )
-from tests.support.ports import free_port
-
-__all__ = ["client", "clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 BATCHES = "/api/v1/sync/batches"
 
@@ -197,50 +188,40 @@ async def test_failed_enrollments_are_rate_limited_per_address(
 async def test_signed_batches_over_a_socket_are_stored_once(
     services: Services, store: DuckCloudStore, clock: ManualClock
 ) -> None:
-    port = free_port()
-    server = uvicorn_server(services, "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            gw = await enroll(http, store, clock, "site-a", "default")
-            b = batch(gw.gateway_id, 1, n=20)
-            acks = []
-            for _ in range(4):  # the first send and 3 resends (each with a fresh token)
-                r = await post(http, gw, b)
-                assert r.status_code == 200, r.text
-                acks.append(r.content)
-            assert len(set(acks)) == 1
-            ack = decode_ack(acks[0])
-            assert (ack.batch_id, ack.first_seq, ack.last_seq) == (b.batch_id, 1, 20)
-            assert (ack.stored, ack.duplicates) == (20, 0)
-            assert await count(store, "readings") == 20
-            assert await count(store, "sync_batches") == 1
-            assert await count(store, "gateway_auth_events") == 1
-
-            tokens = await admin(http, store)
-            r = await http.get(
-                "/api/devices/d1/telemetry",
-                params={"metric": "temp", "from": T0 - 120_000},
-                headers=tokens,
-            )
+    async with served(services) as http:
+        gw = await enroll(http, store, clock, "site-a", "default")
+        b = batch(gw.gateway_id, 1, n=20)
+        acks = []
+        for _ in range(4):  # the first send and 3 resends (each with a fresh token)
+            r = await post(http, gw, b)
             assert r.status_code == 200, r.text
-            points = r.json()["points"]
-            assert [p["ts"] for p in points] == [T0 - 60_000 + i * 1000 for i in range(20)]
-            assert points[0]["value"] == pytest.approx(20.01)
+            acks.append(r.content)
+        assert len(set(acks)) == 1
+        ack = decode_ack(acks[0])
+        assert (ack.batch_id, ack.first_seq, ack.last_seq) == (b.batch_id, 1, 20)
+        assert (ack.stored, ack.duplicates) == (20, 0)
+        assert await count(store, "readings") == 20
+        assert await count(store, "sync_batches") == 1
+        assert await count(store, "gateway_auth_events") == 1
 
-            # a batch overlapping stored readings stores only the new ones
-            r = await post(http, gw, batch(gw.gateway_id, 1, n=25))
-            assert (decode_ack(r.content).stored, decode_ack(r.content).duplicates) == (5, 20)
-            assert await count(store, "readings") == 25
-            # a signed GET with a query string: the signature covers path and query as sent
-            config = await get_config(http, gw, 0)
-            assert config["version"] == 0 and config["rules"] == []
-    finally:
-        server.should_exit = True
-        await task
+        tokens = await admin(http, store)
+        r = await http.get(
+            "/api/devices/d1/telemetry",
+            params={"metric": "temp", "from": T0 - 120_000},
+            headers=tokens,
+        )
+        assert r.status_code == 200, r.text
+        points = r.json()["points"]
+        assert [p["ts"] for p in points] == [T0 - 60_000 + i * 1000 for i in range(20)]
+        assert points[0]["value"] == pytest.approx(20.01)
+
+        # a batch overlapping stored readings stores only the new ones
+        r = await post(http, gw, batch(gw.gateway_id, 1, n=25))
+        assert (decode_ack(r.content).stored, decode_ack(r.content).duplicates) == (5, 20)
+        assert await count(store, "readings") == 25
+        # a signed GET with a query string: the signature covers path and query as sent
+        config = await get_config(http, gw, 0)
+        assert config["version"] == 0 and config["rules"] == []
 
 
 async def test_tampered_replayed_unsigned_and_foreign_requests_store_nothing(

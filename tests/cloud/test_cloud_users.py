@@ -26,16 +26,8 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
-    client,
-    clock,
     login,
-    services,
-    settings,
-    sleeps,
-    store,
 )
-
-__all__ = ["client", "clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 NEW_PASSWORD = "a new and better passphrase"
 

@@ -23,16 +23,8 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
-    client,
-    clock,
     login,
-    services,
-    settings,
-    sleeps,
-    store,
 )
-
-__all__ = ["client", "clock", "services", "settings", "sleeps", "store"]  # fixtures
 
 
 async def test_pages_are_served_with_a_strict_policy(client: httpx.AsyncClient) -> None:

@@ -1,8 +1,11 @@
-"""Fixtures and helpers shared by the cloud tests (tests/cloud/) (imported explicitly)."""
+"""Fixtures and helpers shared by the cloud tests (tests/cloud/; conftest.py there imports the
+fixtures)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import httpx
 import pytest
 
 from cloud.app.asgi import create_app
+from cloud.app.server import uvicorn_server
 from cloud.app.services import Services, build_services, open_duckdb_store
 from cloud.app.settings import CloudSettings
 from cloud.security.auth import hash_password
@@ -17,6 +21,7 @@ from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import Role, User
 from common.clock import ManualClock
 from common.model import Reading
+from tests.support.ports import free_port
 
 PASSWORD = "correct horse battery"
 T0 = 1_764_300_000_000  # ManualClock's default start, a multiple of 5 minutes
@@ -97,3 +102,20 @@ def assert_problem(r: httpx.Response, status: int) -> dict[str, object]:
     assert doc["status"] == status
     assert isinstance(doc["type"], str) and isinstance(doc["title"], str)
     return doc
+
+
+@asynccontextmanager
+async def served(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """The app behind a real uvicorn server on a free loopback port, and a client of it."""
+    port = free_port()
+    server = uvicorn_server(services, "127.0.0.1", port)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
