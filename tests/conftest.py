@@ -21,6 +21,9 @@ from edge.app.config import GatewayConfig, LockoutConfig, load_config
 from edge.app.gateway import Gateway
 from tests.support.ports import restartable_port
 
+# The private PostgreSQL fixtures: pg_cluster (session), pg_url (a fresh database per test).
+pytest_plugins = ["tests.support.postgres"]
+
 REPO = Path(__file__).resolve().parent.parent
 IOTSPHERE = [sys.executable, "-m", "common.cli"]
 
