@@ -19,6 +19,9 @@ apt_setup() {
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     command -v coap-client-notls >/dev/null || command -v coap-client >/dev/null || missing+=(libcoap3-bin)
     command -v npm >/dev/null || missing+=(nodejs npm)
+    # the server binaries for the tests' private clusters (tests/support/postgres.py); they do
+    # not use the 'main' cluster that Debian's package may create
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing Debian packages: ${missing[*]}" >&2
         as_root apt-get update -qq
