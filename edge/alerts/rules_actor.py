@@ -8,7 +8,6 @@ survives a restart without being raised twice.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,10 +15,11 @@ from functools import partial
 
 from common.actors import Actor, ActorRef, ActorStopped, MailboxFull
 from common.alerts import AlertEvent, AlertState, allowed_events, next_state
-from common.clock import Clock
+from common.clock import Clock, SystemClock
 from common.model import Reading
 from common.rules import EngineState, Observation, Rule, RuleEngine, Transition, parse_rule
-from edge.storage.actor import Committed, LiveStats, SaveAlerts, StoreMsg, call
+from edge.storage.actor import Committed, SaveAlerts, StoreMsg, StoreState, StoreView, call
+from edge.storage.health import StorageHealth
 from edge.storage.store import AlertRow, GatewayStore
 
 log = logging.getLogger("iotsphere.rules")
@@ -66,6 +66,13 @@ STORAGE_SUBJECT = "gateway"
 RulesMsg = Committed | Tick | ReloadRules | ChangeAlert | SecurityLockout
 
 
+@dataclass
+class RulesStats:
+    """What `status` shows about alerts; written by the rules actor only, read for display."""
+
+    active_alerts: int = 0  # open (active or acknowledged) alerts at this gateway
+
+
 def _chunk_after(cursor: int, store: GatewayStore) -> tuple[int, list[Reading]]:
     return store.readings_after(cursor, REPLAY_CHUNK)
 
@@ -89,7 +96,8 @@ class CommitFeed:
     in sequence numbers (or a Tick sees the store ahead of it) and reads those readings from
     the store, so no reading goes unevaluated."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self.rules: ActorRef[RulesMsg] | None = None
         self.skipped = 0  # notices not delivered (mailbox full): read back by the rules actor
         self._last_log = -LOG_EVERY_S
@@ -101,7 +109,7 @@ class CommitFeed:
             self.rules.tell(committed)
         except MailboxFull:
             self.skipped += 1
-            now = time.monotonic()
+            now = self._clock.monotonic()
             if now - self._last_log >= LOG_EVERY_S:
                 self._last_log = now
                 log.warning(
@@ -125,7 +133,7 @@ class RulesActor(Actor[RulesMsg]):
         clock: Clock,
         device_type_of: Callable[[str], str | None],
         tick_s: float,
-        stats: LiveStats | None = None,
+        stats: RulesStats | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -133,7 +141,7 @@ class RulesActor(Actor[RulesMsg]):
         self._tick_s = tick_s
         self._engine = RuleEngine([])
         self._open: dict[tuple[str, str], AlertRow] = {}  # (rule, subject) -> open alert
-        self._stats = stats
+        self.stats = stats if stats is not None else RulesStats()  # given: outlives restarts
         self._cursor = 0  # highest reading seq evaluated
         self._saved_cursor = 0
         self.caught_up = 0  # readings evaluated from the store after skipped commit notices
@@ -147,6 +155,7 @@ class RulesActor(Actor[RulesMsg]):
         self._open = {
             (a.rule_id, a.subject): a for a in open_alerts if a.state != AlertState.RESOLVED
         }
+        self.stats.active_alerts = len(self._open)
         await self._replay()
         self.schedule_every(self._tick_s, Tick())
 
@@ -189,8 +198,7 @@ class RulesActor(Actor[RulesMsg]):
         await self._apply(self._engine.observe(obs, self._clock.now_ms()))
 
     async def _persist(self, alerts: list[AlertRow], kv: dict[str, str] | None = None) -> None:
-        if self._stats is not None:
-            self._stats.active_alerts = len(self._open)
+        self.stats.active_alerts = len(self._open)
         await self._store.send(SaveAlerts(alerts, kv or {}))
 
     async def _save_state(self) -> None:
@@ -212,11 +220,14 @@ class RulesActor(Actor[RulesMsg]):
                     self._cursor = result.last_seq
                 await self._observe(readings)
             case Tick():
-                if self._stats is not None and self._stats.last_seq > self._cursor:
+                # Asked, not shared: the store answers from memory, and never waits on us.
+                view = await self._store.ask(StoreState())
+                assert isinstance(view, StoreView)
+                if view.last_seq > self._cursor:
                     await self._catch_up()  # the newest commits' notices were skipped
                 await self._apply(self._engine.tick(now))
                 await self._expire_security(now)
-                await self._watch_storage(now)
+                await self._watch_storage(view.health, now)
                 if self._cursor != self._saved_cursor:
                     await self._save_state()
             case ReloadRules():
@@ -248,15 +259,12 @@ class RulesActor(Actor[RulesMsg]):
         if expired:
             await self._persist(expired)
 
-    async def _watch_storage(self, now: int) -> None:
+    async def _watch_storage(self, health: StorageHealth, now: int) -> None:
         """Raise the critical storage alert while the store actor reports storage unavailable,
-        resolve it once it writes again. Read from the LiveStats this actor already shares
-        with the store actor (no extra wiring); a tick is soon enough for an outage that
-        lasts until space returns. The alert is stored when the store writes again (held
-        there meanwhile), and shows in status at once through active_alerts."""
-        health = None if self._stats is None else self._stats.storage
-        if health is None:
-            return
+        resolve it once it writes again. `health` is the store's answer to this tick's
+        StoreState; a tick is soon enough for an outage that lasts until space returns. The
+        alert is stored when the store writes again (held there meanwhile), and shows in
+        status at once through active_alerts."""
         key = (STORAGE_RULE, STORAGE_SUBJECT)
         opened = self._open.get(key)
         if not health.available and opened is None:

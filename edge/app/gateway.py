@@ -15,7 +15,6 @@ import gc
 import json
 import logging
 import signal
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -38,6 +37,7 @@ from edge.alerts.rules_actor import (
     CommitFeed,
     RulesActor,
     RulesMsg,
+    RulesStats,
     SecurityLockout,
 )
 from edge.app.config import GatewayConfig
@@ -55,14 +55,13 @@ from edge.security.device_auth import DeviceAuthenticator, DeviceDirectory
 from edge.security.lockout import LockoutPolicy, LockoutTracker
 from edge.status.gateway_status import GatewayStatus
 from edge.storage.actor import (
-    LagWindow,
-    LiveStats,
     RecordAuth,
     SaveAlerts,
     StoreActor,
     StoreMsg,
     call,
 )
+from edge.storage.stats import LagWindow, StoreStats
 from edge.storage.store import AuthFailure, GatewayStore
 from edge.sync.clock_watch import ClockWatch
 from edge.sync.identity import IdentityError, load_identity
@@ -83,7 +82,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         self._stopping = False
         self._store_ref: ActorRef[StoreMsg] | None = None
         self._rules_ref: ActorRef[RulesMsg] | None = None
-        self._commit_feed = CommitFeed()  # store -> rules, never blocking the store
+        self._commit_feed = CommitFeed(self.clock)  # store -> rules, never blocking the store
         self._sync_ref: ActorRef[SyncMsg] | None = None
         self._broker: ManagedMosquitto | None = None
         self._broker_restarts = 0
@@ -115,7 +114,10 @@ class Gateway(GatewayBackend, GatewayStatus):
         )
         self.auth_events_lost = 0
         self.ingest_lag = LagWindow()
-        self.live = LiveStats()
+        # Each written by its own actor only (given here, so they outlive its restarts);
+        # status reads them for display.
+        self.store_stats = StoreStats()
+        self.rules_stats = RulesStats()
         # One boot id per run: clock epochs (readings' receive times) and sync batches carry it.
         self.boot_id = str(uuid.uuid4())
         self._clock_watch = ClockWatch(self.boot_id, self.clock)
@@ -208,13 +210,13 @@ class Gateway(GatewayBackend, GatewayStatus):
             self._device_status[dev["device_id"]] = dev["status"]
         self._directory.load(devices)
         self._restore_lockouts(store)
-        initial = store.stats()
-        self.live.readings_stored = initial["readings_stored"]
-        self.live.last_seq = initial["last_seq"]
-        self.live.rejections = initial["rejections"]
-        self.live.auth_failures = initial["auth_failures"]
-        self.live.active_alerts = initial["active_alerts"]
-        self.live.oldest_unsynced_at = initial["sync"]["oldest_unsynced_at"]
+        initial = store.stats()  # before the store actor starts: it is the writer after that
+        st = self.store_stats
+        st.readings_stored = initial["readings_stored"]
+        st.last_seq = initial["last_seq"]
+        st.rejections = initial["rejections"]
+        st.auth_failures = initial["auth_failures"]
+        st.oldest_unsynced_at = initial["sync"]["oldest_unsynced_at"]
         return devices
 
     async def _start_actors(self, root: Supervisor, store: GatewayStore) -> None:
@@ -229,7 +231,7 @@ class Gateway(GatewayBackend, GatewayStatus):
                     max_delay_ms=cfg.batch_max_delay_ms,
                     on_commit=self._commit_feed,
                     lag=self.ingest_lag,
-                    stats=self.live,
+                    stats=self.store_stats,
                     clock_watch=self._clock_watch,
                     budget=cfg.budget,
                     clock=self.clock,
@@ -241,7 +243,11 @@ class Gateway(GatewayBackend, GatewayStatus):
             ChildSpec(
                 "rules",
                 lambda: RulesActor(
-                    self.store_ref, self.clock, self._device_type_of, cfg.rule_tick_s, self.live
+                    self.store_ref,
+                    self.clock,
+                    self._device_type_of,
+                    cfg.rule_tick_s,
+                    self.rules_stats,
                 ),
                 capacity=10_000,
             )
@@ -397,7 +403,6 @@ class Gateway(GatewayBackend, GatewayStatus):
                     self.clock,
                     settings,
                     stats,
-                    self.live,
                     boot_id=boot_id,
                     apply_config=self.apply_cloud_config,
                 ),
@@ -431,7 +436,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         assert self._broker is not None
         backoff = Backoff(0.5, 30.0, spread())
         while True:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             code = await self._broker.wait()
             if self._stopping:
                 return
@@ -445,7 +450,7 @@ class Gateway(GatewayBackend, GatewayStatus):
                 self._ingress.connected.clear()
             if self._front is not None:
                 await self._front.stop()
-            if time.monotonic() - started > 60:
+            if self.clock.monotonic() - started > 60:
                 backoff.reset()  # it ran a while: this is a new failure, not a crash loop
             await asyncio.sleep(backoff.next_s())
             devices = await call(self.store_ref, lambda s: s.devices(include_secrets=True))
@@ -477,7 +482,10 @@ class Gateway(GatewayBackend, GatewayStatus):
                 self._device_ingest,
                 self._ingress.reply,
                 token_auth,
-                storing=lambda: self.live.storage.available,
+                # A read-only view of the store's own health: the front refuses early while
+                # storage is down (saves a device a round trip); the store actor still
+                # decides, refusing any Ingest while unavailable.
+                storing=self.store_stats.storing,
             ),
         )
 

@@ -14,7 +14,7 @@ from common.clock import Clock
 
 if TYPE_CHECKING:
     from edge.admin.api import AdminApi
-    from edge.alerts.rules_actor import CommitFeed, RulesMsg
+    from edge.alerts.rules_actor import CommitFeed, RulesMsg, RulesStats
     from edge.app.config import GatewayConfig
     from edge.ingest.classify import Classifier
     from edge.ingest.coap.ingress import CoapIngress
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from edge.ingest.mqtt.ingress import MqttIngress
     from edge.security.device_auth import DeviceDirectory
     from edge.security.lockout import LockoutTracker
-    from edge.storage.actor import LagWindow, LiveStats, StoreMsg
+    from edge.storage.actor import StoreMsg
+    from edge.storage.stats import LagWindow, StoreStats
     from edge.sync.actor import SyncStats
 
 
@@ -35,7 +36,8 @@ class GatewayParts:
     cfg: GatewayConfig
     clock: Clock
     started_at: int
-    live: LiveStats
+    store_stats: StoreStats  # written by the store actor; read here for display only
+    rules_stats: RulesStats  # written by the rules actor; read here for display only
     ingest_lag: LagWindow
     auth_events_lost: int
     sync_stats: SyncStats | None

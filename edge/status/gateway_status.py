@@ -17,7 +17,7 @@ from edge.storage.store import GatewayStore
 class GatewayStatus(GatewayParts):
     async def status(self) -> dict[str, Any]:
         """Answered from live counters, never queued behind ingest (it must work under load)."""
-        live = self.live
+        live, rules = self.store_stats, self.rules_stats  # display only: written by their actors
         devices: dict[str, int] = {}
         for state in self._device_status.values():
             devices[state] = devices.get(state, 0) + 1
@@ -39,7 +39,7 @@ class GatewayStatus(GatewayParts):
             "storage": live.storage.to_dict(self.clock.now_ms()),
             "duplicates_ignored": live.duplicates,
             "last_seq": live.last_seq,
-            "active_alerts": live.active_alerts,
+            "active_alerts": rules.active_alerts,
             "rejections": live.rejections,
             "auth_failures": live.auth_failures,
             "commits": live.commits,
@@ -64,7 +64,7 @@ class GatewayStatus(GatewayParts):
         }
 
     def _disk_status(self) -> dict[str, Any]:
-        live = self.live
+        live = self.store_stats
         return {
             **ops.disk_usage(self.cfg),
             "readings_dropped_since_start": live.readings_dropped,
@@ -72,7 +72,7 @@ class GatewayStatus(GatewayParts):
         }
 
     def _sync_status(self) -> dict[str, Any]:
-        live = self.live
+        live = self.store_stats
         if self.sync_stats is not None:
             return self.sync_stats.summary(self.clock.now_ms())
         # Until this gateway is enrolled with a cloud, every stored reading is backlog.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from common.clock import Clock, SystemClock
 from common.model import Reading
 from edge.app.config import DiskBudget
 from edge.storage.health import StorageHealth, storage_failure
+from edge.storage.stats import LagWindow, StoreStats
 from edge.storage.store import (
     AlertRow,
     AuthFailure,
@@ -91,6 +91,26 @@ class Probe:
 
 
 @dataclass(frozen=True, slots=True)
+class ProtectThrough:
+    """From the sync actor when it sends a batch: the disk cap keeps readings up to `seq`."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """Asked by the rules actor on its tick; answered with a StoreView, without a commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreView:
+    """The store's last committed seq and whether it can write, at the time of asking."""
+
+    last_seq: int
+    health: StorageHealth
+
+
+@dataclass(frozen=True, slots=True)
 class Committed:
     """Told to the subscriber (the rules actor) after every commit with readings."""
 
@@ -98,65 +118,8 @@ class Committed:
     result: CommitResult
 
 
-StoreMsg = Ingest | RecordAuth | SaveAlerts | Call | Flush | EnforceBudget | Probe
-
-
-class LagWindow:
-    """Ingest lag of recent commits: commit time minus the reading's device timestamp.
-
-    With device clocks in sync (simulators on the same host, NTP on site) this is the
-    publish-to-durable latency; readings whose ts the gateway supplied measure receive-to-commit.
-    A fixed window of recent samples keeps memory bounded.
-    """
-
-    def __init__(self, size: int = 20_000) -> None:
-        self._samples: deque[int] = deque(maxlen=size)
-
-    def add_batch(self, readings: list[Reading], now: int) -> None:
-        """Samples for readings committed at `now` (ms since the epoch)."""
-        # one sample per distinct message timestamp: a 10-value message counts once
-        seen: set[tuple[str, int]] = set()
-        for r in readings:
-            key = (r.device_id, r.ts)
-            if key not in seen:
-                seen.add(key)
-                self._samples.append(now - r.ts)
-
-    def summary(self) -> dict[str, int | None]:
-        if not self._samples:
-            return {"samples": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
-        ordered = sorted(self._samples)
-        n = len(ordered)
-        return {
-            "samples": n,
-            "p50_ms": ordered[n // 2],
-            "p99_ms": ordered[min(n - 1, (n * 99) // 100)],
-            "max_ms": ordered[-1],
-        }
-
-    def reset(self) -> None:
-        self._samples.clear()
-
-
-@dataclass
-class LiveStats:
-    """What `status` shows without queuing behind ingest: kept current by the store actor."""
-
-    readings_stored: int = 0
-    duplicates: int = 0
-    rejections: int = 0
-    auth_failures: int = 0
-    last_seq: int = 0
-    commits: int = 0
-    last_commit_at: int | None = None
-    active_alerts: int = 0  # kept by the rules actor
-    oldest_unsynced_at: int | None = None  # receive time of the oldest reading not yet synced
-    sync_inflight_through: int = 0  # readings up to this seq are in a batch sent to the cloud
-    readings_dropped: int = 0  # since start: unsynced readings deleted by the disk cap
-    readings_pruned: int = 0  # since start: synced readings deleted after retention
-    # Whether the store can write (why not, since when): kept by the store actor, read by
-    # status and by the rules actor, which raises the critical storage alert from it.
-    storage: StorageHealth = field(default_factory=StorageHealth)
+_Told = Ingest | RecordAuth | SaveAlerts | Flush | EnforceBudget | Probe | ProtectThrough
+StoreMsg = _Told | Call | StoreState  # the last two are asked: they answer
 
 
 STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
@@ -187,7 +150,7 @@ class StoreActor(Actor[StoreMsg]):
         max_delay_ms: int,
         on_commit: Callable[[Committed], Awaitable[None]] | None = None,
         lag: LagWindow | None = None,
-        stats: LiveStats | None = None,
+        stats: StoreStats | None = None,
         executor: ThreadPoolExecutor | None = None,
         clock_watch: ClockWatch | None = None,
         budget: DiskBudget | None = None,
@@ -204,7 +167,8 @@ class StoreActor(Actor[StoreMsg]):
         self._confirms: list[Confirm] = []
         self._timer: asyncio.TimerHandle | None = None
         self.lag = lag if lag is not None else LagWindow()  # shared: survives restarts
-        self.stats = stats if stats is not None else LiveStats()
+        # Written only here; given by the gateway, so it survives a restart of this actor.
+        self.stats = stats if stats is not None else StoreStats()
         self._last_seen: dict[str, int] = {}
         self._counters: dict[str, int] = {}
         self._meta_due = self._clock.monotonic() + META_INTERVAL_S
@@ -217,7 +181,7 @@ class StoreActor(Actor[StoreMsg]):
 
     @property
     def _health(self) -> StorageHealth:
-        return self.stats.storage  # shared with status: it outlives a restart of this actor
+        return self.stats.storage  # in the stats: it outlives a restart of this actor
 
     async def on_start(self) -> None:
         if not self._health.available:
@@ -275,6 +239,10 @@ class StoreActor(Actor[StoreMsg]):
                 await self._enforce_budget()
             case Probe():
                 await self._probe()
+            case ProtectThrough(seq):
+                self.stats.protect_through = max(self.stats.protect_through, seq)
+            case StoreState():
+                return StoreView(self.stats.last_seq, self._health)
         return None
 
     async def _call_failed(self, exc: Exception) -> Exception:
@@ -305,7 +273,7 @@ class StoreActor(Actor[StoreMsg]):
                 lambda: self._store.enforce_budget(
                     synced_before_ms=synced_before,
                     unsynced_cap=budget.unsynced_cap,
-                    protect_through=self.stats.sync_inflight_through,
+                    protect_through=self.stats.protect_through,
                     now_ms=now,
                 )
             )

@@ -52,7 +52,7 @@ from common.sync_wire import (
     devices_digest,
     encode_batch,
 )
-from edge.storage.actor import LiveStats, StoreMsg, call
+from edge.storage.actor import ProtectThrough, StoreMsg, call
 from edge.storage.store import DROPPED_COUNTER, SYNC_DEVICES_KEY, GatewayStore, StoreUnavailable
 from edge.sync.cloud_client import (
     BadAck,
@@ -223,14 +223,13 @@ def _read_batch_rows(
 
 
 class SyncActor(Actor[SyncMsg]):
-    def __init__(  # noqa: PLR0913 - its collaborators are injected, each a test seam
+    def __init__(
         self,
         store: ActorRef[StoreMsg],
         client_factory: Callable[[], CloudClient],
         clock: Clock,
         settings: SyncSettings,
         stats: SyncStats,
-        live: LiveStats | None = None,
         *,
         boot_id: str | None = None,
         rand: Callable[[], float] = random.random,
@@ -242,7 +241,6 @@ class SyncActor(Actor[SyncMsg]):
         self._clock = clock
         self._cfg = settings
         self.stats = stats
-        self._live = live
         self._boot_id = boot_id or str(uuid.uuid4())
         self._rand = rand
         self._cursor = (0, 0)
@@ -427,10 +425,6 @@ class SyncActor(Actor[SyncMsg]):
         st.last_attempt_at = self._clock.now_ms()
         if self._inflight is None:
             self._inflight = batch  # the oldest unacknowledged one: resent as is
-        if self._live is not None:  # the disk cap must not drop what this batch carries
-            self._live.sync_inflight_through = max(
-                batch.last_seq, self._cursor[0], self._live.sync_inflight_through
-            )
         encoded = self._encoded
         body = encoded[1] if encoded is not None and encoded[0] == batch.batch_id else None
         return asyncio.create_task(self._post_body(self._client, batch, body))
@@ -438,6 +432,10 @@ class SyncActor(Actor[SyncMsg]):
     async def _post_body(
         self, client: CloudClient, batch: SyncBatch, body: tuple[bytes, str, str] | None
     ) -> BatchAck:
+        # The disk cap must not drop what this batch carries. Told before the batch goes on
+        # the wire (the store's mailbox is FIFO); a cap that ran since the read only deletes
+        # the local copy of readings this batch already holds in memory.
+        await self._store.send(ProtectThrough(max(batch.last_seq, self._cursor[0])))
         if body is None:
             body = await asyncio.to_thread(encode_batch, batch)
         self.stats.bytes_sent += len(body[0])
@@ -558,8 +556,6 @@ class SyncActor(Actor[SyncMsg]):
         count, oldest = await call(self._store, partial(_backlog, self._cursor[0]))
         self.stats.backlog_readings = count
         self.stats.oldest_unsynced_at = oldest
-        if self._live is not None:
-            self._live.oldest_unsynced_at = oldest
 
 
 def _backlog(cursor: int, store: GatewayStore) -> tuple[int, int | None]:

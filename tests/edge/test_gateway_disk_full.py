@@ -103,7 +103,7 @@ async def test_a_full_disk_refuses_with_507_keeps_every_ack_and_recovers(tmp_pat
 
             # Still up, nothing crashed; it says why; the critical alert is raised.
             assert gw.store_ref.stats.failures == 0 and gw.store_ref.stats.restarts == 0
-            health = gw.live.storage
+            health = gw.store_stats.storage
             assert not health.available and health.failure is not None
             assert health.failure.reason == "No space left on device"
             status = await gw.status()
@@ -112,7 +112,7 @@ async def test_a_full_disk_refuses_with_507_keeps_every_ack_and_recovers(tmp_pat
             assert storage["reason"] == "No space left on device"
             assert storage["failed_commits"] >= 1 and storage["disk_full"]
             assert status["http"]["insufficient_storage"] >= 1
-            await until(lambda: gw.live.active_alerts >= 1)
+            await until(lambda: gw.rules_stats.active_alerts >= 1)
             # every reading answered 200 before the disk filled is stored
             acked = {t for ts in flood.acked.values() for t in ts}
             assert acked <= set(await stored_ts(gw, "h1"))
@@ -121,7 +121,7 @@ async def test_a_full_disk_refuses_with_507_keeps_every_ack_and_recovers(tmp_pat
             assert await flood.post(client, n) == 507  # refused at once while full
 
             filler.unlink()
-            await until(lambda: gw.live.storage.available, timeout_s=30)
+            await until(lambda: gw.store_stats.storage.available, timeout_s=30)
             assert (await gw.status())["storage"]["state"] == "available"
 
             # Devices resend what was refused (and one resends an acknowledged request).

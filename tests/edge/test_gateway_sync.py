@@ -395,7 +395,7 @@ async def test_cap_drops_oldest_unsynced_keeps_alerts_and_reports_the_exact_coun
     async with running(cfg) as gw:
         await gw.add_rule({"metric": "temperature", "operator": ">", "threshold": 20.5})
         await ingest(gw, readings(100))  # 20.00 .. 20.99: the rule fires at 20.51
-        await until(lambda: gw.live.readings_dropped == 70)
+        await until(lambda: gw.store_stats.readings_dropped == 70)
         assert await call(gw.store_ref, lambda s: s.count_readings()) == 30
         kept = [r.ts for r in (await call(gw.store_ref, lambda s: s.readings_after(0, 1000)))[1]]
         # Oldest first: one run of 70 is gone. A batch already on its way to the cloud is
@@ -435,9 +435,9 @@ async def test_synced_readings_are_pruned_after_retention_unsynced_never(
         assert await call(gw.store_ref, lambda s: s.count_readings()) == 20
         stub.fail_503 = 0
         await until(lambda: len(stub.readings) == 20)
-        await until(lambda: gw.live.readings_pruned == 20)
+        await until(lambda: gw.store_stats.readings_pruned == 20)
         assert await call(gw.store_ref, lambda s: s.count_readings()) == 0
-        assert gw.live.readings_dropped == 0
+        assert gw.store_stats.readings_dropped == 0
 
 
 async def test_auth_failures_reach_the_cloud_once_with_their_own_cursor(
@@ -457,7 +457,7 @@ async def test_auth_failures_reach_the_cloud_once_with_their_own_cursor(
                     "127.0.0.1", gw.mqtt_port, username="t1", password="wrong"
                 ):
                     pass
-        await until(lambda: gw.live.auth_failures >= 3)
+        await until(lambda: gw.store_stats.auth_failures >= 3)
         rows = await call(gw.store_ref, lambda s: s.auth_failures())
         await until(lambda: call(gw.store_ref, lambda s: s.auth_sync_cursor() == len(rows)))
     sent = [e for events in by_batch.values() for e in events]

@@ -12,7 +12,8 @@ from common.actors import ChildSpec, Supervisor
 from common.clock import SystemClock
 from common.model import Reading
 from edge.alerts.rules_actor import CURSOR_KEY, CommitFeed, RulesActor
-from edge.storage.actor import Ingest, LiveStats, StoreActor, call
+from edge.storage.actor import Ingest, StoreActor, call
+from edge.storage.stats import StoreStats
 from edge.storage.store import GatewayStore
 from tests.support.waiting import until
 
@@ -33,7 +34,7 @@ async def test_a_flood_that_fills_both_mailboxes_neither_deadlocks_nor_skips_rea
     store = GatewayStore(tmp_path / "gateway.duckdb")
     rule = {"metric": "temperature", "operator": ">", "threshold": 50}
     store.save_rule("hot", {"id": "hot", **rule}, 1, 0)
-    live = LiveStats()
+    live = StoreStats()
     feed = CommitFeed()
     root = Supervisor("test", max_restarts=0)
     store_ref = await root.start_child(
@@ -46,7 +47,7 @@ async def test_a_flood_that_fills_both_mailboxes_neither_deadlocks_nor_skips_rea
     rules_ref = await root.start_child(
         ChildSpec(
             "rules",
-            lambda: SlowRules(store_ref, SystemClock(), lambda _d: None, 0.05, live),
+            lambda: SlowRules(store_ref, SystemClock(), lambda _d: None, 0.05),
             capacity=1,
         )
     )

@@ -17,13 +17,12 @@ from common.clock import SystemClock
 from common.gateway_auth import RequestSigner, generate_private_key, public_key_bytes
 from common.model import Reading
 from common.problem import Problem
-from edge.alerts.rules_actor import STORAGE_RULE, RulesActor
+from edge.alerts.rules_actor import STORAGE_RULE, RulesActor, RulesStats
 from edge.ingest.coap.ingress import _unavailable
 from edge.ingest.intake import INSUFFICIENT_STORAGE, IngestUnavailable
 from edge.status.view import StatusData, build_view
 from edge.storage.actor import (
     Ingest,
-    LiveStats,
     RecordAuth,
     SaveAlerts,
     StoreActor,
@@ -31,6 +30,7 @@ from edge.storage.actor import (
     call,
 )
 from edge.storage.health import StorageFailure, StorageHealth
+from edge.storage.stats import StoreStats
 from edge.storage.store import (
     AlertRow,
     AuthFailure,
@@ -87,7 +87,7 @@ def readings(first_ts: int, n: int) -> list[Reading]:
 @dataclass
 class Running:
     store: FlakyStore
-    live: LiveStats
+    live: StoreStats
     ref: ActorRef[StoreMsg]
     root: Supervisor
 
@@ -95,7 +95,7 @@ class Running:
 @pytest.fixture
 async def running_store(tmp_path: Path) -> AsyncIterator[Running]:
     store = FlakyStore(tmp_path / "gateway.duckdb")
-    live = LiveStats()
+    live = StoreStats()
     root = Supervisor("test", max_restarts=0)  # any crash would escalate
     ref = await root.start_child(
         ChildSpec(
@@ -115,8 +115,11 @@ async def test_a_full_disk_refuses_holds_probes_and_recovers_without_a_crash(
     running_store: Running,
 ) -> None:
     store, live, ref = running_store.store, running_store.live, running_store.ref
+    alerts_open = RulesStats()
     rules = await running_store.root.start_child(
-        ChildSpec("rules", lambda: RulesActor(ref, SystemClock(), lambda _d: None, 0.02, live))
+        ChildSpec(
+            "rules", lambda: RulesActor(ref, SystemClock(), lambda _d: None, 0.02, alerts_open)
+        )
     )
     first = Confirms([])
     await ref.send(Ingest(readings(1000, 5), confirm=first))
@@ -142,7 +145,7 @@ async def test_a_full_disk_refuses_holds_probes_and_recovers_without_a_crash(
     assert isinstance(refused.results[0], StoreUnavailable)
     audit = AuthFailure(5, "auth_failure", "http", "10.0.0.9", None, None, "bad token")
     await ref.send(RecordAuth(audit))
-    await until(lambda: live.active_alerts == 1)  # the rules actor raised the storage alert
+    await until(lambda: alerts_open.active_alerts == 1)  # the rules actor raised the storage alert
     await until(lambda: live.storage.last_probe_at is not None)
     assert store.commits_tried == tried and live.storage.refused_readings == 10
     assert ref.stats.failures == 0
@@ -152,7 +155,7 @@ async def test_a_full_disk_refuses_holds_probes_and_recovers_without_a_crash(
     assert live.storage.recovered_at is not None
     rows = await call(ref, lambda s: s.auth_failures())
     assert [r["reason"] for r in rows] == ["bad token"]
-    await until(lambda: live.active_alerts == 0)
+    await until(lambda: alerts_open.active_alerts == 0)
     await until(lambda: _resolved(ref))  # raised while unavailable, stored once it ended
     alerts = await call(ref, lambda s: s.alerts())
     storage_alerts = [a for a in alerts if a.rule_id == STORAGE_RULE]
@@ -269,7 +272,6 @@ async def test_sync_goes_on_when_its_cursor_cannot_be_saved(
                 SystemClock(),
                 settings,
                 stats,
-                live,
             ),
             capacity=4,
             policy=OverflowPolicy.DROP_NEWEST,

@@ -1,0 +1,130 @@
+"""What other actors learn from the store and tell it, by message (issue 12: no shared stats).
+
+The sync actor tells the store what a batch in flight carries (`ProtectThrough`); the store
+keeps it in its own stats, given by the gateway, so a restart of the store actor does not
+forget it. The rules actor asks the store (`StoreState`) for its last seq and its health.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.actors import ChildSpec, Supervisor
+from common.clock import ManualClock
+from common.model import Reading
+from edge.app.config import DiskBudget
+from edge.storage.actor import (
+    EnforceBudget,
+    Ingest,
+    ProtectThrough,
+    StoreActor,
+    StoreState,
+    StoreView,
+    call,
+)
+from edge.storage.health import StorageFailure
+from edge.storage.stats import StoreStats
+from edge.storage.store import Batch, CommitResult, GatewayStore, StoreUnavailable
+from tests.support.waiting import until
+
+
+class BuggyStore(GatewayStore):
+    """Its next commit fails with a bug (not a storage failure) when `crash` is set: the
+    store actor crashes and its supervisor restarts it."""
+
+    crash = False
+
+    def commit(self, batch: Batch) -> CommitResult:
+        if self.crash:
+            self.crash = False
+            raise RuntimeError("a bug in the commit")
+        return super().commit(batch)
+
+
+def readings(n: int) -> list[Reading]:
+    return [Reading("d1", "temperature", 1000 + i, 20.0, 1) for i in range(n)]
+
+
+async def test_the_disk_cap_keeps_readings_in_flight_across_a_store_restart(
+    tmp_path: Path,
+) -> None:
+    store = BuggyStore(tmp_path / "gateway.duckdb")
+    stats = StoreStats()  # the gateway's: it outlives the actor
+    budget = DiskBudget(synced_retention_s=None, unsynced_cap=30, every_s=3600)
+    root = Supervisor("test", max_restarts=1, backoff_base_s=0.0)
+    ref = await root.start_child(
+        ChildSpec(
+            "store",
+            lambda: StoreActor(store, max_readings=10, max_delay_ms=1, stats=stats, budget=budget),
+        )
+    )
+    try:
+        done: list[BaseException | None] = []
+        await ref.send(Ingest(readings(100), confirm=done.append))
+        await until(lambda: done == [None])
+        await ref.send(ProtectThrough(20))  # a batch of readings 1..20 is on its way
+        store.crash = True
+        await ref.send(Ingest(readings(1), confirm=done.append))  # a duplicate: crashes
+        await until(lambda: ref.stats.restarts == 1)
+        assert isinstance(done[1], RuntimeError)
+        await ref.send(EnforceBudget())
+        await until(lambda: stats.readings_dropped == 70)
+        kept = [r.ts for r in (await call(ref, lambda s: s.readings_after(0, 1000)))[1]]
+        # 1..20 are in flight and stay; the 70 oldest after them go, down to the cap of 30
+        # (forgetting the protection would drop 1..70 instead).
+        assert kept == [1000 + i for i in range(20)] + [1000 + i for i in range(90, 100)]
+    finally:
+        await root.stop()
+        store.close()
+
+
+class FullStore(GatewayStore):
+    full = False
+
+    def commit(self, batch: Batch) -> CommitResult:
+        if self.full:
+            raise StoreUnavailable(
+                StorageFailure("No space left on device", "...", disk_full=True, invalidated=False)
+            )
+        return super().commit(batch)
+
+    def headroom(self) -> tuple[int, int]:
+        return (0, 0) if self.full else (1 << 30, 0)
+
+
+async def test_store_state_answers_the_last_seq_and_the_health(tmp_path: Path) -> None:
+    store = FullStore(tmp_path / "gateway.duckdb")
+    root = Supervisor("test", max_restarts=0)
+    ref = await root.start_child(
+        ChildSpec(
+            "store",
+            lambda: StoreActor(
+                store, max_readings=10, max_delay_ms=1, probe_every_s=0.01, clock=ManualClock()
+            ),
+        )
+    )
+    try:
+        done: list[BaseException | None] = []
+        await ref.send(Ingest(readings(5), confirm=done.append))
+        await until(lambda: done == [None])
+        view = await ref.ask(StoreState())
+        assert isinstance(view, StoreView) and view.last_seq == 5 and view.health.available
+        store.full = True
+        await ref.send(Ingest(readings(6), confirm=done.append))
+        await until(lambda: len(done) == 2)
+        view = await ref.ask(StoreState())
+        assert isinstance(view, StoreView) and view.last_seq == 5
+        assert not view.health.available and view.health.failure is not None
+        store.full = False
+        await until(lambda: _available(ref))
+    finally:
+        await root.stop()
+        store.close()
+
+
+async def _available(ref: object) -> bool:
+    from common.actors import ActorRef
+
+    assert isinstance(ref, ActorRef)
+    view = await ref.ask(StoreState())
+    return isinstance(view, StoreView) and view.health.available
