@@ -63,12 +63,12 @@ from bench.support.http_timing import concurrent, sequential  # noqa: E402
 from cloud.app.services import open_duckdb_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.security.auth import hash_password  # noqa: E402
-from cloud.storage.db import StoreError  # noqa: E402
 from cloud.storage.duck import DuckCloudStore  # noqa: E402
 from cloud.storage.duck_telemetry import (  # noqa: E402
     READINGS_BATCH_SCHEMA,
     insert_readings_table,
 )
+from cloud.storage.errors import StoreError  # noqa: E402
 from cloud.storage.interface import NewAlert, Role  # noqa: E402
 
 EMAIL = "bench@example.com"

@@ -11,7 +11,7 @@ from cloud.api.deps import ServicesDep, problems
 from cloud.api.problems import unavailable
 from cloud.api.schemas import StatusOut
 from cloud.app.metrics import Registry
-from cloud.storage.db import StoreError
+from cloud.storage.errors import StoreError
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("iotsphere.cloud.api")

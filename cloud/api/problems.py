@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from cloud.storage.db import StoreError
+from cloud.storage.errors import StoreError
 from common.model import FieldError
 from common.problem import Problem, ProblemError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.security.auth import hash_password, new_opaque_token, token_digest
-from cloud.storage.db import Conflict
+from cloud.storage.errors import Conflict
 from cloud.storage.interface import CloudStore, Role, User, UserChange
 from common.problem import Problem, ProblemError
 

@@ -37,8 +37,8 @@ from cloud.app.admin_ops import (
 )
 from cloud.app.services import open_duckdb_store
 from cloud.app.settings import CloudSettings
-from cloud.storage.db import Conflict, StoreError
 from cloud.storage.duck import DuckCloudStore
+from cloud.storage.errors import Conflict, StoreError
 from cloud.storage.interface import Role
 from common.cli import CliError, add_common_args, data_dir_of, port_number, print_json
 from common.clock import SystemClock

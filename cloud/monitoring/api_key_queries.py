@@ -9,7 +9,8 @@ import uuid
 import duckdb
 
 from cloud.monitoring.records import ApiKeyInfo
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
+from cloud.storage.sql import first
 
 
 class ApiKeyQueries:

@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from cloud.monitoring.ingest import MetricPoint
 from cloud.monitoring.records import MetricSeries
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
+from cloud.storage.sql import first
 from cloud.storage.value_columns import join_value
 from common.model import Value
 

@@ -13,7 +13,8 @@ from typing import Any
 import duckdb
 
 from cloud.monitoring.records import RuleChanges, empty_engines, encode_engines
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
+from cloud.storage.sql import first
 from common.rules import Rule, parse_rule
 
 

@@ -10,7 +10,7 @@ for ML jobs posting metrics; only a SHA-256 digest is stored."""
 
 from __future__ import annotations
 
-from cloud.storage.db import Migration
+from cloud.storage.sql import Migration
 
 MONITORING_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

@@ -29,9 +29,10 @@ from cloud.monitoring.rule_queries import RuleQueries
 from cloud.monitoring.schema import MONITORING_MIGRATIONS
 from cloud.notify.format import NotificationEvent
 from cloud.notify.outbox import enqueue_alert_on
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
 from cloud.storage.duck_alerts import insert_alert, select_alert
 from cloud.storage.interface import NewAlert
+from cloud.storage.sql import first
 from cloud.storage.value_columns import join_value
 from common.alerts import OPEN_STATES, AlertEvent, next_state
 from common.rules import Observation, Rule
@@ -40,7 +41,7 @@ from common.rules import Observation, Rule
 class DuckMonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.migrate("monitoring", MONITORING_MIGRATIONS)
+        db.migrate("monitoring", {"duckdb": MONITORING_MIGRATIONS})
 
     # -- the monitoring loop --------------------------------------------------------------
 

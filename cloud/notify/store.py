@@ -14,8 +14,9 @@ import duckdb
 
 from cloud.notify.channels import Channel, ChannelType
 from cloud.notify.outbox import SCHEMA, OutboxStore, status_for_alerts_on
-from cloud.storage.db import Database, Migration, first
+from cloud.storage.db import Database
 from cloud.storage.interface import AlertInfo
+from cloud.storage.sql import Migration, first
 
 NOTIFY_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -47,7 +48,7 @@ class DuckNotifyStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.migrate("notify", NOTIFY_MIGRATIONS)
+        db.migrate("notify", {"duckdb": NOTIFY_MIGRATIONS})
         self.outbox = OutboxStore(db.current_connection, db.lock)
 
     # -- channels -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from cloud.app.settings import LoginLimits
-from cloud.storage.db import StoreError
+from cloud.storage.errors import StoreError
 from cloud.storage.interface import Role, User
 from common.clock import Clock
 from common.tokens import new_cli_token

@@ -13,43 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import duckdb
+
+from cloud.storage.errors import Conflict, StoreError, StoreUnavailable
+from cloud.storage.sql import Dialect, Migrations, check_not_newer, first
 
 log = logging.getLogger("iotsphere.cloud.db")
 
 T = TypeVar("T")
 
 
-def first(rows: list[Any]) -> Any:
-    """The first row or None. (Fetch whole results: DuckDB refuses new work on a connection
-    whose last result was only partly fetched, e.g. by fetchone().)"""
-    return rows[0] if rows else None
-
-
-class StoreError(Exception):
-    """A store operation failed (any database error)."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached at all (closed, locked by another process, I/O error)."""
-
-
-class Conflict(StoreError):
-    """A uniqueness rule was broken (e.g. an e-mail already registered)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int  # 1, 2, 3 ... within one component; applied in order, each exactly once
-    statements: tuple[str, ...]
-
-
 class Database:
+    """The embedded engine (cloud.storage.sql.SqlDatabase on DuckDB)."""
+
+    dialect: Dialect = "duckdb"
+
     def __init__(self, path: Path | str, *, memory_limit: str | None = None) -> None:
         self.path = str(path)
         # DuckDB's own default is 80% of RAM, kept as cache: a bound keeps the cloud's RSS
@@ -72,8 +54,10 @@ class Database:
 
     # -- schema -------------------------------------------------------------------------
 
-    def migrate(self, component: str, migrations: Sequence[Migration]) -> int:
-        """Apply the not-yet-applied migrations of one component; returns its new version."""
+    def migrate(self, component: str, migrations: Migrations) -> int:
+        """Apply the not-yet-applied migrations of one component; returns its new version.
+        Raises SchemaTooNew when a newer release migrated it further than this one knows."""
+        ours = sorted(migrations[self.dialect], key=lambda m: m.version)
 
         def go(conn: duckdb.DuckDBPyConnection) -> int:
             row = first(
@@ -82,7 +66,8 @@ class Database:
                 ).fetchall()
             )
             current = int(row[0]) if row else 0
-            for m in sorted(migrations, key=lambda m: m.version):
+            check_not_newer(component, current, ours)
+            for m in ours:
                 if m.version <= current:
                     continue
                 conn.execute("BEGIN")

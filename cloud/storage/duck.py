@@ -11,12 +11,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
 from cloud.storage.duck_accounts import AccountQueries
 from cloud.storage.duck_alerts import AlertQueries
 from cloud.storage.duck_schema import CORE_MIGRATIONS
 from cloud.storage.duck_telemetry import TelemetryQueries
 from cloud.storage.interface import GatewayInfo
+from cloud.storage.sql import first
 
 
 class DuckCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
@@ -24,7 +25,7 @@ class DuckCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.migrate("core", CORE_MIGRATIONS)
+        db.migrate("core", {"duckdb": CORE_MIGRATIONS})
 
     # availability hooks (a real outage: the connection is closed)
     def make_unavailable(self) -> None:

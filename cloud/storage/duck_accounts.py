@@ -10,8 +10,9 @@ from typing import Any
 
 import duckdb
 
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
 from cloud.storage.interface import Org, RefreshToken, RefreshUse, Role, User, UserChange
+from cloud.storage.sql import first
 
 _USER_COLS = "id, email, org_id, role, password_hash, created_at, token_version, disabled_at"
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import duckdb
 
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
 from cloud.storage.interface import AlertInfo, NewAlert
+from cloud.storage.sql import first
 from cloud.storage.value_columns import join_value, split_value
 from common.alerts import AlertState
 

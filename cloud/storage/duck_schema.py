@@ -7,7 +7,7 @@ metric, ts) makes the file ~10x larger (measured, see ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
-from cloud.storage.db import Migration
+from cloud.storage.sql import Migration
 
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

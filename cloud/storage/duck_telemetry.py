@@ -15,8 +15,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
 from cloud.storage.interface import Bucket, DeviceInfo, Point
+from cloud.storage.sql import first
 from cloud.storage.value_columns import join_value, split_value
 from common.model import Reading
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from cloud.storage.db import StoreError, StoreUnavailable
+from cloud.storage.errors import StoreError, StoreUnavailable
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]

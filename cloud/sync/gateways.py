@@ -11,7 +11,8 @@ import base64
 
 import duckdb
 
-from cloud.storage.db import Database, first
+from cloud.storage.db import Database
+from cloud.storage.sql import first
 from cloud.sync.records import Enrolled, EnrollmentRefused, GatewayIdentity, GatewaySyncInfo
 
 

@@ -10,7 +10,7 @@ reported about itself."""
 
 from __future__ import annotations
 
-from cloud.storage.db import Migration
+from cloud.storage.sql import Migration
 
 SYNC_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

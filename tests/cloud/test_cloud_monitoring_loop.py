@@ -17,8 +17,8 @@ from cloud.monitoring.loop import MonitoringLoop, MonitorMetrics
 from cloud.monitoring.store import DuckMonitoringStore
 from cloud.notify.channels import parse_channel
 from cloud.notify.store import DuckNotifyStore
-from cloud.storage.db import StoreError
 from cloud.storage.duck import DuckCloudStore
+from cloud.storage.errors import StoreError
 from common.clock import ManualClock
 from common.rules import parse_rule
 from tests.support.cloud import T0, reading

@@ -17,8 +17,8 @@ import cloud.api.sync
 import cloud.sync.store
 from cloud.app.admin_ops import add_gateway
 from cloud.app.services import Services
-from cloud.storage.db import StoreError
 from cloud.storage.duck import DuckCloudStore
+from cloud.storage.errors import StoreError
 from cloud.storage.interface import Role
 from common.clock import ManualClock
 from common.gateway_auth import RequestSigner, generate_private_key, public_key_b64

@@ -264,7 +264,7 @@ async def test_a_database_from_before_the_change_keeps_working(tmp_path: Path) -
     old = CloudSettings(data_dir=tmp_path / "old")
     old.data_dir.mkdir()
     db = Database(old.db_path)
-    db.migrate("core", [m for m in CORE_MIGRATIONS if m.version <= 4])
+    db.migrate("core", {"duckdb": [m for m in CORE_MIGRATIONS if m.version <= 4]})
     password_hash = hash_password(PASSWORD)
 
     def seed(c: duckdb.DuckDBPyConnection) -> None:  # the version-4 columns, positionally

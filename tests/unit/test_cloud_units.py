@@ -18,7 +18,7 @@ from cloud.api.views import (
 from cloud.app.metrics import Registry
 from cloud.app.settings import LoginLimits
 from cloud.security.auth import LoginLimiter, load_or_create_secret
-from cloud.storage.db import StoreError, StoreUnavailable
+from cloud.storage.errors import StoreError, StoreUnavailable
 from cloud.storage.retry import with_store_retries
 from common.clock import ManualClock
 from tests.support.cloud import RecordingSleep
