@@ -4,7 +4,7 @@
 
 1. Seed    a fresh data dir through the store's own code, so a schema change cannot break it:
            an org, an admin user, one gateway, the D devices and a few open alerts through
-           DuckCloudStore's methods, then N readings for D devices x --metrics metrics through
+           SqlCloudStore's methods, then N readings for D devices x --metrics metrics through
            insert_readings_table, the function a gateway's sync batch is applied with (which
            also writes `devices.last_seen` and `latest`), 40,000 readings per transaction.
            Readings are ts-major (all series of one instant together), as gateway sync
@@ -63,13 +63,13 @@ from bench.support.http_timing import concurrent, sequential  # noqa: E402
 from cloud.app.services import open_duckdb_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.security.auth import hash_password  # noqa: E402
-from cloud.storage.duck import DuckCloudStore  # noqa: E402
 from cloud.storage.duck_telemetry import (  # noqa: E402
     READINGS_BATCH_SCHEMA,
     insert_readings_table,
 )
 from cloud.storage.errors import StoreError  # noqa: E402
 from cloud.storage.interface import NewAlert, Role  # noqa: E402
+from cloud.storage.store import SqlCloudStore  # noqa: E402
 
 EMAIL = "bench@example.com"
 PASSWORD = "bench-password-not-secret"
@@ -121,7 +121,7 @@ def metric_name(i: int) -> str:
 # --------------------------------------------------------------------------- seeding
 
 
-def _interruptible(store: DuckCloudStore, fn: Callable[[Any], object]) -> None:
+def _interruptible(store: SqlCloudStore, fn: Callable[[Any], object]) -> None:
     """store.db.run_sync(fn) in a thread: a long DuckDB statement only notices Ctrl-C
     (KeyboardInterrupt in the main thread) when asked through connection.interrupt()."""
     failure: list[BaseException] = []
@@ -190,7 +190,7 @@ def seed(data_dir: Path, s: Settings) -> Seeded:
     """Fill a fresh cloud store in data_dir; the server is not running yet (one writer).
 
     Everything goes through the store's own code, so a schema change cannot break the seed:
-    accounts, gateway, devices and alerts through DuckCloudStore's methods, the readings
+    accounts, gateway, devices and alerts through SqlCloudStore's methods, the readings
     through insert_readings_table, the function a gateway's sync batch is applied with
     (dedup, `devices.last_seen` and `latest` included), SEED_BATCH_READINGS per transaction.
     """

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from cloud.app.services import open_duckdb_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
-from cloud.sync.store import DuckSyncStore  # noqa: E402
+from cloud.sync.store import SyncStore  # noqa: E402
 from common.model import Reading  # noqa: E402
 from common.sync_wire import SyncBatch, decode_batch, encode_batch  # noqa: E402
 from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402
@@ -109,7 +109,7 @@ def in_process_peer(db: Path, cloud_dir: Path, n: int, batch: int) -> dict[str, 
         gw_store = GatewayStore(db)
         cloud = open_duckdb_store(CloudSettings(data_dir=cloud_dir))
         try:
-            sync = DuckSyncStore(cloud.db)
+            sync = SyncStore(cloud.db)
             now = int(time.time() * 1000)
             org = await cloud.ensure_org("peer", now)
             gw = await cloud.create_gateway(org.id, "peer", "not-a-token-hash", now, now)

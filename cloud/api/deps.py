@@ -10,8 +10,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from cloud.api.problems import HttpProblem, forbidden, unauthorized
 from cloud.app.services import Services
-from cloud.monitoring.store import DuckMonitoringStore
-from cloud.notify.store import DuckNotifyStore
+from cloud.monitoring.store import MonitoringStore
+from cloud.notify.store import NotifyStore
 from cloud.security.auth import AuthError, Principal, token_digest
 from cloud.storage.interface import Role
 from common.problem import Problem
@@ -73,13 +73,13 @@ def problems(*codes: int) -> dict[int | str, dict[str, object]]:
 AUTHED = (401, 503)
 
 
-def monitoring_of(services: Services) -> DuckMonitoringStore:
+def monitoring_of(services: Services) -> MonitoringStore:
     if services.monitoring is None:
         raise unavailable_area("monitoring")
     return services.monitoring
 
 
-def notify_of(services: Services) -> DuckNotifyStore:
+def notify_of(services: Services) -> NotifyStore:
     if services.notify is None:
         raise unavailable_area("notification")
     return services.notify

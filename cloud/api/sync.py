@@ -24,7 +24,7 @@ from cloud.api.problems import HttpProblem, conflict, forbidden, not_found, too_
 from cloud.app.services import Services
 from cloud.security.auth import token_digest
 from cloud.sync.records import EnrollmentRefused, GatewayIdentity
-from cloud.sync.store import DuckSyncStore
+from cloud.sync.store import SyncStore
 from common.gateway_auth import (
     GatewayAuthError,
     GatewayVerifier,
@@ -82,7 +82,7 @@ def _unavailable() -> HttpProblem:
     )
 
 
-def sync_of(services: Services) -> tuple[DuckSyncStore, GatewayVerifier]:
+def sync_of(services: Services) -> tuple[SyncStore, GatewayVerifier]:
     if services.sync is None or services.gateway_verifier is None:
         raise _unavailable()
     return services.sync, services.gateway_verifier

@@ -37,9 +37,9 @@ from cloud.app.admin_ops import (
 )
 from cloud.app.services import open_duckdb_store
 from cloud.app.settings import CloudSettings
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.errors import Conflict, StoreError
 from cloud.storage.interface import Role
+from cloud.storage.store import SqlCloudStore
 from common.cli import CliError, add_common_args, data_dir_of, port_number, print_json
 from common.clock import SystemClock
 from common.problem import ProblemError
@@ -106,7 +106,7 @@ def _settings(args: argparse.Namespace) -> CloudSettings:
 
 
 def _with_store(
-    args: argparse.Namespace, action: Callable[[DuckCloudStore], Coroutine[Any, Any, T]]
+    args: argparse.Namespace, action: Callable[[SqlCloudStore], Coroutine[Any, Any, T]]
 ) -> T:
     settings = _settings(args)
     try:

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from cloud.app.metrics import Counter, Histogram, Registry
 from cloud.app.settings import CloudSettings
 from cloud.monitoring.loop import MonitorMetrics
-from cloud.monitoring.store import DuckMonitoringStore
-from cloud.notify.store import DuckNotifyStore
+from cloud.monitoring.store import MonitoringStore
+from cloud.notify.store import NotifyStore
 from cloud.security.auth import KnownUsers, LoginLimiter, TokenService, load_or_create_secret
 from cloud.storage.db import Database
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import CloudStore
 from cloud.storage.retry import Sleep
-from cloud.sync.store import DuckSyncStore
+from cloud.storage.store import SqlCloudStore
+from cloud.sync.store import SyncStore
 from common.clock import Clock, SystemClock
 from common.gateway_auth import GatewayVerifier
 
@@ -80,12 +80,12 @@ class Services:
     metrics: ApiMetrics
     sleep: Sleep = field(default=asyncio.sleep)
     # The monitoring and notification areas (None on a store that lacks them).
-    monitoring: DuckMonitoringStore | None = None
-    notify: DuckNotifyStore | None = None
+    monitoring: MonitoringStore | None = None
+    notify: NotifyStore | None = None
     monitor_metrics: MonitorMetrics | None = None
     hooks: Hooks = field(default_factory=Hooks)
     # Gateway enrollment and sync (None on a store that lacks them).
-    sync: DuckSyncStore | None = None
+    sync: SyncStore | None = None
     gateway_verifier: GatewayVerifier | None = None
     enroll_limiter: LoginLimiter | None = None
     users: KnownUsers | None = None  # access tokens' subjects, checked against the store
@@ -101,10 +101,10 @@ def build_services(
     key = load_or_create_secret(settings.jwt_secret_path)
     registry = Registry()
     monitoring = notify = sync = verifier = None
-    if isinstance(store, DuckCloudStore):  # they share its Database (one file, one lock)
-        notify = DuckNotifyStore(store.db)
-        monitoring = DuckMonitoringStore(store.db)
-        sync = DuckSyncStore(store.db)
+    if isinstance(store, SqlCloudStore):  # they share its Database (one file, one lock)
+        notify = NotifyStore(store.db)
+        monitoring = MonitoringStore(store.db)
+        sync = SyncStore(store.db)
         # the lookup runs in a worker thread (the endpoint verifies off the event loop)
         verifier = GatewayVerifier(sync.active_public_key, clock)
     return Services(
@@ -132,7 +132,7 @@ def build_services(
     )
 
 
-def open_duckdb_store(settings: CloudSettings) -> DuckCloudStore:
+def open_duckdb_store(settings: CloudSettings) -> SqlCloudStore:
     """The embedded default: `cloud.duckdb` in the data dir (raises StoreError)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return DuckCloudStore(Database(settings.db_path, memory_limit=settings.duckdb_memory_limit))
+    return SqlCloudStore(Database(settings.db_path, memory_limit=settings.duckdb_memory_limit))

@@ -1,5 +1,5 @@
 """The monitoring store's API keys for ML jobs that post metrics (ApiKeyQueries, one of the
-query groups DuckMonitoringStore is made of): only a SHA-256 digest of a key is stored, a
+query groups MonitoringStore is made of): only a SHA-256 digest of a key is stored, a
 revoked key stays listed, and api_key_by_hash finds only live keys."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cloud.storage.sql import first
 
 
 class ApiKeyQueries:
-    db: Database  # set by DuckMonitoringStore
+    db: Database  # set by MonitoringStore
 
     async def create_api_key(
         self, org_id: str, name: str, key_hash: str, created_by: str, now_ms: int

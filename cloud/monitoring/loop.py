@@ -34,7 +34,7 @@ from cloud.monitoring.records import (
     SubjectKind,
     encode_engines,
 )
-from cloud.monitoring.store import DuckMonitoringStore
+from cloud.monitoring.store import MonitoringStore
 from common.clock import Clock
 from common.rules import Rule, RuleEngine
 
@@ -78,7 +78,7 @@ class MonitorMetrics:
 class MonitoringLoop:
     def __init__(
         self,
-        store: DuckMonitoringStore,
+        store: MonitoringStore,
         clock: Clock,
         settings: MonitorSettings,
         metrics: MonitorMetrics,

@@ -1,5 +1,5 @@
 """The monitoring store's metrics from ML models and jobs (MetricQueries, one of the query
-groups DuckMonitoringStore is made of): each (source, metric, ts) stored once, the first copy
+groups MonitoringStore is made of): each (source, metric, ts) stored once, the first copy
 winning inside a request and the stored copy across requests; points for a chart, and the
 series list the dashboard's models page shows."""
 
@@ -36,7 +36,7 @@ def _split(value: MetricPoint) -> tuple[float | None, bool | None]:
 
 
 class MetricQueries:
-    db: Database  # set by DuckMonitoringStore
+    db: Database  # set by MonitoringStore
 
     async def insert_metrics(self, org_id: str, points: Sequence[MetricPoint], now_ms: int) -> int:
         """Store each (source, metric, ts) once; returns how many were new."""

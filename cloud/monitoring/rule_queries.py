@@ -1,4 +1,4 @@
-"""The monitoring store's alert rules (RuleQueries, one of the query groups DuckMonitoringStore
+"""The monitoring store's alert rules (RuleQueries, one of the query groups MonitoringStore
 is made of): create, update and delete under a new org rule version each, tombstones for
 deletes, and rule_changes_since, which tells a gateway exactly what changed after the version it
 has. The first rule of an org also starts its monitoring cursors, so the loop judges only what
@@ -24,7 +24,7 @@ def _rule(row: tuple[Any, ...]) -> Rule:
 
 
 class RuleQueries:
-    db: Database  # set by DuckMonitoringStore
+    db: Database  # set by MonitoringStore
 
     @staticmethod
     def _bump(c: duckdb.DuckDBPyConnection, org_id: str, now_ms: int) -> int:

@@ -1,4 +1,4 @@
-"""Storage of the monitoring area on the cloud's DuckDB Database: DuckMonitoringStore. What it
+"""Storage of the monitoring area on the cloud's DuckDB Database: MonitoringStore. What it
 holds itself is the monitoring loop's side: which orgs are monitored, the snapshot a pass starts
 from, the observations it judges, and commit_pass, the one transaction in which a pass's alerts,
 their notifications, the engine state and the cursors are written together, so a restart
@@ -29,8 +29,8 @@ from cloud.monitoring.rule_queries import RuleQueries
 from cloud.monitoring.schema import MONITORING_MIGRATIONS
 from cloud.notify.format import NotificationEvent
 from cloud.notify.outbox import enqueue_alert_on
+from cloud.storage.alert_queries import insert_alert, select_alert
 from cloud.storage.db import Database
-from cloud.storage.duck_alerts import insert_alert, select_alert
 from cloud.storage.interface import NewAlert
 from cloud.storage.sql import first
 from cloud.storage.value_columns import join_value
@@ -38,7 +38,7 @@ from common.alerts import OPEN_STATES, AlertEvent, next_state
 from common.rules import Observation, Rule
 
 
-class DuckMonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
+class MonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("monitoring", {"duckdb": MONITORING_MIGRATIONS})

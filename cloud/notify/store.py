@@ -43,7 +43,7 @@ def _channel(row: tuple[Any, ...] | None) -> Channel | None:
     )
 
 
-class DuckNotifyStore:
+class NotifyStore:
     """Channels (org-scoped CRUD) and the outbox, on the shared Database."""
 
     def __init__(self, db: Database) -> None:
@@ -137,7 +137,7 @@ class DuckNotifyStore:
 
 
 async def alert_documents(
-    notify: DuckNotifyStore | None, alerts: Sequence[AlertInfo]
+    notify: NotifyStore | None, alerts: Sequence[AlertInfo]
 ) -> list[dict[str, Any]]:
     """Alerts in the CONTRACT shape with `notifications: [{channel_id, status, attempts}]`
     filled from the outbox (one query for the whole list)."""

@@ -1,5 +1,5 @@
 """The core tables of the cloud database and how they came to be: CORE_MIGRATIONS, applied in
-order by cloud.storage.db.Database.migrate("core", ...) when DuckCloudStore opens. Orgs, users,
+order by cloud.storage.db.Database.migrate("core", ...) when SqlCloudStore opens. Orgs, users,
 refresh tokens, gateways, devices, the newest value per (device, metric), readings, dashboard
 configs, alerts and device types; other areas (sync, monitoring, notifications) add their own tables
 under their own migration names. Readings carry no PRIMARY KEY: an ART index on (device,

@@ -1,5 +1,5 @@
 """The DuckDB cloud store's devices and telemetry (TelemetryQueries, one of the query groups
-DuckCloudStore is made of), and insert_readings_table, which the sync store calls inside its
+SqlCloudStore is made of), and insert_readings_table, which the sync store calls inside its
 batch transaction. Dedup is an anti-join limited to the batch's time range, and queries rely on
 DuckDB's per-row-group min/max (zonemaps) on ts: sync batches arrive roughly in time order, so
 a 24-hour query touches only the row groups of that day. The newest value per (device, metric)
@@ -99,7 +99,7 @@ def _insert_new_readings(
 
 
 class TelemetryQueries:
-    db: Database  # set by DuckCloudStore
+    db: Database  # set by SqlCloudStore
 
     async def list_devices(self, org_id: str) -> list[DeviceInfo]:
         return await self.db.run(lambda c: self._devices(c, org_id, None))

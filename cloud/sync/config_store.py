@@ -1,5 +1,5 @@
 """The sync store's side of the configuration pushed down to gateways (ConfigQueries, one of
-the query groups DuckSyncStore is made of): devices revoked centrally, device types, and the
+the query groups SyncStore is made of): devices revoked centrally, device types, and the
 scope of one gateway (its devices, the org's other devices, and the alerts the cloud moved
 further than the gateway last reported, at most MAX_ALERT_ACKS per answer)."""
 
@@ -17,7 +17,7 @@ MAX_ALERT_ACKS = 1000  # per config answer; the rest follow on the next poll
 
 
 class ConfigQueries:
-    db: Database  # set by DuckSyncStore
+    db: Database  # set by SyncStore
 
     # -- devices revoked centrally ------------------------------------------------------------
 

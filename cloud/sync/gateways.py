@@ -1,4 +1,4 @@
-"""The sync store's gateways (GatewayQueries, one of the query groups DuckSyncStore is made
+"""The sync store's gateways (GatewayQueries, one of the query groups SyncStore is made
 of): one-time enrollment that binds a gateway's public key to its token, the identity lookup
 the request verifier makes from a worker thread (synchronous), revocation, what each request
 tells about the gateway (last seen, clock skew, config version), and the per-gateway figures
@@ -17,7 +17,7 @@ from cloud.sync.records import Enrolled, EnrollmentRefused, GatewayIdentity, Gat
 
 
 class GatewayQueries:
-    db: Database  # set by DuckSyncStore
+    db: Database  # set by SyncStore
 
     # -- enrollment -----------------------------------------------------------------------
 

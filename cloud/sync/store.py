@@ -1,4 +1,4 @@
-"""Storage of sync on the cloud's DuckDB Database: DuckSyncStore, and how one gateway batch is
+"""Storage of sync on the cloud's DuckDB Database: SyncStore, and how one gateway batch is
 applied. A batch is applied in ONE transaction (devices, readings, alerts, events, counters,
 the ack): a crash part-way applies nothing, and the gateway's resend applies it all; each step
 of that transaction is a function below, run on the caller's connection. Pipelined batches
@@ -30,7 +30,7 @@ _STATES = frozenset(s.value for s in AlertState)
 RECENT_BATCHES = 64  # per gateway, remembered for pipelined batches that follow them
 
 
-class DuckSyncStore(GatewayQueries, ConfigQueries):
+class SyncStore(GatewayQueries, ConfigQueries):
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("sync", {"duckdb": SYNC_MIGRATIONS})

@@ -11,8 +11,8 @@ import jwt
 import pytest
 
 from cloud.app.settings import CloudSettings
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import NewAlert, Role
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from tests.support.cloud import (
     PASSWORD,
@@ -26,7 +26,7 @@ from tests.support.cloud import (
 )
 
 
-async def seed_org(store: DuckCloudStore, org: str, device: str) -> str:
+async def seed_org(store: SqlCloudStore, org: str, device: str) -> str:
     o = await store.ensure_org(org, T0)
     await store.insert_readings(
         o.id,
@@ -46,7 +46,7 @@ async def seed_org(store: DuckCloudStore, org: str, device: str) -> str:
 # -- the seed's dashboard flow ----------------------------------------------------------------
 
 
-async def test_login_then_dashboard(client: httpx.AsyncClient, store: DuckCloudStore) -> None:
+async def test_login_then_dashboard(client: httpx.AsyncClient, store: SqlCloudStore) -> None:
     await add_user(store, "ann@example.com", Role.VIEWER)
     await seed_org(store, "default", "thermo-1")
     tokens = await login(client, "Ann@Example.com")
@@ -70,9 +70,7 @@ async def test_login_then_dashboard(client: httpx.AsyncClient, store: DuckCloudS
     assert alert["device_id"] == "thermo-1" and alert["notifications"] == []
 
 
-async def test_dashboard_uses_saved_config(
-    client: httpx.AsyncClient, store: DuckCloudStore
-) -> None:
+async def test_dashboard_uses_saved_config(client: httpx.AsyncClient, store: SqlCloudStore) -> None:
     await add_user(store, "op@example.com", Role.OPERATOR)
     auth = bearer(await login(client, "op@example.com"))
     config = {"title": "Plant 7", "widgets": [{"type": "device_table"}]}
@@ -83,7 +81,7 @@ async def test_dashboard_uses_saved_config(
 
 
 async def test_device_goes_offline_after_threshold(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock, settings: CloudSettings
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock, settings: CloudSettings
 ) -> None:
     await add_user(store, "ann@example.com")
     await seed_org(store, "default", "thermo-1")
@@ -95,7 +93,7 @@ async def test_device_goes_offline_after_threshold(
 
 async def test_store_down_three_attempts_then_503_then_recovery(
     client: httpx.AsyncClient,
-    store: DuckCloudStore,
+    store: SqlCloudStore,
     sleeps: RecordingSleep,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -155,7 +153,7 @@ async def _assert_401(client: httpx.AsyncClient, token: str) -> None:
 )
 async def test_correctly_signed_tokens_with_bad_claims_401(
     client: httpx.AsyncClient,
-    store: DuckCloudStore,
+    store: SqlCloudStore,
     settings: CloudSettings,
     change: dict[str, object],
 ) -> None:
@@ -171,7 +169,7 @@ async def test_correctly_signed_tokens_with_bad_claims_401(
 
 
 async def test_a_deleted_user_loses_access_within_seconds(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     user = await add_user(store, "ann@example.com")
     auth = bearer(await login(client, "ann@example.com"))
@@ -182,7 +180,7 @@ async def test_a_deleted_user_loses_access_within_seconds(
 
 
 async def test_expired_token_401(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     await add_user(store, "ann@example.com")
     auth = bearer(await login(client, "ann@example.com"))
@@ -192,7 +190,7 @@ async def test_expired_token_401(
 
 
 async def test_past_exp_signed_with_real_key_401(
-    client: httpx.AsyncClient, store: DuckCloudStore, settings: CloudSettings
+    client: httpx.AsyncClient, store: SqlCloudStore, settings: CloudSettings
 ) -> None:
     await add_user(store, "ann@example.com")
     _, claims = await _claims_of(client)
@@ -206,7 +204,7 @@ async def test_past_exp_signed_with_real_key_401(
 
 
 async def test_alg_none_tampered_wrong_key_and_wrong_claims_401(
-    client: httpx.AsyncClient, store: DuckCloudStore, settings: CloudSettings
+    client: httpx.AsyncClient, store: SqlCloudStore, settings: CloudSettings
 ) -> None:
     await add_user(store, "ann@example.com", Role.VIEWER)
     token, claims = await _claims_of(client)
@@ -230,7 +228,7 @@ async def test_alg_none_tampered_wrong_key_and_wrong_claims_401(
 
 
 async def test_refresh_rotates_and_reuse_revokes_family(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     await add_user(store, "ann@example.com")
     first = await login(client, "ann@example.com")
@@ -251,7 +249,7 @@ async def test_refresh_rotates_and_reuse_revokes_family(
 
 
 async def test_expired_refresh_token_401(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     await add_user(store, "ann@example.com")
     tokens = await login(client, "ann@example.com")
@@ -261,7 +259,7 @@ async def test_expired_refresh_token_401(
 
 
 async def test_failed_logins_rate_limited_per_account(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock, services: object
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock, services: object
 ) -> None:
     await add_user(store, "ann@example.com")
     for _ in range(5):
@@ -287,7 +285,7 @@ async def test_failed_logins_rate_limited_per_account(
 
 
 async def test_failed_logins_rate_limited_per_address(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     await add_user(store, "ann@example.com")
     for i in range(5):  # spraying different accounts from one address
@@ -304,7 +302,7 @@ async def test_failed_logins_rate_limited_per_address(
 # -- roles and tenants ------------------------------------------------------------------------
 
 
-async def test_viewer_cannot_write(client: httpx.AsyncClient, store: DuckCloudStore) -> None:
+async def test_viewer_cannot_write(client: httpx.AsyncClient, store: SqlCloudStore) -> None:
     await add_user(store, "viewer@example.com", Role.VIEWER)
     await add_user(store, "op@example.com", Role.OPERATOR)
     org_id = (await store.ensure_org("default", T0)).id
@@ -322,7 +320,7 @@ async def test_viewer_cannot_write(client: httpx.AsyncClient, store: DuckCloudSt
     assert dashboard["alerts"] == []  # resolved: no longer on the dashboard
 
 
-async def test_other_orgs_objects_are_404(client: httpx.AsyncClient, store: DuckCloudStore) -> None:
+async def test_other_orgs_objects_are_404(client: httpx.AsyncClient, store: SqlCloudStore) -> None:
     await seed_org(store, "acme", "acme-dev")
     await seed_org(store, "globex", "globex-dev")
     await add_user(store, "a@acme.test", Role.ADMIN, org="acme")
@@ -349,7 +347,7 @@ async def test_other_orgs_objects_are_404(client: httpx.AsyncClient, store: Duck
 # -- telemetry --------------------------------------------------------------------------------
 
 
-async def test_telemetry_raw_and_bucketed(client: httpx.AsyncClient, store: DuckCloudStore) -> None:
+async def test_telemetry_raw_and_bucketed(client: httpx.AsyncClient, store: SqlCloudStore) -> None:
     await add_user(store, "ann@example.com")
     org_id = (await store.ensure_org("default", T0)).id
     offsets_s = [0, 60, 120, 299, 300, 301, 900]
@@ -392,7 +390,7 @@ async def test_telemetry_raw_and_bucketed(client: httpx.AsyncClient, store: Duck
 
 
 async def test_telemetry_bad_queries_are_422_problems(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     await add_user(store, "ann@example.com")
     auth = bearer(await login(client, "ann@example.com"))
@@ -404,7 +402,7 @@ async def test_telemetry_bad_queries_are_422_problems(
     assert {"path": "/query/metric", "message": "Field required"} in doc["errors"]  # type: ignore[operator]
 
 
-async def test_gateways_listed_per_org(client: httpx.AsyncClient, store: DuckCloudStore) -> None:
+async def test_gateways_listed_per_org(client: httpx.AsyncClient, store: SqlCloudStore) -> None:
     await add_user(store, "ann@example.com")
     org = await store.ensure_org("default", T0)
     other = await store.ensure_org("other", T0)

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 
 from cloud.app.services import Services
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import NewAlert, Role
+from cloud.storage.store import SqlCloudStore
 from tests.support.cloud import (
     T0,
     add_user,
@@ -22,14 +22,14 @@ RULE = {"source": "model:churn-v3", "metric": "accuracy", "operator": "<", "thre
 
 
 async def _as(
-    client: httpx.AsyncClient, store: DuckCloudStore, email: str, role: Role, org: str = "default"
+    client: httpx.AsyncClient, store: SqlCloudStore, email: str, role: Role, org: str = "default"
 ) -> dict[str, str]:
     await add_user(store, email, role, org)
     return bearer(await login(client, email))
 
 
 async def test_rule_crud_is_versioned_with_tombstones(
-    client: httpx.AsyncClient, store: DuckCloudStore, services: Services
+    client: httpx.AsyncClient, store: SqlCloudStore, services: Services
 ) -> None:
     op = await _as(client, store, "op@example.com", Role.OPERATOR)
     r = await client.post("/api/monitoring/alert_rules", headers=op, json=RULE)
@@ -83,7 +83,7 @@ async def test_rule_crud_is_versioned_with_tombstones(
 
 
 async def test_invalid_rule_is_a_problem_listing_every_field(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     op = await _as(client, store, "op@example.com", Role.OPERATOR)
     r = await client.post(
@@ -105,7 +105,7 @@ async def test_invalid_rule_is_a_problem_listing_every_field(
 
 
 async def test_viewer_cannot_change_rules_and_orgs_are_isolated(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     viewer = await _as(client, store, "v@example.com", Role.VIEWER)
     assert_problem(await client.post("/api/monitoring/alert_rules", headers=viewer, json=RULE), 403)
@@ -141,7 +141,7 @@ async def test_viewer_cannot_change_rules_and_orgs_are_isolated(
 
 
 async def test_metrics_need_an_operator_or_an_api_key(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     admin = await _as(client, store, "admin@example.com", Role.ADMIN)
     viewer = await _as(client, store, "v@example.com", Role.VIEWER)
@@ -182,7 +182,7 @@ async def test_metrics_need_an_operator_or_an_api_key(
 
 
 async def test_bad_metric_items_are_a_400_and_nothing_is_stored(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     op = await _as(client, store, "op@example.com", Role.OPERATOR)
     good = {"source": "model:churn-v3", "metric": "accuracy", "value": 0.9, "ts": T0 - 10}
@@ -203,7 +203,7 @@ async def test_bad_metric_items_are_a_400_and_nothing_is_stored(
 
 
 async def test_channels_crud_never_returns_secrets(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     admin = await _as(client, store, "admin@example.com", Role.ADMIN)
     op = await _as(client, store, "op@example.com", Role.OPERATOR)

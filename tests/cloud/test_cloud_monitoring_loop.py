@@ -14,11 +14,11 @@ from cloud.app.services import open_duckdb_store
 from cloud.app.settings import CloudSettings, MonitorSettings
 from cloud.monitoring.ingest import MetricPoint
 from cloud.monitoring.loop import MonitoringLoop, MonitorMetrics
-from cloud.monitoring.store import DuckMonitoringStore
+from cloud.monitoring.store import MonitoringStore
 from cloud.notify.channels import parse_channel
-from cloud.notify.store import DuckNotifyStore
-from cloud.storage.duck import DuckCloudStore
+from cloud.notify.store import NotifyStore
 from cloud.storage.errors import StoreError
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from common.rules import parse_rule
 from tests.support.cloud import T0, reading
@@ -32,9 +32,9 @@ class Env:
         self.open()
 
     def open(self) -> None:
-        self.store: DuckCloudStore = open_duckdb_store(CloudSettings(data_dir=self.path))
-        self.notify = DuckNotifyStore(self.store.db)
-        self.monitoring = DuckMonitoringStore(self.store.db)
+        self.store: SqlCloudStore = open_duckdb_store(CloudSettings(data_dir=self.path))
+        self.notify = NotifyStore(self.store.db)
+        self.monitoring = MonitoringStore(self.store.db)
         self.wakes = 0
         self.loop = MonitoringLoop(
             self.monitoring,

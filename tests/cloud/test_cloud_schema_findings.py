@@ -14,8 +14,8 @@ import pytest
 from cloud.api.bodies import rule_body_schema
 from cloud.app.services import Services
 from cloud.notify.channels import EMAIL_PATTERN, URL_PATTERN
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import Role
+from cloud.storage.store import SqlCloudStore
 from tests.support.cloud import (
     add_user,
     assert_problem,
@@ -27,7 +27,7 @@ RULES = "/api/monitoring/alert_rules"
 CHANNELS = "/api/notification_channels"
 
 
-async def admin(client: httpx.AsyncClient, store: DuckCloudStore) -> dict[str, str]:
+async def admin(client: httpx.AsyncClient, store: SqlCloudStore) -> dict[str, str]:
     await add_user(store, "root@example.com", Role.ADMIN)
     return bearer(await login(client, "root@example.com"))
 
@@ -51,7 +51,7 @@ async def test_405_allow_names_every_method_of_the_path(
 
 
 async def test_a_concrete_path_is_not_taken_for_a_template(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     """/alert_rules/changes is GET only; DELETE there reached delete_rule('changes') and
     its Allow named the {rule_id} methods, where OpenAPI matches the concrete path first."""
@@ -65,7 +65,7 @@ async def test_a_concrete_path_is_not_taken_for_a_template(
 
 
 async def test_a_body_that_is_not_json_is_a_documented_400(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     auth = await admin(client, store)
     for method, path in [
@@ -87,7 +87,7 @@ async def test_a_body_that_is_not_json_is_a_documented_400(
 
 
 async def test_patching_a_rule_with_what_another_kind_of_rule_takes_is_409(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     auth = await admin(client, store)
     rule = (
@@ -117,7 +117,7 @@ async def test_patching_a_rule_with_what_another_kind_of_rule_takes_is_409(
 
 
 async def test_rule_numbers_no_float_holds_are_refused(
-    client: httpx.AsyncClient, store: DuckCloudStore, services: Services
+    client: httpx.AsyncClient, store: SqlCloudStore, services: Services
 ) -> None:
     """A for_seconds of 1e308 was stored, then broke every monitoring pass of the org
     (OverflowError: its ms are infinite); a 400-digit threshold was a 500."""
@@ -135,7 +135,7 @@ async def test_rule_numbers_no_float_holds_are_refused(
 
 
 async def test_channel_fields_are_the_documented_patterns(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     auth = await admin(client, store)
     # `re.match` with `$` let a final newline through: a CR/LF in "to" is a header injection
@@ -159,7 +159,7 @@ async def test_channel_fields_are_the_documented_patterns(
 
 
 async def test_patching_a_channel_with_another_kinds_field_is_409(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     auth = await admin(client, store)
     body = {"name": "ops", "type": "email", "to": "ops@example.com"}
@@ -178,7 +178,7 @@ async def test_patching_a_channel_with_another_kinds_field_is_409(
 
 
 async def test_metrics_take_what_their_schema_says(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     auth = await admin(client, store)
     url = "/api/monitoring/metrics"
@@ -198,7 +198,7 @@ async def test_metrics_take_what_their_schema_says(
 
 
 async def test_enrollment_key_and_device_type_bounds(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     auth = await admin(client, store)
     r = await client.post(

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from cloud.app.services import Services
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import Role
+from cloud.storage.store import SqlCloudStore
 from tests.conftest import REPO
 from tests.support.cloud import (
     PASSWORD,
@@ -28,7 +28,7 @@ IOTSPHERE = [sys.executable, "-c", "import sys; from common.cli import main; sys
 
 
 async def test_login_and_dashboard_over_a_real_socket(
-    services: Services, store: DuckCloudStore
+    services: Services, store: SqlCloudStore
 ) -> None:
     await add_user(store, "ann@example.com", Role.VIEWER)
     async with served(services) as http:

@@ -17,9 +17,9 @@ import cloud.api.sync
 import cloud.sync.store
 from cloud.app.admin_ops import add_gateway
 from cloud.app.services import Services
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.errors import StoreError
 from cloud.storage.interface import Role
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from common.gateway_auth import RequestSigner, generate_private_key, public_key_b64
 from common.model import ReadingFlag
@@ -53,7 +53,7 @@ class Gw:
 
 
 async def enroll(
-    http: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock, name: str, org: str
+    http: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock, name: str, org: str
 ) -> Gw:
     added = await add_gateway(store, name, org, 3600, clock.now_ms())
     key = generate_private_key()
@@ -108,12 +108,12 @@ async def get_config(http: httpx.AsyncClient, gw: Gw, since: int) -> dict[str, A
     return doc
 
 
-async def count(store: DuckCloudStore, table: str) -> int:
+async def count(store: SqlCloudStore, table: str) -> int:
     rows = await store.db.run(lambda c: c.execute(f"SELECT count(*) FROM {table}").fetchall())
     return int(rows[0][0])
 
 
-async def admin(http: httpx.AsyncClient, store: DuckCloudStore, org: str = "default") -> Any:
+async def admin(http: httpx.AsyncClient, store: SqlCloudStore, org: str = "default") -> Any:
     await add_user(store, f"admin@{org}.example.com", Role.ADMIN, org)
     return bearer(await login(http, f"admin@{org}.example.com"))
 
@@ -122,7 +122,7 @@ async def admin(http: httpx.AsyncClient, store: DuckCloudStore, org: str = "defa
 
 
 async def test_enrollment_token_is_one_time_and_expires(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     added = await add_gateway(store, "site-a", "default", 3600, clock.now_ms())
     key = public_key_b64(generate_private_key())
@@ -165,7 +165,7 @@ async def test_enrollment_token_is_one_time_and_expires(
 
 
 async def test_failed_enrollments_are_rate_limited_per_address(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     added = await add_gateway(store, "site-a", "default", 3600, clock.now_ms())
     key = public_key_b64(generate_private_key())
@@ -186,7 +186,7 @@ async def test_failed_enrollments_are_rate_limited_per_address(
 
 
 async def test_signed_batches_over_a_socket_are_stored_once(
-    services: Services, store: DuckCloudStore, clock: ManualClock
+    services: Services, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     async with served(services) as http:
         gw = await enroll(http, store, clock, "site-a", "default")
@@ -225,7 +225,7 @@ async def test_signed_batches_over_a_socket_are_stored_once(
 
 
 async def test_tampered_replayed_unsigned_and_foreign_requests_store_nothing(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     other = await enroll(client, store, clock, "site-b", "default")
@@ -266,7 +266,7 @@ async def test_tampered_replayed_unsigned_and_foreign_requests_store_nothing(
 
 
 async def test_a_revoked_gateway_is_refused(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     assert (await post(client, gw, batch(gw.gateway_id, 1))).status_code == 200
@@ -285,7 +285,7 @@ async def test_a_revoked_gateway_is_refused(
 
 
 async def test_a_device_of_another_org_rejects_the_whole_batch(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     theirs = await enroll(client, store, clock, "their-site", "acme")
     assert (await post(client, theirs, batch(theirs.gateway_id, 1, ("d1",)))).status_code == 200
@@ -300,7 +300,7 @@ async def test_a_device_of_another_org_rejects_the_whole_batch(
 
 async def test_a_failure_mid_batch_applies_nothing(
     client: httpx.AsyncClient,
-    store: DuckCloudStore,
+    store: SqlCloudStore,
     clock: ManualClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -339,7 +339,7 @@ def _fields(b: SyncBatch) -> dict[str, Any]:
 
 
 async def test_gateway_alerts_and_cloud_acks_round_trip(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     active = AlertChange(1, "a1", "r1", "d1", "temp", "critical", "active", 30.5, T0 - 1000)
@@ -370,7 +370,7 @@ async def test_gateway_alerts_and_cloud_acks_round_trip(
 
 
 async def test_config_carries_rules_in_scope_and_their_deletion(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     other = await enroll(client, store, clock, "site-b", "default")
@@ -416,7 +416,7 @@ async def test_config_carries_rules_in_scope_and_their_deletion(
 
 
 async def test_clock_skew_is_recorded_and_shown(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     ahead = ManualClock(T0 + 6 * 60_000)  # 6 minutes ahead: within the leeway, but flagged
@@ -433,7 +433,7 @@ async def test_clock_skew_is_recorded_and_shown(
 
 
 async def test_readings_keep_their_clocks_and_suspect_ones_are_flagged(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     ahead = ManualClock(T0 + 6 * 60_000)  # the gateway's clock is 6 minutes fast today
@@ -473,7 +473,7 @@ async def test_readings_keep_their_clocks_and_suspect_ones_are_flagged(
 
 
 async def test_a_gateway_device_list_shows_devices_with_their_types_before_any_reading(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     listed = SyncBatch.create(
@@ -492,7 +492,7 @@ async def test_a_gateway_device_list_shows_devices_with_their_types_before_any_r
 
 
 async def test_a_device_revoked_in_the_cloud_is_in_its_gateway_config(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     other = await enroll(client, store, clock, "site-b", "default")
@@ -521,7 +521,7 @@ async def test_a_device_revoked_in_the_cloud_is_in_its_gateway_config(
 
 
 async def test_device_types_defined_in_the_cloud_go_to_every_gateway(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     tokens = await admin(client, store)
@@ -544,7 +544,7 @@ async def test_device_types_defined_in_the_cloud_go_to_every_gateway(
 
 
 async def test_the_gateway_backlog_its_newest_batch_reported_is_listed(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-a", "default")
     tokens = await admin(client, store)
@@ -557,7 +557,7 @@ async def test_the_gateway_backlog_its_newest_batch_reported_is_listed(
 
 
 async def test_a_pipelined_batch_is_applied_only_after_the_one_it_follows(
-    client: httpx.AsyncClient, store: DuckCloudStore, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, clock: ManualClock
 ) -> None:
     gw = await enroll(client, store, clock, "site-p", "default")
     first = batch(gw.gateway_id, 1, n=5)
@@ -580,7 +580,7 @@ async def test_a_pipelined_batch_is_applied_only_after_the_one_it_follows(
 
 async def test_a_batch_following_one_never_stored_is_refused_and_changes_nothing(
     client: httpx.AsyncClient,
-    store: DuckCloudStore,
+    store: SqlCloudStore,
     clock: ManualClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

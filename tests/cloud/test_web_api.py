@@ -14,8 +14,8 @@ from cloud.api import webui
 from cloud.app.admin_ops import add_gateway
 from cloud.app.asgi import create_app
 from cloud.app.services import Services
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import Role
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from tests.cloud.test_cloud_sync import batch, enroll, post
 from tests.support.cloud import (
@@ -62,7 +62,7 @@ async def test_vendor_assets_installed(client: httpx.AsyncClient) -> None:
 
 
 async def test_sources_list_every_model_metric_with_its_newest_value(
-    client: httpx.AsyncClient, store: DuckCloudStore
+    client: httpx.AsyncClient, store: SqlCloudStore
 ) -> None:
     await add_user(store, "ds@example.com", Role.OPERATOR)
     auth = bearer(await login(client, "ds@example.com"))
@@ -87,7 +87,7 @@ async def test_sources_list_every_model_metric_with_its_newest_value(
 
 
 async def test_gateways_show_status_and_last_sync(
-    client: httpx.AsyncClient, store: DuckCloudStore, services: Services, clock: ManualClock
+    client: httpx.AsyncClient, store: SqlCloudStore, services: Services, clock: ManualClock
 ) -> None:
     await add_user(store, "ann@example.com", Role.VIEWER)
     auth = bearer(await login(client, "ann@example.com"))

@@ -31,8 +31,8 @@ from cloud.app.server import GracefulServer, uvicorn_server
 from cloud.app.services import build_services, open_duckdb_store
 from cloud.app.settings import CloudSettings
 from cloud.security.auth import Principal, TokenService, load_or_create_secret
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import Role
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock, SystemClock
 from common.rules import InvalidRule, parse_rule
 from tests.conftest import REPO, THERMO_TOML, GatewayProcess, cli, cli_json
@@ -79,7 +79,7 @@ class CloudThread:
 @dataclass
 class Site:
     base: str
-    store: DuckCloudStore
+    store: SqlCloudStore
     settings: CloudSettings
     user: Principal
     readings: list[tuple[int, float]]

@@ -17,8 +17,8 @@ from cloud.app.server import uvicorn_server
 from cloud.app.services import Services, build_services, open_duckdb_store
 from cloud.app.settings import CloudSettings
 from cloud.security.auth import hash_password
-from cloud.storage.duck import DuckCloudStore
 from cloud.storage.interface import Role, User
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from common.model import Reading
 from tests.support.ports import free_port
@@ -43,7 +43,7 @@ def settings(tmp_path: Path) -> CloudSettings:
 
 
 @pytest.fixture
-def store(settings: CloudSettings) -> Iterator[DuckCloudStore]:
+def store(settings: CloudSettings) -> Iterator[SqlCloudStore]:
     s = open_duckdb_store(settings)
     yield s
     s.close()
@@ -61,7 +61,7 @@ def sleeps() -> RecordingSleep:
 
 @pytest.fixture
 def services(
-    settings: CloudSettings, store: DuckCloudStore, clock: ManualClock, sleeps: RecordingSleep
+    settings: CloudSettings, store: SqlCloudStore, clock: ManualClock, sleeps: RecordingSleep
 ) -> Services:
     return build_services(settings, store, clock, sleep=sleeps)
 
@@ -74,7 +74,7 @@ async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def add_user(
-    store: DuckCloudStore, email: str, role: Role = Role.ADMIN, org: str = "default"
+    store: SqlCloudStore, email: str, role: Role = Role.ADMIN, org: str = "default"
 ) -> User:
     o = await store.ensure_org(org, T0)
     return await store.create_user(email, hash_password(PASSWORD), role, o.id, T0)

@@ -17,7 +17,7 @@ from aiohttp import web
 from cloud.app.server import GracefulServer, uvicorn_server
 from cloud.app.services import Services, build_services, open_duckdb_store
 from cloud.app.settings import CloudSettings, MonitorSettings, NotifySettings
-from cloud.storage.duck import DuckCloudStore
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from tests.support.cloud import PASSWORD
 from tests.support.ports import free_port
@@ -54,7 +54,7 @@ class Cloud:
         self.settings = settings
         self.clock = clock
         self.port = free_port()
-        self.store: DuckCloudStore | None = None
+        self.store: SqlCloudStore | None = None
         self.services: Services | None = None
         self._server: GracefulServer | None = None
         self._task: asyncio.Task[None] | None = None

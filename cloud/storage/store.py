@@ -1,7 +1,7 @@
-"""CloudStore on embedded DuckDB (the default): one file in the data dir. DuckCloudStore is
+"""CloudStore on embedded DuckDB (the default): one file in the data dir. SqlCloudStore is
 assembled from query groups that each live in their own module, with one job each: accounts
-(cloud.storage.duck_accounts), devices and telemetry (cloud.storage.duck_telemetry) and alerts
-(cloud.storage.duck_alerts), over the core tables of cloud.storage.duck_schema. What stays here
+(cloud.storage.accounts), devices and telemetry (cloud.storage.duck_telemetry) and alerts
+(cloud.storage.alert_queries), over the core tables of cloud.storage.duck_schema. What stays here
 is opening (the core migrations), availability, gateways and the dashboard configuration."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from cloud.storage.accounts import AccountQueries
+from cloud.storage.alert_queries import AlertQueries
 from cloud.storage.db import Database
-from cloud.storage.duck_accounts import AccountQueries
-from cloud.storage.duck_alerts import AlertQueries
 from cloud.storage.duck_schema import CORE_MIGRATIONS
 from cloud.storage.duck_telemetry import TelemetryQueries
 from cloud.storage.interface import GatewayInfo
 from cloud.storage.sql import first
 
 
-class DuckCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
+class SqlCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
     """The embedded CloudStore. `db` is shared: other areas add tables via db.migrate()."""
 
     def __init__(self, db: Database) -> None:

@@ -1,5 +1,5 @@
 """The DuckDB cloud store's accounts: orgs, users and refresh tokens (AccountQueries, one of
-the query groups DuckCloudStore is made of). Ending a user's access lives here too: a password
+the query groups SqlCloudStore is made of). Ending a user's access lives here too: a password
 change or a disable bumps the user's token version and revokes every refresh token, and no
 change may leave an org without an enabled admin (UserChange.LAST_ADMIN)."""
 
@@ -58,7 +58,7 @@ def _leaves_no_admin(c: duckdb.DuckDBPyConnection, user: User) -> bool:
 
 
 class AccountQueries:
-    db: Database  # set by DuckCloudStore
+    db: Database  # set by SqlCloudStore
 
     async def ensure_org(self, name: str, now_ms: int) -> Org:
         def go(c: duckdb.DuckDBPyConnection) -> Org:

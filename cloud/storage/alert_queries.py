@@ -1,4 +1,4 @@
-"""The DuckDB cloud store's alerts (AlertQueries, one of the query groups DuckCloudStore is made
+"""The DuckDB cloud store's alerts (AlertQueries, one of the query groups SqlCloudStore is made
 of), and the two statements the monitoring loop runs on its own connection inside its pass
 transaction: insert_alert and select_alert, so an alert is created in the same transaction as
 its notifications and the engine state."""
@@ -74,7 +74,7 @@ def select_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str) -> Al
 
 
 class AlertQueries:
-    db: Database  # set by DuckCloudStore
+    db: Database  # set by SqlCloudStore
 
     async def create_alert(self, org_id: str, alert: NewAlert) -> AlertInfo:
         alert_id = uuid.uuid4().hex
