@@ -59,6 +59,13 @@ BENCHES = (
          "value_sets.float.in_use.bytes_per_reading", "value_sets.float.versus_baseline.bytes"),
         30,
     ),
+    Bench(
+        "pg_driver.py",
+        ("psycopg_sync_threads.copy.readings_per_s", "psycopg_sync_threads.user.p95_ms",
+         "psycopg_sync_threads.latest.p95_ms", "psycopg_sync_threads.fetch.median_ms",
+         "psycopg_async.copy.readings_per_s", "psycopg_async.latest.p95_ms"),
+        30,
+    ),
 )  # fmt: skip
 
 
