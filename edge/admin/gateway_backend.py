@@ -16,8 +16,7 @@ from edge.alerts.rules_actor import ChangeAlert, ReloadRules
 from edge.app.parts import GatewayParts
 from edge.ingest.coap.oscore_contexts import OscoreError
 from edge.ingest.mqtt.dynsec import DynsecError
-from edge.storage.actor import call
-from edge.storage.store import GatewayStore
+from edge.storage.interfaces import AdminStorage
 from edge.sync.cloud_config import parse_cloud_config
 
 log = logging.getLogger("iotsphere.gateway")
@@ -25,11 +24,16 @@ CLOUD_TYPES_KEY = "cloud.device_types"  # device types from the cloud config (JS
 
 
 class GatewayBackend(GatewayParts):
+    @property
+    def _admin_storage(self) -> AdminStorage:
+        """The store, narrowed to what the admin operations need."""
+        return self.store_client
+
     async def add_device(
         self, device_id: str, device_type: str | None, oscore: bool = False
     ) -> dict[str, Any]:
         try:
-            result = await call(self.store_ref, lambda s: ops.add_device(s, device_id, device_type))
+            result = await self._admin_storage.add_device(device_id, device_type)
         except ops.OpError as exc:
             raise BackendError(str(exc)) from exc
         self._classifier.set_device_type(device_id, device_type)
@@ -49,7 +53,7 @@ class GatewayBackend(GatewayParts):
         return result
 
     async def list_devices(self) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.devices())
+        return await self._admin_storage.devices()
 
     def _new_oscore_context(self, device_id: str) -> dict[str, str]:
         """The device's side of a new OSCORE context (the gateway's side is live at once)."""
@@ -73,7 +77,7 @@ class GatewayBackend(GatewayParts):
 
     async def revoke_device(self, device_id: str) -> dict[str, Any]:
         try:
-            result = await call(self.store_ref, lambda s: ops.revoke_device(s, device_id))
+            result = await self._admin_storage.revoke_device(device_id)
         except ops.OpError as exc:
             raise BackendError(str(exc)) from exc
         self._device_status[device_id] = "revoked"
@@ -93,7 +97,7 @@ class GatewayBackend(GatewayParts):
 
     async def add_rule(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            rule = await call(self.store_ref, lambda s: ops.add_rule(s, body))
+            rule = await self._admin_storage.add_rule(body)
         except ops.OpError as exc:
             raise BackendError(str(exc)) from exc
         if self._rules_ref is not None:
@@ -113,15 +117,9 @@ class GatewayBackend(GatewayParts):
 
         config = parse_cloud_config(doc, version)
         now = self.clock.now_ms()
-
-        def save(store: GatewayStore) -> None:
-            for rule in config.rules:
-                store.save_rule(rule.id, rule.to_dict(), rule.version, now)
-            for rule_id in config.deleted_rules:
-                store.delete_rule(rule_id)
-            store.kv_set(CONFIG_VERSION_KEY, str(config.version))
-
-        await call(self.store_ref, save)
+        await self._admin_storage.save_rules(
+            config.rules, config.deleted_rules, {CONFIG_VERSION_KEY: str(config.version)}, now
+        )
         if (config.rules or config.deleted_rules) and self._rules_ref is not None:
             await self._rules_ref.send(ReloadRules())
             log.info(
@@ -152,20 +150,18 @@ class GatewayBackend(GatewayParts):
             types[spec.name] = spec
         self._classifier.set_cloud_types(types)
         raw = json.dumps([b for b in bodies if b.get("name") in types], sort_keys=True)
-        await call(self.store_ref, lambda s: s.kv_set(CLOUD_TYPES_KEY, raw))
+        await self._admin_storage.kv_set(CLOUD_TYPES_KEY, raw)
 
     async def list_rules(self) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.rules())
+        return await self._admin_storage.rules()
 
     async def readings(
         self, device_id: str | None, metric: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        return await call(
-            self.store_ref, lambda s: s.readings(device_id=device_id, metric=metric, limit=limit)
-        )
+        return await self._admin_storage.readings(device_id, metric, limit)
 
     async def alerts(self, state: str | None) -> list[dict[str, Any]]:
-        rows = await call(self.store_ref, lambda s: s.alerts(state))
+        rows = await self._admin_storage.alerts(state)
         return [a.to_dict() for a in rows]
 
     async def change_alert(self, alert_id: str, event: AlertEvent) -> dict[str, Any] | None:
@@ -175,7 +171,7 @@ class GatewayBackend(GatewayParts):
         return result
 
     async def errors(self, limit: int) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.rejections(limit))
+        return await self._admin_storage.rejections(limit)
 
     async def audit(self, limit: int) -> list[dict[str, Any]]:
-        return await call(self.store_ref, lambda s: s.auth_failures(limit))
+        return await self._admin_storage.auth_failures(limit)

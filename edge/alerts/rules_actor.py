@@ -11,16 +11,16 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 
 from common.actors import Actor, ActorRef, ActorStopped, MailboxFull
 from common.alerts import AlertEvent, AlertState, allowed_events, next_state
 from common.clock import Clock, SystemClock
 from common.model import Reading
 from common.rules import EngineState, Observation, Rule, RuleEngine, Transition, parse_rule
-from edge.storage.actor import Committed, SaveAlerts, StoreMsg, StoreState, StoreView, call
+from edge.storage.actor import Committed
 from edge.storage.health import StorageHealth
-from edge.storage.store import AlertRow, GatewayStore
+from edge.storage.interfaces import RulesStorage
+from edge.storage.store import AlertRow
 
 log = logging.getLogger("iotsphere.rules")
 ENGINE_STATE_KEY = "rules.engine_state"
@@ -73,13 +73,9 @@ class RulesStats:
     active_alerts: int = 0  # open (active or acknowledged) alerts at this gateway
 
 
-def _chunk_after(cursor: int, store: GatewayStore) -> tuple[int, list[Reading]]:
-    return store.readings_after(cursor, REPLAY_CHUNK)
-
-
-def _load_rules(store: GatewayStore) -> list[Rule]:
+async def _load_rules(store: RulesStorage) -> list[Rule]:
     rules = []
-    for body in store.rules():
+    for body in await store.rules():
         try:
             rules.append(parse_rule(body, id=body["id"], version=int(body.get("version", 1))))
         except Exception:
@@ -129,7 +125,7 @@ class CommitFeed:
 class RulesActor(Actor[RulesMsg]):
     def __init__(
         self,
-        store: ActorRef[StoreMsg],
+        store: RulesStorage,
         clock: Clock,
         device_type_of: Callable[[str], str | None],
         tick_s: float,
@@ -147,11 +143,11 @@ class RulesActor(Actor[RulesMsg]):
         self.caught_up = 0  # readings evaluated from the store after skipped commit notices
 
     async def on_start(self) -> None:
-        rules = await call(self._store, _load_rules)
-        raw_state = await call(self._store, lambda s: s.kv_get(ENGINE_STATE_KEY))
+        rules = await _load_rules(self._store)
+        raw_state = await self._store.kv_get(ENGINE_STATE_KEY)
         state = EngineState.from_json(raw_state) if raw_state else None
         self._engine = RuleEngine(rules, state)
-        open_alerts = await call(self._store, lambda s: s.alerts())
+        open_alerts = await self._store.alerts()
         self._open = {
             (a.rule_id, a.subject): a for a in open_alerts if a.state != AlertState.RESOLVED
         }
@@ -162,9 +158,9 @@ class RulesActor(Actor[RulesMsg]):
     async def _replay(self) -> None:
         """Evaluate readings committed after the saved state (a crash between a commit and its
         evaluation must not swallow an alert). The engine ignores readings it has seen."""
-        raw = await call(self._store, lambda s: s.kv_get(CURSOR_KEY))
+        raw = await self._store.kv_get(CURSOR_KEY)
         if raw is None:  # first start of this store: nothing was evaluated, nothing is owed
-            self._cursor = self._saved_cursor = await call(self._store, lambda s: s.last_seq())
+            self._cursor = self._saved_cursor = await self._store.last_seq()
             return
         self._cursor = self._saved_cursor = int(raw)
         replayed = await self._read_store()
@@ -182,8 +178,7 @@ class RulesActor(Actor[RulesMsg]):
         """Observe every stored reading after the cursor, in seq order; how many there were."""
         read = 0
         while True:
-            cursor = self._cursor
-            last, chunk = await call(self._store, partial(_chunk_after, cursor))
+            last, chunk = await self._store.readings_after(self._cursor, REPLAY_CHUNK)
             if not chunk:
                 return read
             self._cursor = last
@@ -199,10 +194,10 @@ class RulesActor(Actor[RulesMsg]):
 
     async def _persist(self, alerts: list[AlertRow], kv: dict[str, str] | None = None) -> None:
         self.stats.active_alerts = len(self._open)
-        await self._store.send(SaveAlerts(alerts, kv or {}))
+        await self._store.save_alerts(alerts, kv or {})
 
     async def _save_state(self) -> None:
-        await self._store.send(SaveAlerts([], self._state_kv()))
+        await self._store.save_alerts([], self._state_kv())
 
     def _state_kv(self) -> dict[str, str]:
         self._saved_cursor = self._cursor
@@ -221,8 +216,7 @@ class RulesActor(Actor[RulesMsg]):
                 await self._observe(readings)
             case Tick():
                 # Asked, not shared: the store answers from memory, and never waits on us.
-                view = await self._store.ask(StoreState())
-                assert isinstance(view, StoreView)
+                view = await self._store.state()
                 if view.last_seq > self._cursor:
                     await self._catch_up()  # the newest commits' notices were skipped
                 await self._apply(self._engine.tick(now))
@@ -231,7 +225,7 @@ class RulesActor(Actor[RulesMsg]):
                 if self._cursor != self._saved_cursor:
                     await self._save_state()
             case ReloadRules():
-                rules = await call(self._store, _load_rules)
+                rules = await _load_rules(self._store)
                 await self._apply(self._engine.set_rules(rules, now))
             case ChangeAlert(alert_id, event):
                 return await self._change(alert_id, event, now)

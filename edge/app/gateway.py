@@ -59,8 +59,8 @@ from edge.storage.actor import (
     SaveAlerts,
     StoreActor,
     StoreMsg,
-    call,
 )
+from edge.storage.client import StoreClient
 from edge.storage.stats import LagWindow, StoreStats
 from edge.storage.store import AuthFailure, GatewayStore
 from edge.sync.clock_watch import ClockWatch
@@ -81,6 +81,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         self.ready = asyncio.Event()
         self._stopping = False
         self._store_ref: ActorRef[StoreMsg] | None = None
+        self._store_client: StoreClient | None = None  # the store's operations, typed
         self._rules_ref: ActorRef[RulesMsg] | None = None
         self._commit_feed = CommitFeed(self.clock)  # store -> rules, never blocking the store
         self._sync_ref: ActorRef[SyncMsg] | None = None
@@ -239,11 +240,12 @@ class Gateway(GatewayBackend, GatewayStatus):
                 capacity=cfg.ingest_queue,
             )
         )
+        self._store_client = StoreClient(self._store_ref)
         self._rules_ref = await root.start_child(
             ChildSpec(
                 "rules",
                 lambda: RulesActor(
-                    self.store_ref,
+                    self.store_client,
                     self.clock,
                     self._device_type_of,
                     cfg.rule_tick_s,
@@ -398,7 +400,7 @@ class Gateway(GatewayBackend, GatewayStatus):
             ChildSpec(
                 "sync",
                 lambda: SyncActor(
-                    self.store_ref,
+                    self.store_client,
                     lambda: CloudClient(identity.cloud_url, signer, cfg.sync_timeout_s),
                     self.clock,
                     settings,
@@ -453,7 +455,7 @@ class Gateway(GatewayBackend, GatewayStatus):
             if self.clock.monotonic() - started > 60:
                 backoff.reset()  # it ran a while: this is a new failure, not a crash loop
             await asyncio.sleep(backoff.next_s())
-            devices = await call(self.store_ref, lambda s: s.devices(include_secrets=True))
+            devices = await self.store_client.devices(include_secrets=True)
             self._broker.prepare(devices, self._broker_creds)
             await self._broker.start()
             if self._ingress is not None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from edge.security.device_auth import DeviceDirectory
     from edge.security.lockout import LockoutTracker
     from edge.storage.actor import StoreMsg
+    from edge.storage.client import StoreClient
     from edge.storage.stats import LagWindow, StoreStats
     from edge.sync.actor import SyncStats
 
@@ -43,6 +44,7 @@ class GatewayParts:
     sync_stats: SyncStats | None
     _sync_error: str | None
     _store_ref: ActorRef[StoreMsg] | None
+    _store_client: StoreClient | None
     _rules_ref: ActorRef[RulesMsg] | None
     _commit_feed: CommitFeed
     _broker: ManagedMosquitto | None
@@ -64,3 +66,8 @@ class GatewayParts:
     def store_ref(self) -> ActorRef[StoreMsg]:
         assert self._store_ref is not None
         return self._store_ref
+
+    @property
+    def store_client(self) -> StoreClient:
+        assert self._store_client is not None
+        return self._store_client

@@ -10,11 +10,15 @@ from edge.admin import ops
 from edge.app.parts import GatewayParts
 from edge.ingest.listener import open_fds
 from edge.status.view import StatusData
-from edge.storage.actor import call
-from edge.storage.store import GatewayStore
+from edge.storage.interfaces import StatusStorage
 
 
 class GatewayStatus(GatewayParts):
+    @property
+    def _status_storage(self) -> StatusStorage:
+        """The store, narrowed to the one read the status page makes."""
+        return self.store_client
+
     async def status(self) -> dict[str, Any]:
         """Answered from live counters, never queued behind ingest (it must work under load)."""
         live, rules = self.store_stats, self.rules_stats  # display only: written by their actors
@@ -104,23 +108,13 @@ class GatewayStatus(GatewayParts):
 
     async def status_page_data(self) -> StatusData:
         """The local status page's facts: live counters plus one store round trip."""
-
-        def gather(s: GatewayStore) -> tuple[Any, ...]:
-            return (
-                s.devices(),
-                s.latest_values(),
-                s.rejections(20),
-                s.auth_failures(20),
-                [a.to_dict() for state in ("active", "acknowledged") for a in s.alerts(state)],
-            )
-
-        devices, latest, rejections, audit, alerts = await call(self.store_ref, gather)
+        facts = await self._status_storage.status_facts()
         return StatusData(
             status=await self.status(),
-            devices=devices,
-            latest=latest,
-            rejections=rejections,
-            audit=audit,
-            alerts=alerts,
+            devices=facts.devices,
+            latest=facts.latest,
+            rejections=facts.rejections,
+            audit=facts.audit,
+            alerts=facts.alerts,
             locked=self._tracker.locked_keys(),
         )

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from common.actors import Actor, ActorRef, Timer
+from common.actors import Actor, Timer
 from common.clock import Clock, SystemClock
 from common.model import Reading
 from edge.app.config import DiskBudget
@@ -70,9 +70,20 @@ class SaveAlerts:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """Run a function on the store (admin API, queries); ask() returns its result."""
+    """Run a function on the store; ask() returns CallOk or CallFailed. Built only by
+    edge.storage.client, whose StoreClient names each operation."""
 
     fn: Callable[[GatewayStore], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallOk:
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    error: Exception
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +240,9 @@ class StoreActor(Actor[StoreMsg]):
             case Call(fn):
                 await self._flush()  # queries see everything received before them
                 try:
-                    return _Ok(await self._in_store_thread(fn, self._store))
+                    return CallOk(await self._in_store_thread(fn, self._store))
                 except Exception as exc:  # the caller's error (bad input), not this actor's
-                    return _Failed(await self._call_failed(exc))
+                    return CallFailed(await self._call_failed(exc))
             case Flush():
                 await self._flush()
             case EnforceBudget():
@@ -506,23 +517,3 @@ class StoreActor(Actor[StoreMsg]):
         )
         for confirm in confirms:
             confirm(None)
-
-
-@dataclass(frozen=True, slots=True)
-class _Ok:
-    value: Any
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    error: Exception
-
-
-async def call(ref: ActorRef[StoreMsg], fn: Callable[[GatewayStore], T]) -> T:
-    """Run fn on the store actor; its exceptions reach the caller without crashing the actor."""
-    reply = await ref.ask(Call(fn))
-    if isinstance(reply, _Failed):
-        raise reply.error
-    assert isinstance(reply, _Ok)
-    value: T = reply.value
-    return value

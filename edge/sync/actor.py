@@ -35,25 +35,19 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
-from common.actors import Actor, ActorRef
+from common.actors import Actor
 from common.backoff import full_jitter_s
 from common.clock import Clock
 from common.sync_wire import (
-    AlertChange,
-    AuthEvent,
     BatchAck,
-    ClockEpoch,
-    DeviceRecord,
-    ReadingColumns,
     SyncBatch,
     devices_digest,
     encode_batch,
 )
-from edge.storage.actor import ProtectThrough, StoreMsg, call
-from edge.storage.store import DROPPED_COUNTER, SYNC_DEVICES_KEY, GatewayStore, StoreUnavailable
+from edge.storage.interfaces import SyncStorage
+from edge.storage.store import DROPPED_COUNTER, StoreUnavailable
 from edge.sync.cloud_client import (
     BadAck,
     CloudClient,
@@ -66,8 +60,6 @@ from edge.sync.cloud_config import CloudConfigError
 
 log = logging.getLogger("iotsphere.sync")
 
-MAX_ALERTS_PER_BATCH = 1_000
-MAX_AUTH_EVENTS_PER_BATCH = 1_000
 SKEW_RECORD_CHANGE_MS = 2_000  # a measured skew is saved when it moved more than this
 CONFIG_VERSION_KEY = "sync.config_version"
 DRAIN_SLICE_S = 1.0  # one tick sends back-to-back batches for at most this long
@@ -185,47 +177,10 @@ class SyncSettings:
     backoff_max_s: float = 300.0
 
 
-@dataclass(frozen=True, slots=True)
-class _BatchRows:
-    alerts: list[AlertChange]
-    readings: ReadingColumns
-    auth_through: int
-    auth_events: list[AuthEvent]
-    counters: dict[str, int]
-    epochs: list[ClockEpoch]
-    more: bool  # readings follow this batch's window: it is complete even if not full
-    devices: list[DeviceRecord] = field(default_factory=list)  # when changed since acked
-    backlog: int = 0  # readings after this batch's, still to send
-
-    def is_empty(self) -> bool:
-        return not (self.alerts or len(self.readings) or self.auth_events or self.devices)
-
-
-def _read_batch_rows(
-    cursor: tuple[int, int], auth_cursor: int, max_readings: int, store: GatewayStore
-) -> _BatchRows:
-    """Alerts first, then readings, auth events, counters and clock epochs: one trip to the
-    store thread."""
-    alerts = store.alert_changes_after(cursor[1], MAX_ALERTS_PER_BATCH)
-    rows, more = store.reading_columns_for_sync(cursor[0], max_readings)
-    auth_through, events = store.auth_events_after(auth_cursor, MAX_AUTH_EVENTS_PER_BATCH)
-    devices = store.device_records()
-    if devices and devices_digest(devices) == store.kv_get(SYNC_DEVICES_KEY):
-        devices = []  # the cloud has this list already
-    if not (alerts or rows or events or devices):
-        return _BatchRows([], ReadingColumns(), auth_cursor, [], {}, [], False)
-    epochs = store.epochs_for(rows.seq[0], rows.seq[-1]) if rows else []
-    after = rows.seq[-1] if rows else cursor[0]
-    backlog = store.sync_backlog(after)[0] if more else 0
-    return _BatchRows(
-        alerts, rows, auth_through, events, store.counters(), epochs, more, devices, backlog
-    )
-
-
 class SyncActor(Actor[SyncMsg]):
     def __init__(
         self,
-        store: ActorRef[StoreMsg],
+        store: SyncStorage,
         client_factory: Callable[[], CloudClient],
         clock: Clock,
         settings: SyncSettings,
@@ -257,10 +212,10 @@ class SyncActor(Actor[SyncMsg]):
         self._config_due = 0.0  # monotonic: fetch at the first tick
 
     async def on_start(self) -> None:
-        raw = await call(self._store, lambda s: s.kv_get(CONFIG_VERSION_KEY))
+        raw = await self._store.kv_get(CONFIG_VERSION_KEY)
         self._config_version = int(raw) if raw else 0
-        self._cursor = await call(self._store, lambda s: s.sync_cursor())
-        self._auth_cursor = await call(self._store, lambda s: s.auth_sync_cursor())
+        self._cursor = await self._store.sync_cursor()
+        self._auth_cursor = await self._store.auth_sync_cursor()
         self.stats.cursor_seq, self.stats.alerts_cursor = self._cursor
         self._client = self._client_factory()
         await self._refresh_backlog()
@@ -373,10 +328,7 @@ class SyncActor(Actor[SyncMsg]):
         if after is not None:
             cursor = (after.last_seq, max(cursor[1], after.alerts_through))
             auth_cursor = after.auth_through if after.auth_events else auth_cursor
-        got = await call(
-            self._store,
-            partial(_read_batch_rows, cursor, auth_cursor, cfg.batch_max_readings),
-        )
+        got = await self._store.batch_rows(cursor, auth_cursor, cfg.batch_max_readings)
         rows = got.readings
         full = len(rows) >= cfg.batch_max_readings or got.more
         partial_batch = not got.alerts and not got.auth_events and not got.devices and not full
@@ -435,7 +387,7 @@ class SyncActor(Actor[SyncMsg]):
         # The disk cap must not drop what this batch carries. Told before the batch goes on
         # the wire (the store's mailbox is FIFO); a cap that ran since the read only deletes
         # the local copy of readings this batch already holds in memory.
-        await self._store.send(ProtectThrough(max(batch.last_seq, self._cursor[0])))
+        await self._store.protect_through(max(batch.last_seq, self._cursor[0]))
         if body is None:
             body = await asyncio.to_thread(encode_batch, batch)
         self.stats.bytes_sent += len(body[0])
@@ -459,12 +411,7 @@ class SyncActor(Actor[SyncMsg]):
         # A crash before the save only means a resend, which the cloud answers from its stored
         # acks, never a gap.
         await self._settle_save()
-        saving = asyncio.create_task(
-            call(
-                self._store,
-                lambda s: s.save_sync_cursor(cursor[0], cursor[1], now_ms, auth, devices),
-            )
-        )
+        saving = asyncio.create_task(self._store.save_sync_cursor(cursor, now_ms, auth, devices))
         self._saving = (saving, cursor)
         self._cursor = cursor
         if auth is not None:
@@ -530,7 +477,7 @@ class SyncActor(Actor[SyncMsg]):
         )
         message = str(exc)
         try:
-            await call(self._store, lambda s: s.save_sync_error(message, now_ms))
+            await self._store.save_sync_error(message, now_ms)
         except StoreUnavailable as store_exc:  # status still shows it (SyncStats)
             log.warning("sync: error not saved, storage unavailable: %s", store_exc.failure.reason)
 
@@ -546,20 +493,16 @@ class SyncActor(Actor[SyncMsg]):
             return
         boot = self._boot_id
         try:
-            await call(self._store, lambda s: s.set_epoch_skew(boot, skew))
+            await self._store.set_epoch_skew(boot, skew)
         except StoreUnavailable as exc:  # measured again with the next answer, saved then
             log.warning("sync: clock skew not saved, storage unavailable: %s", exc.failure.reason)
             return
         self._saved_skew = skew
 
     async def _refresh_backlog(self) -> None:
-        count, oldest = await call(self._store, partial(_backlog, self._cursor[0]))
+        count, oldest = await self._store.sync_backlog(self._cursor[0])
         self.stats.backlog_readings = count
         self.stats.oldest_unsynced_at = oldest
-
-
-def _backlog(cursor: int, store: GatewayStore) -> tuple[int, int | None]:
-    return store.sync_backlog(cursor)
 
 
 async def _outcome_ignored(sending: asyncio.Task[BatchAck]) -> None:

@@ -19,7 +19,7 @@ import httpx
 from edge.alerts.rules_actor import STORAGE_RULE
 from edge.app.config import LockoutConfig, load_config
 from edge.app.gateway import Gateway
-from edge.storage.actor import call
+from edge.storage.client import call
 from tests.conftest import running
 from tests.support.ports import free_port
 from tests.support.tmpfs import fill, tmpfs

@@ -40,7 +40,8 @@ from common.sync_wire import (
 )
 from edge.app.config import GatewayConfig, LockoutConfig
 from edge.app.gateway import Gateway
-from edge.storage.actor import Ingest, call
+from edge.storage.actor import Ingest
+from edge.storage.client import call
 from edge.storage.store import GatewayStore
 from edge.sync.actor import backoff_delay
 from edge.sync.identity import Identity, key_path, load_identity, save_identity

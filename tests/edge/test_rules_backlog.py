@@ -12,7 +12,8 @@ from common.actors import ChildSpec, Supervisor
 from common.clock import SystemClock
 from common.model import Reading
 from edge.alerts.rules_actor import CURSOR_KEY, CommitFeed, RulesActor
-from edge.storage.actor import Ingest, StoreActor, call
+from edge.storage.actor import Ingest, StoreActor
+from edge.storage.client import StoreClient, call
 from edge.storage.stats import StoreStats
 from edge.storage.store import GatewayStore
 from tests.support.waiting import until
@@ -47,7 +48,7 @@ async def test_a_flood_that_fills_both_mailboxes_neither_deadlocks_nor_skips_rea
     rules_ref = await root.start_child(
         ChildSpec(
             "rules",
-            lambda: SlowRules(store_ref, SystemClock(), lambda _d: None, 0.05),
+            lambda: SlowRules(StoreClient(store_ref), SystemClock(), lambda _d: None, 0.05),
             capacity=1,
         )
     )

@@ -2,16 +2,19 @@
 
 The sync actor tells the store what a batch in flight carries (`ProtectThrough`); the store
 keeps it in its own stats, given by the gateway, so a restart of the store actor does not
-forget it. The rules actor asks the store (`StoreState`) for its last seq and its health.
+forget it. The rules actor asks the store (`StoreState`) for its last seq and its health, and
+raises or resolves the storage alert from that answer alone.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from common.actors import ChildSpec, Supervisor
 from common.clock import ManualClock
 from common.model import Reading
+from edge.alerts.rules_actor import STORAGE_RULE, RulesActor, RulesStats
 from edge.app.config import DiskBudget
 from edge.storage.actor import (
     EnforceBudget,
@@ -20,12 +23,14 @@ from edge.storage.actor import (
     StoreActor,
     StoreState,
     StoreView,
-    call,
 )
-from edge.storage.health import StorageFailure
+from edge.storage.client import call
+from edge.storage.health import StorageFailure, StorageHealth
 from edge.storage.stats import StoreStats
-from edge.storage.store import Batch, CommitResult, GatewayStore, StoreUnavailable
+from edge.storage.store import AlertRow, Batch, CommitResult, GatewayStore, StoreUnavailable
 from tests.support.waiting import until
+
+FULL = StorageFailure("No space left on device", "...", disk_full=True, invalidated=False)
 
 
 class BuggyStore(GatewayStore):
@@ -83,9 +88,7 @@ class FullStore(GatewayStore):
 
     def commit(self, batch: Batch) -> CommitResult:
         if self.full:
-            raise StoreUnavailable(
-                StorageFailure("No space left on device", "...", disk_full=True, invalidated=False)
-            )
+            raise StoreUnavailable(FULL)
         return super().commit(batch)
 
     def headroom(self) -> tuple[int, int]:
@@ -128,3 +131,59 @@ async def _available(ref: object) -> bool:
     assert isinstance(ref, ActorRef)
     view = await ref.ask(StoreState())
     return isinstance(view, StoreView) and view.health.available
+
+
+class AnsweringStore:
+    """A RulesStorage whose StoreState answer the test sets; records what is saved."""
+
+    def __init__(self) -> None:
+        self.view = StoreView(0, StorageHealth())
+        self.saved: list[AlertRow] = []
+
+    async def state(self) -> StoreView:
+        return self.view
+
+    async def save_alerts(self, alerts: list[AlertRow], kv: dict[str, str]) -> None:
+        self.saved.extend(alerts)
+
+    async def kv_get(self, key: str) -> str | None:
+        return None
+
+    async def last_seq(self) -> int:
+        return 0
+
+    async def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
+        return seq, []
+
+    async def rules(self) -> list[dict[str, Any]]:
+        return []
+
+    async def alerts(self, state: str | None = None) -> list[AlertRow]:
+        return []
+
+
+async def test_the_rules_actor_raises_and_resolves_the_storage_alert_from_the_stores_answer() -> (
+    None
+):
+    store = AnsweringStore()
+    stats = RulesStats()
+    root = Supervisor("test", max_restarts=0)
+    await root.start_child(
+        ChildSpec("rules", lambda: RulesActor(store, ManualClock(), lambda _d: None, 0.01, stats))
+    )
+    try:
+        failure = StorageFailure(
+            "No space left on device", "...", disk_full=True, invalidated=False
+        )
+        store.view = StoreView(0, StorageHealth().failed(failure, 5_000))
+        await until(lambda: stats.active_alerts == 1)
+        raised = [a for a in store.saved if a.rule_id == STORAGE_RULE]
+        assert [(a.state, a.started_at, a.value) for a in raised] == [
+            ("active", 5_000, {"reason": "No space left on device", "disk_full": True})
+        ]
+        store.view = StoreView(0, store.view.health.recovered(9_000))
+        await until(lambda: stats.active_alerts == 0)
+        states = [(a.state, a.resolved_at) for a in store.saved if a.rule_id == STORAGE_RULE]
+        assert states == [("active", None), ("resolved", 9_000)]
+    finally:
+        await root.stop()

@@ -27,8 +27,8 @@ from edge.storage.actor import (
     SaveAlerts,
     StoreActor,
     StoreMsg,
-    call,
 )
+from edge.storage.client import StoreClient, call
 from edge.storage.health import StorageFailure, StorageHealth
 from edge.storage.stats import StoreStats
 from edge.storage.store import (
@@ -118,7 +118,8 @@ async def test_a_full_disk_refuses_holds_probes_and_recovers_without_a_crash(
     alerts_open = RulesStats()
     rules = await running_store.root.start_child(
         ChildSpec(
-            "rules", lambda: RulesActor(ref, SystemClock(), lambda _d: None, 0.02, alerts_open)
+            "rules",
+            lambda: RulesActor(StoreClient(ref), SystemClock(), lambda _d: None, 0.02, alerts_open),
         )
     )
     first = Confirms([])
@@ -267,7 +268,7 @@ async def test_sync_goes_on_when_its_cursor_cannot_be_saved(
         ChildSpec(
             "sync",
             lambda: SyncActor(
-                ref,
+                StoreClient(ref),
                 lambda: CloudClient(stub.url, signer, 5.0),
                 SystemClock(),
                 settings,
