@@ -101,8 +101,8 @@ def build_services(
     key = load_or_create_secret(settings.jwt_secret_path)
     registry = Registry()
     monitoring = notify = sync = verifier = None
-    if isinstance(store, SqlCloudStore):  # they share its Database (one file, one lock)
-        notify = NotifyStore(store.db)
+    if isinstance(store, SqlCloudStore):  # they share its database
+        notify = NotifyStore(store.db) if isinstance(store.db, Database) else None
         monitoring = MonitoringStore(store.db)
         sync = SyncStore(store.db)
         # the lookup runs in a worker thread (the endpoint verifies off the event loop)
@@ -130,6 +130,16 @@ def build_services(
         enroll_limiter=LoginLimiter(settings.enroll, clock),
         users=KnownUsers(store.user_by_id, clock),
     )
+
+
+def open_store(settings: CloudSettings) -> SqlCloudStore:
+    """The store the settings name: PostgreSQL at `database_url`, else the embedded DuckDB
+    file (raises StoreError)."""
+    if settings.database_url is not None:
+        from cloud.storage.pg import PgDatabase  # psycopg: only where PostgreSQL is used
+
+        return SqlCloudStore(PgDatabase(settings.database_url))
+    return open_duckdb_store(settings)
 
 
 def open_duckdb_store(settings: CloudSettings) -> SqlCloudStore:

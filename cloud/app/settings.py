@@ -55,6 +55,8 @@ class CloudSettings:
     store_backoff_s: float = 0.05  # first retry delay; doubles on each further retry
     retry_after_s: int = 5  # Retry-After sent with 503 when the store stays down
     max_points: int = 10_000  # cap on raw telemetry points in one response
+    # PostgreSQL (postgresql://user@host:port/db) instead of the embedded DuckDB file
+    database_url: str | None = None
     duckdb_memory_limit: str = "64MB"  # DuckDB's buffer cache; it spills beyond (default 80% RAM)
     login: LoginLimits = field(default_factory=LoginLimits)
     # failed gateway enrollments per source address (token guessing)

@@ -9,12 +9,11 @@ import uuid
 import duckdb
 
 from cloud.monitoring.records import ApiKeyInfo
-from cloud.storage.db import Database
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 
 
 class ApiKeyQueries:
-    db: Database  # set by MonitoringStore
+    db: SqlDatabase  # set by MonitoringStore
 
     async def create_api_key(
         self, org_id: str, name: str, key_hash: str, created_by: str, now_ms: int

@@ -13,8 +13,7 @@ import pyarrow as pa
 
 from cloud.monitoring.ingest import MetricPoint
 from cloud.monitoring.records import MetricSeries
-from cloud.storage.db import Database
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 from cloud.storage.value_columns import join_value
 from common.model import Value
 
@@ -36,7 +35,7 @@ def _split(value: MetricPoint) -> tuple[float | None, bool | None]:
 
 
 class MetricQueries:
-    db: Database  # set by MonitoringStore
+    db: SqlDatabase  # set by MonitoringStore
 
     async def insert_metrics(self, org_id: str, points: Sequence[MetricPoint], now_ms: int) -> int:
         """Store each (source, metric, ts) once; returns how many were new."""

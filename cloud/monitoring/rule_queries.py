@@ -13,8 +13,7 @@ from typing import Any
 import duckdb
 
 from cloud.monitoring.records import RuleChanges, empty_engines, encode_engines
-from cloud.storage.db import Database
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 from common.rules import Rule, parse_rule
 
 
@@ -24,7 +23,7 @@ def _rule(row: tuple[Any, ...]) -> Rule:
 
 
 class RuleQueries:
-    db: Database  # set by MonitoringStore
+    db: SqlDatabase  # set by MonitoringStore
 
     @staticmethod
     def _bump(c: duckdb.DuckDBPyConnection, org_id: str, now_ms: int) -> int:

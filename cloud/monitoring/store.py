@@ -30,16 +30,15 @@ from cloud.monitoring.schema import MONITORING_MIGRATIONS
 from cloud.notify.format import NotificationEvent
 from cloud.notify.outbox import enqueue_alert_on
 from cloud.storage.alert_queries import insert_alert, select_alert
-from cloud.storage.db import Database
 from cloud.storage.interface import NewAlert
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 from cloud.storage.value_columns import join_value
 from common.alerts import OPEN_STATES, AlertEvent, next_state
 from common.rules import Observation, Rule
 
 
 class MonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
         db.migrate("monitoring", {"duckdb": MONITORING_MIGRATIONS})
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import duckdb
 
-from cloud.storage.db import Database
 from cloud.storage.interface import Org, RefreshToken, RefreshUse, Role, User, UserChange
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 
 _USER_COLS = "id, email, org_id, role, password_hash, created_at, token_version, disabled_at"
 
@@ -44,9 +43,14 @@ def _select_user(c: duckdb.DuckDBPyConnection, where: str, params: list[Any]) ->
 
 
 def _leaves_no_admin(c: duckdb.DuckDBPyConnection, user: User) -> bool:
-    """Whether `user` is the only enabled admin of their org (the caller is taking that away)."""
+    """Whether `user` is the only enabled admin of their org (the caller is taking that away).
+
+    Takes the org's row lock first (a no-op update): two workers demoting the org's last two
+    admins at once would each see the other still admin; with the lock the second waits and
+    counts after the first committed. (DuckDB runs one transaction at a time here anyway.)"""
     if user.role is not Role.ADMIN or user.disabled:
         return False
+    c.execute("UPDATE orgs SET name = name WHERE id = ?", [user.org_id])
     row = first(
         c.execute(
             "SELECT count(*) FROM users WHERE org_id = ? AND role = ? AND disabled_at IS NULL"
@@ -58,15 +62,20 @@ def _leaves_no_admin(c: duckdb.DuckDBPyConnection, user: User) -> bool:
 
 
 class AccountQueries:
-    db: Database  # set by SqlCloudStore
+    db: SqlDatabase  # set by SqlCloudStore
 
     async def ensure_org(self, name: str, now_ms: int) -> Org:
         def go(c: duckdb.DuckDBPyConnection) -> Org:
             row = first(c.execute("SELECT id, name FROM orgs WHERE name = ?", [name]).fetchall())
             if row is None:
-                org_id = uuid.uuid4().hex
-                c.execute("INSERT INTO orgs VALUES (?, ?, ?)", [org_id, name, now_ms])
-                return Org(org_id, name)
+                # another worker may be creating it too: the name is unique, theirs may win
+                c.execute(
+                    "INSERT INTO orgs VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    [uuid.uuid4().hex, name, now_ms],
+                )
+                row = first(
+                    c.execute("SELECT id, name FROM orgs WHERE name = ?", [name]).fetchall()
+                )
             return Org(row[0], row[1])
 
         return await self.db.run(self.db.transaction(go))
@@ -198,9 +207,16 @@ class AccountQueries:
                 return RefreshUse.REVOKED, token
             if row[2] <= now_ms:
                 return RefreshUse.EXPIRED, token
-            c.execute(
-                "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", [now_ms, token_hash]
-            )
+            # Only if still unused: two workers rotating one token at once both read it
+            # unused (PostgreSQL, READ COMMITTED); the one whose update finds it used lost.
+            won = c.execute(
+                "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
+                " RETURNING token_hash",
+                [now_ms, token_hash],
+            ).fetchall()
+            if not won:
+                c.execute("UPDATE refresh_tokens SET revoked = true WHERE family_id = ?", [row[0]])
+                return RefreshUse.REUSED, token
             return RefreshUse.OK, token
 
         return await self.db.run(self.db.transaction(go))

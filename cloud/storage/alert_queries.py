@@ -10,9 +10,8 @@ from typing import Any
 
 import duckdb
 
-from cloud.storage.db import Database
 from cloud.storage.interface import AlertInfo, NewAlert
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 from cloud.storage.value_columns import join_value, split_value
 from common.alerts import AlertState
 
@@ -74,7 +73,7 @@ def select_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str) -> Al
 
 
 class AlertQueries:
-    db: Database  # set by SqlCloudStore
+    db: SqlDatabase  # set by SqlCloudStore
 
     async def create_alert(self, org_id: str, alert: NewAlert) -> AlertInfo:
         alert_id = uuid.uuid4().hex
@@ -117,12 +116,11 @@ class AlertQueries:
             AlertState.ACKNOWLEDGED: "acknowledged_at",
             AlertState.RESOLVED: "resolved_at",
         }.get(state)
-        stamp = f", {column} = $now" if column else ""
+        stamp, stamped = (f", {column} = ?", [now_ms]) if column else ("", [])
         await self.db.run(
             lambda c: c.execute(
-                f"UPDATE alerts SET state = $state, updated_at = $now{stamp}"
-                " WHERE org_id = $org AND id = $id",
-                {"state": state.value, "now": now_ms, "org": org_id, "id": alert_id},
+                f"UPDATE alerts SET state = ?, updated_at = ?{stamp} WHERE org_id = ? AND id = ?",
+                [state.value, now_ms, *stamped, org_id, alert_id],
             )
         )
         return await self.get_alert(org_id, alert_id)

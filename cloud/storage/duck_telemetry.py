@@ -15,9 +15,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cloud.storage.db import Database
 from cloud.storage.interface import Bucket, DeviceInfo, Point
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 from cloud.storage.value_columns import join_value, split_value
 from common.model import Reading
 
@@ -99,7 +98,7 @@ def _insert_new_readings(
 
 
 class TelemetryQueries:
-    db: Database  # set by SqlCloudStore
+    db: SqlDatabase  # set by SqlCloudStore
 
     async def list_devices(self, org_id: str) -> list[DeviceInfo]:
         return await self.db.run(lambda c: self._devices(c, org_id, None))

@@ -17,22 +17,29 @@ from cloud.storage.db import Database
 from cloud.storage.duck_schema import CORE_MIGRATIONS
 from cloud.storage.duck_telemetry import TelemetryQueries
 from cloud.storage.interface import GatewayInfo
-from cloud.storage.sql import first
+from cloud.storage.pg_schema import CORE_PG_MIGRATIONS
+from cloud.storage.sql import SqlDatabase, first
 
 
 class SqlCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
     """The embedded CloudStore. `db` is shared: other areas add tables via db.migrate()."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
-        db.migrate("core", {"duckdb": CORE_MIGRATIONS})
+        db.migrate("core", {"duckdb": CORE_MIGRATIONS, "postgresql": CORE_PG_MIGRATIONS})
 
-    # availability hooks (a real outage: the connection is closed)
+    # Tests' and operators' outage of the embedded engine: its connection is closed, so every
+    # query really fails. (On PostgreSQL an outage is a stopped server.)
     def make_unavailable(self) -> None:
-        self.db.make_unavailable()
+        self._embedded().make_unavailable()
 
     def make_available(self) -> None:
-        self.db.make_available()
+        self._embedded().make_available()
+
+    def _embedded(self) -> Database:
+        if not isinstance(self.db, Database):
+            raise TypeError("only the embedded store can be made unavailable from inside")
+        return self.db
 
     def close(self) -> None:
         self.db.close()

@@ -10,14 +10,14 @@ from typing import Any
 
 import duckdb
 
-from cloud.storage.db import Database
+from cloud.storage.sql import SqlDatabase
 from cloud.sync.records import ALERT_STATE_RANK, GatewayScope
 
 MAX_ALERT_ACKS = 1000  # per config answer; the rest follow on the next poll
 
 
 class ConfigQueries:
-    db: Database  # set by SyncStore
+    db: SqlDatabase  # set by SyncStore
 
     # -- devices revoked centrally ------------------------------------------------------------
 

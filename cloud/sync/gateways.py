@@ -11,13 +11,12 @@ import base64
 
 import duckdb
 
-from cloud.storage.db import Database
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 from cloud.sync.records import Enrolled, EnrollmentRefused, GatewayIdentity, GatewaySyncInfo
 
 
 class GatewayQueries:
-    db: Database  # set by SyncStore
+    db: SqlDatabase  # set by SyncStore
 
     # -- enrollment -----------------------------------------------------------------------
 

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-from cloud.storage.db import Database
 from cloud.storage.duck_telemetry import READINGS_BATCH_SCHEMA, insert_readings_table
-from cloud.storage.sql import first
+from cloud.storage.sql import SqlDatabase, first
 from cloud.storage.value_columns import split_value
 from cloud.sync.config_store import ConfigQueries
 from cloud.sync.gateways import GatewayQueries
@@ -31,7 +30,7 @@ RECENT_BATCHES = 64  # per gateway, remembered for pipelined batches that follow
 
 
 class SyncStore(GatewayQueries, ConfigQueries):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
         db.migrate("sync", {"duckdb": SYNC_MIGRATIONS})
         # Batches this process stored lately, per gateway: a pipelined batch waits on these

@@ -3,6 +3,23 @@ temporary DuckDB file, its services on a manual clock, and an HTTP client of the
 
 from __future__ import annotations
 
-from tests.support.cloud import client, clock, services, settings, sleeps, store
+import pytest
 
-__all__ = ["client", "clock", "services", "settings", "sleeps", "store"]
+from tests.support.cloud import ENGINES, client, clock, engine, services, settings, sleeps, store
+
+__all__ = ["client", "clock", "engine", "services", "settings", "sleeps", "store"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"engines(*names): run the test on each named cloud engine ({ENGINES})"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`engine` (and so `settings` and `store`) once per engine the test's marker names."""
+    if "engine" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("engines")
+    names = marker.args if marker is not None else ("duckdb",)
+    metafunc.parametrize("engine", names, indirect=True)

@@ -14,7 +14,7 @@ import pytest
 
 from cloud.app.asgi import create_app
 from cloud.app.server import uvicorn_server
-from cloud.app.services import Services, build_services, open_duckdb_store
+from cloud.app.services import Services, build_services, open_store
 from cloud.app.settings import CloudSettings
 from cloud.security.auth import hash_password
 from cloud.storage.interface import Role, User
@@ -37,14 +37,29 @@ class RecordingSleep:
         self.delays.append(seconds)
 
 
+# The engines the cloud runs on. A test runs on the engines its `engines` marker names (tests/
+# cloud/conftest.py parametrises `engine` from it), on DuckDB alone without one.
+ENGINES = ("duckdb", "postgresql")
+both_engines = pytest.mark.engines(*ENGINES)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> CloudSettings:
-    return CloudSettings(data_dir=tmp_path / "cloud")
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = getattr(request, "param", "duckdb")
+    return name
+
+
+@pytest.fixture
+def settings(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> CloudSettings:
+    """The cloud's settings on the engine under test: PostgreSQL gets a fresh database on the
+    session's private cluster (tests/support/postgres.py)."""
+    url = request.getfixturevalue("pg_url") if engine == "postgresql" else None
+    return CloudSettings(data_dir=tmp_path / "cloud", database_url=url)
 
 
 @pytest.fixture
 def store(settings: CloudSettings) -> Iterator[SqlCloudStore]:
-    s = open_duckdb_store(settings)
+    s = open_store(settings)
     yield s
     s.close()
 
