@@ -40,7 +40,7 @@ async def login(body: LoginRequest, request: Request, services: ServicesDep) -> 
     email = body.email.strip().lower()
     address = request.client.host if request.client else "unknown"
     keys = (f"user:{email}", f"addr:{address}")
-    wait = services.limiter.retry_after(*keys)
+    wait = await services.limiter.retry_after(*keys)
     if wait is not None:
         services.metrics.login_failures.inc("rate_limited")
         log.warning("login throttled: email=%s address=%s retry_after=%.0fs", email, address, wait)
@@ -52,11 +52,11 @@ async def login(body: LoginRequest, request: Request, services: ServicesDep) -> 
     )
     # a disabled user gets the wrong password's answer: nobody learns which accounts exist
     if user is None or not ok or user.disabled:
-        services.limiter.record_failure(*keys)
+        await services.limiter.record_failure(*keys)
         services.metrics.login_failures.inc("bad_credentials")
         log.warning("login failed: email=%s address=%s", email, address)
         raise unauthorized("wrong e-mail or password")
-    services.limiter.reset(keys[0])
+    await services.limiter.reset(keys[0])
     log.info("login: user=%s org=%s address=%s", user.id, user.org_id, address)
     return await _issue(services, user, uuid.uuid4().hex)
 
@@ -92,13 +92,13 @@ async def change_password(
         raise unauthorized("the token's user does not exist (any more)")
     address = request.client.host if request.client else "unknown"
     keys = (f"user:{user.email}", f"addr:{address}")
-    wait = services.limiter.retry_after(*keys)
+    wait = await services.limiter.retry_after(*keys)
     if wait is not None:
         services.metrics.login_failures.inc("rate_limited")
         raise too_many("too many failed attempts; try again later", wait)
     ok = await asyncio.to_thread(verify_password, user.password_hash, body.current_password)
     if not ok:
-        services.limiter.record_failure(*keys)
+        await services.limiter.record_failure(*keys)
         services.metrics.login_failures.inc("bad_credentials")
         log.warning("password change refused: user=%s address=%s", user.id, address)
         raise forbidden("the current password is wrong")

@@ -151,7 +151,7 @@ async def enroll(body: EnrollIn, request: Request, services: ServicesDep) -> dic
     store, _ = sync_of(services)
     limiter = services.enroll_limiter
     key = f"enroll:{_address(request)}"
-    if limiter is not None and (wait := limiter.retry_after(key)) is not None:
+    if limiter is not None and (wait := await limiter.retry_after(key)) is not None:
         raise too_many("too many failed enrollment attempts from this address", wait)
     try:
         public_key = parse_public_key_b64(body.public_key)
@@ -170,7 +170,7 @@ async def enroll(body: EnrollIn, request: Request, services: ServicesDep) -> dic
         done = await store.enroll(token_digest(body.enrollment_token), public_key, now)
     except EnrollmentRefused as exc:
         if limiter is not None:
-            limiter.record_failure(key)
+            await limiter.record_failure(key)
         log.warning("enrollment refused from %s: %s", _address(request), exc.problem.detail)
         raise
     log.info("gateway %s enrolled (org %s)", done.gateway_id, done.org_name)

@@ -15,7 +15,8 @@ from cloud.app.settings import CloudSettings
 from cloud.monitoring.loop import MonitorMetrics
 from cloud.monitoring.store import MonitoringStore
 from cloud.notify.store import NotifyStore
-from cloud.security.auth import KnownUsers, LoginLimiter, TokenService, load_or_create_secret
+from cloud.security.auth import KnownUsers, TokenService, load_or_create_secret
+from cloud.security.store import JWT_KEY, FailureLimiter, SecurityStore
 from cloud.storage.db import Database
 from cloud.storage.interface import CloudStore
 from cloud.storage.retry import Sleep
@@ -75,7 +76,7 @@ class Services:
     store: CloudStore
     clock: Clock
     tokens: TokenService
-    limiter: LoginLimiter
+    limiter: FailureLimiter
     registry: Registry
     metrics: ApiMetrics
     sleep: Sleep = field(default=asyncio.sleep)
@@ -87,18 +88,24 @@ class Services:
     # Gateway enrollment and sync (None on a store that lacks them).
     sync: SyncStore | None = None
     gateway_verifier: GatewayVerifier | None = None
-    enroll_limiter: LoginLimiter | None = None
+    enroll_limiter: FailureLimiter | None = None
     users: KnownUsers | None = None  # access tokens' subjects, checked against the store
 
 
 def build_services(
     settings: CloudSettings,
-    store: CloudStore,
+    store: SqlCloudStore,
     clock: Clock | None = None,
     sleep: Sleep | None = None,
 ) -> Services:
     clock = clock or SystemClock()
-    key = load_or_create_secret(settings.jwt_secret_path)
+    security = SecurityStore(store.db)
+    # Every worker must verify what any other signed: on PostgreSQL the key is in the database;
+    # the embedded cloud (one process) keeps it in its data dir.
+    if store.db.dialect == "postgresql":
+        key = security.shared_secret(JWT_KEY, clock.now_ms())
+    else:
+        key = load_or_create_secret(settings.jwt_secret_path)
     registry = Registry()
     monitoring = notify = sync = verifier = None
     if isinstance(store, SqlCloudStore):  # they share its database
@@ -118,7 +125,7 @@ def build_services(
             audience=settings.audience,
             ttl_s=settings.access_ttl_s,
         ),
-        limiter=LoginLimiter(settings.login, clock),
+        limiter=FailureLimiter(security, "login", settings.login, clock),
         registry=registry,
         metrics=ApiMetrics.on(registry),
         sleep=sleep or asyncio.sleep,
@@ -127,7 +134,7 @@ def build_services(
         monitor_metrics=MonitorMetrics.on(registry),
         sync=sync,
         gateway_verifier=verifier,
-        enroll_limiter=LoginLimiter(settings.enroll, clock),
+        enroll_limiter=FailureLimiter(security, "enroll", settings.enroll, clock),
         users=KnownUsers(store.user_by_id, clock),
     )
 

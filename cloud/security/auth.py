@@ -14,7 +14,6 @@ import hashlib
 import os
 import secrets
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from cloud.app.settings import LoginLimits
 from cloud.storage.errors import StoreError
 from cloud.storage.interface import Role, User
 from common.clock import Clock
@@ -227,57 +225,3 @@ class KnownUsers:
 
 def _as_now(user: User) -> Principal:
     return Principal(user.id, user.org_id, user.role, user.token_version)
-
-
-# -- failed-login throttling ------------------------------------------------------------------
-
-
-class LoginLimiter:
-    """Sliding-window count of failed logins per key ("user:<email>", "addr:<ip>").
-
-    Bounded: keys whose failures all left the window are dropped when the table grows, so a
-    spray of random e-mails cannot grow memory without limit.
-    """
-
-    MAX_KEYS = 100_000
-
-    def __init__(self, limits: LoginLimits, clock: Clock) -> None:
-        self._limits = limits
-        self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-
-    def _window(self, key: str) -> deque[float]:
-        now = self._clock.monotonic()
-        q = self._failures.get(key)
-        if q is None:
-            return deque()
-        while q and q[0] <= now - self._limits.window_s:
-            q.popleft()
-        return q
-
-    def retry_after(self, *keys: str) -> float | None:
-        """Seconds until one more attempt is allowed, or None when allowed now."""
-        waits = []
-        for key in keys:
-            q = self._window(key)
-            if len(q) >= self._limits.max_failures:
-                oldest_relevant = q[len(q) - self._limits.max_failures]
-                waits.append(oldest_relevant + self._limits.window_s - self._clock.monotonic())
-        return max(waits) if waits else None
-
-    def record_failure(self, *keys: str) -> None:
-        now = self._clock.monotonic()
-        if len(self._failures) >= self.MAX_KEYS:
-            self._prune()
-        for key in keys:
-            self._failures.setdefault(key, deque()).append(now)
-
-    def reset(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-    def _prune(self) -> None:
-        for key in list(self._failures):
-            if not self._window(key):
-                del self._failures[key]
-        while len(self._failures) >= self.MAX_KEYS:  # still full: forget the oldest keys
-            del self._failures[next(iter(self._failures))]

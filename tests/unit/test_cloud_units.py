@@ -17,10 +17,10 @@ from cloud.api.views import (
 )
 from cloud.app.metrics import Registry
 from cloud.app.settings import LoginLimits
-from cloud.security.auth import LoginLimiter, load_or_create_secret
+from cloud.security.auth import load_or_create_secret
+from cloud.security.store import wait_s
 from cloud.storage.errors import StoreError, StoreUnavailable
 from cloud.storage.retry import with_store_retries
-from common.clock import ManualClock
 from tests.support.cloud import RecordingSleep
 
 
@@ -68,31 +68,11 @@ def test_device_status_threshold() -> None:
     assert device_status(1000, 61_001, 60) == "offline"
 
 
-def test_login_limiter_sliding_window() -> None:
-    clock = ManualClock()
-    limiter = LoginLimiter(LoginLimits(max_failures=3, window_s=60), clock)
-    for _ in range(3):
-        assert limiter.retry_after("user:a", "addr:x") is None
-        limiter.record_failure("user:a", "addr:x")
-        clock.advance(10)
-    assert limiter.retry_after("user:a") == pytest.approx(30)  # first failure leaves at t=60
-    assert limiter.retry_after("user:b", "addr:x") == pytest.approx(30)
-    assert limiter.retry_after("user:b", "addr:y") is None
-    clock.advance(30)
-    assert limiter.retry_after("user:a") is None
-    limiter.record_failure("user:a")
-    assert limiter.retry_after("user:a") == pytest.approx(10)
-    limiter.reset("user:a")
-    assert limiter.retry_after("user:a") is None
-
-
-def test_login_limiter_memory_is_bounded() -> None:
-    clock = ManualClock()
-    limiter = LoginLimiter(LoginLimits(max_failures=3, window_s=60), clock)
-    limiter.MAX_KEYS = 10
-    for i in range(50):
-        limiter.record_failure(f"user:{i}")
-    assert len(limiter._failures) <= 10
+def test_failure_window_sliding() -> None:
+    limits = LoginLimits(max_failures=3, window_s=60)
+    assert wait_s([0, 10_000], 20_000, limits) is None  # two of three allowed
+    assert wait_s([20_000, 0, 10_000], 30_000, limits) == pytest.approx(30)  # 0 leaves at 60 s
+    assert wait_s([0, 10_000, 20_000, 55_000], 60_000, limits) == pytest.approx(10)
 
 
 def test_metrics_exposition() -> None:
