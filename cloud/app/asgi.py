@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -78,7 +78,14 @@ class AccessMiddleware:
             )
 
 
-def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
+def create_app(
+    services: Services,
+    extra_routers: Iterable[APIRouter] = (),
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The API. `on_shutdown` runs after the background tasks stopped (a worker process
+    closes its store there)."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The monitoring loop and notification worker live exactly as long as the server.
@@ -90,6 +97,8 @@ def create_app(services: Services, extra_routers: Iterable[APIRouter] = ()) -> F
             yield
         finally:
             await background.stop()
+            if on_shutdown is not None:
+                on_shutdown()
 
     app = FastAPI(
         title="IoTSphere cloud aggregator",

@@ -35,12 +35,19 @@ from cloud.app.admin_ops import (
     running_cloud_url,
     set_user_state,
 )
-from cloud.app.services import open_duckdb_store
+from cloud.app.services import open_store
 from cloud.app.settings import CloudSettings
 from cloud.storage.errors import Conflict, StoreError
 from cloud.storage.interface import Role
 from cloud.storage.store import SqlCloudStore
-from common.cli import CliError, add_common_args, data_dir_of, port_number, print_json
+from common.cli import (
+    CliError,
+    add_common_args,
+    data_dir_of,
+    port_number,
+    positive_int,
+    print_json,
+)
 from common.clock import SystemClock
 from common.problem import ProblemError
 
@@ -48,21 +55,27 @@ T = TypeVar("T")
 ACTOR = "cli (store opened directly)"
 
 
-def _post_to_running(data_dir: Path, path: str, body: dict[str, Any]) -> dict[str, str] | None:
+def _post_to_running(
+    args: argparse.Namespace, path: str, body: dict[str, Any]
+) -> dict[str, str] | None:
     """POST to the running server's local admin API; None when no server runs here."""
-    result: dict[str, str] | None = _ask_running(data_dir, "POST", path, body)
+    result: dict[str, str] | None = _ask_running(args, "POST", path, body)
     return result
 
 
 def _ask_running(
-    data_dir: Path,
+    args: argparse.Namespace,
     method: str,
     path: str,
     body: dict[str, Any] | None = None,
     params: dict[str, str] | None = None,
 ) -> Any:
     """Call the running server's local admin API: its JSON answer, or None when no server
-    runs here."""
+    runs here, or when the store is PostgreSQL (any process may write there: the command
+    opens the database itself)."""
+    if _database_url(args) is not None:
+        return None
+    data_dir = data_dir_of(args)
     url = running_cloud_url(data_dir)
     if url is None:
         return None
@@ -101,8 +114,23 @@ def _exit_code(status: int) -> int:
 # -- commands ---------------------------------------------------------------------------------
 
 
+DATABASE_ENV = "IOTSPHERE_DATABASE_URL"
+_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _database_url(args: argparse.Namespace) -> str | None:
+    """--database, else $IOTSPHERE_DATABASE_URL, else None (the embedded DuckDB file)."""
+    url: str | None = getattr(args, "database", None) or os.environ.get(DATABASE_ENV) or None
+    if url is not None and not url.startswith(_SCHEMES):
+        raise CliError(
+            f"--database: expected postgresql://USER@HOST:PORT/DB, got {url.split('://')[0]}://...",
+            2,
+        )
+    return url
+
+
 def _settings(args: argparse.Namespace) -> CloudSettings:
-    return CloudSettings(data_dir=Path(data_dir_of(args)))
+    return CloudSettings(data_dir=Path(data_dir_of(args)), database_url=_database_url(args))
 
 
 def _with_store(
@@ -110,9 +138,10 @@ def _with_store(
 ) -> T:
     settings = _settings(args)
     try:
-        store = open_duckdb_store(settings)
+        store = open_store(settings)
     except StoreError as exc:
-        raise CliError(f"cannot open the cloud store (is `cloud serve` running?): {exc}") from exc
+        hint = "" if settings.database_url else " (is `cloud serve` running?)"
+        raise CliError(f"cannot open the cloud store{hint}: {exc}") from exc
     try:
         return asyncio.run(action(store))
     except ProblemError as exc:
@@ -159,12 +188,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         password=os.environ.get("IOTSPHERE_SMTP_PASSWORD") or None,
     )
     settings = replace(base, bind=args.bind, port=args.port, notify=replace(base.notify, smtp=smtp))
+    if args.workers > 1 and settings.database_url is None:
+        raise CliError(
+            "--workers needs --database postgresql://...: the embedded DuckDB file admits one"
+            " process",
+            2,
+        )
     try:
-        serve(settings)
+        serve(settings, workers=args.workers)
     except StoreError as exc:
         raise CliError(f"cannot open the cloud store: {exc}") from exc
     except OSError as exc:
         raise CliError(str(exc)) from exc
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from cloud.app.services import migrate_all
+
+    if _database_url(args) is None and running_cloud_url(data_dir_of(args)) is not None:
+        raise CliError("the cloud is running on this data dir; it migrated at its start")
+    try:
+        versions = migrate_all(_settings(args))
+    except StoreError as exc:
+        raise CliError(f"cannot migrate the cloud store: {exc}") from exc
+    print_json(versions)
     return 0
 
 
@@ -175,7 +223,7 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     _checked(lambda: check_password(password))
     role, org = Role(args.role), args.org
     body = {"email": email, "password": password, "role": role.value, "org": org}
-    result = _post_to_running(data_dir_of(args), f"{LOCAL_ADMIN_PREFIX}/users", body)
+    result = _post_to_running(args, f"{LOCAL_ADMIN_PREFIX}/users", body)
     if result is None:
         now = SystemClock().now_ms()
         result = _with_store(args, lambda store: add_user(store, email, password, role, org, now))
@@ -189,7 +237,7 @@ def _user_path(email: str) -> str:
 
 def _change_user(args: argparse.Namespace, email: str, body: dict[str, Any]) -> int:
     """disable / enable / passwd: the running server's PATCH, else the store directly."""
-    result = _ask_running(data_dir_of(args), "PATCH", _user_path(email), body)
+    result = _ask_running(args, "PATCH", _user_path(email), body)
     if result is None:
         now = SystemClock().now_ms()
         result = _with_store(
@@ -216,7 +264,7 @@ def _cmd_user_passwd(args: argparse.Namespace) -> int:
 
 def _cmd_user_delete(args: argparse.Namespace) -> int:
     email = _checked(lambda: check_email(args.email))
-    result = _ask_running(data_dir_of(args), "DELETE", _user_path(email))
+    result = _ask_running(args, "DELETE", _user_path(email))
     if result is None:
         result = _with_store(args, lambda store: delete_user_by_email(store, email, actor=ACTOR))
     print_json(result)
@@ -226,7 +274,7 @@ def _cmd_user_delete(args: argparse.Namespace) -> int:
 def _cmd_user_list(args: argparse.Namespace) -> int:
     org: str | None = args.org
     params = {"org": org} if org is not None else None
-    result = _ask_running(data_dir_of(args), "GET", f"{LOCAL_ADMIN_PREFIX}/users", params=params)
+    result = _ask_running(args, "GET", f"{LOCAL_ADMIN_PREFIX}/users", params=params)
     if result is None:
         result = _with_store(args, lambda store: list_users(store, org))
     if args.json:
@@ -242,7 +290,7 @@ def _cmd_user_list(args: argparse.Namespace) -> int:
 def _cmd_gateway_add(args: argparse.Namespace) -> int:
     name, org = args.name, args.org
     body = {"name": name, "org": org}
-    result = _post_to_running(data_dir_of(args), f"{LOCAL_ADMIN_PREFIX}/gateways", body)
+    result = _post_to_running(args, f"{LOCAL_ADMIN_PREFIX}/gateways", body)
     if result is None:
         ttl, now = _settings(args).enrollment_ttl_s, SystemClock().now_ms()
         result = _with_store(args, lambda store: add_gateway(store, name, org, ttl, now))
@@ -250,11 +298,22 @@ def _cmd_gateway_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cloud_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    add_common_args(parser, json_flag=json_flag)
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        default=None,
+        help=f"PostgreSQL (postgresql://USER@HOST:PORT/DB) instead of the DuckDB file in the"
+        f" data dir (default: ${DATABASE_ENV})",
+    )
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser("serve", help="run the cloud aggregator until SIGINT/SIGTERM")
-    add_common_args(serve)
+    _add_cloud_args(serve)
     serve.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8000, help="HTTP port (default 8000)")
     serve.add_argument(
@@ -267,7 +326,19 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="sender address of alert emails; credentials from $IOTSPHERE_SMTP_USERNAME and "
         "$IOTSPHERE_SMTP_PASSWORD",
     )
+    serve.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="worker processes sharing the port (default 1; more need --database)",
+    )
     serve.set_defaults(handler=_cmd_serve)
+
+    migrate = sub.add_parser(
+        "migrate", help="bring the database's schema to this release's (serve also does)"
+    )
+    _add_cloud_args(migrate, json_flag=True)
+    migrate.set_defaults(handler=_cmd_migrate)
 
     user = sub.add_parser("user", help="manage users")
     usub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
@@ -277,11 +348,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     uadd.add_argument("email")
     uadd.add_argument("--role", choices=[r.value for r in Role], default=Role.VIEWER.value)
     uadd.add_argument("--org", default=DEFAULT_ORG, help="organization (default: default)")
-    add_common_args(uadd, json_flag=True)
+    _add_cloud_args(uadd, json_flag=True)
     uadd.set_defaults(handler=_cmd_user_add)
     ulist = usub.add_parser("list", help="list users (all organizations unless --org)")
     ulist.add_argument("--org", default=None, help="only this organization's users")
-    add_common_args(ulist, json_flag=True)
+    _add_cloud_args(ulist, json_flag=True)
     ulist.set_defaults(handler=_cmd_user_list)
     for name, handler, help_text in (
         ("delete", _cmd_user_delete, "delete a user; their sessions end at once"),
@@ -296,7 +367,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     ):
         cmd = usub.add_parser(name, help=help_text)
         cmd.add_argument("email")
-        add_common_args(cmd, json_flag=True)
+        _add_cloud_args(cmd, json_flag=True)
         cmd.set_defaults(handler=handler)
 
     gateway = sub.add_parser("gateway", help="manage gateways")
@@ -304,5 +375,5 @@ def register(parser: argparse.ArgumentParser) -> None:
     gadd = gsub.add_parser("add", help="register a gateway; prints its enrollment token once")
     gadd.add_argument("name")
     gadd.add_argument("--org", default=DEFAULT_ORG, help="organization (default: default)")
-    add_common_args(gadd, json_flag=True)
+    _add_cloud_args(gadd, json_flag=True)
     gadd.set_defaults(handler=_cmd_gateway_add)

@@ -12,21 +12,26 @@ API (cloud/api/local_admin.py), since DuckDB admits only this process as a write
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import logging
+import os
+import pickle
 import signal
 import socket
 from collections.abc import Generator, Iterable
 from pathlib import Path
 
 import uvicorn
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from cloud.app.admin_ops import local_admin_secret, remove_run_info, write_run_info
 from cloud.app.asgi import create_app
-from cloud.app.services import Services, build_services, open_duckdb_store
+from cloud.app.services import Services, build_services, open_store
 from cloud.app.settings import CloudSettings
+from cloud.storage.pg import redact
 
 log = logging.getLogger("iotsphere.cloud")
 
@@ -95,9 +100,53 @@ def uvicorn_server(
     return GracefulServer(config)
 
 
-def serve(settings: CloudSettings) -> None:
+SETTINGS_ENV = "IOTSPHERE_CLOUD_WORKER_SETTINGS"  # the parent's settings, for each worker
+
+
+def worker_app() -> FastAPI:
+    """One worker process's app (uvicorn's factory, in a spawned process): the store and
+    services built from the settings the parent passed in its environment."""
+    settings: CloudSettings = pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV]))
+    store = open_store(settings)
+    return create_app(build_services(settings, store), on_shutdown=store.close)
+
+
+def serve_workers(settings: CloudSettings, workers: int) -> None:
+    """N worker processes accepting on one socket, supervised by uvicorn (a worker that dies is
+    started again; SIGINT/SIGTERM stops them all gracefully). PostgreSQL only: every piece of
+    state is in the database, so any worker serves any request and the once-only work
+    (alert evaluation, deliveries) is claimed there. Raises StoreError before any worker
+    starts when the database cannot be opened or migrated."""
+    store = open_store(settings)  # migrations run once, here, before the workers race
+    try:
+        build_services(settings, store)
+    finally:
+        store.close()
+    os.environ[SETTINGS_ENV] = base64.b64encode(pickle.dumps(settings)).decode()
+    config = uvicorn.Config(
+        "cloud.app.server:worker_app",
+        factory=True,
+        host=settings.bind,
+        port=settings.port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    sock = config.bind_socket()
+    log.info("starting cloud on %s:%d with %d workers (database %s)", settings.bind,
+             settings.port, workers, redact(settings.database_url or ""))  # fmt: skip
+    Multiprocess(config, sockets=[sock]).run()
+    log.info("cloud stopped")
+
+
+def serve(settings: CloudSettings, workers: int = 1) -> None:
     """Run until SIGINT/SIGTERM. Raises StoreError / OSError on start-up failures."""
-    store = open_duckdb_store(settings)
+    if workers > 1:
+        serve_workers(settings, workers)
+        return
+    store = open_store(settings)
     try:
         local_admin_secret(settings.data_dir)  # before run/cloud.json sends the CLI to us
         services = build_services(settings, store)

@@ -153,3 +153,18 @@ def open_duckdb_store(settings: CloudSettings) -> SqlCloudStore:
     """The embedded default: `cloud.duckdb` in the data dir (raises StoreError)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqlCloudStore(Database(settings.db_path, memory_limit=settings.duckdb_memory_limit))
+
+
+def migrate_all(settings: CloudSettings) -> dict[str, int]:
+    """Open the store and every area on it (each migrates its tables); their versions."""
+    store = open_store(settings)
+    try:
+        build_services(settings, store)
+        rows = store.db.run_sync(
+            lambda c: c.execute(
+                "SELECT component, version FROM schema_versions ORDER BY component"
+            ).fetchall()
+        )
+        return {str(name): int(version) for name, version in rows}
+    finally:
+        store.close()
