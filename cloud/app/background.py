@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 from cloud.app.services import Services
+from cloud.app.settings import NotifySettings
 from cloud.monitoring.loop import MonitoringLoop
 from cloud.notify.channels import ChannelType
 from cloud.notify.outbox import RetryPolicy
@@ -47,8 +49,10 @@ class Background:
             s.notify.get_channel_sync,
             s.clock,
             policy=RetryPolicy(cfg.max_attempts, cfg.base_delay_s, cfg.max_delay_s),
+            batch_size=BATCH,
             concurrency=cfg.concurrency,
             poll_interval_s=cfg.poll_interval_s,
+            lease_s=lease_s(cfg),
         )
         self.monitor = MonitoringLoop(
             s.monitoring,
@@ -90,3 +94,14 @@ class Background:
 
 def _noop() -> None:
     return None
+
+
+BATCH = 50  # notifications claimed at once
+
+
+def lease_s(cfg: NotifySettings) -> float:
+    """How long a claimed batch stays this worker's (PostgreSQL: then another worker may send
+    it again): twice the worst case of sending it, in rounds of `concurrency` sends that each
+    end by their timeout, and at least a minute."""
+    rounds = math.ceil(BATCH / cfg.concurrency)
+    return max(60.0, 2 * rounds * max(cfg.webhook_timeout_s, cfg.smtp.timeout_s))

@@ -109,7 +109,7 @@ def build_services(
     registry = Registry()
     monitoring = notify = sync = verifier = None
     if isinstance(store, SqlCloudStore):  # they share its database
-        notify = NotifyStore(store.db) if isinstance(store.db, Database) else None
+        notify = NotifyStore(store.db)
         monitoring = MonitoringStore(store.db)
         sync = SyncStore(store.db)
         # the lookup runs in a worker thread (the endpoint verifies off the event loop)

@@ -1,11 +1,12 @@
-"""The durable notification outbox: a pure state table and backoff, and its DuckDB storage.
+"""The durable notification outbox: a pure state table and backoff, and its storage (either engine).
 
 Lifecycle (one row per alert x channel x event):
 
     pending --claim--> sending --succeed--> sent
                        sending --retry----> retrying --claim--> sending ...
                        sending --give_up--> failed      (permanent error, or max_attempts used)
-                       sending --recover--> retrying    (process died mid-send; on start)
+                       sending --recover--> retrying    (worker died mid-send: on start,
+                                                         or once its lease expired)
 
 `attempts` counts claims, so a notification that crashes the process on every try still ends
 in `failed` instead of looping forever.
@@ -17,27 +18,31 @@ same `Idempotency-Key` header (webhook) / Message-ID (email) = the notification 
 derived from (org, alert, channel, event) and so is also stable if the same event is enqueued
 again. A receiver that remembers keys it has processed sees each notification exactly once.
 
-Concurrency: `recover_interrupted` assumes one worker per database (the embedded DuckDB
-deployment). Several workers (the later PostgreSQL scale-out) need a lease instead: claim with
-`next_attempt_at = now + lease` and let an expired lease be claimed again.
+Concurrency: a claim is a lease (claimed_by, lease_until). On PostgreSQL, N workers share the
+table: a claim locks its rows (FOR UPDATE SKIP LOCKED), so two workers never claim the same row,
+and a row whose lease expired (its worker was killed) is recovered by another worker and sent
+again with the same Idempotency-Key. An outcome reported by a worker that lost its claim is
+ignored, except a success. See docs/decisions/cloud-work-once.md.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import logging
+import os
+import socket
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
-
-import duckdb
+from typing import Any, TypeVar
 
 from cloud.notify.format import Notification, NotificationEvent
+from cloud.storage.sql import SqlConn, SqlDatabase, first
 from common.backoff import ceiling_s
+
+T = TypeVar("T")
 
 
 class NotificationStatus(StrEnum):
@@ -161,53 +166,49 @@ CREATE TABLE IF NOT EXISTS notifications (
     UNIQUE (alert_id, channel_id, event)
 )
 """
-# No index on (status, next_attempt_at) on purpose: DuckDB rewrites an update of an indexed
-# column as delete+insert, which trips its over-eager unique checks within one transaction;
-# and the outbox is small (terminal rows could be pruned), so the scan is cheap.
+# The DuckDB table as first created (cloud.notify.schema adds the lease columns, claimed_by and
+# lease_until, in a later migration). No index on (status, next_attempt_at) on purpose: DuckDB
+# rewrites an update of an indexed column as delete+insert, which trips its over-eager unique
+# checks within one transaction; and the outbox is small (terminal rows could be pruned), so the
+# scan is cheap. PostgreSQL has the index (a partial one, on the due statuses).
 
 _COLUMNS = (
     "id, org_id, alert_id, channel_id, event, payload, status, attempts, next_attempt_at, "
     "last_error, created_at, updated_at, sent_at"
 )
+_SHOWN = f"{_COLUMNS}, claimed_by, lease_until"
 MAX_ERROR = 1000
+DEFAULT_LEASE_MS = 300_000  # longer than any send may take (the worker passes its own)
+INTERRUPTED = "interrupted mid-send (the worker stopped, or its lease expired)"
+
+log = logging.getLogger("iotsphere.cloud.notify")
+
+
+def default_claimant() -> str:
+    """Who claims: host, process and a random part (two stores in one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class OutboxStore:
-    """The outbox table in a DuckDB database the caller owns (connection and lock shared with
-    the rest of the cloud store: DuckDB connections are not safe for concurrent use).
+    """The outbox table on the cloud's database, either engine (cloud.storage.sql.SqlDatabase).
 
-    All methods are synchronous and short; call them from async code via asyncio.to_thread.
+    Each call is one short statement or transaction through `db.run_sync`; call them from async
+    code via asyncio.to_thread. Rows are claimed with a lease: `claimed_by` (this store's
+    `claimant`) and `lease_until`. On PostgreSQL several workers share the table: claims skip
+    rows another transaction holds (FOR UPDATE SKIP LOCKED), and only expired leases are
+    recovered. On DuckDB one process owns the file, so every `sending` row found at start is
+    from a process that died (docs/decisions/cloud-work-once.md).
     """
 
-    def __init__(
-        self,
-        conn: duckdb.DuckDBPyConnection | Callable[[], duckdb.DuckDBPyConnection],
-        lock: threading.Lock,
-    ) -> None:
-        # A callable is asked for the connection on every use: the cloud's Database replaces
-        # its connection when the store comes back after an outage.
-        self._get_conn = conn if callable(conn) else (lambda: conn)
-        self._lock = lock
+    def __init__(self, db: SqlDatabase, *, claimant: str | None = None) -> None:
+        self._db = db
+        self.claimant = claimant or default_claimant()
+        # Several processes may claim from this table: lock what is claimed, honour leases.
+        self.shared = db.dialect == "postgresql"
+        self._for_update = " FOR UPDATE" if self.shared else ""
 
-    @property
-    def _conn(self) -> duckdb.DuckDBPyConnection:
-        return self._get_conn()
-
-    def ensure_schema(self) -> None:
-        with self._lock:
-            self._conn.execute(SCHEMA)
-
-    @contextmanager
-    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _tx(self, fn: Callable[[SqlConn], T]) -> T:
+        return self._db.run_sync(self._db.transaction(fn))
 
     def enqueue(
         self,
@@ -221,9 +222,9 @@ class OutboxStore:
     ) -> tuple[str, bool]:
         """Queue one notification (status pending, due now). Returns (id, created): enqueueing
         the same (alert, channel, event) again is a no-op, so re-raising never double-sends."""
-        with self._lock:
-            return enqueue_on(
-                self._conn,
+        return self._db.run_sync(
+            lambda c: enqueue_on(
+                c,
                 org_id=org_id,
                 alert_id=alert_id,
                 channel_id=channel_id,
@@ -231,6 +232,7 @@ class OutboxStore:
                 payload=payload,
                 now_ms=now_ms,
             )
+        )
 
     def enqueue_alert(
         self,
@@ -242,56 +244,68 @@ class OutboxStore:
         now_ms: int,
     ) -> list[str]:
         """One notification per channel for an alert event; returns the ids (new or existing)."""
-        with self._lock:
-            return enqueue_alert_on(
-                self._conn,
+        return self._tx(
+            lambda c: enqueue_alert_on(
+                c,
                 org_id=org_id,
                 alert=alert,
                 channel_ids=channel_ids,
                 event=event,
                 now_ms=now_ms,
             )
+        )
 
-    def claim_due(self, now_ms: int, limit: int) -> list[Notification]:
+    def claim_due(
+        self, now_ms: int, limit: int, lease_ms: int = DEFAULT_LEASE_MS
+    ) -> list[Notification]:
         """Move up to `limit` due rows (pending/retrying, next_attempt_at <= now) to sending,
-        counting the attempt, and return them oldest-due first."""
-        with self._tx() as conn:
-            rows = conn.execute(
+        counting the attempt, leased to this store until now + lease_ms; oldest-due first.
+
+        On PostgreSQL the rows are locked as they are read, and rows another claimer's
+        transaction holds are skipped: two claimers never get the same row."""
+        skip = " FOR UPDATE SKIP LOCKED" if self.shared else ""
+
+        def go(c: SqlConn) -> list[Notification]:
+            rows = c.execute(
                 "SELECT id, org_id, alert_id, channel_id, event, payload, status, attempts, "
                 "created_at FROM notifications WHERE status IN (?, ?) AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, created_at, id LIMIT ?",
+                f"ORDER BY next_attempt_at, created_at, id LIMIT ?{skip}",
                 [DUE_STATUSES[0].value, DUE_STATUSES[1].value, now_ms, limit],
             ).fetchall()
-            claimed: list[Notification] = []
-            for nid, org, alert_id, cid, event, payload, status, attempts, created in rows:
-                new = next_status(NotificationStatus(status), E.CLAIM)
-                conn.execute(
-                    "UPDATE notifications SET status = ?, attempts = attempts + 1, "
-                    "updated_at = ? WHERE id = ?",
-                    [new.value, now_ms, nid],
+            if not rows:
+                return []
+            new = {next_status(NotificationStatus(r[6]), E.CLAIM) for r in rows}
+            assert new == {S.SENDING}
+            c.execute(
+                "UPDATE notifications SET status = ?, attempts = attempts + 1, updated_at = ?,"
+                " claimed_by = ?, lease_until = ?"
+                f" WHERE id IN ({', '.join('?' for _ in rows)})",
+                [S.SENDING.value, now_ms, self.claimant, now_ms + lease_ms, *(r[0] for r in rows)],
+            )
+            return [
+                Notification(
+                    id=nid,
+                    org_id=org,
+                    alert_id=alert_id,
+                    channel_id=cid,
+                    event=NotificationEvent(event),
+                    alert=MappingProxyType(json.loads(payload)),
+                    attempt=attempts + 1,
+                    created_at=created,
                 )
-                claimed.append(
-                    Notification(
-                        id=nid,
-                        org_id=org,
-                        alert_id=alert_id,
-                        channel_id=cid,
-                        event=NotificationEvent(event),
-                        alert=MappingProxyType(json.loads(payload)),
-                        attempt=attempts + 1,
-                        created_at=created,
-                    )
-                )
-        return claimed
+                for nid, org, alert_id, cid, event, payload, _s, attempts, created in rows
+            ]
 
-    def mark_sent(self, nid: str, now_ms: int) -> None:
-        self._move(nid, E.SUCCEED, now_ms, sent_at=now_ms)
+        return self._tx(go)
 
-    def mark_retry(self, nid: str, now_ms: int, next_attempt_at: int, error: str) -> None:
-        self._move(nid, E.RETRY, now_ms, next_attempt_at=next_attempt_at, error=error)
+    def mark_sent(self, nid: str, now_ms: int) -> bool:
+        return self._move(nid, E.SUCCEED, now_ms, sent_at=now_ms)
 
-    def mark_failed(self, nid: str, now_ms: int, error: str) -> None:
-        self._move(nid, E.GIVE_UP, now_ms, error=error)
+    def mark_retry(self, nid: str, now_ms: int, next_attempt_at: int, error: str) -> bool:
+        return self._move(nid, E.RETRY, now_ms, next_attempt_at=next_attempt_at, error=error)
+
+    def mark_failed(self, nid: str, now_ms: int, error: str) -> bool:
+        return self._move(nid, E.GIVE_UP, now_ms, error=error)
 
     def _move(
         self,
@@ -302,36 +316,66 @@ class OutboxStore:
         next_attempt_at: int | None = None,
         error: str | None = None,
         sent_at: int | None = None,
-    ) -> None:
-        with self._tx() as conn:
-            row = conn.execute("SELECT status FROM notifications WHERE id = ?", [nid]).fetchone()
+    ) -> bool:
+        """Record an attempt's outcome; False when it was ignored because this store no longer
+        holds the claim (its lease expired and the row was recovered or claimed again)."""
+
+        def go(c: SqlConn) -> bool:
+            row = first(
+                c.execute(
+                    f"SELECT status, claimed_by FROM notifications WHERE id = ?{self._for_update}",
+                    [nid],
+                ).fetchall()
+            )
             if row is None:
                 raise UnknownNotification(nid)
-            new = next_status(NotificationStatus(row[0]), event)
-            conn.execute(
+            status = NotificationStatus(row[0])
+            if row[1] == self.claimant:
+                new = next_status(status, event)
+            elif event is E.SUCCEED and status not in TERMINAL:
+                # Delivered is delivered: nobody needs to send it again, and the claimer now
+                # sending it (if any) finds it no longer its own.
+                new = S.SENT
+            else:
+                log.info("notification %s: %s ignored, claim lost (%s)", nid, event, status)
+                return False
+            c.execute(
                 "UPDATE notifications SET status = ?, updated_at = ?, "
                 "next_attempt_at = coalesce(?, next_attempt_at), "
-                "last_error = coalesce(?, last_error), sent_at = coalesce(?, sent_at) "
-                "WHERE id = ?",
-                [new.value, now_ms, next_attempt_at, _clip(error), sent_at, nid],
+                "last_error = coalesce(?, last_error), sent_at = coalesce(?, sent_at), "
+                "claimed_by = ?, lease_until = NULL WHERE id = ?",
+                [new.value, now_ms, next_attempt_at, _clip(error), sent_at, self.claimant, nid],
             )
+            return True
+
+        return self._tx(go)
 
     def recover_interrupted(self, now_ms: int, max_attempts: int) -> int:
-        """On start: rows left in `sending` by a crash go back to `retrying`, due now (or to
-        `failed` when they already used every attempt). Returns how many were recovered."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT id, attempts FROM notifications WHERE status = ?", [S.SENDING.value]
+        """Rows left in `sending` by a worker that stopped go back to `retrying`, due now (or
+        to `failed` when they already used every attempt). Returns how many were recovered.
+
+        DuckDB (one process owns the file; called at start): every `sending` row. PostgreSQL
+        (other workers may be sending right now): only rows whose lease has expired."""
+        where = "status = ?"
+        if self.shared:
+            where += " AND (lease_until IS NULL OR lease_until <= ?) FOR UPDATE SKIP LOCKED"
+
+        def go(c: SqlConn) -> int:
+            params: list[object] = [S.SENDING.value, now_ms] if self.shared else [S.SENDING.value]
+            rows = c.execute(
+                f"SELECT id, attempts FROM notifications WHERE {where}", params
             ).fetchall()
             for nid, attempts in rows:
                 event = E.RECOVER if attempts < max_attempts else E.GIVE_UP
                 new = next_status(S.SENDING, event)
-                conn.execute(
+                c.execute(
                     "UPDATE notifications SET status = ?, next_attempt_at = ?, updated_at = ?, "
-                    "last_error = ? WHERE id = ?",
-                    [new.value, now_ms, now_ms, "interrupted mid-send (process restarted)", nid],
+                    "last_error = ?, claimed_by = NULL, lease_until = NULL WHERE id = ?",
+                    [new.value, now_ms, now_ms, INTERRUPTED, nid],
                 )
-        return len(rows)
+            return len(rows)
+
+        return self._tx(go)
 
     def status_for_alert(self, alert_id: str) -> list[dict[str, Any]]:
         """The alert's `notifications` member: one entry per channel and event."""
@@ -339,26 +383,30 @@ class OutboxStore:
 
     def status_for_alerts(self, alert_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Batch form for alert lists (one query, not one per alert)."""
-        with self._lock:
-            return status_for_alerts_on(self._conn, alert_ids)
+        return self._db.run_sync(lambda c: status_for_alerts_on(c, alert_ids))
 
     def get(self, nid: str) -> dict[str, Any] | None:
         """One row as a dict (diagnostics and tests)."""
-        with self._lock:
-            cur = self._conn.execute(f"SELECT {_COLUMNS} FROM notifications WHERE id = ?", [nid])
-            row = cur.fetchone()
+        row = first(
+            self._db.run_sync(
+                lambda c: c.execute(
+                    f"SELECT {_SHOWN} FROM notifications WHERE id = ?", [nid]
+                ).fetchall()
+            )
+        )
         if row is None:
             return None
-        doc = dict(zip(_COLUMNS.split(", "), row, strict=True))
+        doc = dict(zip(_SHOWN.split(", "), row, strict=True))
         doc["payload"] = json.loads(doc["payload"])
         return doc
 
     def counts(self) -> dict[str, int]:
         """Rows per status, every status present (a /metrics gauge of the backlog)."""
-        with self._lock:
-            rows = self._conn.execute(
+        rows = self._db.run_sync(
+            lambda c: c.execute(
                 "SELECT status, count(*) FROM notifications GROUP BY status"
             ).fetchall()
+        )
         out = {s.value: 0 for s in NotificationStatus}
         out.update({status: int(n) for status, n in rows})
         return out
@@ -370,7 +418,7 @@ class OutboxStore:
 
 
 def enqueue_on(
-    conn: duckdb.DuckDBPyConnection,
+    conn: SqlConn,
     *,
     org_id: str,
     alert_id: str,
@@ -379,12 +427,12 @@ def enqueue_on(
     payload: Mapping[str, Any],
     now_ms: int,
 ) -> tuple[str, bool]:
-    """OutboxStore.enqueue on a connection the caller holds (and locks)."""
+    """OutboxStore.enqueue on a connection the caller holds (in its transaction)."""
     nid = notification_id(org_id, alert_id, channel_id, event.value)
     body = json.dumps(dict(payload), separators=(",", ":"), default=str)
-    row = conn.execute(
+    rows = conn.execute(
         f"INSERT INTO notifications ({_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, NULL) ON CONFLICT DO NOTHING",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, NULL) ON CONFLICT DO NOTHING RETURNING id",
         [
             nid,
             org_id,
@@ -397,12 +445,12 @@ def enqueue_on(
             now_ms,
             now_ms,
         ],
-    ).fetchone()
-    return nid, bool(row and row[0])
+    ).fetchall()
+    return nid, bool(rows)
 
 
 def enqueue_alert_on(
-    conn: duckdb.DuckDBPyConnection,
+    conn: SqlConn,
     *,
     org_id: str,
     alert: Mapping[str, Any],
@@ -426,7 +474,7 @@ def enqueue_alert_on(
 
 
 def status_for_alerts_on(
-    conn: duckdb.DuckDBPyConnection, alert_ids: Sequence[str]
+    conn: SqlConn, alert_ids: Sequence[str]
 ) -> dict[str, list[dict[str, Any]]]:
     """OutboxStore.status_for_alerts on a connection the caller holds (and locks)."""
     out: dict[str, list[dict[str, Any]]] = {a: [] for a in alert_ids}

@@ -1,8 +1,8 @@
-"""Storage of notification channels and the outbox on the cloud's DuckDB Database.
+"""Storage of notification channels and the outbox on the cloud's database (either engine).
 
-The outbox table (outbox.SCHEMA) and the channels table are registered as the "notify"
-component's migrations, so they live in the same file and transactions as the alerts: an alert
-and its notifications commit together (see cloud/monitoring/store.py).
+The outbox and channels tables are the "notify" component's migrations (cloud.notify.schema),
+so they live in the same database and transactions as the alerts: an alert and its
+notifications commit together (see cloud/monitoring/store.py).
 """
 
 from __future__ import annotations
@@ -10,27 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import duckdb
-
 from cloud.notify.channels import Channel, ChannelType
-from cloud.notify.outbox import SCHEMA, OutboxStore, status_for_alerts_on
-from cloud.storage.db import Database
+from cloud.notify.outbox import OutboxStore, status_for_alerts_on
+from cloud.notify.schema import NOTIFY_MIGRATIONS
 from cloud.storage.interface import AlertInfo
-from cloud.storage.sql import Migration, first
-
-NOTIFY_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        (
-            SCHEMA,
-            """CREATE TABLE notification_channels (
-                org_id VARCHAR NOT NULL, id VARCHAR NOT NULL, name VARCHAR NOT NULL,
-                type VARCHAR NOT NULL, url VARCHAR, to_addr VARCHAR, secret VARCHAR,
-                created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
-                PRIMARY KEY (org_id, id))""",
-        ),
-    ),
-)
+from cloud.storage.sql import SqlConn, SqlDatabase, first
 
 _COLS = "id, name, type, url, to_addr, secret"
 
@@ -46,10 +30,10 @@ def _channel(row: tuple[Any, ...] | None) -> Channel | None:
 class NotifyStore:
     """Channels (org-scoped CRUD) and the outbox, on the shared Database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
-        db.migrate("notify", {"duckdb": NOTIFY_MIGRATIONS})
-        self.outbox = OutboxStore(db.current_connection, db.lock)
+        db.migrate("notify", NOTIFY_MIGRATIONS)
+        self.outbox = OutboxStore(db)
 
     # -- channels -------------------------------------------------------------------------
 
@@ -71,7 +55,7 @@ class NotifyStore:
         return self.db.run_sync(lambda c: self._get(c, org_id, channel_id))
 
     @staticmethod
-    def _get(c: duckdb.DuckDBPyConnection, org_id: str, channel_id: str) -> Channel | None:
+    def _get(c: SqlConn, org_id: str, channel_id: str) -> Channel | None:
         return _channel(
             first(
                 c.execute(
@@ -104,7 +88,7 @@ class NotifyStore:
         )
 
     async def delete_channel(self, org_id: str, channel_id: str) -> bool:
-        def go(c: duckdb.DuckDBPyConnection) -> bool:
+        def go(c: SqlConn) -> bool:
             found = self._get(c, org_id, channel_id) is not None
             c.execute(
                 "DELETE FROM notification_channels WHERE org_id = ? AND id = ?",

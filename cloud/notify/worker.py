@@ -54,12 +54,15 @@ class NotifyStats:
 
 
 class NotificationWorker:
-    """Delivers due outbox rows. One per database (see outbox.py on recovery and leases).
+    """Delivers due outbox rows. One per process; on PostgreSQL several processes share the
+    outbox (see outbox.py on claims and leases).
 
     Wiring: `senders` maps channel type -> Sender; `get_channel(org_id, channel_id)` returns the
     current channel or None (deleted: the notification fails, it is not retried). `run(stop)`
     first recovers rows a crash left in `sending`; if the task is cancelled instead of stopped,
-    the sends in flight are recovered and repeated on the next start (at-least-once).
+    the sends in flight are recovered and repeated on the next start (at-least-once). On a
+    shared outbox every iteration also recovers rows whose lease expired (another worker died
+    mid-send). `lease_s` must exceed the time a claimed batch can take to send.
     """
 
     def __init__(  # noqa: PLR0913 - its collaborators are injected, each a test seam
@@ -74,9 +77,10 @@ class NotificationWorker:
         batch_size: int = 50,
         concurrency: int = 8,
         poll_interval_s: float = 1.0,
+        lease_s: float = 300.0,
     ) -> None:
-        if batch_size < 1 or concurrency < 1 or poll_interval_s <= 0:
-            raise ValueError("batch_size, concurrency and poll_interval_s must be positive")
+        if batch_size < 1 or concurrency < 1 or poll_interval_s <= 0 or lease_s <= 0:
+            raise ValueError("batch_size, concurrency, poll_interval_s, lease_s must be positive")
         self._store = store
         self._senders = dict(senders)
         self._get_channel = get_channel
@@ -86,6 +90,7 @@ class NotificationWorker:
         self._batch_size = batch_size
         self._concurrency = asyncio.Semaphore(concurrency)
         self._poll_interval_s = poll_interval_s
+        self._lease_ms = int(lease_s * 1000)
         self._wake = asyncio.Event()
         self._recovered = False
         self.stats = NotifyStats()
@@ -95,7 +100,8 @@ class NotificationWorker:
         self._wake.set()
 
     async def recover(self) -> int:
-        """Put rows a crash left in `sending` back in line (once per worker; run() does it)."""
+        """Put rows a crash left in `sending` back in line (run() does it: once per worker, or
+        every iteration on a shared outbox, where only expired leases are taken)."""
         n = await asyncio.to_thread(
             self._store.recover_interrupted, self._clock.now_ms(), self.policy.max_attempts
         )
@@ -106,10 +112,10 @@ class NotificationWorker:
 
     async def run_once(self) -> int:
         """Claim one batch of due notifications and attempt each; returns how many."""
-        if not self._recovered:
+        if not self._recovered or self._store.shared:
             await self.recover()
         batch = await asyncio.to_thread(
-            self._store.claim_due, self._clock.now_ms(), self._batch_size
+            self._store.claim_due, self._clock.now_ms(), self._batch_size, self._lease_ms
         )
         # Let every attempt finish (and record its outcome) before reporting any error, so no
         # send is left running unobserved behind a failed sibling.

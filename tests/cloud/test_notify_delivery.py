@@ -1,5 +1,5 @@
 """Notification delivery end to end against real local servers (aiohttp receiver, aiosmtpd),
-with the durable outbox on a DuckDB file and an injected clock (no real waiting for backoff)."""
+with the durable outbox on each engine and an injected clock (no real waiting for backoff)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,30 @@ import asyncio
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
-from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
+from cloud.app.services import open_store
+from cloud.app.settings import CloudSettings
 from cloud.notify.channels import Channel, ChannelType, parse_channel
 from cloud.notify.format import NotificationEvent
 from cloud.notify.outbox import OutboxStore, RetryPolicy
 from cloud.notify.senders import EmailSender, Sender, SmtpSettings, WebhookSender
+from cloud.notify.store import NotifyStore
 from cloud.notify.worker import NotificationWorker
+from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
+from tests.support.cloud import both_engines
 from tests.support.ports import free_port
+
+pytestmark = both_engines
+LEASE_S = 300.0  # the workers' lease on what they claim
 
 ALERT: dict[str, Any] = {
     "id": "a-1",
@@ -84,24 +89,23 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 class Cloud:
-    """The pieces the cloud app wires together, reopenable on the same DuckDB file."""
+    """The pieces the cloud app wires together, reopenable on the same database."""
 
     def __init__(
         self,
-        path: Path,
+        settings: CloudSettings,
         channels: dict[str, Channel],
         clock: ManualClock,
         smtp: SmtpSettings | None = None,
     ) -> None:
-        self.path, self.channels, self.clock, self.smtp = path, channels, clock, smtp
+        self.settings, self.channels, self.clock, self.smtp = settings, channels, clock, smtp
         self.lookups: list[tuple[str, str]] = []
-        self.conn: duckdb.DuckDBPyConnection | None = None
+        self.sql: SqlCloudStore | None = None
         self.open()
 
     def open(self) -> None:
-        self.conn = duckdb.connect(str(self.path))
-        self.store = OutboxStore(self.conn, threading.Lock())
-        self.store.ensure_schema()
+        self.sql = open_store(self.settings)
+        self.store: OutboxStore = NotifyStore(self.sql.db).outbox
         self.webhook = WebhookSender(self.clock, timeout_s=5)
         senders: dict[ChannelType, Sender] = {ChannelType.WEBHOOK: self.webhook}
         if self.smtp:
@@ -114,6 +118,7 @@ class Cloud:
             policy=POLICY,
             rand=lambda: 0.5,
             poll_interval_s=0.05,
+            lease_s=LEASE_S,
         )
 
     def get_channel(self, org_id: str, channel_id: str) -> Channel | None:
@@ -126,8 +131,8 @@ class Cloud:
 
     async def close(self) -> None:
         await self.webhook.aclose()
-        assert self.conn is not None
-        self.conn.close()
+        assert self.sql is not None
+        self.sql.close()
 
     def enqueue(self, channel_id: str = "hook") -> str:
         return self.store.enqueue(
@@ -152,14 +157,16 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def cloud(tmp_path: Path, receiver: Receiver, clock: ManualClock) -> AsyncIterator[Cloud]:
+async def cloud(
+    settings: CloudSettings, receiver: Receiver, clock: ManualClock
+) -> AsyncIterator[Cloud]:
     secret = "s3cret-s3cret-s3cret"
     channels = {
         "hook": parse_channel(
             {"name": "hook", "type": "webhook", "url": receiver.url, "secret": secret}, id="hook"
         )
     }
-    c = Cloud(tmp_path / "cloud.duckdb", channels, clock)
+    c = Cloud(settings, channels, clock)
     yield c
     await c.close()
 
@@ -214,7 +221,7 @@ async def test_restart_between_attempts_delivers_exactly_once(
     await cloud.worker.run_once()
     assert cloud.status() == [("hook", "retrying", 1)]
 
-    await cloud.restart()  # new OutboxStore, new worker, same DuckDB file
+    await cloud.restart()  # new OutboxStore, new worker, same database
     assert cloud.status() == [("hook", "retrying", 1)]
     clock.advance(1)
     await cloud.worker.run_once()
@@ -234,6 +241,8 @@ async def test_crash_mid_send_is_resent_after_restart(cloud: Cloud, receiver: Re
     claimed = cloud.store.claim_due(cloud.clock.now_ms(), 10)  # the worker claimed it...
     assert [n.id for n in claimed] == [nid]
     await cloud.restart()  # ...and the process died before sending
+    # (PostgreSQL, where other workers may be sending: only once its lease is over)
+    cloud.clock.advance(LEASE_S)
     assert await cloud.worker.run_once() == 1
     assert cloud.status() == [("hook", "sent", 2)]
     assert len(receiver.delivered) == 1
@@ -248,6 +257,7 @@ async def test_crash_after_delivery_is_at_least_once_with_one_key(
     [n] = cloud.store.claim_due(cloud.clock.now_ms(), 10)
     await cloud.webhook.send(cloud.channels["hook"], n)  # delivered, mark_sent never ran
     await cloud.restart()
+    cloud.clock.advance(LEASE_S)
     await cloud.worker.run_once()
     assert cloud.status() == [("hook", "sent", 2)]
     assert len(receiver.delivered) == 2
@@ -383,7 +393,9 @@ def smtp_servers(smtp_port: int) -> Iterator[list[Controller]]:
 
 
 @pytest.fixture
-async def mail_cloud(tmp_path: Path, clock: ManualClock, smtp_port: int) -> AsyncIterator[Cloud]:
+async def mail_cloud(
+    settings: CloudSettings, clock: ManualClock, smtp_port: int
+) -> AsyncIterator[Cloud]:
     channels = {
         "mail": parse_channel({"name": "ops", "type": "email", "to": "ops@example.com"}, id="mail")
     }
@@ -394,7 +406,7 @@ async def mail_cloud(tmp_path: Path, clock: ManualClock, smtp_port: int) -> Asyn
         starttls=False,
         timeout_s=5,
     )
-    c = Cloud(tmp_path / "cloud.duckdb", channels, clock, smtp)
+    c = Cloud(settings, channels, clock, smtp)
     yield c
     await c.close()
 
