@@ -63,13 +63,13 @@ from bench.support.http_timing import concurrent, sequential  # noqa: E402
 from cloud.app.services import open_duckdb_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.security.auth import hash_password  # noqa: E402
-from cloud.storage.duck_telemetry import (  # noqa: E402
-    READINGS_BATCH_SCHEMA,
-    insert_readings_table,
-)
 from cloud.storage.errors import StoreError  # noqa: E402
 from cloud.storage.interface import NewAlert, Role  # noqa: E402
 from cloud.storage.store import SqlCloudStore  # noqa: E402
+from cloud.storage.telemetry import (  # noqa: E402
+    READINGS_BATCH_SCHEMA,
+    insert_readings_table,
+)
 
 EMAIL = "bench@example.com"
 PASSWORD = "bench-password-not-secret"
@@ -228,6 +228,7 @@ def seed(data_dir: Path, s: Settings) -> Seeded:
             return org.id, gw.gateway_id
 
         org_id, gw_id = asyncio.run(accounts())
+        dialect = store.db.dialect
         series = _series_columns(s)
         steps_per_batch = max(1, SEED_BATCH_READINGS // len(series[0]))
         stored = 0
@@ -238,7 +239,7 @@ def seed(data_dir: Path, s: Settings) -> Seeded:
 
             def apply(c: Any, table: pa.Table = table, arrived: int = arrived) -> None:
                 nonlocal stored
-                stored += insert_readings_table(c, table, org_id, gw_id, arrived)
+                stored += insert_readings_table(c, dialect, table, org_id, gw_id, arrived)
 
             _interruptible(store, store.db.transaction(apply))
         if stored != s.stored:

@@ -1,6 +1,6 @@
 """CloudStore on embedded DuckDB (the default): one file in the data dir. SqlCloudStore is
 assembled from query groups that each live in their own module, with one job each: accounts
-(cloud.storage.accounts), devices and telemetry (cloud.storage.duck_telemetry) and alerts
+(cloud.storage.accounts), devices and telemetry (cloud.storage.telemetry) and alerts
 (cloud.storage.alert_queries), over the core tables of cloud.storage.duck_schema. What stays here
 is opening (the core migrations), availability, gateways and the dashboard configuration."""
 
@@ -15,10 +15,10 @@ from cloud.storage.accounts import AccountQueries
 from cloud.storage.alert_queries import AlertQueries
 from cloud.storage.db import Database
 from cloud.storage.duck_schema import CORE_MIGRATIONS
-from cloud.storage.duck_telemetry import TelemetryQueries
 from cloud.storage.interface import GatewayInfo
 from cloud.storage.pg_schema import CORE_PG_MIGRATIONS
 from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.telemetry import TelemetryQueries
 
 
 class SqlCloudStore(AccountQueries, TelemetryQueries, AlertQueries):

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import duckdb
-
-from cloud.storage.sql import SqlDatabase
+from cloud.storage.sql import SqlConn, SqlDatabase
 from cloud.sync.records import ALERT_STATE_RANK, GatewayScope
 
 MAX_ALERT_ACKS = 1000  # per config answer; the rest follow on the next poll
@@ -24,7 +22,7 @@ class ConfigQueries:
     async def revoke_device(self, org_id: str, device_id: str, now_ms: int) -> bool:
         """Mark a device of this org revoked (idempotent); False when the org has no such device."""
 
-        def go(c: duckdb.DuckDBPyConnection) -> bool:
+        def go(c: SqlConn) -> bool:
             found = c.execute(
                 "UPDATE devices SET revoked_at = coalesce(revoked_at, ?)"
                 " WHERE org_id = ? AND device_id = ? RETURNING device_id",
@@ -82,7 +80,7 @@ class ConfigQueries:
     # -- config ---------------------------------------------------------------------------
 
     async def scope(self, org_id: str, gateway_id: str) -> GatewayScope:
-        def go(c: duckdb.DuckDBPyConnection) -> GatewayScope:
+        def go(c: SqlConn) -> GatewayScope:
             rows = c.execute(
                 "SELECT device_id, gateway_id FROM devices WHERE org_id = ?", [org_id]
             ).fetchall()

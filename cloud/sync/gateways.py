@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
-import duckdb
-
-from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.sql import SqlConn, SqlDatabase, first
 from cloud.sync.records import Enrolled, EnrollmentRefused, GatewayIdentity, GatewaySyncInfo
 
 
@@ -26,13 +24,16 @@ class GatewayQueries:
         Raises EnrollmentRefused (401 unknown/expired, 409 used); nothing changes then.
         """
         key_b64 = base64.b64encode(public_key).decode()
+        # Two workers given the same token at once: the gateway's row is locked (PostgreSQL;
+        # DuckDB has one writer), so the second reads it enrolled and is refused (409).
+        lock = " FOR UPDATE OF g" if self.db.dialect == "postgresql" else ""
 
-        def go(c: duckdb.DuckDBPyConnection) -> Enrolled:
+        def go(c: SqlConn) -> Enrolled:
             row = first(
                 c.execute(
                     "SELECT g.id, g.org_id, o.name, g.enrollment_expires_at, g.enrolled_at"
                     " FROM gateways g JOIN orgs o ON o.id = g.org_id"
-                    " WHERE g.enrollment_token_hash = ?",
+                    f" WHERE g.enrollment_token_hash = ?{lock}",
                     [token_hash],
                 ).fetchall()
             )
@@ -85,7 +86,7 @@ class GatewayQueries:
     async def revoke(self, org_id: str, gateway_id: str, now_ms: int) -> bool:
         """Refuse this gateway from now on. False when the org has no such gateway."""
 
-        def go(c: duckdb.DuckDBPyConnection) -> bool:
+        def go(c: SqlConn) -> bool:
             row = first(
                 c.execute(
                     "SELECT 1 FROM gateways WHERE id = ? AND org_id = ?", [gateway_id, org_id]
@@ -110,7 +111,7 @@ class GatewayQueries:
     async def seen(
         self, gateway_id: str, now_ms: int, skew_ms: int, skewed: bool, config: int | None = None
     ) -> None:
-        def go(c: duckdb.DuckDBPyConnection) -> None:
+        def go(c: SqlConn) -> None:
             c.execute(
                 "UPDATE gateway_keys SET last_seen = ?, skew_ms = ?, clock_skewed = ?,"
                 " config_version = coalesce(?, config_version) WHERE gateway_id = ?",

@@ -6,7 +6,11 @@ last_seen mirrored there so GET /api/gateways shows them. sync_batches: every ap
 acknowledgement, keyed by (gateway, batch id), so a resend is answered from here and a lost
 acknowledgement never stores anything twice. sync_alerts: alerts that came from a gateway, with
 the state the gateway last reported. gateway_auth_events, gateway_counters: what the gateway
-reported about itself."""
+reported about itself.
+
+PostgreSQL (SYNC_PG_MIGRATIONS) takes the same steps in its own type names (TEXT for VARCHAR;
+BIGINT, BOOLEAN as they are). The sync_batches primary key is what makes a batch stored once
+when two workers get it at once (with the per-gateway advisory lock cloud.sync.store takes)."""
 
 from __future__ import annotations
 
@@ -41,4 +45,16 @@ SYNC_MIGRATIONS: tuple[Migration, ...] = (
     ),
     # What the gateway still has to send, as its newest batch said (a gauge, not a total).
     Migration(2, ("ALTER TABLE gateway_keys ADD COLUMN backlog BIGINT",)),
+)
+
+
+def _on_postgresql(m: Migration) -> Migration:
+    return Migration(m.version, tuple(s.replace("VARCHAR", "TEXT") for s in m.statements))
+
+
+# The same steps in PostgreSQL's type names, then what only PostgreSQL needs: the config poll
+# finds a gateway's alerts by gateway (DuckDB scans; an ART index would cost more than it saves).
+SYNC_PG_MIGRATIONS: tuple[Migration, ...] = (
+    *(_on_postgresql(m) for m in SYNC_MIGRATIONS),
+    Migration(3, ("CREATE INDEX sync_alerts_gateway ON sync_alerts (gateway_id)",)),
 )

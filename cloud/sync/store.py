@@ -12,27 +12,30 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
-import duckdb
 import pyarrow as pa
 
-from cloud.storage.duck_telemetry import READINGS_BATCH_SCHEMA, insert_readings_table
-from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.sql import Dialect, SqlConn, SqlDatabase, first
+from cloud.storage.telemetry import READINGS_BATCH_SCHEMA, insert_readings_table
 from cloud.storage.value_columns import split_value
 from cloud.sync.config_store import ConfigQueries
 from cloud.sync.gateways import GatewayQueries
 from cloud.sync.records import ALERT_STATE_RANK, ForeignDevices
-from cloud.sync.schema import SYNC_MIGRATIONS
+from cloud.sync.schema import SYNC_MIGRATIONS, SYNC_PG_MIGRATIONS
 from common.alerts import AlertState
 from common.sync_wire import AlertChange, BatchAck, DeviceRecord, SyncBatch, reading_clocks
 
 _STATES = frozenset(s.value for s in AlertState)
 RECENT_BATCHES = 64  # per gateway, remembered for pipelined batches that follow them
+# A pipelined batch's predecessor may be stored by another worker: the database is asked at
+# once, then after 10, 20, 40 ... ms, at most POLL_MAX_S apart, until the wait's timeout.
+POLL_FIRST_S = 0.01
+POLL_MAX_S = 0.2
 
 
 class SyncStore(GatewayQueries, ConfigQueries):
     def __init__(self, db: SqlDatabase) -> None:
         self.db = db
-        db.migrate("sync", {"duckdb": SYNC_MIGRATIONS})
+        db.migrate("sync", {"duckdb": SYNC_MIGRATIONS, "postgresql": SYNC_PG_MIGRATIONS})
         # Batches this process stored lately, per gateway: a pipelined batch waits on these
         # for the batch it follows (bounded: only the newest few can be followed).
         self._stored_recently: dict[str, deque[str]] = {}
@@ -42,22 +45,35 @@ class SyncStore(GatewayQueries, ConfigQueries):
 
     async def wait_until_stored(self, gateway_id: str, batch_id: str, timeout_s: float) -> bool:
         """Whether the batch is stored, waiting up to timeout_s for it (a pipelined batch's
-        predecessor may still be on its way or in its transaction)."""
+        predecessor may still be on its way or in its transaction).
+
+        Any worker, in any process on any host, may be the one storing it: sync_batches is
+        the truth, asked at once and then with a backoff from POLL_FIRST_S to POLL_MAX_S, and a
+        last time at the timeout. A batch this process stores wakes the wait at once."""
 
         def stored_here() -> bool:
             return batch_id in self._stored_recently.get(gateway_id, ())
 
-        async with self._stored_changed:
-            if stored_here():
-                return True
-        if await self._batch_stored(gateway_id, batch_id):  # e.g. before this process started
-            return True
-        try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay = POLL_FIRST_S
+        while True:
             async with self._stored_changed:
-                await asyncio.wait_for(self._stored_changed.wait_for(stored_here), timeout_s)
-        except TimeoutError:
-            return await self._batch_stored(gateway_id, batch_id)
-        return True
+                if stored_here():
+                    return True
+            if await self._batch_stored(gateway_id, batch_id):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with self._stored_changed:
+                    await asyncio.wait_for(
+                        self._stored_changed.wait_for(stored_here), min(delay, remaining)
+                    )
+                return True
+            except TimeoutError:
+                delay = min(delay * 2, POLL_MAX_S)
 
     async def _batch_stored(self, gateway_id: str, batch_id: str) -> bool:
         rows = await self.db.run(
@@ -101,8 +117,10 @@ class SyncStore(GatewayQueries, ConfigQueries):
             | {d.device_id for d in batch.devices}
         )
 
-        def go(c: duckdb.DuckDBPyConnection) -> BatchAck:
-            return _apply_on(c, org_id, batch, now_ms, table, devices)
+        dialect = self.db.dialect
+
+        def go(c: SqlConn) -> BatchAck:
+            return _apply_on(c, dialect, org_id, batch, now_ms, table, devices)
 
         return await self.db.run(self.db.transaction(go))
 
@@ -129,7 +147,8 @@ class SyncStore(GatewayQueries, ConfigQueries):
 
 
 def _apply_on(
-    c: duckdb.DuckDBPyConnection,
+    c: SqlConn,
+    dialect: Dialect,
     org_id: str,
     batch: SyncBatch,
     now_ms: int,
@@ -137,6 +156,11 @@ def _apply_on(
     devices: Sequence[str],
 ) -> BatchAck:
     """The whole batch, or the ack already stored for it."""
+    if dialect == "postgresql":
+        # Workers on other hosts may hold the same batch (a resend after a lost ack) or the
+        # gateway's next one: one at a time per gateway, each seeing what the last stored.
+        lock = f"iotsphere.sync.{batch.gateway_id}"
+        c.execute("SELECT pg_advisory_xact_lock(hashtext(?))", [lock]).fetchall()
     row = first(
         c.execute(
             "SELECT first_seq, last_seq, stored, duplicates FROM sync_batches"
@@ -152,7 +176,7 @@ def _apply_on(
         _apply_device_list(c, org_id, batch.devices, now_ms)
     stored = 0
     if table is not None:
-        stored = insert_readings_table(c, table, org_id, batch.gateway_id, now_ms)
+        stored = insert_readings_table(c, dialect, table, org_id, batch.gateway_id, now_ms)
     for alert in batch.alerts:
         _upsert_alert(c, org_id, batch.gateway_id, alert, now_ms)
     if batch.auth_events:
@@ -184,9 +208,7 @@ def _apply_on(
     return ack
 
 
-def _claim_devices(
-    c: duckdb.DuckDBPyConnection, org_id: str, gateway_id: str, devices: Sequence[str]
-) -> None:
+def _claim_devices(c: SqlConn, org_id: str, gateway_id: str, devices: Sequence[str]) -> None:
     """The batch's devices become this gateway's, unless one belongs to another org."""
     marks = ", ".join("?" for _ in devices)
     foreign = c.execute(
@@ -207,7 +229,7 @@ def _claim_devices(
 
 
 def _apply_device_list(
-    c: duckdb.DuckDBPyConnection, org_id: str, listed: Sequence[DeviceRecord], now_ms: int
+    c: SqlConn, org_id: str, listed: Sequence[DeviceRecord], now_ms: int
 ) -> None:
     c.execute(
         # a revocation sticks: a list sent before the gateway applied a central
@@ -227,9 +249,7 @@ def _apply_device_list(
     )
 
 
-def _insert_auth_events(
-    c: duckdb.DuckDBPyConnection, org_id: str, batch: SyncBatch, now_ms: int
-) -> None:
+def _insert_auth_events(c: SqlConn, org_id: str, batch: SyncBatch, now_ms: int) -> None:
     c.executemany(
         "INSERT INTO gateway_auth_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -250,7 +270,7 @@ def _insert_auth_events(
     )
 
 
-def _raise_counters(c: duckdb.DuckDBPyConnection, batch: SyncBatch, now_ms: int) -> None:
+def _raise_counters(c: SqlConn, batch: SyncBatch, now_ms: int) -> None:
     counters = {**batch.counters, "dropped": batch.dropped}
     names = sorted(counters)
     c.execute(
@@ -264,9 +284,7 @@ def _raise_counters(c: duckdb.DuckDBPyConnection, batch: SyncBatch, now_ms: int)
     )
 
 
-def _upsert_alert(
-    c: duckdb.DuckDBPyConnection, org_id: str, gateway_id: str, a: AlertChange, now_ms: int
-) -> None:
+def _upsert_alert(c: SqlConn, org_id: str, gateway_id: str, a: AlertChange, now_ms: int) -> None:
     state = AlertState(a.state) if a.state in _STATES else None
     if state is None:
         return  # the decoder admits any string; an unknown state is not ours to invent
