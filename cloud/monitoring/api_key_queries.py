@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import uuid
 
-import duckdb
-
 from cloud.monitoring.records import ApiKeyInfo
-from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.sql import SqlConn, SqlDatabase, first
 
 
 class ApiKeyQueries:
@@ -38,7 +36,7 @@ class ApiKeyQueries:
         return [ApiKeyInfo(*r) for r in rows]
 
     async def revoke_api_key(self, org_id: str, key_id: str, now_ms: int) -> bool:
-        def go(c: duckdb.DuckDBPyConnection) -> bool:
+        def go(c: SqlConn) -> bool:
             row = first(
                 c.execute(
                     "SELECT revoked_at FROM api_keys WHERE org_id = ? AND id = ?",

@@ -4,16 +4,18 @@ check for rule violations -> query active rules -> query latest metrics -> evalu
 shared common.rules engine) -> create alert event -> send notification (outbox, then wake the
 NotificationWorker).
 
-Per org and pass: the engines are rebuilt from the stored snapshot and the current rules, fed
-what arrived after the cursors, ticked (for_seconds and no-data rules), and everything the pass
-decided (alerts, notifications, snapshot, cursors) commits in one transaction. A crash before
-the commit repeats the pass from the old cursors and snapshot, so it raises the same episodes
-once; a crash after it has nothing to repeat.
+Per org and pass, in one transaction (MonitoringStore.run_pass): the engines are rebuilt from
+the stored snapshot and the current rules, fed what arrived after the cursors, ticked
+(for_seconds and no-data rules), and everything the pass decided (alerts, notifications,
+snapshot, cursors) commits in one transaction. A crash before the commit repeats the pass from
+the old cursors and snapshot, so it raises the same episodes once; a crash after it has nothing
+to repeat. With N workers (PostgreSQL) each runs this loop; an org's pass holds its advisory
+lock, and a worker finding it held skips the org and looks again shortly, so passes of one org
+never overlap (docs/decisions/cloud-work-once.md).
 
 Two engines per org: one judges model/job metrics (subjects are sources such as
 "model:churn-v3"), the other device readings (subjects are device ids), so an alert knows
-whether its subject is a device or a source even for a rule without scope.
-"""
+whether its subject is a device or a source even for a rule without scope."""
 
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ from cloud.monitoring.records import (
     KINDS,
     Clear,
     Episode,
+    MonitorSnapshot,
+    Observations,
     PassOutcome,
+    Planned,
     Raise,
     SubjectKind,
     encode_engines,
@@ -39,6 +44,8 @@ from common.clock import Clock
 from common.rules import Rule, RuleEngine
 
 log = logging.getLogger("iotsphere.cloud.monitor")
+Fetch = Callable[[frozenset[str], frozenset[str]], Observations]
+BUSY_RETRY_S = 0.2  # an org another worker was evaluating: look again this soon
 
 
 def rules_for(kind: SubjectKind, rules: tuple[Rule, ...]) -> list[Rule]:
@@ -91,6 +98,7 @@ class MonitoringLoop:
         self._metrics = metrics
         self._on_notifications = on_notifications
         self._wake = asyncio.Event()
+        self._busy = False  # the last pass skipped an org another worker held
 
     def wake(self) -> None:
         """Evaluate now (e.g. right after metrics were posted) instead of at the next period."""
@@ -103,8 +111,10 @@ class MonitoringLoop:
             if more:
                 continue
             waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())}
+            # An org skipped as busy may have input the other worker's pass did not read.
+            timeout = BUSY_RETRY_S if self._busy else self._settings.interval_s
             _, pending = await asyncio.wait(
-                waiters, timeout=self._settings.interval_s, return_when=asyncio.FIRST_COMPLETED
+                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             for task in pending:
                 task.cancel()
@@ -114,6 +124,7 @@ class MonitoringLoop:
     async def run_once(self) -> bool:
         """One pass over every monitored org; True when some org has more input waiting."""
         self._metrics.passes.inc()
+        self._busy = False
         try:
             orgs = await self._store.monitored_orgs()
         except Exception:
@@ -131,18 +142,42 @@ class MonitoringLoop:
                 log.exception("monitoring pass for org %s failed; retrying next pass", org_id)
         return more
 
-    # one monitoring pass reads best in order: load, evaluate, persist, notify:
-    async def evaluate_org(self, org_id: str) -> bool:  # noqa: PLR0912
-        store = self._store
-        snap = await store.load_snapshot(org_id)
-        if snap is None:
+    async def evaluate_org(self, org_id: str) -> bool:
+        """One pass over one org (one transaction, cloud.monitoring.store.run_pass); True when
+        more input is waiting. An org another worker is evaluating is left to it: the loop
+        looks again shortly (busy)."""
+        result = await self._store.run_pass(org_id, self._plan, self._settings.batch)
+        if result.busy:
+            self._busy = True
             return False
+        planned, done = result.planned, result.committed
+        if planned is None:
+            return False
+        if done is None or planned.outcome is None:
+            return planned.more
+        self._metrics.raised.inc(amount=done.raised)
+        self._metrics.resolved.inc(amount=done.resolved)
+        for r in planned.outcome.raises:
+            log.info(
+                "alert raised: org=%s rule=%s %s=%s %s=%s",
+                org_id,
+                r.rule.id,
+                r.kind,
+                r.transition.subject,
+                r.transition.metric,
+                r.transition.value,
+            )
+        if done.notifications:
+            self._on_notifications()
+        return planned.more
+
+    # one monitoring pass reads best in order: rules, observations, evaluate, outcome:
+    def _plan(self, snap: MonitorSnapshot, fetch: Fetch) -> Planned:
+        """Decide a pass (synchronous: it runs inside the pass's transaction)."""
         rules = {kind: rules_for(kind, snap.rules) for kind in KINDS}
         engines = {kind: RuleEngine(rules[kind], snap.engines[kind]) for kind in KINDS}
         watched = {kind: frozenset(r.metric for r in rules[kind] if r.enabled) for kind in KINDS}
-        obs = await store.observations(
-            org_id, snap, watched["source"], watched["device"], self._settings.batch
-        )
+        obs = fetch(watched["source"], watched["device"])
         now = self._clock.now_ms()
         by_id = {r.id: r for r in snap.rules}
         open_eps: dict[tuple[str, SubjectKind, str], list[Episode]] = {}
@@ -179,21 +214,4 @@ class MonitoringLoop:
             and obs.metrics_cursor == snap.metrics_cursor
             and obs.readings_cursor == snap.readings_cursor
         )
-        if unchanged:
-            return obs.more
-        done = await store.commit_pass(org_id, outcome, now, by_id)
-        self._metrics.raised.inc(amount=done.raised)
-        self._metrics.resolved.inc(amount=done.resolved)
-        for r in outcome.raises:
-            log.info(
-                "alert raised: org=%s rule=%s %s=%s %s=%s",
-                org_id,
-                r.rule.id,
-                r.kind,
-                r.transition.subject,
-                r.transition.metric,
-                r.transition.value,
-            )
-        if done.notifications:
-            self._on_notifications()
-        return obs.more
+        return Planned(None if unchanged else outcome, obs.more, now, by_id)

@@ -112,6 +112,24 @@ class Committed:
 
 
 @dataclass(frozen=True, slots=True)
+class Planned:
+    """What the loop decided in a pass: `outcome` None when nothing changed (nothing to
+    write); `rules` by id (names and thresholds for the notifications)."""
+
+    outcome: PassOutcome | None
+    more: bool  # more input is waiting than one pass takes
+    now_ms: int
+    rules: dict[str, Rule]
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    busy: bool = False  # another worker holds the org's pass: nothing was done here
+    planned: Planned | None = None  # None: the org is not monitored
+    committed: Committed | None = None  # None: nothing to write
+
+
+@dataclass(frozen=True, slots=True)
 class MetricSeries:
     source: str
     metric: str

@@ -10,10 +10,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
-import duckdb
-
 from cloud.monitoring.records import RuleChanges, empty_engines, encode_engines
-from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.sql import SqlConn, SqlDatabase, first
 from common.rules import Rule, parse_rule
 
 
@@ -26,18 +24,24 @@ class RuleQueries:
     db: SqlDatabase  # set by MonitoringStore
 
     @staticmethod
-    def _bump(c: duckdb.DuckDBPyConnection, org_id: str, now_ms: int) -> int:
-        row = first(
-            c.execute("SELECT version FROM rule_versions WHERE org_id = ?", [org_id]).fetchall()
-        )
-        version = (int(row[0]) if row else 0) + 1
-        c.execute(
-            "INSERT INTO rule_versions VALUES (?, ?) ON CONFLICT (org_id)"
-            " DO UPDATE SET version = excluded.version",
-            [org_id, version],
+    def _bump(c: SqlConn, org_id: str, now_ms: int) -> int:
+        # One statement reads and bumps: concurrent rule changes of an org (other workers)
+        # queue on the row's lock and each gets its own version, committed in version order.
+        version = int(
+            first(
+                c.execute(
+                    "INSERT INTO rule_versions VALUES (?, 1) ON CONFLICT (org_id)"
+                    " DO UPDATE SET version = rule_versions.version + 1 RETURNING version",
+                    [org_id],
+                ).fetchall()
+            )[0]
         )
         # The loop judges only what arrives once an org has rules: start its cursors now.
-        max_seq = first(c.execute("SELECT coalesce(max(seq), 0) FROM metrics").fetchall())
+        max_seq = first(
+            c.execute(
+                "SELECT coalesce(max(seq), 0) FROM metrics WHERE org_id = ?", [org_id]
+            ).fetchall()
+        )
         c.execute(
             "INSERT INTO monitor_state VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id) DO NOTHING",
             [org_id, encode_engines(empty_engines()), int(max_seq[0]), now_ms, now_ms],
@@ -47,7 +51,7 @@ class RuleQueries:
     async def create_rule(self, org_id: str, rule: Rule, now_ms: int) -> Rule:
         """Store a validated rule under a new org version; returns it with that version."""
 
-        def go(c: duckdb.DuckDBPyConnection) -> Rule:
+        def go(c: SqlConn) -> Rule:
             stored = replace(rule, version=self._bump(c, org_id, now_ms))
             c.execute(
                 "INSERT INTO alert_rules VALUES (?, ?, ?, false, ?, ?, ?)",
@@ -60,7 +64,7 @@ class RuleQueries:
     async def update_rule(self, org_id: str, rule: Rule, now_ms: int) -> Rule | None:
         """Replace a live rule (None when it does not exist or was deleted)."""
 
-        def go(c: duckdb.DuckDBPyConnection) -> Rule | None:
+        def go(c: SqlConn) -> Rule | None:
             if self._live(c, org_id, rule.id) is None:
                 return None
             stored = replace(rule, version=self._bump(c, org_id, now_ms))
@@ -76,7 +80,7 @@ class RuleQueries:
     async def delete_rule(self, org_id: str, rule_id: str, now_ms: int) -> bool:
         """Tombstone the rule (kept for rule_changes_since); False when there was none."""
 
-        def go(c: duckdb.DuckDBPyConnection) -> bool:
+        def go(c: SqlConn) -> bool:
             if self._live(c, org_id, rule_id) is None:
                 return False
             version = self._bump(c, org_id, now_ms)
@@ -90,7 +94,7 @@ class RuleQueries:
         return await self.db.run(self.db.transaction(go))
 
     @staticmethod
-    def _live(c: duckdb.DuckDBPyConnection, org_id: str, rule_id: str) -> Rule | None:
+    def _live(c: SqlConn, org_id: str, rule_id: str) -> Rule | None:
         row = first(
             c.execute(
                 "SELECT id, version, doc FROM alert_rules"
@@ -107,7 +111,7 @@ class RuleQueries:
         return await self.db.run(lambda c: self._rules(c, org_id))
 
     @staticmethod
-    def _rules(c: duckdb.DuckDBPyConnection, org_id: str) -> list[Rule]:
+    def _rules(c: SqlConn, org_id: str) -> list[Rule]:
         rows = c.execute(
             "SELECT id, version, doc FROM alert_rules WHERE org_id = ? AND NOT deleted"
             " ORDER BY created_at, id",
@@ -116,7 +120,7 @@ class RuleQueries:
         return [_rule(r) for r in rows]
 
     async def rule_changes_since(self, org_id: str, version: int) -> RuleChanges:
-        def go(c: duckdb.DuckDBPyConnection) -> RuleChanges:
+        def go(c: SqlConn) -> RuleChanges:
             row = first(
                 c.execute("SELECT version FROM rule_versions WHERE org_id = ?", [org_id]).fetchall()
             )

@@ -1,4 +1,4 @@
-"""The DuckDB cloud store's alerts (AlertQueries, one of the query groups SqlCloudStore is made
+"""The cloud store's alerts (AlertQueries, one of the query groups SqlCloudStore is made
 of), and the two statements the monitoring loop runs on its own connection inside its pass
 transaction: insert_alert and select_alert, so an alert is created in the same transaction as
 its notifications and the engine state."""
@@ -8,10 +8,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import duckdb
-
 from cloud.storage.interface import AlertInfo, NewAlert
-from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.sql import SqlConn, SqlDatabase, first
 from cloud.storage.value_columns import join_value, split_value
 from common.alerts import AlertState
 
@@ -38,7 +36,7 @@ def _alert(row: tuple[Any, ...]) -> AlertInfo:
     )
 
 
-def insert_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str, alert: NewAlert) -> None:
+def insert_alert(c: SqlConn, org_id: str, alert_id: str, alert: NewAlert) -> None:
     """Insert a new active alert on a connection the caller holds (so the monitoring loop can
     create it in the same transaction as its notifications and engine state)."""
     num, flag, text = split_value(alert.value)
@@ -63,7 +61,7 @@ def insert_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str, alert
     )
 
 
-def select_alert(c: duckdb.DuckDBPyConnection, org_id: str, alert_id: str) -> AlertInfo | None:
+def select_alert(c: SqlConn, org_id: str, alert_id: str) -> AlertInfo | None:
     row = first(
         c.execute(
             f"SELECT {_ALERT_COLS} FROM alerts WHERE org_id = ? AND id = ?", [org_id, alert_id]

@@ -9,7 +9,7 @@ import httpx
 
 from cloud.storage.interface import Role
 from common.clock import ManualClock
-from tests.support.cloud import T0, add_user
+from tests.support.cloud import T0, add_user, both_engines
 from tests.support.cloud_monitoring import (
     Cloud,
     Receiver,
@@ -22,6 +22,7 @@ from tests.support.cloud_monitoring import (
 )
 
 __all__ = ["clock", "cloud", "receiver"]  # fixtures
+pytestmark = both_engines
 
 OBSERVED = 'iotsphere_monitor_observations_total{kind="source"}'
 

@@ -15,8 +15,11 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
+    both_engines,
     login,
 )
+
+pytestmark = both_engines
 
 RULE = {"source": "model:churn-v3", "metric": "accuracy", "operator": "<", "threshold": 0.8}
 

@@ -1,38 +1,41 @@
-"""The monitoring loop on a real DuckDB store with a manual clock (no server): device rules,
-for_seconds and no-data rules via tick, rule deletion ends the episode, state survives a
-restart of the loop, and raise + notification enqueue are one transaction."""
+"""The monitoring loop on a real store of each engine with a manual clock (no server): device
+rules, for_seconds and no-data rules via tick, rule deletion ends the episode, state survives a
+restart of the loop, and raise + notification enqueue are one transaction. PostgreSQL: two
+workers' loops on one database raise each alert once."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloud.app.metrics import Registry
-from cloud.app.services import open_duckdb_store
+from cloud.app.services import open_store
 from cloud.app.settings import CloudSettings, MonitorSettings
 from cloud.monitoring.ingest import MetricPoint
 from cloud.monitoring.loop import MonitoringLoop, MonitorMetrics
+from cloud.monitoring.records import Committed
 from cloud.monitoring.store import MonitoringStore
 from cloud.notify.channels import parse_channel
 from cloud.notify.store import NotifyStore
-from cloud.storage.errors import StoreError
+from cloud.storage.errors import StoreError, StoreUnavailable
 from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from common.rules import parse_rule
-from tests.support.cloud import T0, reading
+from tests.support.cloud import T0, both_engines, reading
 
+pytestmark = both_engines
 ORG = "org-1"
 
 
 class Env:
-    def __init__(self, path: Path, clock: ManualClock) -> None:
-        self.path, self.clock = path, clock
+    def __init__(self, settings: CloudSettings, clock: ManualClock) -> None:
+        self.settings, self.clock = settings, clock
         self.open()
 
     def open(self) -> None:
-        self.store: SqlCloudStore = open_duckdb_store(CloudSettings(data_dir=self.path))
+        self.store: SqlCloudStore = open_store(self.settings)
         self.notify = NotifyStore(self.store.db)
         self.monitoring = MonitoringStore(self.store.db)
         self.wakes = 0
@@ -60,8 +63,8 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path / "cloud", ManualClock(T0))
+def env(settings: CloudSettings) -> Iterator[Env]:
+    e = Env(settings, ManualClock(T0))
     yield e
     e.store.close()
 
@@ -109,28 +112,25 @@ async def test_alert_and_notifications_commit_together(env: Env) -> None:
     points = [MetricPoint("model:m", "acc", v, T0 + i) for i, v in enumerate([0.9, 0.9, 0.7])]
     await env.monitoring.insert_metrics(ORG, points, T0)
 
-    # The store fails on the commit: nothing of the pass may be visible, and the next pass
-    # (store back) raises the alert exactly once, with its notification.
-    real = env.monitoring.commit_pass
-
+    # The connection is lost at the commit, after the pass wrote its alert: nothing of the
+    # pass may be visible, and the next pass raises the alert exactly once, with its
+    # notification.
+    real = env.monitoring._commit
     failed = []
 
-    async def failing(*args: object, **kwargs: object) -> object:
-        if not args[1].raises:  # type: ignore[attr-defined]
-            return await real(*args, **kwargs)  # type: ignore[arg-type]
-        failed.append(True)
-        env.store.make_unavailable()
-        try:
-            return await real(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            env.store.make_available()
+    def failing(*args: Any) -> Committed:
+        done = real(*args)
+        if args[2].raises:
+            failed.append(True)
+            raise StoreUnavailable("connection lost at commit")
+        return done
 
-    env.monitoring.commit_pass = failing  # type: ignore[method-assign,assignment]
+    env.monitoring._commit = failing  # type: ignore[method-assign]
     # batch=2: the first pass judges two metrics (no change), the third needs a second pass
     while await env.loop.run_once():
         pass
     assert failed and await env.states() == []
-    env.monitoring.commit_pass = real  # type: ignore[method-assign]
+    env.monitoring._commit = real  # type: ignore[method-assign]
     while await env.loop.run_once():
         pass
     alerts = await env.store.list_alerts(ORG)
@@ -142,6 +142,7 @@ async def test_alert_and_notifications_commit_together(env: Env) -> None:
     assert len(await env.store.list_alerts(ORG)) == 1
 
 
+@pytest.mark.engines("duckdb")  # make_unavailable: DuckDB's (PostgreSQL: tests stop the server)
 async def test_store_errors_are_raised_not_swallowed_by_the_store(env: Env) -> None:
     env.store.make_unavailable()
     with pytest.raises(StoreError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from email import message_from_bytes, policy
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ from cloud.app.settings import CloudSettings
 from cloud.notify.senders import SmtpSettings
 from cloud.storage.interface import Role
 from common.clock import ManualClock
-from tests.support.cloud import T0, add_user, reading
+from tests.support.cloud import T0, add_user, both_engines, reading
 from tests.support.cloud_monitoring import FAST_NOTIFY, QUIET_MONITOR, Cloud, eventually, login_at
 from tests.support.ports import free_port
 
@@ -29,12 +28,13 @@ class Inbox:
         return "250 OK"
 
 
-async def test_email_channel_with_smtp_down_then_up_ends_sent(tmp_path: Path) -> None:
+@both_engines
+async def test_email_channel_with_smtp_down_then_up_ends_sent(settings: CloudSettings) -> None:
     smtp_port = free_port()
     smtp = SmtpSettings(host="127.0.0.1", port=smtp_port, from_addr="cloud@example.com",
                         starttls=False, timeout_s=2)  # fmt: skip
     settings = replace(
-        CloudSettings(data_dir=tmp_path / "cloud"),
+        settings,
         notify=replace(FAST_NOTIFY, smtp=smtp),
         monitor=QUIET_MONITOR,
     )

@@ -7,7 +7,6 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from cloud.app.server import GracefulServer, uvicorn_server
-from cloud.app.services import Services, build_services, open_duckdb_store
+from cloud.app.services import Services, build_services, open_store
 from cloud.app.settings import CloudSettings, MonitorSettings, NotifySettings
 from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
@@ -48,7 +47,7 @@ async def eventually(
 
 
 class Cloud:
-    """`iotsphere cloud serve` in this process, on one data dir, stoppable and restartable."""
+    """`iotsphere cloud serve` in this process, on one database, stoppable and restartable."""
 
     def __init__(self, settings: CloudSettings, clock: ManualClock) -> None:
         self.settings = settings
@@ -64,7 +63,7 @@ class Cloud:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.store = open_duckdb_store(self.settings)
+        self.store = open_store(self.settings)
         self.services = build_services(self.settings, self.store, self.clock)
         self._server = uvicorn_server(self.services, "127.0.0.1", self.port)
         self._task = asyncio.create_task(self._server.serve())
@@ -93,8 +92,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def cloud(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Cloud]:
-    settings = CloudSettings(data_dir=tmp_path / "cloud")
+async def cloud(settings: CloudSettings, clock: ManualClock) -> AsyncIterator[Cloud]:
+    """On the engine under test (the `settings` fixture of tests/support/cloud.py)."""
     settings = replace(settings, notify=FAST_NOTIFY, monitor=QUIET_MONITOR)
     c = Cloud(settings, clock)
     await c.start()
