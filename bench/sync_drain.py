@@ -1,6 +1,7 @@
 """Sync drain benchmark: a gateway with a backlog of unsynced readings catches up with the cloud.
 
     .venv/bin/python bench/sync_drain.py [--readings N] [--batch B] [--devices D] [--smoke]
+        [--database postgresql://USER@HOST:PORT/DB | --private-postgres]
 
 What it does, everything on 127.0.0.1 with free ports and real processes:
   1. fills a fresh gateway data dir with N readings (default 1,000,000: D devices x 10
@@ -16,6 +17,11 @@ Before 2., the peer in the same run: the same backlog read, encoded, decoded and
 fresh cloud store serially in this process (no HTTP, no pipelining); the drain's rate is also
 given as a multiple of the peer's, which drifts less than absolute figures on a shared host.
 --smoke: 40,000 readings in 5,000-reading batches, in seconds (the test suite runs it).
+--database URL: the cloud under test runs on that PostgreSQL database (`cloud serve` and the
+`cloud` commands get IOTSPHERE_DATABASE_URL), and the in-process peer runs on both engines in
+the same run (on PostgreSQL in a scratch schema of that database, dropped afterwards); disk per
+million readings (table + indexes) is reported for both. --private-postgres: the same on a
+throwaway cluster (tests/support/postgres.py) started for the run.
 
 Targets (issue 4): >= 100,000 readings/s (1M in <= 10 s), <= 12 bytes per reading, RSS <= 250 MB
 each. Printed as met / missed; a measurement, not a test. Output: human lines, then one JSON line.
@@ -48,7 +54,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cloud.app.services import open_duckdb_store  # noqa: E402
+from bench.support.pg_bench import database, per_million, readings_size, scratch_schema  # noqa: E402
+from cloud.app.services import open_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.sync.store import SyncStore  # noqa: E402
 from common.model import Reading  # noqa: E402
@@ -98,7 +105,7 @@ def prefill(db: Path, n: int, devices: int) -> float:
     return time.perf_counter() - started
 
 
-def in_process_peer(db: Path, cloud_dir: Path, n: int, batch: int) -> dict[str, Any]:
+def in_process_peer(db: Path, settings: CloudSettings, n: int, batch: int) -> dict[str, Any]:
     """The peer measured in the same run: every step of a batch's life (read from the
     gateway store, build, encode with the wire's defaults, decode, apply to a fresh cloud
     store), serially in this one process: no HTTP, no signatures, no pipelining. The drain's
@@ -107,7 +114,7 @@ def in_process_peer(db: Path, cloud_dir: Path, n: int, batch: int) -> dict[str, 
 
     async def run() -> dict[str, Any]:
         gw_store = GatewayStore(db)
-        cloud = open_duckdb_store(CloudSettings(data_dir=cloud_dir))
+        cloud = open_store(settings)
         try:
             sync = SyncStore(cloud.db)
             now = int(time.time() * 1000)
@@ -140,9 +147,27 @@ def in_process_peer(db: Path, cloud_dir: Path, n: int, batch: int) -> dict[str, 
             "readings_per_s": round(n / seconds),
             "bytes_per_reading": round(wire_bytes / n, 2),
             "batches": batches,
+            "mb_per_million_readings": disk_per_million(settings, n),
         }
 
     return asyncio.run(run())
+
+
+def disk_per_million(settings: CloudSettings, n: int) -> float:
+    """MB per million readings of the cloud's readings: the whole DuckDB file (readings are
+    nearly all of it), or PostgreSQL's readings partitions with their indexes."""
+    if settings.database_url is not None:
+        return per_million(readings_size(settings.database_url))
+    return round(settings.db_path.stat().st_size / n, 1)
+
+
+def print_peer(peer: dict[str, Any], engine: str) -> None:
+    print(
+        f"  {engine}: {peer['seconds']:.2f} s: {peer['readings_per_s']:,} readings/s, "
+        f"{peer['bytes_per_reading']} bytes/reading ({peer['batches']} batches), "
+        f"{peer['mb_per_million_readings']} MB per million readings",
+        flush=True,
+    )
 
 
 class PeakRss:
@@ -213,6 +238,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--readings", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=40_000, help="readings per sync batch")
     ap.add_argument("--devices", type=int, default=20)
+    ap.add_argument("--database", help="postgresql:// URL: the cloud under test runs there")
+    ap.add_argument(
+        "--private-postgres", action="store_true",
+        help="as --database, on a throwaway PostgreSQL cluster started for the run",
+    )  # fmt: skip
     ap.add_argument(
         "--smoke", action="store_true",
         help="seconds, tiny sizes (40,000 readings in 5,000-reading batches): checks that "
@@ -280,22 +310,31 @@ def time_drain(gateway: subprocess.Popen[bytes], gw_dir: Path, work: Path, n: in
     return drain
 
 
-def cloud_counts(cloud_dir: Path) -> tuple[int, int]:
+def cloud_counts(cloud_dir: Path, url: str | None) -> tuple[int, int]:
     """(readings, distinct (device, metric, ts)) in the cloud's store, read after it stopped."""
+    query = "SELECT count(*), count(DISTINCT (device_id, metric, ts)) FROM readings"
+    if url is not None:
+        import psycopg
+
+        with psycopg.connect(url) as pg:
+            row = pg.execute(query).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
     con = duckdb.connect(str(cloud_dir / "cloud.duckdb"), read_only=True)
-    stored, distinct = con.execute(
-        "SELECT count(*), count(DISTINCT (device_id, metric, ts)) FROM readings"
-    ).fetchall()[0]
+    stored, distinct = con.execute(query).fetchall()[0]
     con.close()
     return stored, distinct
 
 
 def report(
-    args: argparse.Namespace, drain: Drain, peaks: dict[str, float], peer: dict[str, Any],
-    fill_s: float, counts: tuple[int, int],
+    args: argparse.Namespace, drain: Drain, peaks: dict[str, float],
+    peers: dict[str, dict[str, Any]], fill_s: float, counts: tuple[int, int],
 ) -> None:  # fmt: skip
-    """The human lines and the final JSON line."""
+    """The human lines and the final JSON line. The drain is compared with the in-process peer
+    on its own engine."""
     n = args.readings
+    engine = "postgresql" if "postgresql" in peers else "duckdb"
+    peer = peers[engine]
     stored, distinct = counts
     seconds, st = drain.seconds, drain.sync
     # Only the readings acknowledged inside the timed window: counting the first batch's too
@@ -314,7 +353,9 @@ def report(
         "cloud_readings": stored,
         "cloud_distinct": distinct,
         "batch_readings": args.batch,
-        "in_process_peer": peer,
+        "engine": engine,
+        "in_process_peer": peers["duckdb"],
+        **({"in_process_peer_postgresql": peers["postgresql"]} if "postgresql" in peers else {}),
         "share_of_in_process_peer": round(rate / peer["readings_per_s"], 3),
         "prefill_readings_per_s": round(n / fill_s),
         "smoke": args.smoke,
@@ -326,7 +367,7 @@ def report(
         "cloud RSS <= 250 MB": peaks["cloud"] <= 250,
         "every reading in the cloud exactly once": stored == distinct == n,
     }
-    print(f"drained {n:,} readings in {seconds:.2f} s: {rate:,.0f} readings/s = "
+    print(f"drained {n:,} readings ({engine}) in {seconds:.2f} s: {rate:,.0f} readings/s = "
           f"{figures['share_of_in_process_peer']:.2f} x the in-process peer's "
           f"{peer['readings_per_s']:,}")  # fmt: skip
     print(f"wire: {per_reading:.2f} bytes/reading ({st.get('successes')} batches)")
@@ -341,6 +382,11 @@ def main() -> int:
     args = parse_args()
     # SIGTERM ends the run like Ctrl-C: through the finally block that stops both servers.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with database(args.database, args.private_postgres) as url:
+        return run(args, url)
+
+
+def run(args: argparse.Namespace, url: str | None) -> int:
     n = args.readings
     work = Path(tempfile.mkdtemp(prefix="iotsphere-drain-"))
     cloud_dir, gw_dir = work / "cloud", work / "gateway"
@@ -349,22 +395,27 @@ def main() -> int:
     fill_s = prefill(gw_dir / "gateway.duckdb", n, args.devices)
     print(f"  {fill_s:.1f} s ({n / fill_s:,.0f} readings/s into the gateway store)")
     print("in-process peer: read, encode, decode, apply; one process, no HTTP ...", flush=True)
-    peer = in_process_peer(gw_dir / "gateway.duckdb", work / "peer-cloud", n, args.batch)
-    print(
-        f"  {peer['seconds']:.2f} s: {peer['readings_per_s']:,} readings/s, "
-        f"{peer['bytes_per_reading']} bytes/reading ({peer['batches']} batches)",
-        flush=True,
-    )
+    gw_db = gw_dir / "gateway.duckdb"
+    peers = {
+        "duckdb": in_process_peer(gw_db, CloudSettings(data_dir=work / "peer-cloud"), n, args.batch)
+    }
+    print_peer(peers["duckdb"], "DuckDB")
+    if url is not None:
+        with scratch_schema(url, "iotsphere_drain_peer") as peer_url:
+            settings = CloudSettings(data_dir=work / "peer-pg", database_url=peer_url)
+            peers["postgresql"] = in_process_peer(gw_db, settings, n, args.batch)
+        print_peer(peers["postgresql"], "PostgreSQL")
+        os.environ["IOTSPHERE_DATABASE_URL"] = url  # `cloud serve` and `cloud gateway add`
     (gw_dir / "gateway.toml").write_text(
         "[gateway]\n"
         f"sync_batch_max_readings = {args.batch}\n"
         "sync_tick_s = 0.05\nsync_batch_max_age_s = 0.05\nsync_backoff_max_s = 1.0\n"
     )
-    cloud, url, cloud_log = start_cloud(work, cloud_dir)
+    cloud, cloud_url, cloud_log = start_cloud(work, cloud_dir)
     gateway: subprocess.Popen[bytes] | None = None
     try:
-        wait_ready(url, cloud)
-        enroll(url, cloud_dir, gw_dir)
+        wait_ready(cloud_url, cloud)
+        enroll(cloud_url, cloud_dir, gw_dir)
         gateway = start_gateway(work, gw_dir)
         rss = PeakRss({"gateway": gateway.pid, "cloud": cloud.pid})
         print(f"  gateway pid {gateway.pid}, cloud pid {cloud.pid}", flush=True)
@@ -377,7 +428,7 @@ def main() -> int:
         cloud.terminate()
         cloud.wait(30)
         cloud_log.close()
-    report(args, drain, peaks, peer, fill_s, cloud_counts(cloud_dir))
+    report(args, drain, peaks, peers, fill_s, cloud_counts(cloud_dir, url))
     if os.environ.get("KEEP") is None:
         import shutil
 
