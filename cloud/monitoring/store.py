@@ -46,9 +46,17 @@ PassPlan = Callable[
 ]
 
 
+# PostgreSQL: the readings cursor stays this far behind the newest receive time seen, so a
+# batch stamped earlier but committed later (another worker's transaction, another host's
+# clock) is still read. Re-reading is harmless: the engine skips readings it has judged.
+READINGS_GRACE_MS = 5_000
+
+
 class MonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
     def __init__(self, db: SqlDatabase) -> None:
         self.db = db
+        # DuckDB: one process, one writer at a time: a batch is visible once stamped.
+        self.readings_grace_ms = READINGS_GRACE_MS if db.dialect == "postgresql" else 0
         db.migrate("monitoring", MONITORING_MIGRATIONS)
 
     # -- the monitoring loop --------------------------------------------------------------
@@ -115,8 +123,8 @@ class MonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
             state_json=row[0],
         )
 
-    @staticmethod
     def _observe(
+        self,
         c: SqlConn,
         org_id: str,
         snapshot: MonitorSnapshot,
@@ -154,6 +162,7 @@ class MonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
                 value = join_value(num, flag, text)
                 if value is not None:
                     by_kind["device"].append(Observation(device, metric, int(ts), value, dtype))
+            r_cursor = max(snapshot.readings_cursor, r_cursor - self.readings_grace_ms)
         return Observations(by_kind, m_cursor, r_cursor, more)
 
     def _commit(

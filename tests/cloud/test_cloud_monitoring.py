@@ -3,9 +3,11 @@ its webhook notification is retried until delivered, across a restart of the clo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from cloud.storage.interface import Role
 from common.clock import ManualClock
@@ -171,3 +173,34 @@ async def test_failing_webhook_is_retried_across_a_restart_and_delivered_once(
         "2",
         "3",
     ]
+
+
+@pytest.mark.engines("postgresql")
+async def test_two_clouds_on_one_database_raise_and_deliver_once(
+    cloud: Cloud, receiver: Receiver, clock: ManualClock
+) -> None:
+    """Two `cloud serve` on one PostgreSQL database (two servers in this process, each with its
+    own pool, monitoring loop and notification worker): the rule is made on the second,
+    metrics are posted to the first, both loops are woken each time; one alert, one delivery."""
+    second = Cloud(cloud.settings, clock)
+    await second.start()
+    assert cloud.services is not None and second.services is not None
+    try:
+        async with (
+            httpx.AsyncClient(base_url=cloud.url) as first_http,
+            httpx.AsyncClient(base_url=second.url) as second_http,
+        ):
+            auth, _ = await _setup(second, second_http, receiver.url)
+            for n in range(5):  # breaching all along: one episode
+                await _post(first_http, auth, 0.7 - n / 100, T0 + n * 1000)
+                second.services.hooks.wake_monitor()
+            await eventually(
+                lambda: _alerts(second_http, auth), lambda a: _status(a) == [("sent", 1)]
+            )
+            for http in (first_http, second_http):
+                await eventually(lambda h=http: metric_value(h, OBSERVED), lambda n: n >= 1)
+            await asyncio.sleep(0.3)  # both workers poll every 20 ms: time to send it twice
+            assert len(await _alerts(first_http, auth)) == 1
+            assert len(receiver.requests) == 1
+    finally:
+        await second.stop()

@@ -22,7 +22,7 @@ from cloud.monitoring.store import MONITOR_LOCK, MonitoringStore
 from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from common.rules import Rule, parse_rule
-from tests.support.cloud import T0, both_engines
+from tests.support.cloud import T0, both_engines, reading
 
 pytestmark = both_engines
 ORG = "org-1"
@@ -162,3 +162,19 @@ async def test_two_workers_loops_raise_each_alert_once(workers: list[Worker]) ->
     for org in orgs:
         alerts = await workers[1].sql.list_alerts(org)
         assert sorted(a.source or "" for a in alerts) == [f"model:m{n}" for n in range(8)], org
+
+
+@pytest.mark.engines("postgresql")
+async def test_a_reading_committed_late_by_another_worker_is_still_judged(
+    workers: list[Worker],
+) -> None:
+    """Worker A stamps a batch at 8 s and commits it after worker B stored one stamped 10 s
+    and the loop judged that: the readings cursor stays behind (READINGS_GRACE_MS)."""
+    a, b = workers
+    hot = parse_rule({"metric": "temp", "operator": ">", "threshold": 8}, id="hot", version=1)
+    await a.monitoring.create_rule(ORG, hot, T0)
+    await b.sql.insert_readings(ORG, "gw-b", [reading("d1", "temp", T0 + 1, 5.0)], T0 + 10_000)
+    await b.loop.run_once()
+    await a.sql.insert_readings(ORG, "gw-a", [reading("d2", "temp", T0 + 2, 9.0)], T0 + 8_000)
+    await b.loop.run_once()
+    assert [(x.device_id, x.value) for x in await b.sql.list_alerts(ORG)] == [("d2", 9.0)]
