@@ -1,6 +1,7 @@
 """Cloud API benchmark: the dashboard and bucketed telemetry over a large DuckDB store.
 
     .venv/bin/python bench/cloud_api.py [--readings N] [--devices D] [--smoke]
+        [--database postgresql://USER@HOST:PORT/DB | --private-postgres]
 
 1. Seed    a fresh data dir through the store's own code, so a schema change cannot break it:
            an org, an admin user, one gateway, the D devices and a few open alerts through
@@ -10,6 +11,9 @@
            Readings are ts-major (all series of one instant together), as gateway sync
            batches arrive, one per series every --interval-s seconds, ending now.
 2. Serve   `iotsphere cloud serve` as a subprocess on a free 127.0.0.1 port.
+           --database URL: the store is that PostgreSQL database instead (fresh and empty: the
+           seed creates the org and its user), seeded the same way and served with
+           IOTSPHERE_DATABASE_URL set; --private-postgres: a throwaway cluster for the run.
 3. Measure over HTTP with httpx after logging in (one bearer token for every client):
            0. GET /healthz, one client, then --clients clients: the floor, a request that
               touches neither the store nor auth, measured in the same run as the others
@@ -60,9 +64,11 @@ from bench.support import BenchError, run_benchmark  # noqa: E402
 from bench.support.cloud_api_report import report, targets  # noqa: E402
 from bench.support.cloud_server import Server, start_server  # noqa: E402
 from bench.support.http_timing import concurrent, sequential  # noqa: E402
-from cloud.app.services import open_duckdb_store  # noqa: E402
+from bench.support.pg_bench import database, readings_size  # noqa: E402
+from cloud.app.services import open_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.security.auth import hash_password  # noqa: E402
+from cloud.storage.db import Database  # noqa: E402
 from cloud.storage.errors import StoreError  # noqa: E402
 from cloud.storage.interface import NewAlert, Role  # noqa: E402
 from cloud.storage.store import SqlCloudStore  # noqa: E402
@@ -93,6 +99,8 @@ class Settings:
     warmup: int
     alerts: int
     keep: bool
+    database: str | None = None
+    private_postgres: bool = False
 
     @property
     def per_series(self) -> int:
@@ -138,7 +146,8 @@ def _interruptible(store: SqlCloudStore, fn: Callable[[Any], object]) -> None:
         while worker.is_alive():
             worker.join(0.2)
     except KeyboardInterrupt:
-        store.db.current_connection().interrupt()
+        if isinstance(store.db, Database):  # PostgreSQL: the statement ends with its session
+            store.db.current_connection().interrupt()
         worker.join()
         raise
     if failure:
@@ -186,7 +195,7 @@ def _readings_table(
     return pa.Table.from_arrays(arrays, schema=READINGS_BATCH_SCHEMA)
 
 
-def seed(data_dir: Path, s: Settings) -> Seeded:
+def seed(data_dir: Path, s: Settings, url: str | None = None) -> Seeded:
     """Fill a fresh cloud store in data_dir; the server is not running yet (one writer).
 
     Everything goes through the store's own code, so a schema change cannot break the seed:
@@ -195,7 +204,7 @@ def seed(data_dir: Path, s: Settings) -> Seeded:
     (dedup, `devices.last_seen` and `latest` included), SEED_BATCH_READINGS per transaction.
     """
     started = time.monotonic()
-    settings = CloudSettings(data_dir=data_dir)
+    settings = CloudSettings(data_dir=data_dir, database_url=url)
     now = int(time.time() * 1000)
     interval_ms = s.interval_s * 1000
     # The newest instant is now, to the second: the devices stay "online" (heard from within
@@ -203,7 +212,7 @@ def seed(data_dir: Path, s: Settings) -> Seeded:
     # before now, up to 300 s older, and with a minute of seeding all 1,000 were offline.
     last_step_ms = now // 1000 * 1000
     first_ms = last_step_ms - (s.per_series - 1) * interval_ms
-    store = open_duckdb_store(settings)
+    store = open_store(settings)
     try:
 
         async def accounts() -> tuple[str, str]:
@@ -244,14 +253,19 @@ def seed(data_dir: Path, s: Settings) -> Seeded:
             _interruptible(store, store.db.transaction(apply))
         if stored != s.stored:
             raise BenchError(f"the store took {stored:,} of {s.stored:,} seeded readings")
-        # Compact the WAL into the file now, so the server starts on a checkpointed store.
-        _interruptible(store, lambda c: c.execute("CHECKPOINT"))
+        if url is None:
+            # Compact the WAL into the file now, so the server starts on a checkpointed store.
+            _interruptible(store, lambda c: c.execute("CHECKPOINT"))
     except StoreError as exc:
         raise BenchError(f"seeding failed: {exc}") from exc
     finally:
         store.close()
-    size = settings.db_path.stat().st_size
-    return Seeded(last_step_ms, time.monotonic() - started, round(size / 1e6, 1))
+    if url is not None:  # readings' partitions with their indexes (after VACUUM ANALYZE)
+        size = readings_size(url)
+        mb = (size["table_bytes"] + size["index_bytes"]) / 1e6
+    else:
+        mb = settings.db_path.stat().st_size / 1e6
+    return Seeded(last_step_ms, time.monotonic() - started, round(mb, 1))
 
 
 # --------------------------------------------------------------------------- measuring
@@ -349,6 +363,13 @@ def versus_floor(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(s: Settings) -> dict[str, Any]:
+    with database(s.database, s.private_postgres) as url:
+        if url is not None:
+            os.environ["IOTSPHERE_DATABASE_URL"] = url  # for `cloud serve`
+        return run_on(s, url)
+
+
+def run_on(s: Settings, url: str | None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="iotsphere-bench-cloud-"))
     data_dir = workdir / "cloud"
     server: Server | None = None
@@ -361,8 +382,9 @@ def run(s: Settings) -> dict[str, Any]:
     )
     try:
         print("seeding ...", flush=True)
-        seeded = seed(data_dir, s)
-        print(f"  seeded in {seeded.seconds:.1f} s; cloud.duckdb {seeded.db_mb} MB", flush=True)
+        seeded = seed(data_dir, s, url)
+        what = "readings on PostgreSQL" if url else "cloud.duckdb"
+        print(f"  seeded in {seeded.seconds:.1f} s; {what} {seeded.db_mb} MB", flush=True)
         server = start_server(data_dir, workdir)
         print(f"cloud serve ready at {server.base_url} (pid {server.proc.pid})", flush=True)
         result: dict[str, Any] = {"bench": "cloud_api"}
@@ -390,6 +412,7 @@ def run(s: Settings) -> dict[str, Any]:
         "clients": s.clients,
         "warmup": s.warmup,
         "alerts": s.alerts,
+        "engine": "postgresql" if url else "duckdb",
         "cores": os.cpu_count(),
     }
     report(result, BUCKET)
@@ -414,6 +437,10 @@ def _parse(argv: Sequence[str]) -> Settings:
     add("--warmup", 20, "requests before each figure that are not measured")
     add("--alerts", 10, "open alerts on the dashboard")
     p.add_argument("--keep", action="store_true", help="keep the work dir (DuckDB file, log)")
+    p.add_argument("--database", help="postgresql:// URL of a fresh, empty database to use")
+    p.add_argument(
+        "--private-postgres", action="store_true", help="as --database, on a throwaway cluster"
+    )
     p.add_argument(
         "--smoke", action="store_true",
         help="seconds, tiny sizes (10 devices, 25 h of history, a few requests): checks that\n"
@@ -440,6 +467,8 @@ def _parse(argv: Sequence[str]) -> Settings:
         warmup=a.warmup,
         alerts=a.alerts,
         keep=a.keep,
+        database=a.database,
+        private_postgres=a.private_postgres,
     )
 
 
