@@ -27,6 +27,7 @@ from cloud.notify.worker import NotificationWorker
 from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from tests.support.cloud import both_engines
+from tests.support.cloud_monitoring import webhook_endpoint
 from tests.support.ports import free_port
 
 pytestmark = both_engines
@@ -76,16 +77,8 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}/hook"
-    yield rec
-    await runner.cleanup()
+    async with webhook_endpoint(rec.handle) as rec.url:
+        yield rec
 
 
 class Cloud:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -123,18 +124,28 @@ class Receiver:
         return [r for r in self.requests if r["status"] == 200]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
+@asynccontextmanager
+async def webhook_endpoint(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """`handle` answering POST /hook on a free loopback port; yields the URL."""
     app = web.Application()
-    app.router.add_post("/hook", rec.handle)
+    app.router.add_post("/hook", handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield rec
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    async with webhook_endpoint(rec.handle) as rec.url:
+        yield rec
 
 
 async def login_at(http: httpx.AsyncClient, email: str) -> dict[str, str]:
