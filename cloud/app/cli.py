@@ -216,6 +216,29 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_copy(args: argparse.Namespace) -> int:
+    from cloud.app.copy_store import copy_cloud
+
+    data_dir = data_dir_of(args)
+    if not args.to.startswith(_SCHEMES):
+        raise CliError("--to: expected postgresql://USER@HOST:PORT/DB", 2)
+    source = CloudSettings(data_dir=Path(data_dir))
+    if not source.db_path.exists():
+        raise CliError(f"no embedded cloud to copy: {source.db_path} does not exist")
+    if running_cloud_url(data_dir) is not None:
+        raise CliError("the cloud is running on this data dir: stop `cloud serve` first")
+
+    def report(copied: Any) -> None:
+        print(f"copied {copied.rows} rows of {copied.table}", file=sys.stderr)
+
+    try:
+        done = copy_cloud(source, args.to, progress=report)
+    except StoreError as exc:
+        raise CliError(f"copy failed, nothing was written: {exc}") from exc
+    print_json({c.table: c.rows for c in done})
+    return 0
+
+
 def _cmd_user_add(args: argparse.Namespace) -> int:
     # Checked here too, before the password prompt; add_user checks again (the API's callers).
     email = _checked(lambda: check_email(args.email))
@@ -339,6 +362,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     _add_cloud_args(migrate, json_flag=True)
     migrate.set_defaults(handler=_cmd_migrate)
+
+    copy = sub.add_parser(
+        "copy", help="copy the embedded (DuckDB) cloud of the data dir into PostgreSQL"
+    )
+    copy.add_argument("--to", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DB")
+    add_common_args(copy, json_flag=True)
+    copy.set_defaults(handler=_cmd_copy)
 
     user = sub.add_parser("user", help="manage users")
     usub = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)

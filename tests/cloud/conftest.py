@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.cloud import ENGINES, client, clock, engine, services, settings, sleeps, store
+from tests.support.cloud import (
+    ENGINES,
+    client,
+    clock,
+    engine,
+    outage,
+    services,
+    settings,
+    sleeps,
+    store,
+)
 
-__all__ = ["client", "clock", "engine", "services", "settings", "sleeps", "store"]
+__all__ = ["client", "clock", "engine", "outage", "services", "settings", "sleeps", "store"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

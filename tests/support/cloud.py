@@ -64,6 +64,32 @@ def store(settings: CloudSettings) -> Iterator[SqlCloudStore]:
     s.close()
 
 
+class Outage:
+    """A real outage of the store under test: DuckDB's connection closed, or the PostgreSQL
+    server stopped (the session's private cluster; started again by `end`, or after the test)."""
+
+    def __init__(self, store: SqlCloudStore, request: pytest.FixtureRequest) -> None:
+        self._store = store
+        self._request = request
+
+    def begin(self) -> None:
+        if self._store.db.dialect == "postgresql":
+            self._request.getfixturevalue("pg_cluster").stop()
+        else:
+            self._store.make_unavailable()
+
+    def end(self) -> None:
+        if self._store.db.dialect == "postgresql":
+            self._request.getfixturevalue("pg_cluster").start()
+        else:
+            self._store.make_available()
+
+
+@pytest.fixture
+def outage(store: SqlCloudStore, request: pytest.FixtureRequest) -> Outage:
+    return Outage(store, request)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(T0)
