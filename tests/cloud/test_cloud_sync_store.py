@@ -111,20 +111,28 @@ async def test_a_batch_is_stored_once_and_resent_readings_are_not_stored_twice(
     ack2 = await site.sync.apply_batch(site.org_id, again, T0 + 10)
     assert (ack2.stored, ack2.duplicates) == (5, 21)
     assert await count(store, "readings") == 25
-    assert await site.sync.batch_count(site.gateway_id) == 2
+    # a reading repeated inside a batch of otherwise new ones is stored once
+    later = minutes(3, T0)
+    ack3 = await site.sync.apply_batch(
+        site.org_id, make_batch(site.gateway_id, 47, [*later, later[0]]), T0
+    )
+    assert (ack3.stored, ack3.duplicates) == (3, 1)
+    assert await count(store, "readings") == 28
+    ts += later
+    assert await site.sync.batch_count(site.gateway_id) == 3
     assert await site.sync.counters(site.gateway_id) == {"validation_errors": 3, "dropped": 0}
 
     (device,) = await store.list_devices(site.org_id)
     assert device.gateway_id == site.gateway_id and device.last_seen == ts[-1] + 7
-    assert device.latest == {"temp": pytest.approx(20.24)}  # the newest, not the last sent
+    assert device.latest == {"temp": pytest.approx(20.02)}  # the newest, not the last sent
     points = await store.telemetry_points(site.org_id, "d1", "temp", ts[0], ts[-1] + 1, 100)
     assert [p.ts for p in points] == ts
     buckets = await store.telemetry_buckets(
         site.org_id, "d1", "temp", ts[0], ts[-1] + 1, 600_000, 100
     )
-    assert sum(b.count for b in buckets) == 25
+    assert sum(b.count for b in buckets) == 28
     assert all(b.ts % 600_000 == 0 for b in buckets)  # aligned to the epoch
-    assert buckets[0].min == pytest.approx(20.0) and buckets[-1].max == pytest.approx(20.24)
+    assert buckets[0].min == pytest.approx(20.0) and buckets[-1].max == pytest.approx(20.02)
 
 
 @both_engines
