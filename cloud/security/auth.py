@@ -107,6 +107,11 @@ class TokenService:
         self.audience = audience
         self.ttl_s = ttl_s
 
+    @property
+    def signing_key(self) -> bytes:
+        """The HS256 key (tests sign hostile tokens with it; `cloud copy` moves it)."""
+        return self._key
+
     def issue(self, principal: Principal) -> str:
         now = self._clock.now_ms() // 1000
         claims = {

@@ -17,18 +17,22 @@ from cloud.storage.store import SqlCloudStore
 from tests.conftest import REPO
 from tests.support.cloud import (
     PASSWORD,
+    Outage,
     add_user,
     assert_problem,
+    both_engines,
     served,
 )
 from tests.support.ports import free_port
+
+pytestmark = both_engines
 
 # the installed entry point (common.cli:main), as a user runs it
 IOTSPHERE = [sys.executable, "-c", "import sys; from common.cli import main; sys.exit(main())"]
 
 
 async def test_login_and_dashboard_over_a_real_socket(
-    services: Services, store: SqlCloudStore
+    services: Services, store: SqlCloudStore, outage: Outage
 ) -> None:
     await add_user(store, "ann@example.com", Role.VIEWER)
     async with served(services) as http:
@@ -40,11 +44,11 @@ async def test_login_and_dashboard_over_a_real_socket(
         r = await http.get("/api/dashboard", headers=auth)
         assert r.status_code == 200 and set(r.json()) == {"config", "devices", "alerts"}
         assert_problem(await http.get("/api/dashboard"), 401)
-        store.make_unavailable()
+        outage.begin()
         r = await http.get("/api/dashboard", headers=auth)
         assert_problem(r, 503)
         assert r.headers["retry-after"] == "5"
-        store.make_available()
+        outage.end()
         assert (await http.get("/api/dashboard", headers=auth)).status_code == 200
 
 

@@ -26,8 +26,11 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
+    both_engines,
     login,
 )
+
+pytestmark = both_engines
 
 NEW_PASSWORD = "a new and better passphrase"
 

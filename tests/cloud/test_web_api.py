@@ -23,8 +23,11 @@ from tests.support.cloud import (
     add_user,
     assert_problem,
     bearer,
+    both_engines,
     login,
 )
+
+pytestmark = both_engines
 
 
 async def test_pages_are_served_with_a_strict_policy(client: httpx.AsyncClient) -> None:
