@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from tests.support.cloud import (
-    ENGINES,
     client,
     clock,
     engine,
@@ -18,12 +17,6 @@ from tests.support.cloud import (
 )
 
 __all__ = ["client", "clock", "engine", "outage", "services", "settings", "sleeps", "store"]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"engines(*names): run the test on each named cloud engine ({ENGINES})"
-    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
