@@ -251,6 +251,14 @@ async def test_timestamps_outside_2000_to_2100_stay_in_the_default_partition(
     assert await store.db.run(partitions) == expected
     points = await store.telemetry_points(site.org_id, "d1", "temp", 0, 2**62, 100)
     assert [p.ts for p in points] == sorted([*odd, LOW_MS, T0])
+    # retention also clears the default partition's rows older than the cutoff (clocks never
+    # set), and keeps those from beyond 2100
+    db = store.db
+    assert await db.run(db.transaction(lambda c: drop_before(c, LOW_MS + DAY_MS))) == [
+        partition_name(LOW_MS // DAY_MS)
+    ]
+    remaining = await store.telemetry_points(site.org_id, "d1", "temp", 0, 2**62, 100)
+    assert [p.ts for p in remaining] == [T0, HIGH_MS, HIGH_MS + DAY_MS]
 
 
 @pytest.mark.engines("postgresql")
