@@ -217,8 +217,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_copy(args: argparse.Namespace) -> int:
-    from cloud.app.copy_store import copy_cloud
-
+    try:
+        from cloud.app.copy_store import copy_cloud
+    except ImportError as exc:
+        raise CliError(
+            f"PostgreSQL needs psycopg: pip install 'iotsphere[postgres]' ({exc})"
+        ) from exc
     data_dir = data_dir_of(args)
     if not args.to.startswith(_SCHEMES):
         raise CliError("--to: expected postgresql://USER@HOST:PORT/DB", 2)

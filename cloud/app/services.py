@@ -18,6 +18,7 @@ from cloud.notify.store import NotifyStore
 from cloud.security.auth import KnownUsers, TokenService, load_or_create_secret
 from cloud.security.store import JWT_KEY, FailureLimiter, SecurityStore
 from cloud.storage.db import Database
+from cloud.storage.errors import StoreError
 from cloud.storage.interface import CloudStore
 from cloud.storage.retry import Sleep
 from cloud.storage.store import SqlCloudStore
@@ -143,8 +144,13 @@ def open_store(settings: CloudSettings) -> SqlCloudStore:
     """The store the settings name: PostgreSQL at `database_url`, else the embedded DuckDB
     file (raises StoreError)."""
     if settings.database_url is not None:
-        from cloud.storage.pg import PgDatabase  # psycopg: only where PostgreSQL is used
-
+        try:
+            from cloud.storage.pg import PgDatabase  # psycopg: only where PostgreSQL is used
+        except ImportError as exc:
+            raise StoreError(
+                f"PostgreSQL needs psycopg ({exc.name} is missing):"
+                " pip install 'iotsphere[postgres]'"
+            ) from exc
         return SqlCloudStore(PgDatabase(settings.database_url))
     return open_duckdb_store(settings)
 
