@@ -20,7 +20,7 @@ from typing import TypeVar
 import duckdb
 
 from cloud.storage.errors import Conflict, StoreError, StoreUnavailable
-from cloud.storage.sql import Dialect, Migrations, check_not_newer, first
+from cloud.storage.sql import Dialect, Migrations, pending
 
 log = logging.getLogger("iotsphere.cloud.db")
 
@@ -57,19 +57,10 @@ class Database:
     def migrate(self, component: str, migrations: Migrations) -> int:
         """Apply the not-yet-applied migrations of one component; returns its new version.
         Raises SchemaTooNew when a newer release migrated it further than this one knows."""
-        ours = sorted(migrations[self.dialect], key=lambda m: m.version)
 
         def go(conn: duckdb.DuckDBPyConnection) -> int:
-            row = first(
-                conn.execute(
-                    "SELECT version FROM schema_versions WHERE component = ?", [component]
-                ).fetchall()
-            )
-            current = int(row[0]) if row else 0
-            check_not_newer(component, current, ours)
-            for m in ours:
-                if m.version <= current:
-                    continue
+            current, todo = pending(conn, component, migrations[self.dialect])
+            for m in todo:  # each in its own transaction
                 conn.execute("BEGIN")
                 try:
                     for stmt in m.statements:

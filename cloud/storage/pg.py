@@ -28,7 +28,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cloud.storage.errors import Conflict, StoreError, StoreUnavailable
-from cloud.storage.sql import Dialect, Migrations, check_not_newer, first
+from cloud.storage.sql import Dialect, Migrations, first, pending
 
 log = logging.getLogger("iotsphere.cloud.pg")
 T = TypeVar("T")
@@ -154,20 +154,11 @@ class PgDatabase:
         them take turns, and each reads the version only once it holds the lock."""
         if self.dialect not in migrations:
             raise StoreError(f"no PostgreSQL schema for the {component} tables in this release")
-        ours = sorted(migrations[self.dialect], key=lambda m: m.version)
 
         def go(c: PgConn) -> int:
             c.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ["iotsphere.migrate"])
-            row = first(
-                c.execute(
-                    "SELECT version FROM schema_versions WHERE component = ?", [component]
-                ).fetchall()
-            )
-            current = int(row[0]) if row else 0
-            check_not_newer(component, current, ours)
-            for m in ours:
-                if m.version <= current:
-                    continue
+            current, todo = pending(c, component, migrations[self.dialect])
+            for m in todo:  # all in this one transaction
                 for stmt in m.statements:
                     c.execute(stmt)
                 current = m.version

@@ -63,6 +63,19 @@ def first(rows: list[Any]) -> Any:
     return rows[0] if rows else None
 
 
+def pending(
+    c: SqlConn, component: str, migrations: Sequence[Migration]
+) -> tuple[int, list[Migration]]:
+    """The component's version and its migrations not applied yet, in order. Raises
+    SchemaTooNew when a newer release migrated it further than this one knows."""
+    row = first(
+        c.execute("SELECT version FROM schema_versions WHERE component = ?", [component]).fetchall()
+    )
+    current = int(row[0]) if row else 0
+    check_not_newer(component, current, migrations)
+    return current, sorted((m for m in migrations if m.version > current), key=lambda m: m.version)
+
+
 def check_not_newer(component: str, current: int, migrations: Sequence[Migration]) -> None:
     """Refuse a database a newer release migrated: its schema is not one this code knows."""
     known = max((m.version for m in migrations), default=0)
