@@ -1,5 +1,5 @@
 """The cloud's background tasks, run for the lifetime of the app (FastAPI lifespan):
-the monitoring loop and the notification worker.
+the monitoring loop, the notification worker and the readings' maintenance.
 
 Started after the server is ready to accept work and stopped before the store closes. The
 worker first recovers notifications a crash left mid-send, so a restart loses nothing pending.
@@ -19,6 +19,8 @@ from cloud.notify.channels import ChannelType
 from cloud.notify.outbox import RetryPolicy
 from cloud.notify.senders import EmailSender, Sender, WebhookSender
 from cloud.notify.worker import NotificationWorker
+from cloud.storage.errors import StoreError
+from cloud.storage.retention import maintain_readings
 
 log = logging.getLogger("iotsphere.cloud")
 
@@ -71,7 +73,25 @@ class Background:
         self._tasks = [
             asyncio.create_task(self.worker.run(self._stop), name="notification-worker"),
             asyncio.create_task(self.monitor.run(self._stop), name="monitoring-loop"),
+            asyncio.create_task(self._maintain(), name="readings-maintenance"),
         ]
+
+    async def _maintain(self) -> None:
+        """Partitions ahead and retention (cloud.storage.retention), now and every
+        MAINTAIN_EVERY_S; a failure (the store down) is logged and tried at the next round."""
+        s = self._services
+        db = getattr(s.store, "db", None)
+        if db is None:
+            return
+        while not self._stop.is_set():
+            try:
+                done = await maintain_readings(db, s.clock.now_ms(), s.settings.retention_days)
+                if done.created or done.dropped or done.deleted:
+                    log.info("readings maintenance: %s", done)
+            except StoreError as exc:
+                log.warning("readings maintenance failed, tried again later: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), MAINTAIN_EVERY_S)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -97,6 +117,7 @@ def _noop() -> None:
 
 
 BATCH = 50  # notifications claimed at once
+MAINTAIN_EVERY_S = 3600.0
 
 
 def lease_s(cfg: NotifySettings) -> float:

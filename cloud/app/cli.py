@@ -187,7 +187,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         username=os.environ.get("IOTSPHERE_SMTP_USERNAME") or None,
         password=os.environ.get("IOTSPHERE_SMTP_PASSWORD") or None,
     )
-    settings = replace(base, bind=args.bind, port=args.port, notify=replace(base.notify, smtp=smtp))
+    settings = replace(
+        base,
+        bind=args.bind,
+        port=args.port,
+        notify=replace(base.notify, smtp=smtp),
+        retention_days=args.retention_days,
+    )
     if args.workers > 1 and settings.database_url is None:
         raise CliError(
             "--workers needs --database postgresql://...: the embedded DuckDB file admits one"
@@ -352,6 +358,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         default="iotsphere@localhost",
         help="sender address of alert emails; credentials from $IOTSPHERE_SMTP_USERNAME and "
         "$IOTSPHERE_SMTP_PASSWORD",
+    )
+    serve.add_argument(
+        "--retention-days",
+        type=positive_int,
+        default=None,
+        metavar="DAYS",
+        help="delete readings older than this (device time; default: keep them all)",
     )
     serve.add_argument(
         "--workers",

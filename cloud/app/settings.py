@@ -57,6 +57,8 @@ class CloudSettings:
     max_points: int = 10_000  # cap on raw telemetry points in one response
     # PostgreSQL (postgresql://user@host:port/db) instead of the embedded DuckDB file
     database_url: str | None = None
+    # readings older than this many days (device time) are deleted; None keeps them all
+    retention_days: int | None = None
     duckdb_memory_limit: str = "64MB"  # DuckDB's buffer cache; it spills beyond (default 80% RAM)
     login: LoginLimits = field(default_factory=LoginLimits)
     # failed gateway enrollments per source address (token guessing)
