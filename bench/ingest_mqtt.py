@@ -137,6 +137,11 @@ def _parse(argv: Sequence[str]) -> Settings:
         help="raw generator: unacknowledged messages per device (default 20, as paho)",
     )  # fmt: skip
     p.add_argument(
+        "--gateway-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a [gateway] setting of gateway.toml for phases B and C, e.g. commit_delay_us=2000"
+        " (repeatable; VALUE in TOML)",
+    )  # fmt: skip
+    p.add_argument(
         "--smoke", action="store_true",
         help="seconds, tiny sizes: checks that the benchmark still runs (the test suite's)",
     )  # fmt: skip
@@ -150,9 +155,11 @@ def _parse(argv: Sequence[str]) -> Settings:
         p.error("--warmup must leave at least one second of --seconds to measure")
     if not set(a.phases) <= set("ABC") or not a.phases:
         p.error("--phases takes letters from ABC")
+    if any("=" not in kv for kv in a.gateway_set):
+        p.error("--gateway-set takes KEY=VALUE")
     return Settings(
         a.devices, a.rate, a.seconds, warmup, a.metrics, a.sim_procs, a.phases, a.keep,
-        a.generator, a.inflight,
+        a.generator, a.inflight, tuple(a.gateway_set),
     )  # fmt: skip
 
 

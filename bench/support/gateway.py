@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,11 +64,12 @@ class GatewayStatus:
             self._client.close()
 
 
-def provision(data_dir: Path, n: int) -> Path:
+def provision(data_dir: Path, n: int, settings: Sequence[str] = ()) -> Path:
     """A fresh gateway data dir with n devices; returns the credentials file for the sims.
 
     Same code path as `iotsphere gateway device add` on a stopped gateway (edge.admin.ops on the
-    store), in-process: a CLI run per device would cost ~0.7 s each.
+    store), in-process: a CLI run per device would cost ~0.7 s each. `settings`: KEY=VALUE
+    lines for the [gateway] table of its gateway.toml.
     """
     from edge.admin import ops
     from edge.app.config import load_config
@@ -77,7 +78,10 @@ def provision(data_dir: Path, n: int) -> Path:
     data_dir.mkdir(parents=True)
     # The whole fleet connects from 127.0.0.1 at once; the default per-address lockout is
     # sized for a LAN, not for a load generator on loopback.
-    (data_dir / "gateway.toml").write_text("[lockout]\nmax_failures_per_address = 100000\n")
+    gateway = "".join(f"{line}\n" for line in settings)
+    (data_dir / "gateway.toml").write_text(
+        f"[gateway]\n{gateway}[lockout]\nmax_failures_per_address = 100000\n"
+    )
     cfg = load_config(data_dir)
     store = GatewayStore(cfg.db_path, memory_limit=cfg.duckdb_memory_limit, threads=1)
     try:
@@ -91,12 +95,12 @@ def provision(data_dir: Path, n: int) -> Path:
 
 @contextmanager
 def running_gateway(
-    procs: Processes, workdir: Path, tag: str, devices: int
+    procs: Processes, workdir: Path, tag: str, devices: int, settings: Sequence[str] = ()
 ) -> Iterator[tuple[Child, GatewayStatus, int, Path]]:
     """A provisioned gateway, up (admin API and MQTT front answering): (its child, its status,
     its MQTT port, the devices' credentials file). Stopped with SIGTERM on exit."""
     data_dir = workdir / f"{tag}-gateway"
-    creds = provision(data_dir, devices)
+    creds = provision(data_dir, devices, settings)
     mqtt_port = free_port()
     argv = [
         sys.executable, "-m", "common.cli", "gateway", "run",

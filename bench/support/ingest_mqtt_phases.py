@@ -38,6 +38,7 @@ class Settings:
     keep: bool
     generator: str = "raw"  # "raw" (bench.mqtt_loadgen) or "sim" (firmware_stubs.mqtt_sim)
     inflight: int = 20  # raw generator: unacknowledged messages per device (paho's default)
+    gateway_set: tuple[str, ...] = ()  # KEY=VALUE lines for gateway.toml's [gateway] table
 
     @property
     def window(self) -> float:
@@ -190,7 +191,8 @@ def phase_ceiling(s: Settings, procs: Processes, workdir: Path) -> dict[str, Any
 def _gateway_run(
     s: Settings, procs: Processes, workdir: Path, tag: str, total_rate: float, metrics: int
 ) -> dict[str, Any]:
-    with running_gateway(procs, workdir, tag, s.devices) as (gw, status, mqtt_port, creds):
+    running = running_gateway(procs, workdir, tag, s.devices, s.gateway_set)
+    with running as (gw, status, mqtt_port, creds):
         first = status.get()
         assert first is not None
         broker_pid = first[1]["broker"]["pid"]
@@ -222,6 +224,7 @@ def _gateway_run(
         (ta, sa), (tb, sb) = a, b
         dt = tb - ta
         stored = sb["readings_stored"] - sa["readings_stored"]
+        commits = sb["commits"] - sa["commits"]
         ingress_b = sb.get("ingress") or {}
         # acked = committed messages: taken by the MQTT front itself (telemetry ends there)
         # or, with an external broker, by the ingress subscriber
@@ -244,6 +247,7 @@ def _gateway_run(
             "store_mailbox_at_end": sb.get("store_mailbox"),
             "cpu": cpu,
             "cpu_us_per_reading": round(ours / 100 * dt / stored * 1e6, 1) if stored else None,
+            "readings_per_commit": round(stored / commits, 1) if commits else None,
             "peak_rss_mb": {k: mb(v) for k, v in watch.peak_rss.items()},
             "start_rss_mb": {k: mb(v) for k, v in watch.start_rss.items()},
             "mqtt_front": sb.get("mqtt_front"),

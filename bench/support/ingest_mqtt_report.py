@@ -76,7 +76,8 @@ def targets(result: dict[str, Any], s: Settings) -> dict[str, Any]:
 def print_phase(title: str, r: dict[str, Any]) -> None:
     print(f"\n{title}")
     for key in ("msgs_per_s", "puback_msgs_per_s", "readings_per_s", "readings_per_message",
-                "readings_per_message_measured", "window_s", "cpu_us_per_reading"):  # fmt: skip
+                "readings_per_message_measured", "window_s", "cpu_us_per_reading",
+                "readings_per_commit"):  # fmt: skip
         if key in r:
             print(f"  {key:32} {r[key]}")
     if "ingest_lag_at_end" in r:

@@ -230,6 +230,8 @@ class Gateway(GatewayBackend, GatewayStatus):
                     store,
                     max_readings=cfg.batch_max_readings,
                     max_delay_ms=cfg.batch_max_delay_ms,
+                    commit_delay_us=cfg.commit_delay_us,
+                    commit_siblings=cfg.commit_siblings,
                     on_commit=self._commit_feed,
                     lag=self.ingest_lag,
                     stats=self.store_stats,

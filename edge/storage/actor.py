@@ -5,7 +5,10 @@ that holds it has committed. While a device waits for that confirmation the batc
 soon as nothing else is queued (group commit: whatever arrives during one commit goes into the
 next), because a device's PUBACK now waits for the commit and a fixed delay would be latency
 each device pays and throughput its in-flight window caps; otherwise batches close at
-`batch_max_readings` or after `batch_max_delay_ms`. The DuckDB work runs in a worker thread so
+`batch_max_readings` or after `batch_max_delay_ms`. Under load, when at least `commit_siblings`
+devices wait for one commit, it waits up to `commit_delay_us` for more of them (PostgreSQL's
+commit_delay): fewer, larger commits, each with a fixed cost of ~2 ms CPU; a device alone is
+never delayed (docs/decisions/ingest-cpu.md). The DuckDB work runs in a worker thread so
 the event loop keeps serving sockets meanwhile.
 
 A commit that fails for a storage reason (a full disk, an I/O error) is no crash: its confirms
@@ -135,6 +138,7 @@ StoreMsg = _Told | Call | StoreState  # the last two are asked: they answer
 
 STORE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
 GROUP_COMMIT_FACTOR = 8
+DEFAULT_COMMIT_SIBLINGS = 5  # devices waiting for one commit before commit_delay_us applies
 META_INTERVAL_S = 2.0  # last_seen and counters are written at most this often
 PROBE_EVERY_S = 1.0  # while storage is unavailable: a small write this often
 # After a full disk, a probe writes only with this much free beyond the WAL: DuckDB's next
@@ -167,12 +171,18 @@ class StoreActor(Actor[StoreMsg]):
         budget: DiskBudget | None = None,
         probe_every_s: float = PROBE_EVERY_S,
         clock: Clock | None = None,
+        commit_delay_us: int = 0,
+        commit_siblings: int = DEFAULT_COMMIT_SIBLINGS,
     ) -> None:
         super().__init__()
         self._clock: Clock = clock or SystemClock()
         self._store = store
         self._max_readings = max_readings
         self._max_delay_s = max_delay_ms / 1000
+        self._commit_delay_s = commit_delay_us / 1_000_000
+        self._commit_siblings = commit_siblings
+        self._waiting_devices: set[str] = set()  # devices with a confirmation in this batch
+        self._delaying = False  # the commit delay's timer runs: the batch waits for it
         self._on_commit = on_commit
         self._batch = Batch()
         self._confirms: list[Confirm] = []
@@ -222,6 +232,8 @@ class StoreActor(Actor[StoreMsg]):
                             last_seen[r.device_id] = r.received_at
                 if confirm is not None:
                     self._confirms.append(confirm)
+                    if self._commit_delay_s:
+                        self._note_waiting(readings, rejections)
                 await self._maybe_flush()
             case RecordAuth(failure):
                 self._batch.auth_failures.append(failure)
@@ -322,10 +334,34 @@ class StoreActor(Actor[StoreMsg]):
     def _count(self, name: str, n: int) -> None:
         self._counters[name] = self._counters.get(name, 0) + n
 
+    def _note_waiting(self, readings: list[Reading], rejections: Sequence[Rejection]) -> None:
+        devices = self._waiting_devices
+        if len(devices) < self._commit_siblings:  # beyond, the count no longer matters
+            devices.update(r.device_id for r in readings)
+            devices.update(rj.device_id for rj in rejections)
+
+    def _delay_commit(self) -> bool:
+        """The commit delay (PostgreSQL's commit_delay / commit_siblings): when at least
+        commit_siblings devices wait for this commit, more of them are about to send; waiting
+        up to commit_delay_us puts them into this commit instead of the next. A device alone
+        is never delayed. True while the delay's timer runs."""
+        if self._delaying:
+            return True
+        if not self._commit_delay_s or len(self._waiting_devices) < self._commit_siblings:
+            return False
+        self._delaying = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self._commit_delay_s, self._tell_flush)
+        return True
+
     async def _maybe_flush(self) -> None:
         pending = len(self._batch.readings)
         if self._confirms and self.ref.mailbox_size == 0:
-            await self._flush()  # someone waits for this commit and nothing else is queued
+            # someone waits for this commit and nothing else is queued: commit now, unless
+            # many devices wait (then the commit delay's timer commits)
+            if pending >= self._max_readings or not self._delay_commit():
+                await self._flush()
         elif pending >= self._max_readings and (
             # Group commit: while more ingest is already queued, take it into this transaction
             # (up to GROUP_COMMIT_FACTOR x the batch size). Under load that halves the commits
@@ -350,6 +386,8 @@ class StoreActor(Actor[StoreMsg]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._delaying = False
+        self._waiting_devices.clear()
         if not self._health.available:
             return  # what is held waits for a probe that commits
         batch, confirms = self._batch, self._confirms

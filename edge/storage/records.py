@@ -95,9 +95,12 @@ class Batch:
     epoch: EpochStart | None = None
 
     def is_empty(self) -> bool:
+        return not self.readings and self.only_readings()
+
+    def only_readings(self) -> bool:
+        """Nothing to write but readings (its rejections, audit rows, ... are empty)."""
         return not (
-            self.readings
-            or self.rejections
+            self.rejections
             or self.auth_failures
             or self.alerts
             or self.counters
