@@ -13,16 +13,35 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+
+@dataclass(frozen=True)
+class _Group:
+    module: str  # registers the group's subcommands; imported only when the group is chosen
+    help: str
+    extra: str  # the pip extra that installs what it needs (pyproject.toml)
+    needs: tuple[str, ...]  # top-level modules of that extra, looked up without importing them
+
+
+_GATEWAY_NEEDS = ("aiomqtt", "paho", "aiocoap", "aiohttp", "duckdb", "argon2", "httpx")
+_CLOUD_NEEDS = ("fastapi", "uvicorn", "pydantic", "aiosmtplib", "duckdb", "pyarrow", "argon2")
+
 # Subcommand groups, imported lazily so `iotsphere gateway ...` never loads the cloud.
-_GROUPS: dict[str, tuple[str, str]] = {
-    "gateway": ("edge.app.cli", "run and administer the edge gateway"),
-    "cloud": ("cloud.app.cli", "run and administer the cloud aggregator"),
-    "sim": ("firmware_stubs.cli", "simulated devices (mqtt, coap, http)"),
-    "demo": ("edge.app.demo", "run everything at once on embedded defaults"),
-}
+_GROUPS: dict[str, _Group] = {
+    "gateway": _Group("edge.app.cli", "run and administer the edge gateway", "gateway",
+                      _GATEWAY_NEEDS),
+    "cloud": _Group("cloud.app.cli", "run and administer the cloud aggregator", "cloud",
+                    _CLOUD_NEEDS),
+    "sim": _Group("firmware_stubs.cli", "simulated devices (mqtt, coap, http)", "gateway",
+                  _GATEWAY_NEEDS),
+    "demo": _Group("edge.app.demo", "run everything at once on embedded defaults", "all",
+                   tuple(dict.fromkeys(_GATEWAY_NEEDS + _CLOUD_NEEDS))),
+}  # fmt: skip
 
 
 class CliError(Exception):
@@ -87,18 +106,53 @@ def print_json(obj: Any) -> None:
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _version() -> str:
+    try:
+        return version("iotsphere")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _missing(group: _Group) -> list[str]:
+    """The modules of the group's extra that are not installed (nothing is imported)."""
+    return [name for name in group.needs if find_spec(name) is None]
+
+
+def _not_installed(name: str, group: _Group, missing: list[str]) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        raise CliError(
+            f"`iotsphere {name}` needs the '{group.extra}' extra, which is not installed "
+            f"(missing: {', '.join(missing)}): pip install 'iotsphere[{group.extra}]'"
+        )
+
+    return handler
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for this command line: only the named group's module is imported (the
     gateway process must not load the cloud's, a third of its memory), the others are listed
-    by name for --help."""
+    by name for --help. A group whose extra is not installed answers every command with one
+    line saying which extra to install (exit 1)."""
     words = sys.argv[1:] if argv is None else argv
     chosen = next((w for w in words if not w.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="iotsphere", description="IoTSphere edge gateway")
+    parser.add_argument("--version", action="version", version=f"iotsphere {_version()}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in _GROUPS.items():
+    for name, group in _GROUPS.items():
+        missing = _missing(group)
+        help_text = group.help
+        if missing:
+            help_text += f" (not installed: pip install 'iotsphere[{group.extra}]')"
+        if name == chosen and missing:
+            # no option prefix: every word (--help, --data-dir, ...) lands in `words`, and
+            # the command answers with the one line that names the extra
+            stub = sub.add_parser(name, help=help_text, prefix_chars="\0", add_help=False)
+            stub.add_argument("words", nargs="*")
+            stub.set_defaults(handler=_not_installed(name, group, missing))
+            continue
         group_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            importlib.import_module(module_name).register(group_parser)
+            importlib.import_module(group.module).register(group_parser)
     return parser
 
 

@@ -3,8 +3,9 @@
 `GET /` is the dashboard (a hash-routed single page: overview, devices, alerts, rules, models,
 channels), `GET /login` the login page. Both are plain files from cloud/web/; the JavaScript is
 ES modules under cloud/web/static/js/, and the only third-party code, uPlot (charts), comes from
-the npm registry into cloud/web/node_modules (`./dev.sh setup` runs `npm ci`) and is served at
-/static/vendor/uplot/. Nothing is loaded from the internet.
+the npm registry and is served at /static/vendor/uplot/: from cloud/web/vendor/uplot/ in an
+installed wheel (setup.py copies it there at build time), else from cloud/web/node_modules in a
+checkout (`./dev.sh setup` runs `npm ci`). Nothing is loaded from the internet.
 
 Missing vendor assets are not fatal: the server logs one clear line, the pages still work, and
 the charts say that the charting library is missing.
@@ -29,8 +30,18 @@ log = logging.getLogger("iotsphere.cloud.web")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_DIR = WEB_DIR / "static"
-UPLOT_DIR = WEB_DIR / "node_modules" / "uplot" / "dist"
-UPLOT_FILES = ("uPlot.esm.js", "uPlot.min.css")
+UPLOT_FILES = ("uPlot.esm.js", "uPlot.min.css")  # setup.py copies the same files
+
+
+def uplot_dir(web_dir: Path = WEB_DIR) -> Path:
+    """Where uPlot is: the wheel's copy (package data) first, else npm's in a checkout."""
+    packaged = web_dir / "vendor" / "uplot"
+    if all((packaged / name).is_file() for name in UPLOT_FILES):
+        return packaged
+    return web_dir / "node_modules" / "uplot" / "dist"
+
+
+UPLOT_DIR = uplot_dir()
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -31,7 +31,6 @@ from cloud.app.admin_ops import local_admin_secret, remove_run_info, write_run_i
 from cloud.app.asgi import create_app
 from cloud.app.services import Services, build_services, open_store
 from cloud.app.settings import CloudSettings
-from cloud.storage.pg import redact
 
 log = logging.getLogger("iotsphere.cloud")
 
@@ -135,6 +134,8 @@ def serve_workers(settings: CloudSettings, workers: int) -> None:
         timeout_graceful_shutdown=10,
     )
     sock = config.bind_socket()
+    from cloud.storage.pg import redact  # psycopg, the postgres extra: only with --database
+
     log.info("starting cloud on %s:%d with %d workers (database %s)", settings.bind,
              settings.port, workers, redact(settings.database_url or ""))  # fmt: skip
     Multiprocess(config, sockets=[sock]).run()
