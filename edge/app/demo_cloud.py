@@ -1,7 +1,9 @@
 """The demo's cloud: `iotsphere cloud serve` as a child process, an admin login, enrollment.
 
 Run through the CLI itself, as a user would: the demo shows the real commands working
-together, and the cloud keeps its own process (and DuckDB writer) as in production.
+together, and the cloud keeps its own process (and DuckDB writer) as in production. Each child
+gets SIGTERM from the kernel if the demo dies, even by SIGKILL (common/parent_death.py); they
+are started from the main thread, which lives as long as the demo.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from common.cli import CliError
+from common.parent_death import parent_death_signal
 from common.tokens import new_cli_token
 
 DEMO_EMAIL = "admin@demo.local"
@@ -29,6 +32,7 @@ def _iotsphere(*args: str, stdin: str | None = None) -> subprocess.CompletedProc
         text=True,
         timeout=60,
         check=False,
+        preexec_fn=parent_death_signal(),
     )
 
 
@@ -63,6 +67,8 @@ def start_cloud(cloud_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], st
         [sys.executable, "-m", "common.cli", "cloud", "serve", "--data-dir", str(cloud_dir),
          "--port", str(port)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+        # no thread runs yet, and the child only calls prctl (resolved in the parent)
+        preexec_fn=parent_death_signal(),  # noqa: PLW1509
     )  # fmt: skip
     log.close()
     url = f"http://127.0.0.1:{port}"

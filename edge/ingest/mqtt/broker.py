@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import getpass
 import glob
 import json
@@ -25,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.parent_death import parent_death_signal
+
 log = logging.getLogger("iotsphere.broker")
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 INGRESS_USER = "iotsphere-ingress"
 ADMIN_USER = "iotsphere-admin"
-PR_SET_PDEATHSIG = 1
 
 
 class BrokerError(Exception):
@@ -187,16 +187,6 @@ def render_config(broker_dir: Path, port: int, plugin: str, max_queued: int) -> 
     )
 
 
-def _set_pdeathsig() -> None:
-    """Runs in the child before exec: SIGTERM the broker if the gateway dies (even by kill -9).
-
-    SIGTERM (not SIGKILL) lets Mosquitto write its persistence file, so QoS 1 messages queued
-    for the gateway's session survive the gateway's crash.
-    """
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -275,7 +265,10 @@ class ManagedMosquitto:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_set_pdeathsig,
+            # SIGTERM the broker if the gateway dies, even by kill -9. SIGTERM, not SIGKILL:
+            # Mosquitto then writes its persistence file, so QoS 1 messages queued for the
+            # gateway's session survive the gateway's crash.
+            preexec_fn=parent_death_signal(signal.SIGTERM),
         )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
