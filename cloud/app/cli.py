@@ -342,9 +342,7 @@ def _add_cloud_args(parser: argparse.ArgumentParser, *, json_flag: bool = False)
     )
 
 
-def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the cloud aggregator until SIGINT/SIGTERM")
     _add_cloud_args(serve)
     serve.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -373,6 +371,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="worker processes sharing the port (default 1; more need --database)",
     )
     serve.set_defaults(handler=_cmd_serve)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_serve(sub)
 
     migrate = sub.add_parser(
         "migrate", help="bring the database's schema to this release's (serve also does)"

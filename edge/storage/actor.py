@@ -77,6 +77,10 @@ class Call:
     edge.storage.client, whose StoreClient names each operation."""
 
     fn: Callable[[GatewayStore], Any]
+    # For a read of a sync batch: the last reading seq the result holds. The disk cap then
+    # keeps readings up to it from this very message on, so no budget run can fall between
+    # the read and the protection (ProtectThrough, sent later, would leave that gap).
+    protects: Callable[[Any], int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +253,15 @@ class StoreActor(Actor[StoreMsg]):
                 elif confirm is not None:
                     self._confirms.append(confirm)
                 await self._flush()  # alerts are rare and matter: no waiting
-            case Call(fn):
+            case Call(fn, protects):
                 await self._flush()  # queries see everything received before them
                 try:
-                    return CallOk(await self._in_store_thread(fn, self._store))
+                    value = await self._in_store_thread(fn, self._store)
                 except Exception as exc:  # the caller's error (bad input), not this actor's
                     return CallFailed(await self._call_failed(exc))
+                if protects is not None:
+                    self.stats.protect_through = max(self.stats.protect_through, protects(value))
+                return CallOk(value)
             case Flush():
                 await self._flush()
             case EnforceBudget():

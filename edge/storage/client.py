@@ -36,10 +36,15 @@ from edge.sync.batch_rows import BatchRows, read_batch_rows
 T = TypeVar("T")
 
 
-async def call(ref: ActorRef[StoreMsg], fn: Callable[[GatewayStore], T]) -> T:
+async def call(
+    ref: ActorRef[StoreMsg],
+    fn: Callable[[GatewayStore], T],
+    protects: Callable[[T], int] | None = None,
+) -> T:
     """Run fn on the store actor; its exceptions reach the caller without crashing the actor.
-    The transport of StoreClient (and of tests that look into the store); no other caller."""
-    reply = await ref.ask(Call(fn))
+    The transport of StoreClient (and of tests that look into the store); no other caller.
+    `protects`: see Call."""
+    reply = await ref.ask(Call(fn, protects))
     if isinstance(reply, CallFailed):
         raise reply.error
     assert isinstance(reply, CallOk)
@@ -149,7 +154,9 @@ class StoreClient:
         self, cursor: tuple[int, int], auth_cursor: int, max_readings: int
     ) -> BatchRows:
         return await call(
-            self._ref, lambda s: read_batch_rows(s, cursor, auth_cursor, max_readings)
+            self._ref,
+            lambda s: read_batch_rows(s, cursor, auth_cursor, max_readings),
+            protects=_last_seq,
         )
 
     # -- writes ---------------------------------------------------------------------------------
@@ -185,3 +192,9 @@ class StoreClient:
     ) -> None:
         """Rules saved and deleted and kv set, in one trip (the cloud configuration)."""
         await call(self._ref, lambda s: _save_rules(s, rules, deleted, kv, now_ms))
+
+
+def _last_seq(rows: BatchRows) -> int:
+    """The newest reading a sync batch read holds (0 without readings)."""
+    seqs = rows.readings.seq
+    return seqs[-1] if seqs else 0

@@ -384,9 +384,9 @@ class SyncActor(Actor[SyncMsg]):
     async def _post_body(
         self, client: CloudClient, batch: SyncBatch, body: tuple[bytes, str, str] | None
     ) -> BatchAck:
-        # The disk cap must not drop what this batch carries. Told before the batch goes on
-        # the wire (the store's mailbox is FIFO); a cap that ran since the read only deletes
-        # the local copy of readings this batch already holds in memory.
+        # The disk cap must not drop what this batch carries: the read already protected its
+        # readings (StoreClient.batch_rows); this also covers the cursor, told before the batch
+        # goes on the wire (the store's mailbox is FIFO).
         await self._store.protect_through(max(batch.last_seq, self._cursor[0]))
         if body is None:
             body = await asyncio.to_thread(encode_batch, batch)

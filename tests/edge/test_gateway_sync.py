@@ -399,13 +399,13 @@ async def test_cap_drops_oldest_unsynced_keeps_alerts_and_reports_the_exact_coun
         await until(lambda: gw.store_stats.readings_dropped == 70)
         assert await call(gw.store_ref, lambda s: s.count_readings()) == 30
         kept = [r.ts for r in (await call(gw.store_ref, lambda s: s.readings_after(0, 1000)))[1]]
-        # Oldest first: one run of 70 is gone. A batch already on its way to the cloud is
-        # pinned (dropping it would count readings the cloud then receives), so the run may
-        # start after the first batch rather than at the very first reading.
+        # Oldest first: one run of 70 is gone. Batches read for the cloud are pinned from
+        # their read on (dropping them would count readings the cloud then receives): the
+        # one on the wire and the one read ahead of it, so the run may start after them.
         every = [r.ts for r in readings(100)]
         gone = [i for i, ts in enumerate(every) if ts not in kept]
         assert len(gone) == 70 and gone == list(range(gone[0], gone[0] + 70))
-        assert gone[0] <= cfg.sync_batch_max_readings
+        assert gone[0] <= 2 * cfg.sync_batch_max_readings
         alerts = await call(gw.store_ref, lambda s: s.alerts())
         assert len(alerts) == 1 and alerts[0].state == "active"  # alerts are never dropped
         stub.fail_503 = 0

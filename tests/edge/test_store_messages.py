@@ -24,7 +24,7 @@ from edge.storage.actor import (
     StoreState,
     StoreView,
 )
-from edge.storage.client import call
+from edge.storage.client import StoreClient, call
 from edge.storage.health import StorageFailure, StorageHealth
 from edge.storage.stats import StoreStats
 from edge.storage.store import AlertRow, Batch, CommitResult, GatewayStore, StoreUnavailable
@@ -77,6 +77,35 @@ async def test_the_disk_cap_keeps_readings_in_flight_across_a_store_restart(
         kept = [r.ts for r in (await call(ref, lambda s: s.readings_after(0, 1000)))[1]]
         # 1..20 are in flight and stay; the 70 oldest after them go, down to the cap of 30
         # (forgetting the protection would drop 1..70 instead).
+        assert kept == [1000 + i for i in range(20)] + [1000 + i for i in range(90, 100)]
+    finally:
+        await root.stop()
+        store.close()
+
+
+async def test_reading_a_sync_batch_protects_it_from_the_next_budget_run(
+    tmp_path: Path,
+) -> None:
+    """No window between the sync actor's read and its ProtectThrough: the read protects."""
+    store = GatewayStore(tmp_path / "gateway.duckdb")
+    stats = StoreStats()
+    budget = DiskBudget(synced_retention_s=None, unsynced_cap=30, every_s=3600)
+    root = Supervisor("test", max_restarts=0)
+    ref = await root.start_child(
+        ChildSpec(
+            "store",
+            lambda: StoreActor(store, max_readings=10, max_delay_ms=1, stats=stats, budget=budget),
+        )
+    )
+    try:
+        done: list[BaseException | None] = []
+        await ref.send(Ingest(readings(100), confirm=done.append))
+        await until(lambda: done == [None])
+        rows = await StoreClient(ref).batch_rows((0, 0), 0, 20)  # the next batch: 1..20
+        assert list(rows.readings.seq) == list(range(1, 21))
+        await ref.send(EnforceBudget())  # before any ProtectThrough could arrive
+        await until(lambda: stats.readings_dropped == 70)
+        kept = [r.ts for r in (await call(ref, lambda s: s.readings_after(0, 1000)))[1]]
         assert kept == [1000 + i for i in range(20)] + [1000 + i for i in range(90, 100)]
     finally:
         await root.stop()
