@@ -1,17 +1,16 @@
-"""The DuckDB cloud store's accounts: orgs, users and refresh tokens (AccountQueries, one of
-the query groups SqlCloudStore is made of). Ending a user's access lives here too: a password
-change or a disable bumps the user's token version and revokes every refresh token, and no
-change may leave an org without an enabled admin (UserChange.LAST_ADMIN)."""
+"""The cloud store's accounts, on either engine: orgs, users and refresh tokens
+(AccountQueries, one of the query groups SqlCloudStore is made of). Ending a user's access lives
+here too: a password change or a disable bumps the user's token version and revokes every
+refresh token, and no change may leave an org without an enabled admin (UserChange.LAST_ADMIN).
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-import duckdb
-
 from cloud.storage.interface import Org, RefreshToken, RefreshUse, Role, User, UserChange
-from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.sql import SqlConn, SqlDatabase, first
 
 _USER_COLS = "id, email, org_id, role, password_hash, created_at, token_version, disabled_at"
 
@@ -31,18 +30,18 @@ def _user(row: tuple[Any, ...] | None) -> User | None:
     )
 
 
-def _revoke_refresh_tokens(c: duckdb.DuckDBPyConnection, user_id: str) -> None:
+def _revoke_refresh_tokens(c: SqlConn, user_id: str) -> None:
     c.execute(
         "UPDATE refresh_tokens SET revoked = true WHERE user_id = ? AND NOT revoked", [user_id]
     )
 
 
-def _select_user(c: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> User | None:
+def _select_user(c: SqlConn, where: str, params: list[Any]) -> User | None:
     rows = c.execute(f"SELECT {_USER_COLS} FROM users WHERE {where}", params).fetchall()
     return _user(first(rows))
 
 
-def _leaves_no_admin(c: duckdb.DuckDBPyConnection, user: User) -> bool:
+def _leaves_no_admin(c: SqlConn, user: User) -> bool:
     """Whether `user` is the only enabled admin of their org (the caller is taking that away).
 
     Takes the org's row lock first (a no-op update): two workers demoting the org's last two
@@ -65,7 +64,7 @@ class AccountQueries:
     db: SqlDatabase  # set by SqlCloudStore
 
     async def ensure_org(self, name: str, now_ms: int) -> Org:
-        def go(c: duckdb.DuckDBPyConnection) -> Org:
+        def go(c: SqlConn) -> Org:
             row = first(c.execute("SELECT id, name FROM orgs WHERE name = ?", [name]).fetchall())
             if row is None:
                 # another worker may be creating it too: the name is unique, theirs may win
@@ -124,7 +123,7 @@ class AccountQueries:
         disabled: bool | None = None,
         password_hash: str | None = None,
     ) -> tuple[UserChange, User | None]:
-        def go(c: duckdb.DuckDBPyConnection) -> tuple[UserChange, User | None]:
+        def go(c: SqlConn) -> tuple[UserChange, User | None]:
             user = _select_user(c, "org_id = ? AND id = ?", [org_id, user_id])
             if user is None:
                 return UserChange.NOT_FOUND, None
@@ -152,7 +151,7 @@ class AccountQueries:
         return await self.db.run(self.db.transaction(go))
 
     async def delete_user(self, org_id: str, user_id: str) -> tuple[UserChange, User | None]:
-        def go(c: duckdb.DuckDBPyConnection) -> tuple[UserChange, User | None]:
+        def go(c: SqlConn) -> tuple[UserChange, User | None]:
             user = _select_user(c, "org_id = ? AND id = ?", [org_id, user_id])
             if user is None:
                 return UserChange.NOT_FOUND, None
@@ -184,7 +183,7 @@ class AccountQueries:
     async def consume_refresh_token(
         self, token_hash: str, now_ms: int
     ) -> tuple[RefreshUse, RefreshToken | None]:
-        def go(c: duckdb.DuckDBPyConnection) -> tuple[RefreshUse, RefreshToken | None]:
+        def go(c: SqlConn) -> tuple[RefreshUse, RefreshToken | None]:
             row = first(
                 c.execute(
                     "SELECT r.family_id, r.user_id, r.expires_at, r.token_version, r.used_at,"

@@ -1,8 +1,9 @@
-"""CloudStore on embedded DuckDB (the default): one file in the data dir. SqlCloudStore is
-assembled from query groups that each live in their own module, with one job each: accounts
-(cloud.storage.accounts), devices and telemetry (cloud.storage.telemetry) and alerts
-(cloud.storage.alert_queries), over the core tables of cloud.storage.duck_schema. What stays here
-is opening (the core migrations), availability, gateways and the dashboard configuration."""
+"""CloudStore on SQL: the embedded DuckDB file (the default) or PostgreSQL, the same code on
+either (cloud.storage.sql). SqlCloudStore is assembled from query groups that each live in
+their own module, with one job each: accounts (cloud.storage.accounts), devices and telemetry
+(cloud.storage.telemetry) and alerts (cloud.storage.alert_queries), over the core tables of
+cloud.storage.duck_schema or cloud.storage.pg_schema. What stays here is opening (the core
+migrations), availability, gateways and the dashboard configuration."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from cloud.storage.telemetry import TelemetryQueries
 
 
 class SqlCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
-    """The embedded CloudStore. `db` is shared: other areas add tables via db.migrate()."""
+    """The CloudStore on either engine. `db` is shared: other areas add tables via
+    db.migrate()."""
 
     def __init__(self, db: SqlDatabase) -> None:
         self.db = db

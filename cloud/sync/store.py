@@ -1,4 +1,4 @@
-"""Storage of sync on the cloud's DuckDB Database: SyncStore, and how one gateway batch is
+"""Storage of sync on the cloud's database (either engine): SyncStore, and how one gateway batch is
 applied. A batch is applied in ONE transaction (devices, readings, alerts, events, counters,
 the ack): a crash part-way applies nothing, and the gateway's resend applies it all; each step
 of that transaction is a function below, run on the caller's connection. Pipelined batches
