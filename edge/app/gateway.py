@@ -67,6 +67,8 @@ from edge.sync.clock_watch import ClockWatch
 from edge.sync.identity import IdentityError, load_identity
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from edge.sync.actor import SyncMsg, SyncStats
 
 log = logging.getLogger("iotsphere.gateway")
@@ -328,7 +330,9 @@ class Gateway(GatewayBackend, GatewayStatus):
 
     async def _start_http(self) -> None:
         """Device HTTP ingress and the local status page on one port, sharing the CoAP
-        listener's ingest path and lockout counts (the same DeviceIngest, the same tracker)."""
+        listener's ingest path and lockout counts (the same DeviceIngest, the same tracker);
+        the monitoring endpoints (edge.status.health) on the same port."""
+        from edge.status.health import HealthEndpoints
         from edge.status.page import StatusPage
 
         assert self._device_ingest is not None
@@ -336,9 +340,15 @@ class Gateway(GatewayBackend, GatewayStatus):
             self._directory, self._tracker, self.clock, self._on_device_auth_event, "http"
         )
         page = StatusPage(self, self.cfg.data_dir, self.clock, audit=self._on_device_auth_event)
+        health = HealthEndpoints(self)  # /healthz, /readyz, /metrics: no login
+
+        def routes(app: web.Application) -> None:
+            page.install(app)
+            health.install(app)
+
         assert self._caps is not None
         self._http = HttpIngress(
-            self.cfg.bind, self.cfg.http_port, auth, self._device_ingest, page.install,
+            self.cfg.bind, self.cfg.http_port, auth, self._device_ingest, routes,
             caps=self._caps.http,
         )  # fmt: skip
         await self._http.start()

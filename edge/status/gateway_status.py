@@ -21,6 +21,10 @@ class GatewayStatus(GatewayParts):
 
     async def status(self) -> dict[str, Any]:
         """Answered from live counters, never queued behind ingest (it must work under load)."""
+        return self.status_now()
+
+    def status_now(self) -> dict[str, Any]:
+        """`status` without awaiting: what /metrics reads at scrape time (edge.status.health)."""
         live, rules = self.store_stats, self.rules_stats  # display only: written by their actors
         devices: dict[str, int] = {}
         for state in self._device_status.values():
@@ -46,6 +50,7 @@ class GatewayStatus(GatewayParts):
             "active_alerts": rules.active_alerts,
             "rejections": live.rejections,
             "auth_failures": live.auth_failures,
+            "lockouts_active": len(self._tracker.locked_keys()),
             "commits": live.commits,
             "last_commit_at": live.last_commit_at,
             "sync": self._sync_status(),
@@ -65,6 +70,24 @@ class GatewayStatus(GatewayParts):
             "rules_notices_skipped": self._commit_feed.skipped,
             "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,
+        }
+
+    def readiness(self) -> dict[str, str | None]:
+        """/readyz's checks: each None when ready, else why not (edge.status.health)."""
+        ingress = self._ingress is not None and self._ingress.connected.is_set()
+        if self._broker is None:
+            broker = None if ingress else "not connected to the external broker"
+        else:
+            broker = None if self._broker.running else "the managed Mosquitto is not running"
+        storage = self.store_stats.storage
+        store = None
+        if not storage.available:
+            reason = storage.failure.reason if storage.failure is not None else "unknown"
+            store = f"the store cannot write ({reason})"
+        return {
+            "broker": broker,
+            "store": store,
+            "ingress": None if ingress else "the MQTT ingress is not subscribed",
         }
 
     def _disk_status(self) -> dict[str, Any]:
