@@ -69,6 +69,7 @@ class AdminApi:
                 web.get("/admin/errors", self._errors_list),
                 web.get("/admin/audit", self._audit),
                 web.get("/admin/status", self._status),
+                web.post("/admin/snapshot", self._snapshot),
             ]
         )
         return app
@@ -100,6 +101,9 @@ class AdminApi:
 
     async def _status(self, _r: web.Request) -> web.Response:
         return _json(await self._backend.status())
+
+    async def _snapshot(self, _r: web.Request) -> web.Response:
+        return _json(await self._backend.snapshot_store())
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)

@@ -37,6 +37,7 @@ class AdminBackend(Protocol):
     async def errors(self, limit: int) -> list[dict[str, Any]]: ...
     async def audit(self, limit: int) -> list[dict[str, Any]]: ...
     async def status(self) -> dict[str, Any]: ...
+    async def snapshot_store(self) -> dict[str, Any]: ...
 
 
 class LocalBackend:
@@ -114,6 +115,10 @@ class LocalBackend:
             **ops.status(self._store),
             "disk": ops.disk_usage(self._cfg),
         }
+
+    async def snapshot_store(self) -> dict[str, Any]:
+        dest = snapshot_path(self._cfg)
+        return {"path": str(dest), "schema_version": self._store.snapshot(dest)}
 
 
 class RemoteBackend:
@@ -200,6 +205,15 @@ class RemoteBackend:
     async def status(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._req("GET", "/admin/status")
         return result
+
+    async def snapshot_store(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._req("POST", "/admin/snapshot")
+        return result
+
+
+def snapshot_path(cfg: GatewayConfig) -> Path:
+    """Where a copy of the database for `gateway backup` goes: the CLI packs it, then deletes it."""
+    return cfg.run_dir / f"snapshot-{secrets.token_hex(8)}.duckdb"
 
 
 # -- discovery: is a gateway running on this data dir? ---------------------------------------

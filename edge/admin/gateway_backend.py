@@ -11,7 +11,7 @@ from typing import Any
 from common.alerts import AlertEvent
 from common.validation import device_type_from_dict
 from edge.admin import ops
-from edge.admin.backend import BackendError
+from edge.admin.backend import BackendError, snapshot_path
 from edge.alerts.rules_actor import ChangeAlert, ReloadRules
 from edge.app.parts import GatewayParts
 from edge.ingest.coap.oscore_contexts import OscoreError
@@ -54,6 +54,11 @@ class GatewayBackend(GatewayParts):
 
     async def list_devices(self) -> list[dict[str, Any]]:
         return await self._admin_storage.devices()
+
+    async def snapshot_store(self) -> dict[str, Any]:
+        """A consistent copy of the store for `gateway backup`, made between two commits."""
+        dest = snapshot_path(self.cfg)
+        return {"path": str(dest), "schema_version": await self._admin_storage.snapshot(dest)}
 
     def _new_oscore_context(self, device_id: str) -> dict[str, str]:
         """The device's side of a new OSCORE context (the gateway's side is live at once)."""

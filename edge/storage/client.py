@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from common.actors import ActorRef
@@ -158,6 +159,11 @@ class StoreClient:
             lambda s: read_batch_rows(s, cursor, auth_cursor, max_readings),
             protects=_last_seq,
         )
+
+    async def snapshot(self, dest: Path) -> int:
+        """A consistent copy of the database at dest, with everything received before this
+        call committed in it (a Call flushes first); returns its schema version."""
+        return await call(self._ref, lambda s: s.snapshot(dest))
 
     # -- writes ---------------------------------------------------------------------------------
 

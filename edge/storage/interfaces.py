@@ -7,6 +7,7 @@ own, so mypy proves it uses nothing else of the store.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from common.model import Reading
@@ -65,6 +66,7 @@ class AdminStorage(Protocol):
     async def alerts(self, state: str | None = None) -> list[AlertRow]: ...
     async def rejections(self, limit: int) -> list[dict[str, Any]]: ...
     async def auth_failures(self, limit: int) -> list[dict[str, Any]]: ...
+    async def snapshot(self, dest: Path) -> int: ...
 
 
 class StatusStorage(Protocol):

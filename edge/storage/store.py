@@ -22,6 +22,7 @@ import duckdb
 from common.model import Reading
 from common.sync_wire import DeviceRecord
 from edge.storage.connection import DuckConfig, DuckConnection, StoreError, StoreUnavailable
+from edge.storage.migrations import open_migrated
 from edge.storage.records import (
     AlertRow,
     AuthFailure,
@@ -45,6 +46,7 @@ from edge.storage.schema import (
     SYNC_LAST_SUCCESS_KEY,
     SYNC_READINGS_KEY,
 )
+from edge.storage.snapshot import copy_database
 
 __all__ = [  # defined in the modules beside this one; callers import them from here
     "DROPPED_COUNTER",
@@ -98,9 +100,7 @@ class GatewayStore(Reports):
         self._appenders: dict[str, duckdb.Appender] = {}
         self._appenders_of: duckdb.DuckDBPyConnection | None = None
         self._db = DuckConnection(path, config, after_reopen=self._after_reopen)
-        self._con.execute(SCHEMA)
-        # Added after the first release: a cursor for syncing auth events.
-        self._con.execute("ALTER TABLE auth_failures ADD COLUMN IF NOT EXISTS seq BIGINT")
+        open_migrated(self._db)  # refuses a file of a newer release (SchemaTooNew)
         self._con.execute(INCOMING_READINGS_SCHEMA)
         try:
             self._compact_counters()
@@ -174,6 +174,11 @@ class GatewayStore(Reports):
                     "INSERT INTO counters SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[])",
                     [[r[0] for r in rows], [int(r[1]) for r in rows]],
                 )
+
+    def snapshot(self, dest: Path) -> int:
+        """A consistent copy of the database at dest, between commits; its schema version."""
+        with self._lock:
+            return copy_database(self._db, dest)
 
     def close(self) -> None:
         """Checkpoint and close; never fails over a full disk (the WAL keeps the data)."""

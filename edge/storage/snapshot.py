@@ -1,0 +1,42 @@
+"""A consistent copy of the gateway's DuckDB file while the gateway runs (`gateway backup`).
+
+Called on the store's thread with the store's lock held, so between two commits and with no
+statement running: CHECKPOINT writes every committed transaction into the database file and
+empties the WAL, then the file is copied. DuckDB has no background writer, so nothing changes
+the file during the copy. Should the checkpoint fail (a full disk), the WAL still holds what
+the file lacks: it is copied beside the file and replayed when the copy is opened. Ingest waits
+for the copy (about 1 s per 100-200 MB here); the ATTACH + COPY FROM DATABASE alternative takes
+longer, rebuilds the tables instead of keeping them as they are, and waits just the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from edge.storage.connection import DuckConnection
+from edge.storage.migrations import stored_version
+
+log = logging.getLogger("iotsphere.store")
+
+
+def wal_of(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+def copy_database(db: DuckConnection, dest: Path) -> int:
+    """Copy db's file (and a WAL the checkpoint could not empty) to dest; its schema version."""
+    try:
+        with db.guarded() as con:
+            con.execute("CHECKPOINT")
+    except Exception as exc:
+        log.warning("backup: checkpoint failed, copying the WAL too: %s", exc)
+    version = stored_version(db.con)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(db.path, dest)
+    wal_of(dest).unlink(missing_ok=True)
+    wal = wal_of(db.path)
+    if wal.exists() and wal.stat().st_size > 0:
+        shutil.copyfile(wal, wal_of(dest))
+    return version
