@@ -35,6 +35,7 @@ from cloud.app.admin_ops import (
     running_cloud_url,
     set_user_state,
 )
+from cloud.app.service import register_service
 from cloud.app.services import open_store
 from cloud.app.settings import CloudSettings
 from cloud.storage.errors import Conflict, StoreError
@@ -377,6 +378,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     _add_serve(sub)
+    register_service(sub)
 
     migrate = sub.add_parser(
         "migrate", help="bring the database's schema to this release's (serve also does)"

@@ -31,6 +31,7 @@ from cloud.app.admin_ops import local_admin_secret, remove_run_info, write_run_i
 from cloud.app.asgi import create_app
 from cloud.app.services import Services, build_services, open_store
 from cloud.app.settings import CloudSettings
+from common.sd_notify import SdNotifier
 
 log = logging.getLogger("iotsphere.cloud")
 
@@ -43,6 +44,8 @@ class GracefulServer(uvicorn.Server):
     """
 
     run_info_dir: Path | None = None
+    notifier: SdNotifier | None = None  # systemd Type=notify (serve() sets it)
+    _watchdog: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -68,6 +71,9 @@ class GracefulServer(uvicorn.Server):
             write_run_info(self.run_info_dir, self._bound_port(), self.config.host)
         if self.started:  # the marker scripts and tests wait for
             log.info("cloud ready on http://%s:%d", self.config.host, self.config.port)
+        if self.started and self.notifier is not None:
+            self.notifier.ready("cloud ready")
+            self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
 
     def _bound_port(self) -> int:
         """The port actually listened on (differs from the configured one for port 0)."""
@@ -78,6 +84,8 @@ class GracefulServer(uvicorn.Server):
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s: shutting down", signal.Signals(sig).name)
+        if self.notifier is not None:
+            self.notifier.stopping()
         if self.should_exit:  # a second signal: stop waiting for in-flight requests
             self.force_exit = True
         self.should_exit = True
@@ -153,6 +161,7 @@ def serve(settings: CloudSettings, workers: int = 1) -> None:
         services = build_services(settings, store)
         server = uvicorn_server(services, settings.bind, settings.port)
         server.run_info_dir = settings.data_dir
+        server.notifier = SdNotifier.from_env()
         # "cloud ready" is logged by GracefulServer.startup once the socket listens (scripts
         # and tests wait for it), not here, before it does.
         log.info("starting cloud on %s:%d (data dir %s)", settings.bind, settings.port,

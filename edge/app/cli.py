@@ -26,6 +26,7 @@ from edge.admin.backend import (
 )
 from edge.app.backup_cli import register_backup
 from edge.app.config import ConfigError, GatewayConfig, load_config
+from edge.app.service import register_service
 from edge.storage.store import GatewayStore, StoreError
 
 
@@ -360,4 +361,5 @@ def register(parser: argparse.ArgumentParser) -> None:  # noqa: PLR0915
     status = sub.add_parser("status", help="devices, readings, alerts, broker")
     add_common_args(status, json_flag=True)
     status.set_defaults(handler=_cmd_status)
+    register_service(sub)
     register_backup(sub)

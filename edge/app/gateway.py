@@ -29,6 +29,7 @@ from common.actors import (
 )
 from common.backoff import Backoff, spread
 from common.clock import Clock, SystemClock
+from common.sd_notify import SdNotifier
 from common.validation import ValidationPolicy, device_type_from_dict
 from edge.admin.api import AdminApi
 from edge.admin.backend import admin_secret, write_run_info
@@ -573,11 +574,20 @@ class Gateway(GatewayBackend, GatewayStatus):
 def run_gateway(cfg: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM; raises on a failure that stopped the gateway."""
 
+    notifier = SdNotifier.from_env()  # before Mosquitto starts: it must not inherit it
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Gateway(cfg).run(stop)
+        gateway = Gateway(cfg)
+        # READY=1 when startup() has set `ready` (listeners and broker up), WATCHDOG=1 from
+        # this loop, STOPPING=1 on SIGTERM (systemd Type=notify; nothing without NOTIFY_SOCKET)
+        follow = asyncio.create_task(notifier.follow(gateway.ready, stop, "gateway ready"))
+        try:
+            await gateway.run(stop)
+        finally:
+            follow.cancel()
 
     asyncio.run(main())

@@ -19,6 +19,7 @@ import secrets
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,10 @@ def render_config(broker_dir: Path, port: int, plugin: str, max_queued: int) -> 
             "max_inflight_messages 1000",
             "set_tcp_nodelay true",
             f"pid_file {broker_dir / 'mosquitto.pid'}",
-            f"log_dest file {broker_dir / 'mosquitto.log'}",
+            # To the gateway, which logs each line (journald under systemd): no log file
+            # growing on the SD card. The gateway's log lines carry the time.
+            "log_dest stderr",
+            "log_timestamp false",
             "log_type error",
             "log_type warning",
             "log_type notice",
@@ -234,6 +238,8 @@ class ManagedMosquitto:
         self.port = port
         self.max_queued = max_queued
         self._proc: asyncio.subprocess.Process | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._log_tail: deque[str] = deque(maxlen=5)  # for the error of a failed start
 
     @property
     def pid(self) -> int | None:
@@ -270,15 +276,16 @@ class ManagedMosquitto:
             # gateway's session survive the gateway's crash.
             preexec_fn=parent_death_signal(signal.SIGTERM),
         )
+        self._log_tail.clear()
+        self._log_task = asyncio.create_task(self._forward_log(self._proc), name="mosquitto-log")
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self._proc.returncode is not None:
-                err = b""
-                if self._proc.stderr:
-                    err = await self._proc.stderr.read()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._log_task), 2)
                 raise BrokerError(
                     f"mosquitto exited with {self._proc.returncode}: "
-                    f"{err.decode(errors='replace').strip() or 'see ' + str(self.dir)}"
+                    f"{' / '.join(self._log_tail) or 'see ' + str(self.dir)}"
                 )
             with contextlib.suppress(OSError):
                 _r, w = await asyncio.open_connection("127.0.0.1", self.port)
@@ -288,6 +295,16 @@ class ManagedMosquitto:
                 return
             await asyncio.sleep(0.05)
         raise BrokerError(f"mosquitto did not listen on port {self.port} in time")
+
+    async def _forward_log(self, proc: asyncio.subprocess.Process) -> None:
+        """Mosquitto's log (log_dest stderr), one gateway log line per line, until it exits."""
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._log_tail.append(line)
+                say = log.warning if line.lower().startswith(("error", "warning")) else log.info
+                say("mosquitto: %s", line)
 
     async def wait(self) -> int:
         assert self._proc is not None
@@ -304,3 +321,6 @@ class ManagedMosquitto:
             log.error("mosquitto did not stop in %.0fs; killing it", timeout_s)
             proc.kill()
             await proc.wait()
+        if self._log_task is not None:  # its last lines (shutdown) reach the log
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._log_task, 2)
