@@ -7,6 +7,14 @@
 #   ./dev.sh setup       only set up (Debian packages + .venv)
 set -euo pipefail
 cd "$(dirname "$0")"
+# 32-bit ARM (Raspberry Pi OS armhf) has no wheels for duckdb, pyarrow, cffi and others on PyPI,
+# and building DuckDB there takes hours and more than 1 GB of RAM: say so before trying.
+case "$(uname -m)" in
+    armv6l|armv7l|armv8l|armhf)
+        echo "dev.sh: 32-bit ARM ($(uname -m)) is not supported: duckdb, pyarrow and other" \
+            "dependencies have no wheels for it; install 64-bit Raspberry Pi OS (aarch64)" >&2
+        exit 1 ;;
+esac
 VENV=.venv
 PY=$VENV/bin/python
 
