@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from cloud.api.deps import ServicesDep
-from cloud.api.problems import unauthorized
+from cloud.api.problems import HttpProblem, unauthorized
 from cloud.app.admin_ops import (
     DEFAULT_ORG,
     LOCAL_ADMIN_PREFIX,
@@ -28,8 +28,10 @@ from cloud.app.admin_ops import (
     local_admin_secret,
     set_user_state,
 )
+from cloud.app.backup import NotEmbedded, snapshot, snapshot_path
 from cloud.app.services import Services
 from cloud.storage.interface import Role
+from common.problem import Problem
 
 ACTOR = "cli (local admin API)"
 
@@ -111,3 +113,14 @@ async def delete_user(email: str, services: ServicesDep) -> dict[str, Any]:
 async def post_gateway(body: GatewayAdd, services: ServicesDep) -> dict[str, str]:
     ttl, now = services.settings.enrollment_ttl_s, services.clock.now_ms()
     return await add_gateway(services.store, body.name, body.org, ttl, now)
+
+
+@router.post("/backup")
+async def post_backup(services: ServicesDep) -> dict[str, str]:
+    """`cloud backup`: a copy of the DuckDB file, made between two queries, for the CLI to pack."""
+    dest = snapshot_path(services.settings.data_dir)
+    try:
+        await asyncio.to_thread(snapshot, getattr(services.store, "db", None), dest)
+    except NotEmbedded as exc:
+        raise HttpProblem(Problem("bad-request", "Bad request", 400, str(exc))) from exc
+    return {"path": str(dest)}

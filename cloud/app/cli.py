@@ -35,6 +35,7 @@ from cloud.app.admin_ops import (
     running_cloud_url,
     set_user_state,
 )
+from cloud.app.backup_cli import register_cloud_backup
 from cloud.app.service import register_service
 from cloud.app.services import open_store
 from cloud.app.settings import CloudSettings
@@ -379,6 +380,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     _add_serve(sub)
     register_service(sub)
+    register_cloud_backup(sub, _add_cloud_args)
 
     migrate = sub.add_parser(
         "migrate", help="bring the database's schema to this release's (serve also does)"

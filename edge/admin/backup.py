@@ -12,24 +12,20 @@ Left out: broker/ (Mosquitto's files, rebuilt from the store at start), run/ and
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tarfile
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from common.backup_files import MANIFEST, utc_now_iso, wal_of, write_tar_gz
 from edge.app.config import GatewayConfig
 from edge.storage.migrations import check_version, stored_version
-from edge.storage.snapshot import wal_of
 
 FORMAT = "iotsphere-gateway-backup"
-MANIFEST = "manifest.json"
 DATABASE = "gateway.duckdb"
 SMALL_FILES = ("gateway.toml", "identity.json", "gateway.key", "status_password")
 DIRECTORIES = ("oscore",)
@@ -70,27 +66,13 @@ def write_archive(
         "format": FORMAT,
         "format_version": 1,
         "schema_version": schema_version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": utc_now_iso(),
         "files": [DATABASE, *members],
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)  # mode 0600
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-            body = json.dumps(manifest, indent=2).encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size, info.mtime, info.mode = len(body), int(time.time()), 0o600
-            tar.addfile(info, io.BytesIO(body))
-            tar.add(snapshot, arcname=DATABASE)
-            for name in members:
-                tar.add(data_dir / name, arcname=name)
-            raw.flush()
-            os.fsync(raw.fileno())
-        tmp.replace(dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return {"file": str(dest), "bytes": dest.stat().st_size, **manifest}
+    size = write_tar_gz(
+        dest, manifest, [(snapshot, DATABASE), *((data_dir / n, n) for n in members)]
+    )
+    return {"file": str(dest), "bytes": size, **manifest}
 
 
 def _read_manifest(tar: tarfile.TarFile, source: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from common.backup_files import add_backup_parser, backup_destination, pack_snapshot
 from common.cli import CliError, add_common_args, data_dir_of, print_json
 from edge.admin.backend import AdminBackend, running_gateway_url
 from edge.admin.backup import CONTENTS_HELP, BackupError, extract, fold_wal, install, write_archive
@@ -25,11 +26,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 def _cmd_backup(args: argparse.Namespace) -> int:
     from edge.app.cli import with_backend  # imports this module: not at the top
 
-    dest = Path(args.file).absolute()
-    if not dest.parent.is_dir():
-        raise CliError(f"{dest.parent} is not a directory", 2)
-    if dest.is_dir():
-        raise CliError(f"{dest} is a directory; name the backup file", 2)
+    dest = backup_destination(args.file)
     cfg = _config(args)
 
     async def snapshot(backend: AdminBackend) -> dict[str, Any]:
@@ -38,15 +35,9 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     # The running gateway copies its store between two commits; a stopped one is opened here.
     result = with_backend(args, snapshot)
     copy = Path(result["path"])
-    try:
-        version = fold_wal(copy)
-        summary = write_archive(dest, copy, cfg.data_dir, version)
-    except OSError as exc:
-        raise CliError(f"backup to {dest} failed: {exc}") from exc
-    finally:
-        copy.unlink(missing_ok=True)
-        copy.with_name(copy.name + ".wal").unlink(missing_ok=True)
-    print_json(summary)
+    print_json(
+        pack_snapshot(dest, copy, lambda: write_archive(dest, copy, cfg.data_dir, fold_wal(copy)))
+    )
     return 0
 
 
@@ -80,15 +71,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def register_backup(sub: Any) -> None:
     """`gateway backup` and `gateway restore`, on the gateway's subparsers."""
-    backup = sub.add_parser(
-        "backup",
+    add_backup_parser(
+        sub,
         help="write a consistent backup of the data dir, running or stopped",
         description=f"Write FILE: {CONTENTS_HELP}. While the gateway runs, its store is copied"
         " between two commits: every reading committed before the backup started is in it.",
+        add_args=add_common_args,
+        handler=_cmd_backup,
     )
-    backup.add_argument("file", metavar="FILE", help="the .tar.gz to write (replaced if it exists)")
-    add_common_args(backup, json_flag=True)
-    backup.set_defaults(handler=_cmd_backup)
 
     restore = sub.add_parser(
         "restore",

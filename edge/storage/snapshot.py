@@ -12,17 +12,13 @@ longer, rebuilds the tables instead of keeping them as they are, and waits just 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
+from common.backup_files import copy_with_wal
 from edge.storage.connection import DuckConnection
 from edge.storage.migrations import stored_version
 
 log = logging.getLogger("iotsphere.store")
-
-
-def wal_of(path: Path) -> Path:
-    return path.with_name(path.name + ".wal")
 
 
 def copy_database(db: DuckConnection, dest: Path) -> int:
@@ -33,10 +29,5 @@ def copy_database(db: DuckConnection, dest: Path) -> int:
     except Exception as exc:
         log.warning("backup: checkpoint failed, copying the WAL too: %s", exc)
     version = stored_version(db.con)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(db.path, dest)
-    wal_of(dest).unlink(missing_ok=True)
-    wal = wal_of(db.path)
-    if wal.exists() and wal.stat().st_size > 0:
-        shutil.copyfile(wal, wal_of(dest))
+    copy_with_wal(db.path, dest)
     return version
