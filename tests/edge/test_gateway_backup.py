@@ -25,6 +25,14 @@ from edge.storage.migrations import LATEST, SchemaTooNew
 from edge.storage.schema import SCHEMA
 from edge.storage.store import GatewayStore
 from tests.conftest import THERMO_TOML, cli, running
+from tests.edge.test_gateway_sync import (  # noqa: F401 - stub is a fixture
+    StubCloud,
+    enroll_directly,
+    ingest,
+    readings,
+    stub,
+    sync_config,
+)
 from tests.support.ports import restartable_port
 from tests.support.waiting import until
 
@@ -33,7 +41,13 @@ T0 = 1764300000000
 
 def config_for(data_dir: Path) -> GatewayConfig:
     return load_config(
-        data_dir, bind="127.0.0.1", mqtt_port=restartable_port(), coap_port=0, http_port=0
+        data_dir,
+        bind="127.0.0.1",
+        mqtt_port=restartable_port(),
+        coap_port=0,
+        http_port=0,
+        mqtts_port=0,
+        https_port=0,
     )
 
 
@@ -94,6 +108,32 @@ async def test_backup_while_ingesting_then_restore_elsewhere(
         async with httpx.AsyncClient() as c:
             url = f"http://127.0.0.1:{gw2.http_port}/api/v1/{tokens['b1']}/telemetry"
             assert (await c.post(url, content=b'{"temperature": 1}')).status_code == 200
+
+
+async def test_a_restored_gateway_syncs_with_the_backed_up_identity(
+    stub: StubCloud,  # noqa: F811
+    gateway_config: GatewayConfig,
+    tmp_path: Path,
+) -> None:
+    gateway_id = enroll_directly(gateway_config.data_dir, stub)
+    archive = tmp_path / "enrolled.tar.gz"
+    async with running(sync_config(gateway_config)) as gw:
+        await ingest(gw, readings(10))
+        await until(lambda: len(stub.readings) == 10)
+        await asyncio.to_thread(
+            cli, "gateway", "backup", str(archive), data_dir=gateway_config.data_dir
+        )
+    with tarfile.open(archive) as tar:
+        assert {"identity.json", "gateway.key"} <= set(tar.getnames())
+    target = tmp_path / "restored"
+    cli("gateway", "restore", str(archive), data_dir=target)
+    later = 1_764_500_000_000
+    async with running(sync_config(config_for(target))) as gw2:
+        await ingest(gw2, readings(3, start_ts=later))
+        # signed with the restored key (the stub verifies each batch against gateway_id's)
+        await until(lambda: sum(r.ts >= later for r in stub.readings.values()) == 3)
+    assert stub.auth_failures == 0 and set(stub.keys) == {gateway_id}
+    assert sorted(stub.readings) == list(range(1, 14))  # the restored gateway went on from 10
 
 
 def one_line_error(proc: object, code: int, *words: str) -> None:
