@@ -5,8 +5,9 @@ statement running: CHECKPOINT writes every committed transaction into the databa
 empties the WAL, then the file is copied. DuckDB has no background writer, so nothing changes
 the file during the copy. Should the checkpoint fail (a full disk), the WAL still holds what
 the file lacks: it is copied beside the file and replayed when the copy is opened. Ingest waits
-for the copy (about 1 s per 100-200 MB here); the ATTACH + COPY FROM DATABASE alternative takes
-longer, rebuilds the tables instead of keeping them as they are, and waits just the same.
+for the copy. Measured here (DuckDB 2.0.1, a store of 3.05 M readings, a 25 MB file, 50,000 of
+them only in the WAL): CHECKPOINT + copy 0.09 s; ATTACH a new file + COPY FROM DATABASE, the
+alternative, 2.3 s (it rebuilds every table), with the store's lock held just the same.
 """
 
 from __future__ import annotations
