@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import heapq
-import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.atomic_file import write_atomic
 from common.clock import Clock
 from common.problem import Problem, ProblemError
 from common.sync_clocks import CLOCK_SKEW_FLAG_MS
@@ -128,27 +127,7 @@ def save_private_key(key: Ed25519PrivateKey, path: Path, *, overwrite: bool = Fa
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # Created 0600 from the start (never briefly readable), then fchmod: the umask can only
-    # remove bits, and a 0400 key would break a later overwrite.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, pem, 0o600)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

@@ -76,9 +76,16 @@ def data_dir(tmp_path: Path) -> Path:
 def gateway_config(data_dir: Path) -> GatewayConfig:
     # coap_port 0: the OS picks a free UDP port (Gateway.coap_port tells which)
     # http_port 0 likewise (Gateway.http_port)
+    return local_config(data_dir, restartable_port())
+
+
+def local_config(data_dir: Path, mqtt_port: int) -> GatewayConfig:
+    """A gateway on loopback: this MQTT port, any free CoAP and HTTP ports, the TLS ports off
+    (tests that want them set mqtts_port/https_port)."""
     return load_config(
-        data_dir, bind="127.0.0.1", mqtt_port=restartable_port(), coap_port=0, http_port=0
-    )
+        data_dir, bind="127.0.0.1", mqtt_port=mqtt_port, coap_port=0, http_port=0,
+        mqtts_port=0, https_port=0,
+    )  # fmt: skip
 
 
 class GatewayProcess:
@@ -91,6 +98,8 @@ class GatewayProcess:
         self.mqtt_port = mqtt_port
         self.coap_port_flag = coap_port  # 0: any free UDP port; see coap_port()
         self.http_port_flag = http_port  # 0: any free TCP port; see http_port()
+        self.mqtts_port_flag = 0  # TLS ports: 0 = off
+        self.https_port_flag = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "gateway.log"
         # (soft, hard) RLIMIT_NOFILE for the gateway (and so its Mosquitto); None: inherited
@@ -115,6 +124,10 @@ class GatewayProcess:
                 str(self.coap_port_flag),
                 "--http-port",
                 str(self.http_port_flag),
+                "--mqtts-port",
+                str(self.mqtts_port_flag),
+                "--https-port",
+                str(self.https_port_flag),
             ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,

@@ -202,8 +202,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             " process",
             2,
         )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together", 2)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None
     try:
-        serve(settings, workers=args.workers)
+        serve(settings, workers=args.workers, tls=tls)
     except StoreError as exc:
         raise CliError(f"cannot open the cloud store: {exc}") from exc
     except OSError as exc:
@@ -372,6 +375,10 @@ def _add_serve(sub: Any) -> None:
         default=1,
         help="worker processes sharing the port (default 1; more need --database)",
     )
+    serve.add_argument(
+        "--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, its chain)"
+    )
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     serve.set_defaults(handler=_cmd_serve)
 
 

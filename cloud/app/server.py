@@ -22,6 +22,7 @@ import signal
 import socket
 from collections.abc import Generator, Iterable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
@@ -34,6 +35,7 @@ from cloud.app.settings import CloudSettings
 from common.sd_notify import SdNotifier
 
 log = logging.getLogger("iotsphere.cloud")
+TlsFiles = tuple[str, str]  # (certificate, key), PEM files
 
 
 class GracefulServer(uvicorn.Server):
@@ -70,7 +72,8 @@ class GracefulServer(uvicorn.Server):
         if self.started and self.run_info_dir is not None:
             write_run_info(self.run_info_dir, self._bound_port(), self.config.host)
         if self.started:  # the marker scripts and tests wait for
-            log.info("cloud ready on http://%s:%d", self.config.host, self.config.port)
+            scheme = "https" if self.config.ssl_certfile else "http"
+            log.info("cloud ready on %s://%s:%d", scheme, self.config.host, self.config.port)
         if self.started and self.notifier is not None:
             self.notifier.ready("cloud ready")
             self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
@@ -92,12 +95,17 @@ class GracefulServer(uvicorn.Server):
 
 
 def uvicorn_server(
-    services: Services, host: str, port: int, extra: Iterable[APIRouter] = ()
+    services: Services,
+    host: str,
+    port: int,
+    extra: Iterable[APIRouter] = (),
+    tls: TlsFiles | None = None,
 ) -> GracefulServer:
     config = uvicorn.Config(
         create_app(services, extra),
         host=host,
         port=port,
+        **_ssl_args(tls),
         workers=1,
         log_config=None,  # our logging setup (stderr, common format) stays in charge
         access_log=False,  # AccessMiddleware logs one structured line per request
@@ -105,6 +113,16 @@ def uvicorn_server(
         timeout_graceful_shutdown=10,
     )
     return GracefulServer(config)
+
+
+def _ssl_args(tls: TlsFiles | None) -> dict[str, Any]:
+    """uvicorn's TLS settings: `cloud serve --tls-cert FILE --tls-key FILE` (PEM)."""
+    if tls is None:
+        return {}
+    for path in tls:
+        if not Path(path).is_file():
+            raise OSError(f"TLS file {path} does not exist")
+    return {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]}
 
 
 SETTINGS_ENV = "IOTSPHERE_CLOUD_WORKER_SETTINGS"  # the parent's settings, for each worker
@@ -118,7 +136,7 @@ def worker_app() -> FastAPI:
     return create_app(build_services(settings, store), on_shutdown=store.close)
 
 
-def serve_workers(settings: CloudSettings, workers: int) -> None:
+def serve_workers(settings: CloudSettings, workers: int, tls: TlsFiles | None = None) -> None:
     """N worker processes accepting on one socket, supervised by uvicorn (a worker that dies is
     started again; SIGINT/SIGTERM stops them all gracefully). PostgreSQL only: every piece of
     state is in the database, so any worker serves any request and the once-only work
@@ -135,6 +153,7 @@ def serve_workers(settings: CloudSettings, workers: int) -> None:
         factory=True,
         host=settings.bind,
         port=settings.port,
+        **_ssl_args(tls),
         workers=workers,
         log_config=None,
         access_log=False,
@@ -150,16 +169,18 @@ def serve_workers(settings: CloudSettings, workers: int) -> None:
     log.info("cloud stopped")
 
 
-def serve(settings: CloudSettings, workers: int = 1) -> None:
-    """Run until SIGINT/SIGTERM. Raises StoreError / OSError on start-up failures."""
+def serve(settings: CloudSettings, workers: int = 1, tls: TlsFiles | None = None) -> None:
+    """Run until SIGINT/SIGTERM (HTTPS with `tls`: certificate and key files). Raises
+    StoreError / OSError on start-up failures."""
     if workers > 1:
-        serve_workers(settings, workers)
+        serve_workers(settings, workers, tls)
         return
+    _ssl_args(tls)  # a missing file: one line before the store opens
     store = open_store(settings)
     try:
         local_admin_secret(settings.data_dir)  # before run/cloud.json sends the CLI to us
         services = build_services(settings, store)
-        server = uvicorn_server(services, settings.bind, settings.port)
+        server = uvicorn_server(services, settings.bind, settings.port, tls=tls)
         server.run_info_dir = settings.data_dir
         server.notifier = SdNotifier.from_env()
         # "cloud ready" is logged by GracefulServer.startup once the socket listens (scripts

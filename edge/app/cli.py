@@ -79,6 +79,7 @@ def _emit(args: argparse.Namespace, data: Any) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.app.gateway import run_gateway
+    from edge.app.gateway_tls import GatewayTlsError
     from edge.ingest.coap.ingress import CoapIngressError
     from edge.ingest.http.ingress import HttpIngressError
     from edge.ingest.mqtt.broker import BrokerError
@@ -90,11 +91,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mqtt_port=args.mqtt_port,
         http_port=args.http_port,
         coap_port=args.coap_port,
+        mqtts_port=args.mqtts_port,
+        https_port=args.https_port,
         broker_url=args.broker,
     )
+    failures = (StoreError, BrokerError, MqttFrontError, CoapIngressError, HttpIngressError)
     try:
         run_gateway(cfg)
-    except (StoreError, BrokerError, MqttFrontError, CoapIngressError, HttpIngressError) as exc:
+    except (*failures, GatewayTlsError) as exc:
         raise CliError(str(exc)) from exc
     return 0
 
@@ -186,6 +190,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     """Register this gateway's new key with the cloud; works with the gateway stopped."""
     import sys
     import time
+    from pathlib import Path
 
     from common.gateway_auth import (
         GatewayKeyError,
@@ -208,7 +213,11 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     key = generate_private_key()
     # Nothing is written before the cloud accepts: a refused token leaves the gateway as it was.
     try:
-        result = enroll(cloud, args.token, public_key_b64(key), args.name)
+        ca_pem = None if args.cafile is None else Path(args.cafile).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read --cafile {args.cafile}: {exc}", 2) from exc
+    try:
+        result = enroll(cloud, args.token, public_key_b64(key), args.name, ca_pem=ca_pem)
     except CloudError as exc:
         raise CliError(str(exc)) from exc
     try:
@@ -221,6 +230,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                 org=result.org,
                 name=args.name,
                 enrolled_at=time.time_ns() // 1_000_000,
+                cloud_ca_pem=ca_pem,
             ),
         )
     except (GatewayKeyError, IdentityError, OSError) as exc:
@@ -261,14 +271,18 @@ def _cmd_password_set(args: argparse.Namespace) -> int:
 
 
 # the argparse definition of every gateway command, read top to bottom:
-def register(parser: argparse.ArgumentParser) -> None:  # noqa: PLR0915
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
     add_common_args(run)
     run.add_argument("--bind", help="address of the device-facing listeners (default 0.0.0.0)")
     run.add_argument("--mqtt-port", type=port_number, help="device MQTT port (default 1883)")
     run.add_argument("--http-port", type=port_number, help="device HTTP port (default 8080)")
+    run.add_argument(
+        "--mqtts-port", type=port_number, help="device MQTT over TLS port (default 8883; 0 = off)"
+    )
+    run.add_argument(
+        "--https-port", type=port_number, help="device HTTPS port (default 8443; 0 = off)"
+    )
     run.add_argument(
         "--coap-port", type=port_number, help="device CoAP port, UDP (default 5683; 0 = any free)"
     )
@@ -278,6 +292,28 @@ def register(parser: argparse.ArgumentParser) -> None:  # noqa: PLR0915
         help="use an external broker (mqtt://user:pass@host:1883) instead of the managed Mosquitto",
     )
     run.set_defaults(handler=_cmd_run)
+
+
+def _add_enroll(sub: Any) -> None:
+    enroll = sub.add_parser("enroll", help="register this gateway with a cloud (key + identity)")
+    enroll.add_argument("--cloud", required=True, metavar="URL", help="e.g. http://cloud:8000")
+    enroll.add_argument("--token", required=True, help="from `iotsphere cloud gateway add`")
+    enroll.add_argument("--name", help="this gateway's name in the cloud")
+    enroll.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="CA certificate (PEM) to verify an https:// cloud with, kept for later syncs "
+        "(default: the system's CAs)",
+    )
+    enroll.add_argument("--force", action="store_true", help="enroll again with a new key")
+    add_common_args(enroll, json_flag=True)
+    enroll.set_defaults(handler=_cmd_enroll)
+
+
+def register(parser: argparse.ArgumentParser) -> None:  # noqa: PLR0915
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_run(sub)
 
     device = sub.add_parser("device", help="provision, list and revoke devices")
     dsub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
@@ -341,13 +377,7 @@ def register(parser: argparse.ArgumentParser) -> None:  # noqa: PLR0915
     add_common_args(audit, json_flag=True)
     audit.set_defaults(handler=_cmd_audit)
 
-    enroll = sub.add_parser("enroll", help="register this gateway with a cloud (key + identity)")
-    enroll.add_argument("--cloud", required=True, metavar="URL", help="e.g. http://cloud:8000")
-    enroll.add_argument("--token", required=True, help="from `iotsphere cloud gateway add`")
-    enroll.add_argument("--name", help="this gateway's name in the cloud")
-    enroll.add_argument("--force", action="store_true", help="enroll again with a new key")
-    add_common_args(enroll, json_flag=True)
-    enroll.set_defaults(handler=_cmd_enroll)
+    _add_enroll(sub)
 
     password = sub.add_parser("password", help="the local status page password")
     psub = password.add_subparsers(dest="password_command", metavar="ACTION", required=True)

@@ -43,6 +43,15 @@ class GatewayConfig:
     mqtt_port: int = 1883  # the device-facing MQTT front (0 = any free port)
     http_port: int = 8080  # device HTTP ingress and the local status page (later issue)
     coap_port: int = 5683  # CoAP ingress (later issue)
+    # TLS (edge.security.tls): MQTT over TLS and HTTPS (ingress, status page) in front of the
+    # same front and app as the plain ports; 0 = off. The certificate is generated in DATA/tls on
+    # first start unless tls_cert_file and tls_key_file (PEM) name the installer's own.
+    mqtts_port: int = 8883
+    https_port: int = 8443
+    plain_mqtt: bool = True  # false: no plain MQTT listener (mqtt_port 0 already means "any")
+    plain_http: bool = True  # false: no plain HTTP listener (devices, status page, /metrics)
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     broker_url: str | None = None  # external broker (mqtt://user:pass@host:port); None = managed
     broker_port: int = 0  # private Mosquitto port on 127.0.0.1 (0 = a free port at each start)
     broker_max_queued: int = 1_000_000  # QoS 1 messages the broker holds for the gateway
@@ -134,6 +143,7 @@ def load_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"{name} must be a whole number of at least {least}, not {value!r}")
+    _check_tls(cfg)
     if cfg.broker_url is not None:
         parts = urlsplit(cfg.broker_url)
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
@@ -141,6 +151,19 @@ def load_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
                 f"--broker must look like mqtt://user:pass@host:1883, not {cfg.broker_url!r}"
             )
     return cfg
+
+
+def _check_tls(cfg: GatewayConfig) -> None:
+    for name in ("mqtts_port", "https_port"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+            raise ConfigError(f"{name} must be a port number (0 = off), not {value!r}")
+    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
+        raise ConfigError("tls_cert_file and tls_key_file go together: set both or neither")
+    if not cfg.plain_mqtt and not cfg.mqtts_port and cfg.broker_url is None:
+        raise ConfigError("plain_mqtt = false needs mqtts_port: devices would have no MQTT port")
+    if not cfg.plain_http and not cfg.https_port:
+        raise ConfigError("plain_http = false needs https_port: no HTTP port would be left")
 
 
 def _apply_toml(cfg: GatewayConfig, raw: dict[str, Any], path: Path) -> GatewayConfig:

@@ -70,6 +70,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             mqtt_port=args.mqtt_port,
             coap_port=args.coap_port,
             http_port=args.http_port,
+            mqtts_port=0,  # all on this machine: no TLS ports (they would collide between demos)
+            https_port=0,
             bind="127.0.0.1",
         )
     except ConfigError as exc:

@@ -42,6 +42,7 @@ from edge.alerts.rules_actor import (
     SecurityLockout,
 )
 from edge.app.config import GatewayConfig
+from edge.app.gateway_tls import gateway_tls, tls_port
 from edge.ingest.classify import Classifier
 from edge.ingest.coap.ingress import CoapIngress
 from edge.ingest.coap.oscore_contexts import OscoreKeystore, OscoreRegistry
@@ -102,6 +103,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         self._http: HttpIngress | None = None  # device HTTP ingress + local status page
         self._admin: AdminApi | None = None
         self._caps: CapPlan | None = None  # the listeners' connection caps, set by run()
+        self.tls = None  # the certificate of the TLS ports (GatewayParts), set by startup
         self._classifier = Classifier(
             config.device_types,
             ValidationPolicy(max_future_skew_ms=int(config.max_future_skew_s * 1000)),
@@ -158,6 +160,7 @@ class Gateway(GatewayBackend, GatewayStatus):
         cfg = self.cfg
         # Before Mosquitto starts: it inherits the descriptor limit raised here.
         self._caps = self._size_listeners()
+        self.tls = gateway_tls(cfg)  # before any listener: a broken certificate stops here
         devices = self._load_state(store)
         await self._start_actors(root, store)
         await self._start_sync(root)
@@ -326,8 +329,8 @@ class Gateway(GatewayBackend, GatewayStatus):
 
     @property
     def http_port(self) -> int | None:
-        """The bound HTTP port (the real one when the config asked for 0)."""
-        return self._http.port if self._http is not None else None
+        """The bound HTTP port (the real one when the config asked for 0); None when off."""
+        return self._http.summary()["port"] if self._http is not None else None
 
     async def _start_http(self) -> None:
         """Device HTTP ingress and the local status page on one port, sharing the CoAP
@@ -350,7 +353,8 @@ class Gateway(GatewayBackend, GatewayStatus):
         assert self._caps is not None
         self._http = HttpIngress(
             self.cfg.bind, self.cfg.http_port, auth, self._device_ingest, routes,
-            caps=self._caps.http,
+            caps=self._caps.http, tls=tls_port(self.tls, self.cfg.https_port),
+            plain=self.cfg.plain_http,
         )  # fmt: skip
         await self._http.start()
 
@@ -408,13 +412,13 @@ class Gateway(GatewayBackend, GatewayStatus):
             backoff_base_s=cfg.sync_backoff_base_s,
             backoff_max_s=cfg.sync_backoff_max_s,
         )
-        boot_id = self.boot_id
+        boot_id, timeout = self.boot_id, cfg.sync_timeout_s
         self._sync_ref = await root.start_child(
             ChildSpec(
                 "sync",
                 lambda: SyncActor(
                     self.store_client,
-                    lambda: CloudClient(identity.cloud_url, signer, cfg.sync_timeout_s),
+                    lambda: CloudClient(identity.cloud_url, signer, timeout, identity.cloud_ca_pem),
                     self.clock,
                     settings,
                     stats,
@@ -493,6 +497,8 @@ class Gateway(GatewayBackend, GatewayStatus):
             self._on_auth_event,
             self.clock,
             caps=self._caps.mqtt,
+            tls=tls_port(self.tls, self.cfg.mqtts_port),
+            plain=self.cfg.plain_mqtt,
             telemetry=TelemetryTerms(
                 self._device_ingest,
                 self._ingress.reply,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from edge.ingest.mqtt.ingress import MqttIngress
     from edge.security.device_auth import DeviceDirectory
     from edge.security.lockout import LockoutTracker
+    from edge.security.tls import GatewayTls
     from edge.storage.actor import StoreMsg
     from edge.storage.client import StoreClient
     from edge.storage.stats import LagWindow, StoreStats
@@ -58,6 +59,7 @@ class GatewayParts:
     _http: HttpIngress | None
     _admin: AdminApi | None
     _caps: CapPlan | None
+    tls: GatewayTls | None
     _classifier: Classifier
     _tracker: LockoutTracker
     _device_status: dict[str, str]  # device id -> "active" | "revoked"

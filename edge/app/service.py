@@ -21,6 +21,12 @@ DEFAULT_CONFIG = """\
 # mqtt_port = 1883
 # http_port = 8080            # device HTTP ingress and the local status page
 # coap_port = 5683
+# mqtts_port = 8883           # MQTT over TLS (0 = off); the certificate: DATA/tls/gateway.crt
+# https_port = 8443           # HTTPS: ingress and status page (0 = off)
+# plain_mqtt = true           # false: only MQTT over TLS
+# plain_http = true           # false: only HTTPS
+# tls_cert_file = "/etc/iotsphere/gateway.crt"   # the installer's own, with tls_key_file
+# tls_key_file = "/etc/iotsphere/gateway.key"
 # broker_url = "mqtt://user:pass@host:1883"   # an external broker instead of Mosquitto
 # duckdb_memory_limit = "64MB"
 # synced_retention_h = 168.0  # synced readings are kept this long (0 = forever)
@@ -47,7 +53,7 @@ def _privileged(root: Path, config: Path) -> bool:
         cfg = load_config(data_dir)
     except ConfigError as exc:
         raise CliError(f"{config}: {exc}") from exc
-    ports = (cfg.mqtt_port, cfg.http_port, cfg.coap_port)
+    ports = (cfg.mqtt_port, cfg.http_port, cfg.coap_port, cfg.mqtts_port, cfg.https_port)
     return any(0 < port < 1024 for port in ports)
 
 

@@ -31,6 +31,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -40,6 +41,7 @@ from common.backoff import Backoff
 log = logging.getLogger("iotsphere.listener")
 
 LOG_EVERY_S = 10.0  # at most one summary line per listener and kind in this long
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # as the MQTT CONNECT and HTTP header timeouts
 ACCEPTS_PER_WAKEUP = 100  # as asyncio: the listening socket is drained in bursts
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 1.0
@@ -220,6 +222,7 @@ class ListenerStats:
     refused_per_address: int = 0  # closed at once: their address held its share
     accept_failures: int = 0  # accept() failed: out of descriptors (or memory)
     accept_paused_s: float = 0.0  # time spent not accepting after those failures
+    tls_handshake_failures: int = 0  # TLS port: closed in the handshake (wrong CA, timeout)
 
     @property
     def refused(self) -> int:
@@ -256,12 +259,23 @@ class _Tracked(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
 
+class ListenError(OSError):
+    """A port that could not be bound (`tls`: the TLS one)."""
+
+    def __init__(self, port: int, tls: bool, cause: OSError) -> None:
+        super().__init__(*((cause.errno, cause.strerror) if cause.errno else (str(cause),)))
+        self.port, self.tls = port, tls
+        self.reason = cause.strerror or str(cause)
+
+
 class BoundedListener:
     """A listening TCP socket (one per address `bind` resolves to) with its own accept loop.
 
     `factory` builds the protocol of each admitted connection; `refusal` (optional) gives the
     bytes sent to a refused one before it is closed (an HTTP 503), nothing for MQTT. close()
-    stops listening; open connections are their protocols' to end."""
+    stops listening; open connections are their protocols' to end. start() may be called once
+    more with a TLS context: that port's connections are TLS (handshake within 10 s), under the
+    same caps and counts, and a refused one is closed without the refusal bytes."""
 
     def __init__(
         self,
@@ -278,6 +292,7 @@ class BoundedListener:
         self._refusal = refusal
         self._backlog = backlog
         self._sockets: list[socket.socket] = []
+        self._tls: dict[socket.socket, ssl.SSLContext] = {}  # the TLS ones among _sockets
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backoff = AcceptBackoff()
         self._paused: asyncio.TimerHandle | None = None
@@ -289,21 +304,29 @@ class BoundedListener:
 
     @property
     def port(self) -> int:
+        """The plain port (the TLS one when there is no plain one)."""
         if not self._sockets:
             raise OSError(f"the {self.name} listener is not listening")
-        return int(self._sockets[0].getsockname()[1])
+        plain = [s for s in self._sockets if s not in self._tls] or self._sockets
+        return int(plain[0].getsockname()[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        tls = [s for s in self._sockets if s in self._tls]
+        return int(tls[0].getsockname()[1]) if tls else None
 
     @property
     def caps(self) -> ConnectionCaps:
         return self._gate.caps
 
-    async def start(self, bind: str, port: int) -> None:
+    async def start(self, bind: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         """Bind and listen (raises OSError as create_server would), then accept."""
         loop = self._loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
             bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
         seen = set()
+        new: list[socket.socket] = []
         try:
             for family, kind, proto, _name, address in infos:
                 if (family, address) in seen:
@@ -311,6 +334,9 @@ class BoundedListener:
                 seen.add((family, address))
                 sock = socket.socket(family, kind, proto)
                 self._sockets.append(sock)
+                new.append(sock)
+                if tls is not None:
+                    self._tls[sock] = tls
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -320,8 +346,21 @@ class BoundedListener:
         except OSError:
             self.close()
             raise
-        for sock in self._sockets:
+        for sock in new:
             loop.add_reader(sock.fileno(), self._accept, sock)
+
+    async def start_ports(
+        self, bind: str, port: int | None, tls: tuple[int, ssl.SSLContext] | None
+    ) -> None:
+        """The plain port (None: none) and the TLS one (port, context) when given; on a
+        failure nothing stays open and ListenError names the port."""
+        ports: list[tuple[int, ssl.SSLContext | None]] = [] if port is None else [(port, None)]
+        for number, context in ports + ([tls] if tls is not None else []):
+            try:
+                await self.start(bind, number, context)
+            except OSError as exc:
+                self.close()
+                raise ListenError(number, context is not None, exc) from exc
 
     def close(self) -> None:
         if self._paused is not None:
@@ -332,6 +371,7 @@ class BoundedListener:
                 self._loop.remove_reader(sock.fileno())
             sock.close()
         self._sockets.clear()
+        self._tls.clear()
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -353,14 +393,15 @@ class BoundedListener:
             self._backoff.succeeded()
             address = plain_address(str(peer[0])) if isinstance(peer, tuple) else str(peer)
             refused = self._gate.admit(address)
+            tls = self._tls.get(sock)
             if refused is not None:
-                self._refuse(conn, address, refused)
+                self._refuse(conn, address, refused, tls is None)
                 continue
             self.stats.accepted += 1
             self.stats.open = self._gate.open
-            self._serve(conn, address)
+            self._serve(conn, address, tls)
 
-    def _serve(self, conn: socket.socket, address: str) -> None:
+    def _serve(self, conn: socket.socket, address: str, tls: ssl.SSLContext | None) -> None:
         assert self._loop is not None
         released = False
 
@@ -374,7 +415,13 @@ class BoundedListener:
         def made() -> asyncio.Protocol:
             return _Tracked(self._factory(), release)
 
-        task = self._loop.create_task(self._loop.connect_accepted_socket(made, conn))
+        if tls is None:
+            setup = self._loop.connect_accepted_socket(made, conn)
+        else:
+            setup = self._loop.connect_accepted_socket(
+                made, conn, ssl=tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S
+            )
+        task = self._loop.create_task(setup)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[object]) -> None:
@@ -382,6 +429,9 @@ class BoundedListener:
             if t.cancelled() or t.exception() is not None:
                 release()
                 conn.close()
+                if tls is not None and isinstance(t.exception(), (OSError, TimeoutError)):
+                    self.stats.tls_handshake_failures += 1  # a wrong CA, a port scan: no log
+                    return
                 if not t.cancelled() and self._setup_log.event(self._loop_time()):
                     log.error("%s: %d connection(s) not set up since the last such line (the "
                               "last from %s)", self.name, self._setup_log.pending, address,
@@ -390,14 +440,14 @@ class BoundedListener:
 
         task.add_done_callback(done)
 
-    def _refuse(self, conn: socket.socket, address: str, why: Refusal) -> None:
+    def _refuse(self, conn: socket.socket, address: str, why: Refusal, answer: bool) -> None:
         st = self.stats
         if why is Refusal.MAX_CONNECTIONS:
             st.refused_max_connections += 1
         else:
             st.refused_per_address += 1
         try:
-            if self._refusal is not None:
+            if self._refusal is not None and answer:
                 conn.setblocking(False)
                 conn.send(self._refusal(why))
         except OSError:

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from edge.admin import ops
+from edge.app.gateway_tls import tls_status
 from edge.app.parts import GatewayParts
 from edge.ingest.listener import open_fds
 from edge.status.view import StatusData
@@ -18,6 +19,16 @@ class GatewayStatus(GatewayParts):
     def _status_storage(self) -> StatusStorage:
         """The store, narrowed to the one read the status page makes."""
         return self.store_client
+
+    @property
+    def mqtts_port(self) -> int | None:
+        """The bound MQTT-over-TLS port, None when off."""
+        return self._front.tls_port if self._front is not None else None
+
+    @property
+    def https_port(self) -> int | None:
+        """The bound HTTPS port, None when off."""
+        return self._http.tls_port if self._http is not None else None
 
     async def status(self) -> dict[str, Any]:
         """Answered from live counters, never queued behind ingest (it must work under load)."""
@@ -66,6 +77,7 @@ class GatewayStatus(GatewayParts):
             "coap": self._coap.summary() if self._coap else None,
             "http": self._http.summary() if self._http else None,
             "connections": self._connections_status(),
+            "tls": tls_status(self.tls, self.mqtts_port, self.https_port),
             "store_mailbox": self.store_ref.mailbox_size,
             "rules_notices_skipped": self._commit_feed.skipped,
             "ingest_lag": self.ingest_lag.summary(),

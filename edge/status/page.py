@@ -305,6 +305,7 @@ class StatusPage:
             path="/",
             httponly=True,
             samesite="Strict",
+            secure=request.secure,  # over HTTPS: never sent back in clear
         )
         raise resp
 

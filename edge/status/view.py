@@ -222,6 +222,7 @@ def _cards(st: Mapping[str, Any]) -> tuple[tuple[str, Cell], ...]:
         ("Rejected messages", _text(st.get("rejections"))),
         ("Authentication failures", _text(st.get("auth_failures"))),
         ("Connections refused at the limits", _text(refused) if connections else None),
+        ("TLS certificate (SHA-256)", _text((st.get("tls") or {}).get("fingerprint_sha256"))),
         ("Accepts failed (out of file descriptors)",
          _text(accept_failures) if connections else None),
     )  # fmt: skip

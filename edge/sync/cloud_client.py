@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,27 @@ class BadAck(CloudError):
     pass
 
 
+def tls_verify(ca_pem: str | None) -> ssl.SSLContext:
+    """How the cloud's certificate is verified: against this CA (PEM) or the system's CAs."""
+    if ca_pem is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cadata=ca_pem)
+    except ssl.SSLError as exc:
+        raise CloudError(f"the cloud's CA certificate is not usable: {exc}") from exc
+
+
+def _unreachable(what: str, exc: httpx.HTTPError) -> CloudUnreachable:
+    """One line; an unverifiable certificate says what to do about it."""
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        reason = str(exc).split("certificate verify failed:")[-1].split("(_ssl")[0].strip(" ()")
+        return CloudUnreachable(
+            f"{what}: the cloud's TLS certificate is not trusted ({reason}); give the CA that "
+            "signed it with `iotsphere gateway enroll --cafile FILE`"
+        )
+    return CloudUnreachable(f"{what}: {type(exc).__name__}: {exc}")
+
+
 @dataclass(frozen=True, slots=True)
 class EnrollResult:
     gateway_id: str
@@ -79,18 +101,23 @@ def _status_error(resp: httpx.Response, what: str) -> CloudError:
 
 
 def enroll(
-    cloud_url: str, token: str, public_key_b64: str, name: str | None, timeout_s: float = 15.0
+    cloud_url: str,
+    token: str,
+    public_key_b64: str,
+    name: str | None,
+    timeout_s: float = 15.0,
+    ca_pem: str | None = None,
 ) -> EnrollResult:
     """POST the enrollment; CloudRejected for a refused token, CloudUnreachable otherwise."""
     url = cloud_url.rstrip("/") + ENROLL_PATH
     body = {"enrollment_token": token, "public_key": public_key_b64, "name": name}
     try:
-        with httpx.Client(timeout=timeout_s) as client:
+        with httpx.Client(timeout=timeout_s, verify=tls_verify(ca_pem)) as client:
             resp = client.post(url, json=body)
     except httpx.InvalidURL as exc:
         raise CloudUnreachable(f"invalid cloud URL {cloud_url!r}: {exc}") from exc
     except httpx.HTTPError as exc:
-        raise CloudUnreachable(f"cannot reach the cloud at {cloud_url}: {exc}") from exc
+        raise _unreachable(f"cannot reach the cloud at {cloud_url}", exc) from exc
     if resp.status_code not in (200, 201):
         err = _status_error(resp, "enrollment")
         if isinstance(err, CloudRejected):
@@ -120,14 +147,21 @@ def enroll(
 class CloudClient:
     """Signed calls of one enrolled gateway (async, one connection pool)."""
 
-    def __init__(self, base_url: str, signer: RequestSigner, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        signer: RequestSigner,
+        timeout_s: float = 30.0,
+        ca_pem: str | None = None,  # verify the cloud with this CA; None: the system's CAs
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._signer = signer
         # This gateway's clock minus the cloud's, from the Date header of the last answer
         # (1 s resolution: enough to flag a clock minutes off); None before any answer.
         self.last_skew_ms: int | None = None
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            verify=tls_verify(ca_pem),
         )
 
     async def aclose(self) -> None:
@@ -143,7 +177,7 @@ class CloudClient:
                     method, self._base + path, content=body or None, headers=signed
                 )
             except httpx.HTTPError as exc:
-                raise CloudUnreachable(f"{what}: {type(exc).__name__}: {exc}") from exc
+                raise _unreachable(what, exc) from exc
             self._measure_skew(resp)
             if resp.status_code == 401 and attempt == 1:
                 # Our clock is off beyond the cloud's leeway: sign in its time and retry once.

@@ -8,11 +8,11 @@ identity.json exists, so an unenrolled gateway behaves exactly as before enrollm
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
+
+from common.atomic_file import write_atomic
 
 IDENTITY_FILE: Final = "identity.json"
 KEY_FILE: Final = "gateway.key"
@@ -29,6 +29,9 @@ class Identity:
     org: str | None
     name: str | None
     enrolled_at: int  # ms, gateway clock
+    # The CA the cloud's certificate is verified with (PEM, from `enroll --cafile`), kept here
+    # so it moves with backups; None: the system's CAs.
+    cloud_ca_pem: str | None = None
 
 
 def identity_path(data_dir: Path) -> Path:
@@ -60,6 +63,7 @@ def load_identity(data_dir: Path) -> Identity | None:
             org=None if doc.get("org") is None else str(doc["org"]),
             name=None if doc.get("name") is None else str(doc["name"]),
             enrolled_at=int(doc.get("enrolled_at", 0)),
+            cloud_ca_pem=None if doc.get("cloud_ca_pem") is None else str(doc["cloud_ca_pem"]),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise IdentityError(f"{path} is malformed: {exc}") from exc
@@ -68,13 +72,5 @@ def load_identity(data_dir: Path) -> Identity | None:
 def save_identity(data_dir: Path, identity: Identity) -> None:
     """Atomic write (temp file, fsync, rename): a crash leaves the old file or the new one."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = identity_path(data_dir)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     data = json.dumps(asdict(identity), indent=2).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(identity_path(data_dir), data)

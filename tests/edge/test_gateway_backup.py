@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 from edge.admin.backup import write_archive
-from edge.app.config import GatewayConfig, load_config
+from edge.app.config import GatewayConfig
 from edge.app.gateway import Gateway
 from edge.storage.migrations import LATEST, SchemaTooNew
 from edge.storage.schema import SCHEMA
 from edge.storage.store import GatewayStore
-from tests.conftest import THERMO_TOML, cli, running
+from tests.conftest import THERMO_TOML, cli, local_config, running
 from tests.edge.test_gateway_sync import (  # noqa: F401 - stub is a fixture
     StubCloud,
     enroll_directly,
@@ -40,15 +40,7 @@ T0 = 1764300000000
 
 
 def config_for(data_dir: Path) -> GatewayConfig:
-    return load_config(
-        data_dir,
-        bind="127.0.0.1",
-        mqtt_port=restartable_port(),
-        coap_port=0,
-        http_port=0,
-        mqtts_port=0,
-        https_port=0,
-    )
+    return local_config(data_dir, restartable_port())
 
 
 async def ingest_until(

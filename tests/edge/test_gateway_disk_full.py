@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 
 from edge.alerts.rules_actor import STORAGE_RULE
-from edge.app.config import LockoutConfig, load_config
+from edge.app.config import LockoutConfig
 from edge.app.gateway import Gateway
 from edge.storage.client import call
-from tests.conftest import running
+from tests.conftest import local_config, running
 from tests.support.ports import free_port
 from tests.support.tmpfs import fill, tmpfs
 from tests.support.waiting import until
@@ -88,9 +88,7 @@ async def test_a_full_disk_refuses_with_507_keeps_every_ack_and_recovers(tmp_pat
     with tmpfs(tmp_path / "disk", 40) as disk:
         data_dir = disk / "data"
         data_dir.mkdir()
-        cfg = load_config(
-            data_dir, bind="127.0.0.1", mqtt_port=free_port(), coap_port=0, http_port=0
-        )
+        cfg = local_config(data_dir, free_port())
         cfg = replace(cfg, lockout=LockoutConfig(max_failures_per_address=1000))
         async with running(cfg) as gw, httpx.AsyncClient(timeout=30) as client:
             dev = await gw.add_device("h1", None)

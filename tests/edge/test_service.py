@@ -21,7 +21,8 @@ def test_gateway_run_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> Non
     data_dir.mkdir()
     log = data_dir / "gateway.log"
     argv = [*IOTSPHERE, "gateway", "run", "--data-dir", str(data_dir), "--bind", "127.0.0.1",
-            "--mqtt-port", str(free_port()), "--http-port", "0", "--coap-port", "0"]  # fmt: skip
+            "--mqtt-port", str(free_port()), "--http-port", "0", "--coap-port", "0",
+            "--mqtts-port", "0", "--https-port", "0"]  # fmt: skip
     with notified_process(argv, tmp_path, log) as (sock, proc):
         # from the gateway itself: Mosquitto (built with systemd support) never inherits it
         assert receive(sock, 60) == ("READY=1\nSTATUS=gateway ready", proc.pid)

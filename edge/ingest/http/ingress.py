@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -41,6 +42,7 @@ from edge.ingest.listener import (
     LOG_EVERY_S,
     BoundedListener,
     ConnectionCaps,
+    ListenError,
     ListenerStats,
     LogThrottle,
     Refusal,
@@ -288,10 +290,16 @@ class HttpIngress:
         ingest: DeviceIngest,
         extra_routes: RouteInstaller | None = None,
         caps: ConnectionCaps = DEFAULT_CAPS,
+        tls: tuple[int, ssl.SSLContext] | None = None,
+        plain: bool = True,
     ) -> None:
         self._bind = bind
         self._caps = caps
         self._requested_port = port
+        # HTTPS: (port, context) of a second port serving the same app under the same caps
+        self._tls = tls
+        self._plain = plain
+        self.tls_port: int | None = None
         self.handler = TelemetryHandler(auth, ingest)
         self.auth = auth
         self._extra_routes = extra_routes
@@ -315,6 +323,7 @@ class HttpIngress:
     def summary(self) -> dict[str, Any]:
         return {
             "port": self._port,
+            "https_port": self.tls_port,
             **asdict(self.handler.stats),
             "auth": asdict(self.auth.stats),
             "in_flight": self._in_flight.count,
@@ -379,18 +388,23 @@ class HttpIngress:
             self._caps,
             refusal=self._refusal,
         )
+        plain = self._requested_port if self._plain else None
         try:
-            await listener.start(self._bind, self._requested_port)
-        except OSError as exc:
+            await listener.start_ports(self._bind, plain, self._tls)
+        except ListenError as exc:
             await runner.cleanup()
             self._runner = None
+            what = "HTTPS" if exc.tls else "HTTP"
             raise HttpIngressError(
-                f"cannot listen for HTTP on {self._bind}:{self._requested_port} (TCP): {exc}"
+                f"cannot listen for {what} on {self._bind}:{exc.port} (TCP): {exc}"
             ) from exc
         self._listener = listener
         self.listener_stats = listener.stats
-        self._port = listener.port
-        log.info("HTTP ingress listening on %s:%d", self._bind, self._port)
+        self._port = listener.port if self._plain else None
+        self.tls_port = listener.tls_port
+        log.info("HTTP ingress listening on %s: %s%s", self._bind,
+                 f"HTTP port {self._port}" if self._plain else "no plain HTTP",
+                 f", HTTPS port {self.tls_port}" if self.tls_port else "")  # fmt: skip
 
     async def stop(self) -> None:
         """Refuse new telemetry, let requests awaiting a commit get their answer, then close."""

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from common.clock import Clock
-from edge.ingest.listener import BoundedListener, ConnectionCaps, ListenerStats
+from edge.ingest.listener import BoundedListener, ConnectionCaps, ListenError, ListenerStats
 from edge.ingest.mqtt.front.packets import (
     ConnectInfo,
 )
@@ -147,9 +148,14 @@ class MqttFront:
         half_close_linger_s: float = 30.0,
         caps: ConnectionCaps = DEFAULT_CAPS,
         telemetry: TelemetryTerms | None = None,
+        tls: tuple[int, ssl.SSLContext] | None = None,
+        plain: bool = True,
     ) -> None:
         self._bind = bind
         self._port = port
+        # MQTT over TLS: (port, context) of a second port under the same caps and sessions
+        self._tls = tls
+        self._plain = plain
         self._upstream = (upstream_host, upstream_port)
         self._tracker = tracker
         self._on_auth_event = on_auth_event
@@ -172,6 +178,11 @@ class MqttFront:
         if self._listener is None:
             raise MqttFrontError("MQTT front is not listening")
         return self._listener.port
+
+    @property
+    def tls_port(self) -> int | None:
+        """The bound MQTT-over-TLS port, None when it is off."""
+        return self._listener.tls_port if self._listener is not None else None
 
     @property
     def stats(self) -> FrontStats:
@@ -200,16 +211,22 @@ class MqttFront:
             raise MqttFrontError("MQTT front already started")
         # Over a cap, a connection is closed before its CONNECT is read (no CONNACK: it is not
         # known yet which protocol version the client would parse; Mosquitto does the same).
+        # MQTT over TLS goes through the same listener: the same caps, counts and sessions.
         listener = BoundedListener("MQTT", lambda: Session(self).client_side, self._caps)
         try:
-            await listener.start(self._bind, self._port)
-        except OSError as exc:
+            await listener.start_ports(self._bind, self._port if self._plain else None, self._tls)
+        except ListenError as exc:
+            what = "MQTT over TLS" if exc.tls else "MQTT"
             raise MqttFrontError(
-                f"cannot listen for MQTT on {self._bind}:{self._port}: {exc.strerror or exc}"
+                f"cannot listen for {what} on {self._bind}:{exc.port}: {exc.reason}"
             ) from exc
         self._listener = listener
         self._listener_stats = listener.stats
-        log.info("MQTT front on %s:%d -> %s:%d", self._bind, self.port, *self._upstream)
+        log.info(
+            "MQTT front on %s (%s%s) -> %s:%d", self._bind,
+            f"port {listener.port}" if self._plain else "no plain port",
+            f", TLS port {listener.tls_port}" if self._tls else "", *self._upstream,
+        )  # fmt: skip
 
     async def stop(self) -> None:
         """Stop listening and end every connection, piped or not."""
