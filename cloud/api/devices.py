@@ -16,6 +16,7 @@ from cloud.api.views import (
     bucket_view,
     device_status,
     device_view,
+    gateway_state,
     parse_bucket,
     point_view,
     time_range,
@@ -116,15 +117,23 @@ async def list_gateways(principal: Viewer, services: ServicesDep) -> list[dict[s
     # enrollment and sync state (key revoked, clock skew) when the sync area is present
     sync = await services.sync.sync_info(principal.org_id) if services.sync else {}
     totals = await services.sync.batch_totals(principal.org_id) if services.sync else {}
-    now, threshold = services.clock.now_ms(), services.settings.online_threshold_s
-    return [
-        {
-            **g.to_dict(),
-            **(s.to_dict() if (s := sync.get(g.gateway_id)) else {}),
-            # for the dashboard's overview: the same online rule as devices
-            "status": device_status(g.last_seen, now, threshold),
-            "last_sync_at": totals.get(g.gateway_id, (None, None))[0],
-            "readings_synced": totals.get(g.gateway_id, (None, 0))[1],
-        }
-        for g in gateways
-    ]
+    now, settings = services.clock.now_ms(), services.settings
+    out = []
+    for g in gateways:
+        info = sync.get(g.gateway_id)
+        last_batch, synced = totals.get(g.gateway_id, (None, 0))
+        state = gateway_state(
+            g.last_seen, last_batch, info.backlog if info else None, now, settings.gateway_state
+        )
+        out.append(
+            {
+                **g.to_dict(),
+                **(info.to_dict() if info else {}),
+                # for the dashboard's overview: the same online rule as devices
+                "status": device_status(g.last_seen, now, settings.online_threshold_s),
+                "state": state,  # online / lagging / offline: contact, last batch, backlog
+                "last_sync_at": last_batch,
+                "readings_synced": synced,
+            }
+        )
+    return out

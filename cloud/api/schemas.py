@@ -75,6 +75,8 @@ class GatewayOut(BaseModel):
     clock_skewed: bool = False  # more than 5 minutes off: its readings' gateway times suspect
     config_version: int | None = None  # the rule version the gateway last confirmed
     status: str | None = Field(default=None, pattern="^(online|offline)$")  # by last_seen
+    # by contact, last batch and backlog (CloudSettings.gateway_state)
+    state: str | None = Field(default=None, pattern="^(online|lagging|offline)$")
     last_sync_at: int | None = None  # when its newest sync batch was stored
     readings_synced: int | None = None  # readings its batches stored in the cloud
     backlog_readings: int | None = None  # readings waiting at the gateway (its last batch said)

@@ -6,10 +6,13 @@ No I/O: `now` and thresholds are arguments, so these are unit-testable without a
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud.storage.interface import Bucket, DeviceInfo, Point
 from common.model import ReadingFlag
+
+if TYPE_CHECKING:
+    from cloud.app.settings import GatewayStateSettings
 
 # A bucket of at least one second: digits and an optional unit, nothing else. The OpenAPI
 # document carries this very pattern, so what it promises and what is accepted are one thing.
@@ -58,6 +61,31 @@ def device_status(last_seen: int | None, now_ms: int, threshold_s: float) -> str
     if last_seen is None:
         return "offline"
     return "online" if now_ms - last_seen <= threshold_s * 1000 else "offline"
+
+
+def gateway_state(
+    last_contact: int | None,
+    last_batch: int | None,
+    backlog: int | None,
+    now_ms: int,
+    limits: GatewayStateSettings,
+) -> str:
+    """`online`, `lagging` or `offline` (CloudSettings.gateway_state says why these limits).
+
+    offline: no accepted request within `offline_after_s` (refused batches record nothing);
+    lagging: silent for more than `lag_after_s`, or more than a full batch waiting, or
+    readings waiting (backlog > 0 at its last batch) and no batch within `lag_after_s`.
+    """
+    if last_contact is None or now_ms - last_contact > limits.offline_after_s * 1000:
+        return "offline"
+    lag_ms = limits.lag_after_s * 1000
+    if now_ms - last_contact > lag_ms:
+        return "lagging"
+    if backlog is not None and backlog > limits.lag_backlog_readings:
+        return "lagging"
+    if backlog and (last_batch is None or now_ms - last_batch > lag_ms):
+        return "lagging"
+    return "online"
 
 
 def device_view(info: DeviceInfo, now_ms: int, threshold_s: float) -> dict[str, Any]:

@@ -41,6 +41,28 @@ class NotifySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayStateSettings:
+    """When GET /api/gateways calls a gateway `online`, `lagging` or `offline` (its `state`).
+
+    Contact is any request the cloud accepted from the gateway (a batch, or the configuration
+    it fetches every 10 s: edge sync `config_every_s`), so an idle gateway with nothing to send
+    still counts as heard from; a refused request (503, full disk) records nothing, so refusals
+    show as silence.
+    """
+
+    # Silent longer than this: lagging. A healthy gateway is never silent for more than its
+    # config interval (10 s) plus one request; 15 s leaves room for one slow request, and a
+    # gateway whose every request is refused turns lagging at most 15 s after its last
+    # accepted one (its sync tick is 1 s and a part-full batch waits at most 2 s).
+    lag_after_s: float = 15.0
+    # Silent longer than this: offline (six missed configuration fetches, not a slow one).
+    offline_after_s: float = 60.0
+    # More unsynced readings than one full sync batch (edge `sync_batch_max_readings`):
+    # the gateway cannot catch up in its next post, so it is behind.
+    lag_backlog_readings: int = 40_000
+
+
+@dataclass(frozen=True, slots=True)
 class CloudSettings:
     data_dir: Path
     bind: str = "127.0.0.1"  # the cloud is local-only unless the operator says otherwise
@@ -65,6 +87,7 @@ class CloudSettings:
     enroll: LoginLimits = field(default_factory=lambda: LoginLimits(10, 15 * 60.0))
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    gateway_state: GatewayStateSettings = field(default_factory=GatewayStateSettings)
 
     @property
     def db_path(self) -> Path:

@@ -1,10 +1,13 @@
 // The dashboard shell: routes to pages, keeps the current page live (polling), and shows every
-// failure the seed's way: 503 / unreachable -> a friendly message with a working retry button;
-// any other problem -> its title and detail; never a blank page or a stack trace.
+// failure the seed's way: 503 / unreachable -> the last data kept under a "stale since" banner
+// (or, with nothing shown yet, a friendly message), an automatic retry after the 503's
+// Retry-After with a visible countdown, and a "Retry now" button; any other problem -> its
+// title and detail; never a blank page or a stack trace.
 
 import * as api from "./api.js";
 import { h } from "./dom.js";
 import * as fmt from "./format.js";
+import { createOutage, retryAfterSeconds } from "./outage.js";
 import * as router from "./router.js";
 import { alertsPage } from "./pages/alerts.js";
 import { channelsPage } from "./pages/channels.js";
@@ -34,6 +37,10 @@ let timer = null;
 let lastKey = null;
 let config = null;
 let livePage = false;
+let dataShown = false; // the page's own view is on screen (not an error view)
+let updatedAt = null; // when it was last fetched
+let refreshNow = null; // the current page's fetch-and-patch, for a tab shown again
+const outage = createOutage(document.getElementById("outage"));
 
 const DEFAULT_POLL_S = 10;
 
@@ -61,8 +68,9 @@ function errorView(error, retry) {
       h("h1", { id: "problem-title" }, "The dashboard is temporarily unavailable"),
       h("p", {}, "IoTSphere could not reach its data just now (the database may be restarting or busy). " +
         "Nothing is lost: your gateways keep their readings until the cloud is back."),
-      Number.isFinite(wait) && wait > 0 ? h("p", { class: "muted" }, `Try again in about ${wait} seconds.`) : null,
-      h("button", { type: "button", id: "retry", onclick: retry }, "Retry"));
+      h("p", { class: "muted" }, "Trying again automatically in ",
+        h("span", { "data-countdown": true }, `${retryAfterSeconds(error.problem.retryAfter)} s`), "."),
+      h("button", { type: "button", id: "retry", onclick: retry }, "Retry now"));
   }
   if (error instanceof api.ApiError) {
     const p = error.problem;
@@ -89,11 +97,29 @@ function setLive(text, state) {
 function stopPolling() {
   clearTimeout(timer);
   timer = null;
+  outage.stop();
 }
 
-function schedule(run) {
+function schedule(run, seconds = pollSeconds()) {
   stopPolling();
-  timer = setTimeout(run, pollSeconds() * 1000);
+  timer = setTimeout(run, seconds * 1000);
+}
+
+// 503 or no answer: keep what is on screen (stale), or show the friendly view; either way
+// try again by itself after Retry-After, counting down, with "Retry now" at hand.
+function unavailable(error, retry) {
+  const wait = retryAfterSeconds(error.problem.retryAfter);
+  const retryNow = () => { stopPolling(); retry(); };
+  schedule(retry, wait); // first: scheduling stops any countdown running
+  if (dataShown) {
+    setLive(`Stale since ${outage.clockTime(updatedAt)}`, "error");
+    outage.stale(updatedAt, wait, retryNow);
+  } else {
+    setLive("Not updating", "error");
+    main.replaceChildren(errorView(error, retryNow));
+    main.querySelector("#retry")?.focus();
+    outage.waiting(wait);
+  }
 }
 
 // Re-rendering keeps keyboard focus where it was (elements carry stable ids).
@@ -106,7 +132,9 @@ function replaceMain(node) {
 async function show() {
   const gen = ++generation;
   stopPolling();
+  outage.clear();
   lastKey = null;
+  dataShown = false;
   const route = router.current();
   const matched = router.match(ROUTES, route);
   for (const a of document.querySelectorAll("[data-nav]")) {
@@ -135,27 +163,37 @@ async function show() {
         document.title = `${page.title(data, ctx)} · IoTSphere`;
         if (first) main.focus({ preventScroll: true });
       }
-      setLive(`Live · updated ${new Date().toLocaleTimeString()}`, "ok");
+      dataShown = true;
+      updatedAt = new Date();
+      outage.clear();
+      setLive(`Live · updated ${updatedAt.toLocaleTimeString()}`, "ok");
       if (page.live !== false) schedule(() => cycle(false));
     } catch (error) {
       if (error instanceof api.Redirecting || gen !== generation) return;
+      if (error instanceof api.ApiError && error.unavailable) {
+        unavailable(error, () => cycle(false));
+        return;
+      }
       setLive("Not updating", "error");
+      outage.clear();
+      dataShown = false;
       main.replaceChildren(errorView(error, show));
       main.querySelector("#retry")?.focus();
     }
   };
   // after an action (acknowledge, delete...): fetch and show the new state at once
   ctx.refresh = () => { stopPolling(); return cycle(false); };
+  refreshNow = () => (dataShown ? ctx.refresh() : show());
   await cycle(true);
 }
 
 document.getElementById("logout").addEventListener("click", () => api.logout());
 document.getElementById("tz-note").textContent = `Times are shown in your time zone (${fmt.timeZone}).`;
 window.addEventListener("hashchange", () => show());
-// A hidden tab does not poll; it catches up when shown again.
+// A hidden tab does not poll (nor retry); it catches up when shown again, keeping what it shows.
 document.addEventListener("visibilitychange", () => {
   if (document.hidden) stopPolling();
-  else if (livePage && lastKey !== null) show();
+  else if (livePage && refreshNow) refreshNow();
 });
 // Last line of defence: an unexpected failure becomes a message, not a blank page.
 window.addEventListener("unhandledrejection", (ev) => {

@@ -1,5 +1,6 @@
-// Overview: gateways (online, last sync), devices (status, last seen, latest values) and the
-// open alerts, from GET /api/dashboard (the seed's dashboard flow) and GET /api/gateways.
+// Overview: gateways (online / lagging / offline, last sync), devices (status, last seen,
+// latest values) and the open alerts, from GET /api/dashboard (the seed's dashboard flow)
+// and GET /api/gateways.
 
 import * as api from "../api.js";
 import { badge, h, section, table } from "../dom.js";
@@ -16,7 +17,9 @@ function latest(device, config) {
 function gatewayState(g) {
   if (g.revoked) return badge("revoked", "offline");
   if (!g.enrolled) return badge("not enrolled", "pending");
-  return badge(g.status ?? "unknown", g.status ?? "pending");
+  // online / lagging (sync behind or silent past the cloud's limit) / offline, in words
+  const state = g.state ?? g.status ?? "unknown";
+  return badge(state, state === "unknown" ? "pending" : state);
 }
 
 export const overviewPage = {
@@ -33,7 +36,7 @@ export const overviewPage = {
     const { devices, alerts } = dashboard;
     const names = new Map(gateways.map((g) => [g.gateway_id, g.name]));
     const online = devices.filter((d) => d.status === "online").length;
-    const gatewaysOnline = gateways.filter((g) => g.status === "online" && !g.revoked).length;
+    const gatewaysOnline = gateways.filter((g) => (g.state ?? g.status) === "online" && !g.revoked).length;
     const active = alerts.filter((a) => a.state === "active").length;
     return h("div", { class: "page" },
       h("h1", {}, config.title || "Overview"),
