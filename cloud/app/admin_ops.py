@@ -257,11 +257,11 @@ def local_admin_secret(data_dir: Path) -> str:
     return secret
 
 
-def write_run_info(data_dir: Path, port: int, bind: str) -> None:
+def write_run_info(data_dir: Path, port: int, bind: str, tls: bool = False) -> None:
     run_dir = data_dir / RUN_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port, "bind": bind}))
+    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port, "bind": bind, "tls": tls}))
     tmp.replace(run_dir / RUN_FILE)  # atomic: a reader never sees half a file
 
 
@@ -278,6 +278,7 @@ def running_cloud_url(data_dir: Path) -> str | None:
     try:
         info = json.loads((data_dir / RUN_DIR / RUN_FILE).read_text())
         pid, port, bind = int(info["pid"]), int(info["port"]), str(info.get("bind", ""))
+        scheme = "https" if info.get("tls") else "http"  # `cloud serve --tls-cert`
     except (OSError, ValueError, KeyError, TypeError):
         return None
     try:
@@ -289,4 +290,4 @@ def running_cloud_url(data_dir: Path) -> str | None:
     host = "127.0.0.1" if bind in _WILDCARD_BINDS else bind
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"

@@ -86,8 +86,10 @@ def _ask_running(
     except OSError as exc:
         raise CliError(f"cannot read the cloud's local admin secret: {exc}") from exc
     try:
-        # trust_env=False: never through an HTTP(S)_PROXY; the password stays on this host
-        with httpx.Client(base_url=url, timeout=60.0, trust_env=False) as http:
+        # trust_env=False: never through an HTTP(S)_PROXY; the password stays on this host.
+        # verify=False under `serve --tls-cert`: this is loopback to the process named in the
+        # data dir's run info (its certificate names the public host, not 127.0.0.1).
+        with httpx.Client(base_url=url, timeout=60.0, trust_env=False, verify=False) as http:
             resp = http.request(
                 method,
                 path,

@@ -70,7 +70,8 @@ class GracefulServer(uvicorn.Server):
         # the collector's generations, whose full passes caused ~100 ms request stalls.
         gc.freeze()
         if self.started and self.run_info_dir is not None:
-            write_run_info(self.run_info_dir, self._bound_port(), self.config.host)
+            tls = bool(self.config.ssl_certfile)
+            write_run_info(self.run_info_dir, self._bound_port(), self.config.host, tls)
         if self.started:  # the marker scripts and tests wait for
             scheme = "https" if self.config.ssl_certfile else "http"
             log.info("cloud ready on %s://%s:%d", scheme, self.config.host, self.config.port)

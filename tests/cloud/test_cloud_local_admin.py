@@ -95,7 +95,7 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 def test_run_info_names_the_live_server(cloud: Serving) -> None:
     info = json.loads((cloud.data / "run" / "cloud.json").read_text())
-    assert info == {"pid": cloud.proc.pid, "port": cloud.port, "bind": "127.0.0.1"}
+    assert info == {"pid": cloud.proc.pid, "port": cloud.port, "bind": "127.0.0.1", "tls": False}
     assert running_cloud_url(cloud.data) == cloud.base
     assert (cloud.data / LOCAL_ADMIN_SECRET_FILE).stat().st_mode & 0o777 == 0o600
 

@@ -145,6 +145,9 @@ def test_sync_verifies_the_cloud_with_the_ca_given_at_enrollment(
         assert refused.stderr.count("\n") == 1 and "not trusted" in refused.stderr
         assert "--cafile" in refused.stderr
         cli(*enroll, "--cafile", str(cloud_tls.cert_file), data_dir=data_dir)
+        # the cloud's admin CLI reaches the running HTTPS server too (its local admin API)
+        second = cli("cloud", "gateway", "add", "site-2", data_dir=cloud_dir)
+        assert json.loads(second.stdout)["enrollment_token"]
         asyncio.run(sync_one_reading(gateway_config, url))
 
 
