@@ -54,8 +54,11 @@ def tls_dir(data_dir: Path) -> Path:
 
 
 def subject_names(bind: str) -> tuple[list[str], list[str]]:
-    """(DNS names, IP addresses) the generated certificate names."""
-    dns = sorted({socket.gethostname(), "localhost"} - {""})
+    """(DNS names, IP addresses) the generated certificate names: the host name (also as
+    mDNS NAME.local), localhost, loopback, the bind address, and with a wildcard bind the LAN
+    address the host has now (devices often connect by address)."""
+    host = socket.gethostname()
+    dns = sorted({host, f"{host}.local", "localhost"} - {"", ".local"})
     ips = ["127.0.0.1", "::1"]
     try:
         addr = ipaddress.ip_address(bind)
@@ -63,9 +66,21 @@ def subject_names(bind: str) -> tuple[list[str], list[str]]:
         if bind and bind not in dns:
             dns.append(bind)  # a host name to bind to
     else:
-        if not addr.is_unspecified and str(addr) not in ips:
-            ips.append(str(addr))
+        lan = primary_address() if addr.is_unspecified else str(addr)
+        if lan is not None and lan not in ips:
+            ips.append(lan)
     return dns, ips
+
+
+def primary_address() -> str | None:
+    """The address of the interface the default route leaves by (no packet is sent: a UDP
+    socket's connect only picks the route); None without one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: never answered, only routed
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
 
 
 def generate(cert_file: Path, key_file: Path, dns: list[str], ips: list[str]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from edge.security.tls import TlsError, load_tls, subject_names
+from edge.security.tls import TlsError, load_tls, primary_address, subject_names
 
 
 def test_first_start_generates_a_certificate_kept_across_starts(tmp_path: Path) -> None:
@@ -31,9 +31,11 @@ def test_first_start_generates_a_certificate_kept_across_starts(tmp_path: Path) 
     assert again.fingerprint == first.fingerprint
 
 
-def test_a_wildcard_bind_adds_no_address_and_a_host_name_is_a_dns_name() -> None:
-    _, ips = subject_names("0.0.0.0")
+def test_a_wildcard_bind_names_the_lan_address_and_a_host_name_is_a_dns_name() -> None:
+    dns, ips = subject_names("0.0.0.0")
     assert all(not ipaddress.ip_address(a).is_unspecified for a in ips)
+    assert primary_address() in ips or primary_address() is None
+    assert f"{socket.gethostname()}.local" in dns
     dns, _ = subject_names("gw.example")
     assert "gw.example" in dns
 
