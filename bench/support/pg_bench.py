@@ -41,7 +41,8 @@ def scratch_schema(url: str, name: str) -> Iterator[str]:
 
 
 def readings_size(url: str) -> dict[str, int]:
-    """Rows and bytes (tables with their TOAST, and indexes) of every partition of readings."""
+    """Rows and bytes (tables with their TOAST, and indexes) of every partition of readings,
+    the series table (PostgreSQL keys readings by series id) counted with the tables."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE readings")  # an up-to-date visibility map, as in service
         row = conn.execute(
@@ -49,8 +50,15 @@ def readings_size(url: str) -> dict[str, int]:
             " FROM pg_partition_tree('readings') WHERE isleaf"
         ).fetchone()
         count = conn.execute("SELECT count(*) FROM readings").fetchone()
-    assert row is not None and count is not None
-    return {"rows": int(count[0]), "table_bytes": int(row[0]), "index_bytes": int(row[1])}
+        series = conn.execute(  # the series readings are keyed by, with its indexes
+            "SELECT coalesce(pg_total_relation_size(to_regclass('series')), 0)"
+        ).fetchone()
+    assert row is not None and count is not None and series is not None
+    return {
+        "rows": int(count[0]),
+        "table_bytes": int(row[0]) + int(series[0]),
+        "index_bytes": int(row[1]),
+    }
 
 
 def per_million(size: dict[str, int]) -> float:

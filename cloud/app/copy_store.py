@@ -6,7 +6,8 @@ channels, the notification outbox, and the JWT signing key (so signed-in users s
 in). The target is migrated first (the same migrations `cloud serve` runs) and must hold no
 cloud yet; each table is copied with COPY in one transaction, so a failed copy leaves the
 target as empty as it was. Columns are matched by name: both engines' schemas have the same
-tables and columns (tests/cloud/test_cloud_copy.py checks every table arrives).
+tables and columns (tests/cloud/test_cloud_copy.py checks every table arrives), except that
+PostgreSQL keys readings by a series id, which the copy fills from the series it creates.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cloud.storage.pg_partitions import DAY_MS, HIGH_MS, LOW_MS, ensure_partitio
 log = logging.getLogger("iotsphere.cloud.copy")
 CHUNK_ROWS = 50_000
 SKIP = frozenset({"schema_versions"})  # each side's own migration history
+FILLED = frozenset({("readings", "series_id")})  # filled by the copy (_copy_readings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +73,12 @@ def _copier(
         for table in _tables(c):
             columns = _shared_columns(src, c, table)
             if columns is None:
-                continue  # a table only PostgreSQL has (none today)
+                continue  # a table only PostgreSQL has (series: filled with readings)
             if table == "readings":
                 _partitions_for(src, c)
-            copied = Copied(table, _copy_table(src, c, table, columns))
+                copied = Copied(table, _copy_readings(src, c, columns))
+            else:
+                copied = Copied(table, _copy_table(src, c, table, columns))
             done.append(copied)
             if progress is not None:
                 progress(copied)
@@ -125,7 +129,7 @@ def _shared_columns(src: Database, c: PgConn, table: str) -> list[str] | None:
         [table],
     ).fetchall()
     have = {r[0] for r in theirs}
-    missing = [r[0] for r in ours if r[0] not in have]
+    missing = [r[0] for r in ours if r[0] not in have and (table, r[0]) not in FILLED]
     if missing:  # a column DuckDB lacks would arrive as its default: say so, do not guess
         log.warning("copy: %s.%s not in the embedded store; left to defaults", table, missing)
     return [r[0] for r in ours if r[0] in have]
@@ -141,13 +145,39 @@ def _partitions_for(src: Database, c: PgConn) -> None:
     ensure_partitions(c, [int(d[0]) for d in days])
 
 
-def _copy_table(src: Database, c: PgConn, table: str, columns: list[str]) -> int:
+def _copy_readings(src: Database, c: PgConn, columns: list[str]) -> int:
+    """readings on PostgreSQL also hold their series' id (cloud.storage.pg_schema), which the
+    embedded store lacks: the rows go through a temp table, their series are created, and they
+    go in with their ids."""
+    shared = [name for name in columns if name != "series_id"]
+    cols = ", ".join(shared)
+    c.execute(
+        f"CREATE TEMP TABLE copied_readings ON COMMIT DROP AS SELECT {cols} FROM readings"
+        " WITH NO DATA"
+    )
+    copied = _copy_table(src, c, "readings", shared, into="copied_readings")
+    c.execute(
+        "INSERT INTO series (org_id, device_id, metric) SELECT DISTINCT org_id, device_id, metric"
+        " FROM copied_readings ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING"
+    )
+    picked = ", ".join(f"r.{name}" for name in shared)
+    c.execute(
+        f"INSERT INTO readings ({cols}, series_id) SELECT {picked}, s.id FROM copied_readings r"
+        " JOIN series s ON s.org_id = r.org_id AND s.device_id = r.device_id"
+        " AND s.metric = r.metric"
+    )
+    return copied
+
+
+def _copy_table(
+    src: Database, c: PgConn, table: str, columns: list[str], into: str | None = None
+) -> int:
     cols = ", ".join(columns)
     copied = 0
     with src.lock:  # one DuckDB connection, used by this thread alone meanwhile
         result = src.current_connection().execute(f"SELECT {cols} FROM {table}")
         cur = c.raw.cursor()
-        with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {into or table} ({cols}) FROM STDIN") as copy:
             while rows := result.fetchmany(CHUNK_ROWS):
                 for row in rows:
                     copy.write_row(row)

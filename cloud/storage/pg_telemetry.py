@@ -2,7 +2,9 @@
 share), inside the caller's transaction:
 
 1. the partitions of the batch's days are made sure of (cloud.storage.pg_partitions);
-2. the batch is sent with binary COPY into a temp table (ON COMMIT DROP);
+2. the batch's series get their ids (`series`: new ones inserted, then all read back), and the
+   batch, each row with its series id, is sent with binary COPY into a temp table (ON COMMIT
+   DROP);
 3. the readings go into readings and move `latest` (newest value per series, DISTINCT ON;
    updated only by a newer one) and the devices' last_seen. When none of the batch's series
    has a stored reading in the batch's time range (one probe per series), a plain INSERT of
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 # The COPY columns, in READINGS_BATCH_SCHEMA's order, with their PostgreSQL types.
 _COLUMNS = (
+    ("series_id", "int8"),
     ("device_id", "text"),
     ("metric", "text"),
     ("ts", "int8"),
@@ -42,15 +45,16 @@ _COLUMNS = (
     ("gateway_boot_id", "text"),
     ("gateway_mono_ms", "int8"),
 )
-_NAMES = ", ".join(name for name, _ in _COLUMNS)
+_NAMES = [name for name, _ in _COLUMNS]
 
 
 _INSERT = (
     "INSERT INTO readings (org_id, gateway_id, device_id, metric, ts, value_num, value_bool,"
     " value_str, gateway_received_at, cloud_received_at, flags, gateway_boot_id,"
-    " gateway_mono_ms)"
+    " gateway_mono_ms, series_id)"
     " SELECT ?, ?, device_id, metric, ts, value_num, value_bool, value_str,"
-    " gateway_received_at, ?, flags, gateway_boot_id, gateway_mono_ms FROM incoming_readings"
+    " gateway_received_at, ?, flags, gateway_boot_id, gateway_mono_ms, series_id"
+    " FROM incoming_readings"
 )
 
 
@@ -108,9 +112,21 @@ _INSERT_ANY = _moving_latest(f"{_INSERT} ON CONFLICT DO NOTHING RETURNING {_RETU
 # A LATERAL with LIMIT: probes per series. (As EXISTS, the planner made it a hash semi join
 # over the org's whole index range of the day: 23 ms and 1,600 buffers at 200k readings.)
 _OVERLAP = (
-    "SELECT 1 FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS s (device_id, metric),"
-    " LATERAL (SELECT 1 FROM readings r WHERE r.org_id = ? AND r.device_id = s.device_id"
-    " AND r.metric = s.metric AND r.ts BETWEEN ? AND ? LIMIT 1) hit LIMIT 1"
+    "SELECT 1 FROM unnest(CAST(? AS BIGINT[])) AS s (id), LATERAL (SELECT 1 FROM readings r"
+    " WHERE r.series_id = s.id AND r.ts BETWEEN ? AND ? LIMIT 1) hit LIMIT 1"
+)
+# The batch's series get their ids: new ones inserted (sorted: concurrent writers lock in one
+# order), then all read back in a second statement, whose snapshot sees a series another
+# writer committed while the INSERT waited on it.
+_NEW_SERIES = (
+    "INSERT INTO series (org_id, device_id, metric) SELECT ?, d, m"
+    " FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS u (d, m) ORDER BY d, m"
+    " ON CONFLICT (org_id, device_id, metric) DO NOTHING"
+)
+_SERIES_IDS = (
+    "SELECT s.device_id, s.metric, s.id FROM series s"
+    " JOIN unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS u (d, m)"
+    " ON s.device_id = u.d AND s.metric = u.m WHERE s.org_id = ?"
 )
 # Sorted by series, then ts (stable: of two copies the first stays first) before COPY: rows go
 # into readings in that order without a sort in the server (which cost a quarter of the
@@ -128,20 +144,23 @@ def copy_readings(c: PgConn, batch: pa.Table, org_id: str, gateway_id: str, now_
         + ") ON COMMIT DROP"
     )
     ordered = batch.sort_by(_ORDER).combine_chunks()
-    columns = [ordered.column(name).to_pylist() for name, _ in _COLUMNS]
+    last = _last_of_series(ordered)
+    series = [last.column("device_id").to_pylist(), last.column("metric").to_pylist()]
+    ids = series_ids(c, org_id, series[0], series[1])
+    columns = [_repeat_per_series(ids, last), *(ordered.column(n).to_pylist() for n in _NAMES[1:])]
     with (
         c.raw.cursor() as cur,
-        cur.copy(f"COPY incoming_readings ({_NAMES}) FROM STDIN (FORMAT BINARY)") as copy,
+        cur.copy(
+            f"COPY incoming_readings ({', '.join(_NAMES)}) FROM STDIN (FORMAT BINARY)"
+        ) as copy,
     ):
         copy.set_types([kind for _, kind in _COLUMNS])
         for row in zip(*columns, strict=True):
             copy.write_row(row)
     c.execute("SET LOCAL work_mem = '64MB'")  # the batch's sorts in memory (4 MB spilled)
     rows, latest = [org_id, gateway_id, now_ms], [org_id, gateway_id, org_id]
-    last = _last_of_series(ordered)
-    series = [last.column("device_id").to_pylist(), last.column("metric").to_pylist()]
     span = [pc.min(ts).as_py(), pc.max(ts).as_py()]
-    overlap = c.execute(_OVERLAP, [*series, org_id, *span]).fetchall()
+    overlap = c.execute(_OVERLAP, [ids, *span]).fetchall()
     if not overlap:
         try:
             with c.raw.transaction():  # a savepoint: a unique violation undoes only this try
@@ -154,6 +173,27 @@ def copy_readings(c: PgConn, batch: pa.Table, org_id: str, gateway_id: str, now_
     return int(c.execute(_INSERT_ANY, rows + latest).fetchall()[0][0])
 
 
+def series_ids(c: PgConn, org_id: str, devices: list[str], metrics: list[str]) -> list[int]:
+    """The ids of the series (devices[i], metrics[i]) of an org, in that order; created when
+    new. Also used by `cloud copy` (cloud.app.copy_store)."""
+    c.execute(_NEW_SERIES, [org_id, devices, metrics])
+    found = c.execute(_SERIES_IDS, [devices, metrics, org_id]).fetchall()
+    by_key = {(d, m): int(i) for d, m, i in found}
+    return [by_key[(d, m)] for d, m in zip(devices, metrics, strict=True)]
+
+
+def _repeat_per_series(ids: list[int], last: pa.Table) -> list[int]:
+    """Each row's series id, for a batch sorted by series (`last`: the last row of each run,
+    with its row number in `row`)."""
+    ends = last.column("row").to_pylist()
+    out: list[int] = []
+    start = 0
+    for series_id, end in zip(ids, ends, strict=True):
+        out.extend([series_id] * (end + 1 - start))
+        start = end + 1
+    return out
+
+
 def _last_of_series(ordered: pa.Table) -> pa.Table:
     """The last row of each (device, metric) run of a batch sorted by series then ts."""
     n = ordered.num_rows
@@ -162,7 +202,8 @@ def _last_of_series(ordered: pa.Table) -> pa.Table:
         pc.not_equal(dev.slice(0, n - 1), dev.slice(1)),
         pc.not_equal(met.slice(0, n - 1), met.slice(1)),
     )
-    return ordered.filter(pa.concat_arrays([next_differs.combine_chunks(), pa.array([True])]))
+    numbered = ordered.append_column("row", pa.array(range(n), pa.int64()))
+    return numbered.filter(pa.concat_arrays([next_differs.combine_chunks(), pa.array([True])]))
 
 
 def _newest(ordered: pa.Table, last: pa.Table, org_id: str, gateway_id: str) -> list[object]:
