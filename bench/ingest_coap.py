@@ -135,7 +135,8 @@ def gateway_phase(args: argparse.Namespace, work: Path, confirmable: bool) -> di
     log = (data / "gateway.log").open("w")
     gw = subprocess.Popen(
         [*IOTSPHERE, "gateway", "run", "--data-dir", str(data), "--bind", "127.0.0.1",
-         "--mqtt-port", str(free_tcp_port()), "--coap-port", str(port), "--http-port", "0"],
+         "--mqtt-port", str(free_tcp_port()), "--coap-port", str(port), "--http-port", "0",
+         "--mqtts-port", "0", "--https-port", "0"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     try:

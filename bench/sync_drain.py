@@ -283,6 +283,7 @@ def start_gateway(work: Path, gw_dir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "common.cli", "gateway", "run", "--data-dir", str(gw_dir),
          "--mqtt-port", "0", "--coap-port", "0", "--http-port", "0",
+         "--mqtts-port", "0", "--https-port", "0",
          *os.environ.get("GATEWAY_ARGS", "").split()],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=gw_log,
     )  # fmt: skip

@@ -109,6 +109,7 @@ def running_gateway(
         "--mqtt-port", str(mqtt_port),
         "--http-port", str(free_port()),
         "--coap-port", str(free_port()),
+        "--mqtts-port", "0", "--https-port", "0",  # TLS off: benchmarks never share 8883/8443
     ]  # fmt: skip
     gw = procs.start(f"{tag}-gateway", argv)
     status = GatewayStatus(data_dir)
