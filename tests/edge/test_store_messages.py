@@ -8,10 +8,12 @@ raises or resolves the storage alert from that answer alone.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from common.actors import ChildSpec, Supervisor
+from common.actors import ActorRef, ChildSpec, Supervisor
 from common.clock import ManualClock
 from common.model import Reading
 from edge.alerts.rules_actor import STORAGE_RULE, RulesActor, RulesStats
@@ -21,6 +23,7 @@ from edge.storage.actor import (
     Ingest,
     ProtectThrough,
     StoreActor,
+    StoreMsg,
     StoreState,
     StoreView,
 )
@@ -54,9 +57,32 @@ async def test_the_disk_cap_keeps_readings_in_flight_across_a_store_restart(
     tmp_path: Path,
 ) -> None:
     store = BuggyStore(tmp_path / "gateway.duckdb")
-    stats = StoreStats()  # the gateway's: it outlives the actor
+    async with capped_store(store, max_restarts=1) as (ref, stats):
+        await ref.send(ProtectThrough(20))  # a batch of readings 1..20 is on its way
+        store.crash = True
+        crashed: list[BaseException | None] = []
+        await ref.send(Ingest(readings(1), confirm=crashed.append))  # a duplicate: crashes
+        await until(lambda: ref.stats.restarts == 1)
+        assert isinstance(crashed[0], RuntimeError)
+        await ref.send(EnforceBudget())
+        await until(lambda: stats.readings_dropped == 70)
+        # 1..20 are in flight and stay; the 70 oldest after them go, down to the cap of 30
+        # (forgetting the protection would drop 1..70 instead).
+        assert await kept_ts(ref) == KEPT_WITH_1_TO_20_PROTECTED
+
+
+KEPT_WITH_1_TO_20_PROTECTED = [1000 + i for i in range(20)] + [1000 + i for i in range(90, 100)]
+
+
+@asynccontextmanager
+async def capped_store(
+    store: GatewayStore, max_restarts: int
+) -> AsyncIterator[tuple[ActorRef[StoreMsg], StoreStats]]:
+    """A supervised store actor with a cap of 30 unsynced readings holding readings 1..100
+    (the budget runs only when told); its stats are the gateway's, outliving the actor."""
+    stats = StoreStats()
     budget = DiskBudget(synced_retention_s=None, unsynced_cap=30, every_s=3600)
-    root = Supervisor("test", max_restarts=1, backoff_base_s=0.0)
+    root = Supervisor("test", max_restarts=max_restarts, backoff_base_s=0.0)
     ref = await root.start_child(
         ChildSpec(
             "store",
@@ -67,49 +93,26 @@ async def test_the_disk_cap_keeps_readings_in_flight_across_a_store_restart(
         done: list[BaseException | None] = []
         await ref.send(Ingest(readings(100), confirm=done.append))
         await until(lambda: done == [None])
-        await ref.send(ProtectThrough(20))  # a batch of readings 1..20 is on its way
-        store.crash = True
-        await ref.send(Ingest(readings(1), confirm=done.append))  # a duplicate: crashes
-        await until(lambda: ref.stats.restarts == 1)
-        assert isinstance(done[1], RuntimeError)
-        await ref.send(EnforceBudget())
-        await until(lambda: stats.readings_dropped == 70)
-        kept = [r.ts for r in (await call(ref, lambda s: s.readings_after(0, 1000)))[1]]
-        # 1..20 are in flight and stay; the 70 oldest after them go, down to the cap of 30
-        # (forgetting the protection would drop 1..70 instead).
-        assert kept == [1000 + i for i in range(20)] + [1000 + i for i in range(90, 100)]
+        yield ref, stats
     finally:
         await root.stop()
         store.close()
+
+
+async def kept_ts(ref: ActorRef[StoreMsg]) -> list[int]:
+    return [r.ts for r in (await call(ref, lambda s: s.readings_after(0, 1000)))[1]]
 
 
 async def test_reading_a_sync_batch_protects_it_from_the_next_budget_run(
     tmp_path: Path,
 ) -> None:
     """No window between the sync actor's read and its ProtectThrough: the read protects."""
-    store = GatewayStore(tmp_path / "gateway.duckdb")
-    stats = StoreStats()
-    budget = DiskBudget(synced_retention_s=None, unsynced_cap=30, every_s=3600)
-    root = Supervisor("test", max_restarts=0)
-    ref = await root.start_child(
-        ChildSpec(
-            "store",
-            lambda: StoreActor(store, max_readings=10, max_delay_ms=1, stats=stats, budget=budget),
-        )
-    )
-    try:
-        done: list[BaseException | None] = []
-        await ref.send(Ingest(readings(100), confirm=done.append))
-        await until(lambda: done == [None])
+    async with capped_store(GatewayStore(tmp_path / "gateway.duckdb"), 0) as (ref, stats):
         rows = await StoreClient(ref).batch_rows((0, 0), 0, 20)  # the next batch: 1..20
         assert list(rows.readings.seq) == list(range(1, 21))
         await ref.send(EnforceBudget())  # before any ProtectThrough could arrive
         await until(lambda: stats.readings_dropped == 70)
-        kept = [r.ts for r in (await call(ref, lambda s: s.readings_after(0, 1000)))[1]]
-        assert kept == [1000 + i for i in range(20)] + [1000 + i for i in range(90, 100)]
-    finally:
-        await root.stop()
-        store.close()
+        assert await kept_ts(ref) == KEPT_WITH_1_TO_20_PROTECTED
 
 
 class FullStore(GatewayStore):
