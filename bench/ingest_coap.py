@@ -189,7 +189,11 @@ def trivial_server(port: int) -> None:
 
     async def main() -> None:
         site = _PathWildcard(Changed())
-        ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+        # UDP only, as the gateway: aiocoap would also bind TCP on the port, which another
+        # process may hold (the port was only checked free for UDP)
+        ctx = await aiocoap.Context.create_server_context(
+            site, bind=("127.0.0.1", port), transports=["udp6"]
+        )
         # The same socket receive buffer as the gateway's, so the ratio compares the work per
         # request, not how many datagrams the kernel dropped.
         from edge.ingest.coap.context import grow_receive_buffer, server_socket
