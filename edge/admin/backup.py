@@ -5,7 +5,8 @@ The archive holds what a restored gateway needs to run and sync, and nothing it 
 - gateway.duckdb: the store (devices and token hashes, readings, rules, alerts, sync cursors),
   copied between two commits by the running gateway's store actor (edge.storage.snapshot);
 - gateway.toml, identity.json + gateway.key (the cloud enrollment), status_password (the local
-  status page's login), oscore/ (devices' OSCORE contexts) — those that exist.
+  status page's login), oscore/ (devices' OSCORE contexts), tls/ (the certificate devices
+  trust, so a restored gateway keeps it) — those that exist.
 Left out: broker/ (Mosquitto's files, rebuilt from the store at start), run/ and admin.secret
 (created at start). The archive holds the gateway's private key: it is written mode 0600.
 """
@@ -28,11 +29,11 @@ from edge.storage.migrations import check_version, stored_version
 FORMAT = "iotsphere-gateway-backup"
 DATABASE = "gateway.duckdb"
 SMALL_FILES = ("gateway.toml", "identity.json", "gateway.key", "status_password")
-DIRECTORIES = ("oscore",)
+DIRECTORIES = ("oscore", "tls")
 CONTENTS_HELP = (
     "a .tar.gz with manifest.json, the store (gateway.duckdb: devices, readings, rules, alerts,"
-    " sync cursors) and those of gateway.toml, identity.json, gateway.key, status_password and"
-    " oscore/ that exist; it holds the gateway's private key (written mode 0600)"
+    " sync cursors) and those of gateway.toml, identity.json, gateway.key, status_password,"
+    " oscore/ and tls/ that exist; it holds the gateway's private keys (written mode 0600)"
 )
 
 

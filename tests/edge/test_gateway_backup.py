@@ -21,6 +21,7 @@ import pytest
 from edge.admin.backup import write_archive
 from edge.app.config import GatewayConfig
 from edge.app.gateway import Gateway
+from edge.security.tls import fingerprint, generate, tls_dir
 from edge.storage.migrations import LATEST, SchemaTooNew
 from edge.storage.schema import SCHEMA
 from edge.storage.store import GatewayStore
@@ -218,3 +219,19 @@ def test_a_store_of_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> Non
     one_line_error(proc, 1, "version 99")
     proc = cli("gateway", "backup", str(tmp_path / "b.tar.gz"), data_dir=path.parent, check=False)
     one_line_error(proc, 1, "version 99")
+
+
+def test_the_gateway_certificate_survives_backup_and_restore(tmp_path: Path) -> None:
+    """Devices trust the gateway's certificate (--cafile): a restored gateway keeps it."""
+    data_dir = tmp_path / "site"
+    cli("gateway", "device", "add", "d1", data_dir=data_dir)  # a store to back up
+    cert, key = tls_dir(data_dir) / "gateway.crt", tls_dir(data_dir) / "gateway.key"
+    cert.parent.mkdir()
+    generate(cert, key, ["localhost"], ["127.0.0.1"])
+    archive = tmp_path / "b.tar.gz"
+    cli("gateway", "backup", str(archive), data_dir=data_dir)
+    target = tmp_path / "restored"
+    cli("gateway", "restore", str(archive), data_dir=target)
+    restored = tls_dir(target) / cert.name
+    assert fingerprint(restored) == fingerprint(cert)
+    assert (tls_dir(target) / key.name).stat().st_mode & 0o077 == 0  # the key stays private
