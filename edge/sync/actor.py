@@ -462,6 +462,12 @@ class SyncActor(Actor[SyncMsg]):
         delay = backoff_delay(
             st.consecutive_failures, self._cfg.backoff_base_s, self._cfg.backoff_max_s, self._rand
         )
+        if exc.retry_after_s is not None:
+            # The cloud said when to come back: then, not after a backoff grown by a long outage
+            # (at most the backoff's cap), plus up to 1 s of jitter so gateways do not all
+            # return in the same instant.
+            wait = min(exc.retry_after_s, self._cfg.backoff_max_s)
+            delay = wait + self._rand() * min(1.0, wait / 10)
         self._retry_at = self._clock.monotonic() + delay
         st.next_retry_in_s = round(delay, 1)
         level = logging.ERROR if isinstance(exc, CloudRejected | BadAck) else logging.WARNING

@@ -16,6 +16,8 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -32,6 +34,7 @@ class CloudError(Exception):
     """A cloud call that did not succeed; the message is one line for logs and the CLI."""
 
     retryable = True
+    retry_after_s: float | None = None  # the cloud's Retry-After (503, 429), when it gave one
 
 
 class CloudUnreachable(CloudError):
@@ -93,10 +96,29 @@ def _problem(resp: httpx.Response) -> tuple[str, dict[str, Any] | None]:
     return resp.reason_phrase, None
 
 
+def retry_after_s(value: str | None) -> float | None:
+    """An HTTP Retry-After (delay-seconds or an HTTP-date) in seconds from now; None when
+    absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
 def _status_error(resp: httpx.Response, what: str) -> CloudError:
     msg, doc = _problem(resp)
     if resp.status_code >= 500 or resp.status_code == 429:
-        return CloudUnavailable(f"{what}: the cloud answered {resp.status_code}: {msg}")
+        err = CloudUnavailable(f"{what}: the cloud answered {resp.status_code}: {msg}")
+        err.retry_after_s = retry_after_s(resp.headers.get("Retry-After"))
+        return err
     return CloudRejected(f"{what}: refused ({resp.status_code}): {msg}", resp.status_code, doc)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 import secrets
 import stat
 import time
@@ -44,6 +46,7 @@ from edge.storage.actor import Ingest
 from edge.storage.client import call
 from edge.storage.store import GatewayStore
 from edge.sync.actor import backoff_delay
+from edge.sync.cloud_client import retry_after_s
 from edge.sync.identity import Identity, key_path, load_identity, save_identity
 from tests.conftest import cli, running
 from tests.support.waiting import until
@@ -62,6 +65,7 @@ class StubCloud:
     arrival: list[int] = field(default_factory=list)  # seqs in the order first stored
     alerts: list[str] = field(default_factory=list)
     fail_503: int = 0
+    retry_after: str | None = None  # the Retry-After header of those 503s
     drop: int = 0
     auth_failures: int = 0
     follows: list[str | None] = field(default_factory=list)  # per verified request
@@ -129,7 +133,8 @@ class StubCloud:
             await until(lambda: follows in self.acks, timeout_s=5)
         if self.fail_503 > 0:
             self.fail_503 -= 1
-            return web.json_response({"title": "busy"}, status=503)
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return web.json_response({"title": "busy"}, status=503, headers=headers)
         ack = self.acks.get(batch.batch_id)
         if ack is None:
             stored = 0
@@ -294,6 +299,33 @@ async def test_503_is_retried_and_the_cursor_moves_only_after_the_ack(
     assert durable == 5
     assert stats.server_errors == 2 and stats.retries == 2 and stats.successes >= 1
     assert stats.consecutive_failures == 0 and "503" in (stats.last_error or "")
+
+
+async def test_the_clouds_retry_after_is_honoured_not_a_grown_backoff(
+    stub: StubCloud, gateway_config: GatewayConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a long outage the backoff has grown; a cloud that says Retry-After: 1 gets the
+    batch again after about 1 s, not after up to the backoff's cap."""
+    enroll_directly(gateway_config.data_dir, stub)
+    stub.fail_503, stub.retry_after = 3, "1"
+    cfg = replace(sync_config(gateway_config), sync_backoff_base_s=30.0, sync_backoff_max_s=300.0)
+    caplog.set_level(logging.WARNING, logger="iotsphere.sync")
+    async with running(cfg) as gw:
+        await ingest(gw, readings(5))
+        await until(lambda: len(stub.readings) == 5, timeout_s=20)
+    assert gw.sync_stats is not None and gw.sync_stats.server_errors == 3
+    waits = [
+        float(m.group(1))
+        for rec in caplog.records
+        if (m := re.search(r"503.*retry in ([0-9.]+) s", rec.getMessage()))
+    ]
+    assert len(waits) == 3 and all(1.0 <= w <= 1.1 for w in waits), waits
+
+
+def test_retry_after_values() -> None:
+    assert retry_after_s("5") == 5.0
+    assert retry_after_s(None) is None and retry_after_s("soon") is None
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: now
 
 
 async def test_lost_ack_makes_the_gateway_resend_the_same_batch(
