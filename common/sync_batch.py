@@ -11,12 +11,17 @@ I/O, no clock; the wire form of these values is in common.sync_wire."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from common.model import Reading, ReadingFlag, Value
+
+# A field of a rule document as a batch carries it (the rule's CONTRACT JSON shape): scalars,
+# or a list of strings (its channels).
+RuleField = str | int | float | bool | None | list[str]
 
 _BATCH_NS: Final = uuid.UUID("5b0f3c9e-2d1a-5e7b-9c4f-8a6d0e1b2c3d")
 
@@ -106,6 +111,10 @@ class AlertChange:
     started_at: int
     acknowledged_at: int | None = None
     resolved_at: int | None = None
+    # What the rule said when the change was read (name, metric, operator, threshold,
+    # for_seconds, hysteresis, scope): the cloud shows why the alert was raised. Optional on
+    # the wire: a gateway older than this field sends none.
+    rule: Mapping[str, RuleField] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,12 @@ class DeviceRecord:
     device_id: str
     type: str | None
     status: str  # active | revoked
+
+
+def rules_digest(rules: Sequence[Mapping[str, RuleField]]) -> str:
+    """Identifies the gateway's rule list (order-free): sent again only when this changed."""
+    docs = sorted(json.dumps(dict(r), sort_keys=True, separators=(",", ":")) for r in rules)
+    return hashlib.sha256("\n".join(docs).encode()).hexdigest()[:32]
 
 
 def devices_digest(devices: Sequence[DeviceRecord]) -> str:
@@ -179,6 +194,10 @@ class SyncBatch:
     epochs: tuple[ClockEpoch, ...] = ()
     devices: tuple[DeviceRecord, ...] = ()  # the gateway's whole device list, when it changed
     backlog: int = 0  # readings still waiting at the gateway after this batch (a gauge)
+    # The gateway's whole rule list (CONTRACT rule documents), when it changed since the cloud
+    # last acknowledged one: the cloud lists the gateway's own rules read-only beside its own.
+    # None: not sent (unchanged, or an older gateway); () : the gateway has no rules now.
+    rules: tuple[Mapping[str, RuleField], ...] | None = None
     # Pipelining: the batch_id of the batch sent just before this one and still unacknowledged
     # when this one was sent. The cloud applies this batch only once that one is stored, so
     # two batches can be on the wire without readings arriving out of order. Not part of the
@@ -207,10 +226,12 @@ class SyncBatch:
         epochs: Sequence[ClockEpoch] = (),
         devices: Sequence[DeviceRecord] = (),
         backlog: int = 0,
+        rules: Sequence[Mapping[str, RuleField]] | None = None,
     ) -> SyncBatch:
         """A batch with its batch_id derived from its identity."""
         alerts = tuple(alerts)
         devices = tuple(devices)
+        rule_list = tuple(rules) if rules is not None else None
         return cls(
             gateway_id=gateway_id,
             batch_id=batch_id_for(
@@ -220,6 +241,7 @@ class SyncBatch:
                 max((a.change_seq for a in alerts), default=0),
                 auth_through,
                 devices_digest(devices) if devices else "",
+                rules_digest(rule_list) if rule_list is not None else "",
             ),
             first_seq=first_seq,
             last_seq=last_seq,
@@ -234,6 +256,7 @@ class SyncBatch:
             epochs=tuple(epochs),
             devices=devices,
             backlog=backlog,
+            rules=rule_list,
         )
 
 
@@ -255,12 +278,16 @@ def batch_id_for(
     alerts_through: int = 0,
     auth_through: int = 0,
     devices: str = "",
+    rules: str = "",
 ) -> str:
     """The deterministic id of the batch covering these cursors (a UUIDv5 string); `devices`
-    is the digest of the device list the batch carries, if any."""
+    and `rules` are the digests of the device and rule lists the batch carries, if any (a
+    batch without a rule list has the id it had before rule lists existed)."""
     name = f"{gateway_id}\x00{first_seq}\x00{last_seq}\x00{alerts_through}"
-    if auth_through or devices:
+    if auth_through or devices or rules:
         name += f"\x00{auth_through}"
-    if devices:
+    if devices or rules:
         name += f"\x00{devices}"
+    if rules:
+        name += f"\x00rules:{rules}"
     return str(uuid.uuid5(_BATCH_NS, name))

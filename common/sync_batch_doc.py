@@ -16,9 +16,11 @@ from common.sync_batch import (
     AuthEvent,
     ClockEpoch,
     DeviceRecord,
+    RuleField,
     SyncBatch,
     batch_id_for,
     devices_digest,
+    rules_digest,
 )
 from common.sync_columns import columns_from_doc, columns_to_doc
 from common.sync_wire_check import DocCheck
@@ -29,6 +31,8 @@ from common.sync_wire_spec import (
     MAX_COUNTERS,
     MAX_DEVICES,
     MAX_EPOCHS,
+    MAX_RULE_FIELDS,
+    MAX_RULES,
     MAX_VALUE_STR,
     WIRE_VERSION,
 )
@@ -66,9 +70,13 @@ def batch_to_doc(batch: SyncBatch) -> dict[str, Any]:
                 a.started_at,
                 a.acknowledged_at,
                 a.resolved_at,
+                # the rule snapshot is a 12th item only when there is one: a batch without
+                # it is byte for byte what older gateways send
+                *([dict(a.rule)] if a.rule is not None else []),
             ]
             for a in batch.alerts
         ],
+        **({"rules": [dict(r) for r in batch.rules]} if batch.rules is not None else {}),
         "auth": [
             [e.at, e.kind, e.transport, e.reason, e.address, e.username, e.client_id]
             for e in batch.auth_events
@@ -103,6 +111,12 @@ def batch_from_doc(doc: object) -> SyncBatch:
         _device(c, d, f"/devices/{i}")
         for i, d in enumerate(c.list_(top.get("devices", []), "/devices", MAX_DEVICES))
     )
+    rules = None  # absent: an older gateway, or its list did not change
+    if "rules" in top:
+        rules = tuple(
+            _rule_doc(c, r, f"/rules/{i}", need_id=True)
+            for i, r in enumerate(c.list_(top["rules"], "/rules", MAX_RULES))
+        )
     if not c.errors and last_seq < first_seq - 1:
         c.fail("/last_seq", "must be >= first_seq - 1")
 
@@ -142,6 +156,7 @@ def batch_from_doc(doc: object) -> SyncBatch:
         devices=devices,
         backlog=backlog,
         follows=follows,
+        rules=rules,
     )
     expected = batch_id_for(
         gateway_id,
@@ -150,6 +165,7 @@ def batch_from_doc(doc: object) -> SyncBatch:
         batch.alerts_through,
         auth_through,
         devices_digest(devices) if devices else "",
+        rules_digest(rules) if rules is not None else "",
     )
     if batch_id != expected:
         c.abort("/batch_id", "does not match (gateway_id, first_seq, last_seq, alerts)")
@@ -191,7 +207,11 @@ def _value(c: DocCheck, v: object, path: str) -> Value | None:
 
 
 def _alert(c: DocCheck, a: object, path: str) -> AlertChange:
-    row = c.row(a, path, _ALERT_ROW)
+    # 11 items from any gateway; a 12th, the rule snapshot, from gateways that send it
+    row = c.row(a, path, _ALERT_ROW, optional=1)
+    rule = None
+    if len(row) > len(_ALERT_ROW) and row[len(_ALERT_ROW)] is not None:
+        rule = _rule_doc(c, row[len(_ALERT_ROW)], f"{path}/{len(_ALERT_ROW)}", need_id=False)
     seq = c.opt_int(row[0], f"{path}/0")
     started = c.opt_int(row[8], f"{path}/8")
     if seq is None or seq < 1:
@@ -210,7 +230,34 @@ def _alert(c: DocCheck, a: object, path: str) -> AlertChange:
         started_at=started or 0,
         acknowledged_at=c.opt_int(row[9], f"{path}/9"),
         resolved_at=c.opt_int(row[10], f"{path}/10"),
+        rule=rule,
     )
+
+
+def _rule_doc(c: DocCheck, r: object, path: str, *, need_id: bool) -> dict[str, RuleField]:
+    """A rule document (or an alert's rule snapshot): a map of at most MAX_RULE_FIELDS short
+    keys to scalars or lists of strings. Only its shape is checked: the cloud shows it, it
+    does not evaluate it, and a rule this cloud's parser would not take must not stop sync."""
+    doc = c.map_(r, path)
+    if len(doc) > MAX_RULE_FIELDS:
+        c.abort(path, f"must have at most {MAX_RULE_FIELDS} fields")
+    out: dict[str, RuleField] = {}
+    for k, v in doc.items():
+        key = c.str_(k, f"{path}/{str(k)[:64]}", max_len=64)
+        where = f"{path}/{key}"
+        if v is None or isinstance(v, bool) or type(v) is int:
+            out[key] = v if type(v) is not int else c.opt_int(v, where)
+        elif type(v) is float:
+            out[key] = _value(c, v, where)
+        elif isinstance(v, str):
+            out[key] = c.str_(v, where, empty=True)
+        elif type(v) is list and len(v) <= MAX_RULE_FIELDS and all(type(x) is str for x in v):
+            out[key] = [c.str_(x, f"{where}/{i}") for i, x in enumerate(v)]
+        else:
+            c.fail(where, "must be a number, boolean, string, null or a list of strings")
+    if need_id:
+        c.str_(out.get("id"), f"{path}/id")
+    return out
 
 
 def _device(c: DocCheck, d: object, path: str) -> DeviceRecord:

@@ -23,9 +23,11 @@ from common.sync_batch import (
     ClockEpoch,
     DeviceRecord,
     ReadingColumns,
+    RuleField,
     SyncBatch,
     batch_id_for,
     devices_digest,
+    rules_digest,
 )
 from common.sync_batch_doc import batch_from_doc, batch_to_doc
 from common.sync_clocks import CLOCK_SKEW_FLAG_MS, ReadingClock, reading_clocks
@@ -84,6 +86,7 @@ __all__ = [  # the ones not defined here come from the modules beside this one
     "DeviceRecord",
     "ReadingClock",
     "ReadingColumns",
+    "RuleField",
     "SyncBatch",
     "WireError",
     "batch_from_doc",
@@ -97,6 +100,7 @@ __all__ = [  # the ones not defined here come from the modules beside this one
     "encode_ack",
     "encode_batch",
     "reading_clocks",
+    "rules_digest",
 ]
 
 

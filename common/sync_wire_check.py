@@ -78,10 +78,11 @@ class DocCheck:
             self.abort(path, f"must have at most {max_len} items")
         return v
 
-    def row(self, v: object, path: str, fields: Sequence[str]) -> list[Any]:
-        """A positional row of exactly len(fields) items; aborts naming its layout."""
-        row = self.list_(v, path, len(fields))
-        if len(row) != len(fields):
+    def row(self, v: object, path: str, fields: Sequence[str], optional: int = 0) -> list[Any]:
+        """A positional row of len(fields) items, plus up to `optional` trailing ones that newer
+        writers add (older readers' rows stay valid); aborts naming its layout."""
+        row = self.list_(v, path, len(fields) + optional)
+        if len(row) < len(fields):
             self.abort(path, f"must be [{', '.join(fields)}]")
         return row
 

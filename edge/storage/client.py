@@ -171,10 +171,16 @@ class StoreClient:
         await call(self._ref, lambda s: s.kv_set(key, value))
 
     async def save_sync_cursor(
-        self, cursor: tuple[int, int], at_ms: int, auth_seq: int | None, devices: str | None
+        self,
+        cursor: tuple[int, int],
+        at_ms: int,
+        auth_seq: int | None,
+        devices: str | None,
+        rules: str | None = None,
     ) -> None:
         await call(
-            self._ref, lambda s: s.save_sync_cursor(cursor[0], cursor[1], at_ms, auth_seq, devices)
+            self._ref,
+            lambda s: s.save_sync_cursor(cursor[0], cursor[1], at_ms, auth_seq, devices, rules),
         )
 
     async def save_sync_error(self, message: str, at_ms: int) -> None:

@@ -42,7 +42,12 @@ class SyncStorage(Protocol):
         self, cursor: tuple[int, int], auth_cursor: int, max_readings: int
     ) -> BatchRows: ...
     async def save_sync_cursor(
-        self, cursor: tuple[int, int], at_ms: int, auth_seq: int | None, devices: str | None
+        self,
+        cursor: tuple[int, int],
+        at_ms: int,
+        auth_seq: int | None,
+        devices: str | None,
+        rules: str | None = None,
     ) -> None: ...
     async def save_sync_error(self, message: str, at_ms: int) -> None: ...
     async def set_epoch_skew(self, boot_id: str, skew_ms: int) -> None: ...

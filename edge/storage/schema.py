@@ -103,5 +103,6 @@ SYNC_LAST_SUCCESS_KEY = "sync.last_success_at"
 SYNC_LAST_ERROR_KEY = "sync.last_error"  # JSON {"at": ms, "message": str}
 SYNC_AUTH_KEY = "sync.auth_seq"
 SYNC_DEVICES_KEY = "sync.devices_digest"  # the device list the cloud has acknowledged
+SYNC_RULES_KEY = "sync.rules_digest"  # the rule list the cloud has acknowledged
 DROPPED_COUNTER = "readings_dropped"  # unsynced readings deleted by the disk cap
 PRUNED_COUNTER = "readings_pruned"  # synced readings deleted after the retention period

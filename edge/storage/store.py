@@ -45,6 +45,7 @@ from edge.storage.schema import (
     SYNC_LAST_ERROR_KEY,
     SYNC_LAST_SUCCESS_KEY,
     SYNC_READINGS_KEY,
+    SYNC_RULES_KEY,
 )
 from edge.storage.snapshot import copy_database
 
@@ -58,6 +59,7 @@ __all__ = [  # defined in the modules beside this one; callers import them from 
     "SYNC_LAST_ERROR_KEY",
     "SYNC_LAST_SUCCESS_KEY",
     "SYNC_READINGS_KEY",
+    "SYNC_RULES_KEY",
     "AlertRow",
     "AuthFailure",
     "Batch",
@@ -488,6 +490,7 @@ class GatewayStore(Reports):
         at_ms: int,
         auth_seq: int | None = None,
         devices_digest: str | None = None,
+        rules_digest: str | None = None,
     ) -> None:
         kv = {
             SYNC_READINGS_KEY: str(readings_seq),
@@ -498,6 +501,8 @@ class GatewayStore(Reports):
             kv[SYNC_AUTH_KEY] = str(auth_seq)
         if devices_digest is not None:
             kv[SYNC_DEVICES_KEY] = devices_digest
+        if rules_digest is not None:
+            kv[SYNC_RULES_KEY] = rules_digest
         self.commit(Batch(kv=kv))
 
     # -- clock epochs -------------------------------------------------------------------------

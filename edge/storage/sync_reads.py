@@ -85,9 +85,12 @@ class SyncReads(StoreBase):
         intermediate states of an alert changed twice since the last sync are not kept)."""
         with self._lock:
             rows = self._con.execute(
-                "SELECT change_seq, id, rule_id, subject, metric, severity, state, value, "
-                "started_at, acknowledged_at, resolved_at FROM alerts WHERE change_seq > ? "
-                "ORDER BY change_seq LIMIT ?",
+                # the rule as it is now, sent with the change (the alert is read within a
+                # sync interval of its raise): the cloud shows the name and condition
+                "SELECT a.change_seq, a.id, a.rule_id, a.subject, a.metric, a.severity, "
+                "a.state, a.value, a.started_at, a.acknowledged_at, a.resolved_at, r.body "
+                "FROM alerts a LEFT JOIN rules r ON r.id = a.rule_id WHERE a.change_seq > ? "
+                "ORDER BY a.change_seq LIMIT ?",
                 [change_seq, limit],
             ).fetchall()
         out = []
@@ -110,9 +113,17 @@ class SyncReads(StoreBase):
                     started_at=int(r[8]),
                     acknowledged_at=r[9],
                     resolved_at=r[10],
+                    rule=json.loads(r[11]) if r[11] is not None else None,
                 )
             )
         return out
+
+    def rule_docs(self) -> list[dict[str, Any]]:
+        """Every rule this gateway evaluates, as CONTRACT documents with their version (local
+        ones and those the cloud sent: the cloud tells its own apart by id)."""
+        with self._lock:
+            rows = self._con.execute("SELECT body, version FROM rules ORDER BY id").fetchall()
+        return [{**json.loads(body), "version": int(version)} for body, version in rows]
 
     def sync_cursor(self) -> tuple[int, int]:
         """(readings seq, alerts change_seq) the cloud has acknowledged."""

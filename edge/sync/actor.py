@@ -45,6 +45,7 @@ from common.sync_wire import (
     SyncBatch,
     devices_digest,
     encode_batch,
+    rules_digest,
 )
 from edge.storage.interfaces import SyncStorage
 from edge.storage.store import DROPPED_COUNTER, StoreUnavailable
@@ -331,7 +332,13 @@ class SyncActor(Actor[SyncMsg]):
         got = await self._store.batch_rows(cursor, auth_cursor, cfg.batch_max_readings)
         rows = got.readings
         full = len(rows) >= cfg.batch_max_readings or got.more
-        partial_batch = not got.alerts and not got.auth_events and not got.devices and not full
+        partial_batch = (
+            not got.alerts
+            and not got.auth_events
+            and not got.devices
+            and got.rules is None
+            and not full
+        )
         if after is not None and (got.is_empty() or partial_batch):
             return None  # the next tick decides about it, with the age limit
         if got.is_empty():
@@ -362,6 +369,7 @@ class SyncActor(Actor[SyncMsg]):
             epochs=got.epochs,
             devices=got.devices,
             backlog=got.backlog,
+            rules=got.rules,
         )
 
     def _full(self, batch: SyncBatch) -> bool:
@@ -406,12 +414,15 @@ class SyncActor(Actor[SyncMsg]):
         cursor = (batch.last_seq, max(self._cursor[1], batch.alerts_through))
         auth = batch.auth_through if batch.auth_events else None
         devices = devices_digest(batch.devices) if batch.devices else None
+        rules = rules_digest(batch.rules) if batch.rules is not None else None
         now_ms = self._clock.now_ms()
         # Saves stay in order: the store's mailbox is FIFO, and each waits for the one before.
         # A crash before the save only means a resend, which the cloud answers from its stored
         # acks, never a gap.
         await self._settle_save()
-        saving = asyncio.create_task(self._store.save_sync_cursor(cursor, now_ms, auth, devices))
+        saving = asyncio.create_task(
+            self._store.save_sync_cursor(cursor, now_ms, auth, devices, rules)
+        )
         self._saving = (saving, cursor)
         self._cursor = cursor
         if auth is not None:

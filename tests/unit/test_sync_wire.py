@@ -484,3 +484,79 @@ def test_follows_round_trips_and_is_not_part_of_the_batch_identity() -> None:
     assert back == pipelined and back.follows == "b-before"
     assert back.batch_id == batch.batch_id  # resent without it, it is the same batch
     assert "follows" not in batch_to_doc(batch)
+
+
+# -- issue 15: alerts explain themselves (rule snapshots, the gateway's rule list) ----------
+
+RULE_DOC: dict[str, Any] = {
+    "id": "r-hot",
+    "name": "Too hot",
+    "metric": "temp",
+    "operator": ">",
+    "threshold": 30.5,
+    "for_seconds": 60,
+    "hysteresis": 1.0,
+    "severity": "critical",
+    "enabled": True,
+    "channels": [],
+    "version": 1,
+    "device_type": "thermo",
+}
+
+
+def test_alert_rule_snapshot_round_trips_as_an_optional_twelfth_item() -> None:
+    explained = dataclasses.replace(ALERT, rule=RULE_DOC)
+    batch = make_batch([], first_seq=51, last_seq=50, alerts=[explained])
+    back = decode_batch(*encode_batch(batch))
+    assert back.alerts[0].rule == RULE_DOC
+    assert len(batch_to_doc(batch)["alerts"][0]) == 12
+    # without a snapshot the row is the 11 items older gateways and clouds know
+    plain = make_batch([], first_seq=51, last_seq=50, alerts=[ALERT])
+    assert len(batch_to_doc(plain)["alerts"][0]) == 11
+    assert plain.batch_id == batch.batch_id  # the snapshot is not part of the identity
+
+
+def test_an_older_gateways_batch_is_still_accepted() -> None:
+    # A batch document exactly as gateways before rule snapshots wrote it: no 12th alert item,
+    # no "rules" key. It must decode, with no rule and no rule list.
+    doc = batch_to_doc(make_batch(rows(10), alerts=[ALERT]))
+    assert "rules" not in doc and len(doc["alerts"][0]) == 11
+    back = decode_batch(json.dumps(doc).encode(), JSON, "identity")
+    assert back.alerts[0].rule is None and back.rules is None
+
+
+def test_gateway_rule_list_round_trips_and_is_part_of_the_batch_id() -> None:
+    a = make_batch([], rules=[RULE_DOC])
+    back = decode_batch(*encode_batch(a))
+    assert back.rules == (RULE_DOC,)
+    none_now = make_batch([], rules=[])  # "the gateway has no rules now" is not "unchanged"
+    assert decode_batch(*encode_batch(none_now)).rules == ()
+    unsent = make_batch([])
+    assert len({a.batch_id, none_now.batch_id, unsent.batch_id}) == 3
+    changed = make_batch([], rules=[{**RULE_DOC, "threshold": 31}])
+    assert changed.batch_id != a.batch_id
+    assert unsent.batch_id == batch_id_for("gw-1", 101, 100)  # the id it always had
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda d: d["rules"][0].pop("id"), "/rules/0/id"),
+        (lambda d: d["rules"][0].update(threshold={"x": 1}), "/rules/0/threshold"),
+        (lambda d: d["rules"][0].update(name="n" * 300), "/rules/0/name"),
+        (lambda d: d["rules"].append("not a map"), "/rules/1"),
+        (lambda d: d["alerts"][0].__setitem__(11, [1, 2]), "/alerts/0/11"),
+        (lambda d: d["alerts"][0].append(None), "/alerts/0"),
+    ],
+)
+def test_malformed_rules_and_snapshots_are_400_with_a_path(mutate: Any, path: str) -> None:
+    batch = make_batch(
+        [],
+        first_seq=51,
+        last_seq=50,
+        alerts=[dataclasses.replace(ALERT, rule=RULE_DOC)],
+        rules=[RULE_DOC],
+    )
+    doc = batch_to_doc(batch)
+    mutate(doc)
+    assert path in {e.path for e in wire_error(doc).problem.errors}
