@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from cloud.api.device_list import page_info
 from cloud.api.views import device_view
 from cloud.app.services import Services
 from cloud.notify.store import alert_documents
+from cloud.storage.device_query import DeviceQuery
 from cloud.storage.retry import with_store_retries
 from common.alerts import OPEN_STATES
 
@@ -33,7 +35,10 @@ def default_config(online_threshold_s: float) -> dict[str, Any]:
     }
 
 
-async def assemble(services: Services, org_id: str) -> dict[str, Any]:
+async def assemble(
+    services: Services, org_id: str, device_query: DeviceQuery | None = None
+) -> dict[str, Any]:
+    """The dashboard's body; with `device_query`, one page of devices and `devices_page`."""
     settings, store = services.settings, services.store
 
     def retried(what: str, op: Callable[[], Awaitable[T]]) -> Awaitable[T]:
@@ -46,7 +51,12 @@ async def assemble(services: Services, org_id: str) -> dict[str, Any]:
         )
 
     config = await retried("dashboard configuration", lambda: store.get_dashboard_config(org_id))
-    devices = await retried("device status", lambda: store.list_devices(org_id))
+    page_body: dict[str, Any] = {}
+    if device_query is None:
+        devices = await retried("device status", lambda: store.list_devices(org_id))
+    else:
+        page = await retried("device status", lambda: store.device_page(org_id, device_query))
+        devices, page_body = page.devices, {"devices_page": page_info(page, device_query)}
     alerts = await retried("active alerts", lambda: store.list_alerts(org_id, OPEN_STATES))
     alert_docs = await retried(
         "alert notification status", lambda: alert_documents(services.notify, alerts)
@@ -56,4 +66,5 @@ async def assemble(services: Services, org_id: str) -> dict[str, Any]:
         "config": config if config is not None else default_config(settings.online_threshold_s),
         "devices": [device_view(d, now, settings.online_threshold_s) for d in devices],
         "alerts": alert_docs,
+        **page_body,
     }

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 
 from cloud.api.deps import AUTHED, PathId, ServicesDep, Viewer, problems
+from cloud.api.device_list import ListParams
 from cloud.api.problems import not_found
+from cloud.api.readings_csv import csv_rows
 from cloud.api.schemas import DeviceOut, GatewayOut, TelemetryOut
 from cloud.api.views import (
     BUCKET_PATTERN,
@@ -39,11 +42,19 @@ def _bad(exc: BadQuery) -> ProblemError:
     )
 
 
-@router.get("/devices", response_model=list[DeviceOut], responses=problems(*AUTHED))
-async def list_devices(principal: Viewer, services: ServicesDep) -> list[dict[str, Any]]:
+@router.get("/devices", response_model=list[DeviceOut], responses=problems(*AUTHED, 422))
+async def list_devices(
+    principal: Viewer, services: ServicesDep, params: ListParams, response: Response
+) -> list[dict[str, Any]]:
+    """Every device; or, with any of q/status/gateway/type/sort/order/limit/offset, one page
+    of them, and X-Total-Count: how many matched."""
     now, threshold = services.clock.now_ms(), services.settings.online_threshold_s
-    devices = await services.store.list_devices(principal.org_id)
-    return [device_view(d, now, threshold) for d in devices]
+    if not params.paged:
+        devices = await services.store.list_devices(principal.org_id)
+        return [device_view(d, now, threshold) for d in devices]
+    page = await services.store.device_page(principal.org_id, params.query(services))
+    response.headers["X-Total-Count"] = str(page.total)
+    return [device_view(d, now, threshold) for d in page.devices]
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut, responses=problems(*AUTHED, 404))
@@ -109,6 +120,48 @@ async def telemetry(
         )
         points = [bucket_view(b) for b in buckets]
     return {"device_id": device_id, "metric": metric, "bucket_ms": bucket_ms, "points": points}
+
+
+@router.get(
+    "/devices/{device_id}/readings.csv",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "the readings, streamed"},
+        **problems(*AUTHED, 404, 422),
+    },
+)
+async def readings_csv(
+    device_id: PathId,
+    principal: Viewer,
+    services: ServicesDep,
+    from_ms: Annotated[
+        int | None,
+        Query(alias="from", ge=0, le=2**62, description="ms since the epoch (default: to - 24 h)"),
+    ] = None,
+    to_ms: Annotated[
+        int | None, Query(alias="to", ge=0, le=2**62, description="ms, exclusive (default: now)")
+    ] = None,
+    metric: Annotated[
+        str | None, Query(min_length=1, max_length=64, description="one metric (default: all)")
+    ] = None,
+) -> StreamingResponse:
+    """Raw readings of [from, to) as CSV (device_id, metric, ts_ms, time_utc, value, flags),
+    metric by metric, oldest first; streamed, so any range fits."""
+    lo, hi = time_range(services.clock.now_ms(), from_ms, to_ms)
+    store, org = services.store, principal.org_id
+    device = await store.get_device(org, device_id)
+    if device is None:
+        raise not_found(f"no device {device_id!r}")
+    metrics = [metric] if metric is not None else sorted(device.latest)
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_id)
+    return StreamingResponse(
+        csv_rows(store, org, device_id, metrics, lo, hi),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}-{lo}-{hi}.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @router.get("/gateways", response_model=list[GatewayOut], responses=problems(*AUTHED))

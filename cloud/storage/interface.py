@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.alerts import AlertState
 from common.model import Reading, Value
+
+if TYPE_CHECKING:  # device_query imports DeviceInfo from here
+    from cloud.storage.device_query import DevicePage, DeviceQuery
 
 
 class Role(StrEnum):
@@ -244,6 +247,10 @@ class CloudStore(Protocol):
 
     # devices and telemetry
     async def list_devices(self, org_id: str) -> list[DeviceInfo]: ...
+    async def device_page(self, org_id: str, query: DeviceQuery) -> DevicePage:
+        """One page of devices searched, filtered and sorted in the database."""
+        ...
+
     async def get_device(self, org_id: str, device_id: str) -> DeviceInfo | None: ...
     async def upsert_device(
         self, org_id: str, device_id: str, gateway_id: str | None, device_type: str | None

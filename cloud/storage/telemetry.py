@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from cloud.storage.device_query import DevicePage, DeviceQuery, device_page
 from cloud.storage.duck_telemetry import insert_duck_readings
 from cloud.storage.interface import Bucket, DeviceInfo, Point
 from cloud.storage.sql import Dialect, SqlConn, SqlDatabase
@@ -92,6 +93,10 @@ class TelemetryQueries:
 
     async def list_devices(self, org_id: str) -> list[DeviceInfo]:
         return await self.db.run(lambda c: self._devices(c, org_id, None))
+
+    async def device_page(self, org_id: str, query: DeviceQuery) -> DevicePage:
+        latest_json = _LATEST_JSON[self.db.dialect]
+        return await self.db.run(lambda c: device_page(c, latest_json, org_id, query))
 
     async def get_device(self, org_id: str, device_id: str) -> DeviceInfo | None:
         found = await self.db.run(lambda c: self._devices(c, org_id, device_id))
