@@ -44,8 +44,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,9 @@ import pyarrow.compute as pc  # noqa: E402
 # The server, the request timing and the report are in bench/support/ (cloud_server, http_timing,
 # cloud_api_report); this script seeds the store, measures the API and puts the figures together.
 from bench.support import BenchError, run_benchmark  # noqa: E402
-from bench.support.cloud_api_report import report, targets  # noqa: E402
-from bench.support.cloud_server import Server, start_server  # noqa: E402
-from bench.support.http_timing import concurrent, sequential  # noqa: E402
+from bench.support.cloud_api_report import brief, ratios, report, summarise, targets  # noqa: E402
+from bench.support.cloud_server import start_server  # noqa: E402
+from bench.support.loadgen import LoadGenerator  # noqa: E402
 from bench.support.pg_bench import database, readings_size  # noqa: E402
 from cloud.app.services import open_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
@@ -101,6 +101,10 @@ class Settings:
     keep: bool
     database: str | None = None
     private_postgres: bool = False
+    workers: tuple[int, ...] = (1, 2)  # PostgreSQL servers measured: one per worker count
+    duckdb_beside: bool = True  # with PostgreSQL, also seed and measure DuckDB in the run
+    rounds: int = 3  # sessions of each target, interleaved
+    compare_tree: Path | None = None  # another checkout serving the same stores (before/after)
 
     @property
     def per_series(self) -> int:
@@ -271,78 +275,111 @@ def seed(data_dir: Path, s: Settings, url: str | None = None) -> Seeded:
 # --------------------------------------------------------------------------- measuring
 
 
-async def measure(base_url: str, s: Settings, seeded: Seeded, server_pid: int) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=s.clients, max_keepalive_connections=s.clients)
-    async with httpx.AsyncClient(
-        base_url=base_url, timeout=REQUEST_TIMEOUT_S, limits=limits
-    ) as client:
-        r = await client.post("/api/auth/login", json={"email": EMAIL, "password": PASSWORD})
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One way of serving the same readings: the embedded DuckDB store, or PostgreSQL with N
+    worker processes."""
+
+    name: str  # "duckdb", "postgresql_1w", ...
+    data_dir: Path
+    seeded: Seeded
+    url: str | None = None
+    workers: int = 1
+    root: Path = ROOT  # the checkout whose code serves (--compare-tree: another one's too)
+
+
+def postmaster_pid(url: str) -> int | None:
+    """The local PostgreSQL server's pid (its postmaster.pid), to count its CPU; None when
+    the server is elsewhere or the file cannot be read."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        pid = int((Path(str(row[0])) / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (psycopg.Error, OSError, ValueError, TypeError):
+        return None
+    return pid if psutil.pid_exists(pid) else None
+
+
+def _login(base_url: str, t: Target, s: Settings) -> tuple[str, dict[str, Any]]:
+    """A bearer token, and the sanity figures: the API sees what was seeded (a figure over an
+    empty answer means nothing)."""
+    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
+        r = client.post("/api/auth/login", json={"email": EMAIL, "password": PASSWORD})
         if r.status_code != 200:
             raise BenchError(f"login failed: {r.status_code} {r.text[:300]}")
-        client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-
-        # Sanity: the API sees what was seeded (a figure over an empty answer means nothing).
-        r = await client.get("/api/dashboard")
+        token = r.json()["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        r = client.get("/api/dashboard")
         if r.status_code != 200:
             raise BenchError(f"dashboard: {r.status_code} {r.text[:300]}")
-        doc = r.json()
-        dashboard_bytes = len(r.content)
-        online = sum(1 for d in doc["devices"] if d["status"] == "online")
-        if len(doc["devices"]) != s.devices:
-            raise BenchError(f"dashboard lists {len(doc['devices'])} devices, seeded {s.devices}")
-
-        # The chart's window: the 24 hours of whole buckets ending with the newest reading's.
-        hi = (seeded.newest_ms // BUCKET_MS + 1) * BUCKET_MS
-        lo = hi - DAY_MS
-        stride = max(1, s.devices // 7 * 3 + 1)  # visits devices all over the table
-
-        def dashboard(c: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
-            return c.get("/api/dashboard")
-
-        def buckets(c: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
-            dev = device_id(i * stride % s.devices)
-            params: dict[str, str | int] = {
-                "metric": metric_name(i % s.metrics), "from": lo, "to": hi, "bucket": BUCKET
-            }  # fmt: skip
-            return c.get(f"/api/devices/{dev}/telemetry", params=params)
-
-        r = await buckets(client, 0)
+        devices = r.json()["devices"]
+        if len(devices) != s.devices:
+            raise BenchError(f"dashboard lists {len(devices)} devices, seeded {s.devices}")
+        r = client.get(_bucket_paths(s, t.seeded, 1)[0])
         if r.status_code != 200:
             raise BenchError(f"telemetry: {r.status_code} {r.text[:300]}")
         points = r.json()["points"]
-        bucket_rows = sum(p["count"] for p in points)
+    return token, {
+        "devices_online": sum(1 for d in devices if d["status"] == "online"),
+        "buckets_per_answer": len(points),
+        "readings_per_answer": sum(p["count"] for p in points),
+    }
 
-        def floor(c: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
-            return c.get("/healthz")
+
+def _bucket_paths(s: Settings, seeded: Seeded, n: int) -> list[str]:
+    """The chart's query for n (device, metric) pairs all over the table: the 24 hours of whole
+    buckets ending with the newest reading's."""
+    hi = (seeded.newest_ms // BUCKET_MS + 1) * BUCKET_MS
+    lo = hi - DAY_MS
+    stride = max(1, s.devices // 7 * 3 + 1)
+    return [
+        f"/api/devices/{device_id(i * stride % s.devices)}/telemetry"
+        f"?metric={metric_name(i % s.metrics)}&from={lo}&to={hi}&bucket={BUCKET}"
+        for i in range(n)
+    ]
+
+
+def session(t: Target, s: Settings, gen: LoadGenerator, workdir: Path, tag: str) -> dict[str, Any]:
+    """Start the target's server, measure every figure through the generator, stop it."""
+    server = start_server(t.data_dir, workdir, t.url, t.workers, f"cloud-{tag}.log", t.root)
+    try:
+        token, sanity = _login(server.base_url, t, s)
+        host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+        base: dict[str, Any] = {
+            "host": host, "port": int(port), "headers": {"Authorization": f"Bearer {token}"},
+            "server_pids": [server.proc.pid],
+            "postgres_pid": postmaster_pid(t.url) if t.url else None,
+        }  # fmt: skip
+
+        def phase(paths: list[str], clients: int, n: int) -> dict[str, Any]:
+            out = gen.phase(base | {"paths": paths, "clients": clients, "warmup": s.warmup,
+                                    "requests": n})  # fmt: skip
+            if "error" in out:
+                raise BenchError(f"{t.name}: {out['error']}\n{server.log_tail()}")
+            return out
 
         result: dict[str, Any] = {}
-        server = psutil.Process(server_pid)
-        # The same-run ceiling: the same server and client answering a request that does no
-        # work (no store, no auth), so each figure reads as a multiple of this machine's floor
-        # at this moment; absolute figures drift 10-30 % on a shared host.
-        print(f"\n[0] GET /healthz, 1 client: the floor ({s.warmup} warm-up) ...", flush=True)
-        result["floor"] = await sequential(client, floor, s.warmup, s.requests, server)
-        print("[a] GET /api/dashboard, 1 client ...", flush=True)
-        result["dashboard"] = await sequential(client, dashboard, s.warmup, s.requests, server)
-        result["dashboard"]["response_bytes"] = dashboard_bytes
-        result["dashboard"]["devices_online"] = online
-        print(f"[b] 24 h / {BUCKET} telemetry, 1 client ...", flush=True)
-        result["buckets"] = await sequential(client, buckets, s.warmup, s.requests, server)
-        result["buckets"]["buckets_per_answer"] = len(points)
-        result["buckets"]["readings_per_answer"] = bucket_rows
-        print(f"[0c] GET /healthz, {s.clients} concurrent clients: the floor ...", flush=True)
-        result["floor_concurrent"] = await concurrent(
-            client, floor, s.clients, s.warmup, s.concurrent_requests, server
-        )
-        print(f"[c] GET /api/dashboard, {s.clients} concurrent clients ...", flush=True)
-        result["dashboard_concurrent"] = await concurrent(
-            client, dashboard, s.clients, s.warmup, s.concurrent_requests, server
-        )
+        result["floor"] = phase(["/healthz"], 1, s.requests)
+        result["dashboard"] = phase(["/api/dashboard"], 1, s.requests)
+        result["dashboard"]["devices_online"] = sanity["devices_online"]
+        result["buckets"] = phase(_bucket_paths(s, t.seeded, s.requests), 1, s.requests)
+        result["buckets"]["buckets_per_answer"] = sanity["buckets_per_answer"]
+        result["buckets"]["readings_per_answer"] = sanity["readings_per_answer"]
+        result["floor_concurrent"] = phase(["/healthz"], s.clients, 5 * s.concurrent_requests)
+        result["dashboard_concurrent"] = phase(["/api/dashboard"], s.clients, s.concurrent_requests)
+        result["versus_floor"] = versus_floor(result)
         return result
+    except BenchError:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
 
 
 def versus_floor(result: dict[str, Any]) -> dict[str, Any]:
-    """Each figure against the same run's /healthz floor (latency: x times; rate: share)."""
+    """Each figure against the same session's /healthz floor (latency: x times; rate: share)."""
     f, fc = result["floor"], result["floor_concurrent"]
 
     def times(key: str) -> float | None:
@@ -364,16 +401,13 @@ def versus_floor(result: dict[str, Any]) -> dict[str, Any]:
 
 def run(s: Settings) -> dict[str, Any]:
     with database(s.database, s.private_postgres) as url:
-        if url is not None:
-            os.environ["IOTSPHERE_DATABASE_URL"] = url  # for `cloud serve`
         return run_on(s, url)
 
 
 def run_on(s: Settings, url: str | None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="iotsphere-bench-cloud-"))
-    data_dir = workdir / "cloud"
-    server: Server | None = None
     keep = s.keep
+    gen: LoadGenerator | None = None
     print(
         f"cloud_api: {s.stored:,} readings = {s.devices:,} devices x {s.metrics} metrics x "
         f"{s.per_series:,} (one per {s.interval_s} s, "
@@ -381,27 +415,58 @@ def run_on(s: Settings, url: str | None) -> dict[str, Any]:
         flush=True,
     )
     try:
-        print("seeding ...", flush=True)
-        seeded = seed(data_dir, s, url)
-        what = "readings on PostgreSQL" if url else "cloud.duckdb"
-        print(f"  seeded in {seeded.seconds:.1f} s; {what} {seeded.db_mb} MB", flush=True)
-        server = start_server(data_dir, workdir)
-        print(f"cloud serve ready at {server.base_url} (pid {server.proc.pid})", flush=True)
-        result: dict[str, Any] = {"bench": "cloud_api"}
-        result.update(asyncio.run(measure(server.base_url, s, seeded, server.proc.pid)))
+        targets_: list[Target] = []
+        if url is None or s.duckdb_beside:
+            print("seeding DuckDB ...", flush=True)
+            seeded = seed(workdir / "duck", s)
+            print(f"  seeded in {seeded.seconds:.1f} s; cloud.duckdb {seeded.db_mb} MB", flush=True)
+            targets_.append(Target("duckdb", workdir / "duck", seeded))
+        if url is not None:
+            print("seeding PostgreSQL ...", flush=True)
+            seeded = seed(workdir / "pg", s, url)
+            print(
+                f"  seeded in {seeded.seconds:.1f} s; readings on PostgreSQL {seeded.db_mb} MB",
+                flush=True,
+            )
+            for w in s.workers:
+                targets_.append(Target(f"postgresql_{w}w", workdir / "pg", seeded, url, w))
+        if s.compare_tree is not None:  # the same stores served by another checkout's code
+            targets_ += [replace(t, name=f"base_{t.name}", root=s.compare_tree) for t in targets_]
+        gen = LoadGenerator()
+        rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets_}
+        for r in range(s.rounds):
+            order = targets_[r % len(targets_) :] + targets_[: r % len(targets_)]  # interleaved
+            for t in order:
+                print(f"round {r + 1}/{s.rounds}: {t.name} ...", flush=True)
+                rounds[t.name].append(session(t, s, gen, workdir, f"{t.name}-{r + 1}"))
+                brief(t.name, rounds[t.name][-1])
     except BenchError:
-        keep = True  # the server log in it says why
+        keep = True  # the server logs in it say why
         raise
     finally:
-        if server is not None:
-            server.stop()
+        if gen is not None:
+            gen.close()
         if keep:
             print(f"\nwork dir kept: {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    result["versus_floor"] = versus_floor(result)
-    result["seed"] = {"seconds": round(seeded.seconds, 1), "db_mb": seeded.db_mb}
-    result["targets"] = targets(result)
+    result: dict[str, Any] = {"bench": "cloud_api"}
+    summaries = {name: summarise(runs) for name, runs in rounds.items()}
+    first = summaries[targets_[0].name]
+    # The first target's medians at the top level (the embedded default when measured): the
+    # figures the smoke test and older readers look for.
+    for key in ("floor", "dashboard", "buckets", "floor_concurrent", "dashboard_concurrent",
+                "versus_floor"):  # fmt: skip
+        result[key] = first[key]
+    result["targets"] = targets(first)
+    result["by_target"] = summaries
+    result["rounds"] = rounds
+    result["ratios"] = ratios(rounds)
+    result["seed"] = {
+        t.name: {"seconds": round(t.seeded.seconds, 1), "db_mb": t.seeded.db_mb,
+                 "mb_per_million": round(t.seeded.db_mb / (s.stored / 1e6), 1)}
+        for t in targets_
+    }  # fmt: skip
     result["settings"] = {
         "readings": s.stored,
         "devices": s.devices,
@@ -412,7 +477,8 @@ def run_on(s: Settings, url: str | None) -> dict[str, Any]:
         "clients": s.clients,
         "warmup": s.warmup,
         "alerts": s.alerts,
-        "engine": "postgresql" if url else "duckdb",
+        "rounds": s.rounds,
+        "targets": [t.name for t in targets_],
         "cores": os.cpu_count(),
     }
     report(result, BUCKET)
@@ -436,6 +502,20 @@ def _parse(argv: Sequence[str]) -> Settings:
     add("--clients", 20, "concurrent clients for the requests/s figure")
     add("--warmup", 20, "requests before each figure that are not measured")
     add("--alerts", 10, "open alerts on the dashboard")
+    add("--rounds", 3, "sessions of each target, interleaved (spreads on a shared host)")
+    p.add_argument(
+        "--workers", default="1,2",
+        help="PostgreSQL only: worker counts to serve with, each measured (default 1,2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-duckdb", action="store_true",
+        help="PostgreSQL only: do not also seed and measure the embedded DuckDB store",
+    )  # fmt: skip
+    p.add_argument(
+        "--compare-tree", type=Path, metavar="DIR",
+        help="also serve every target with the code of this checkout (e.g. `git worktree add\n"
+        "DIR HEAD~1`), interleaved in the same run: before/after under the same load",
+    )  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the work dir (DuckDB file, log)")
     p.add_argument("--database", help="postgresql:// URL of a fresh, empty database to use")
     p.add_argument(
@@ -450,6 +530,15 @@ def _parse(argv: Sequence[str]) -> Settings:
     if a.smoke:
         a.readings, a.devices, a.metrics, a.interval_s = 30_000, 10, 10, 300
         a.requests, a.concurrent_requests, a.clients, a.warmup, a.alerts = 10, 40, 4, 2, 3
+        a.rounds = 1
+    try:
+        workers = tuple(sorted({int(w) for w in a.workers.split(",")}))
+    except ValueError:
+        p.error(f"--workers takes worker counts separated by commas, not {a.workers!r}")
+    if a.compare_tree is not None and not (a.compare_tree / "cloud" / "app").is_dir():
+        p.error(f"--compare-tree {a.compare_tree}: no IoTSphere checkout there")
+    if not workers or min(workers) < 1 or a.rounds < 1:
+        p.error("--workers counts and --rounds must be > 0")
     if min(a.readings, a.devices, a.metrics, a.interval_s, a.requests, a.clients) < 1:
         p.error("--readings, --devices, --metrics, --interval-s, --requests, --clients must be > 0")
     if a.concurrent_requests < 1 or a.warmup < 0 or a.alerts < 0:
@@ -469,6 +558,10 @@ def _parse(argv: Sequence[str]) -> Settings:
         keep=a.keep,
         database=a.database,
         private_postgres=a.private_postgres,
+        workers=workers,
+        duckdb_beside=not a.no_duckdb,
+        rounds=a.rounds,
+        compare_tree=a.compare_tree.resolve() if a.compare_tree else None,
     )
 
 

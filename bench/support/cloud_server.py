@@ -3,6 +3,7 @@ session with its log in the work dir, waited for until /readyz answers, stopped 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -33,22 +34,38 @@ class Server:
         stop_process(self.proc, timeout_s)
 
 
-def start_server(data_dir: Path, workdir: Path) -> Server:
-    """The cloud on data_dir, ready (GET /readyz answers 200); its log is workdir/cloud.log.
-    BenchError if it exits or is not ready within READY_TIMEOUT_S."""
+def start_server(
+    data_dir: Path,
+    workdir: Path,
+    database_url: str | None = None,
+    workers: int = 1,
+    log_name: str = "cloud.log",
+    root: Path = ROOT,
+) -> Server:
+    """The cloud on data_dir, ready (GET /readyz answers 200); its log is workdir/log_name.
+        With database_url it serves that PostgreSQL database (IOTSPHERE_DATABASE_URL, so the URL is
+        in no process list) with `workers` processes; without, the embedded store, whatever the
+        environment says. `root`: the checkout whose code serves (another one's for a before/after
+    comparison in one run). BenchError if it exits or is not ready within READY_TIMEOUT_S."""
     port = free_port()
-    log = workdir / "cloud.log"
+    log = workdir / log_name
     argv = [
         sys.executable, "-m", "common.cli", "cloud", "serve",
         "--data-dir", str(data_dir), "--bind", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    env = {k: v for k, v in os.environ.items() if k != "IOTSPHERE_DATABASE_URL"}
+    if database_url is not None:
+        env["IOTSPHERE_DATABASE_URL"] = database_url
     with log.open("wb") as err:
         proc = subprocess.Popen(
             argv,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=err,
             stderr=err,
-            cwd=ROOT,
+            cwd=root,  # `python -m` imports the code of its cwd first
             start_new_session=True,  # a Ctrl-C reaches only us; we stop it in order
         )
     server = Server(proc, log, f"http://127.0.0.1:{port}")
