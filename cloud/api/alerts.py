@@ -1,29 +1,111 @@
-"""GET /api/alerts, POST /api/alerts/{id}/ack|resolve (operator+), via common/alerts' table."""
+"""GET /api/alerts (the CONTRACT's list, or with query parameters one page searched, filtered
+and sorted in the database), GET /api/alerts/{id} (the alert with why, where and its history),
+POST /api/alerts/{id}/ack|resolve and POST /api/alerts/bulk (operator+), all through
+common/alerts' table; GET /api/monitoring/gateway_rules (the rules gateways evaluate
+themselves, read-only). Paths are spelled whole: this router serves two prefixes."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from cloud.api.alert_schemas import (
+    AlertDetailOut,
+    AlertItemOut,
+    AlertPageOut,
+    BulkAlertsIn,
+    BulkAlertsOut,
+    GatewayRuleOut,
+)
 from cloud.api.deps import AUTHED, Operator, PathId, ServicesDep, Viewer, problems
 from cloud.api.problems import not_found
-from cloud.api.schemas import AlertOut
 from cloud.app.services import Services
 from cloud.notify.store import alert_documents
+from cloud.security.auth import Principal
+from cloud.storage.alert_query import MAX_LIMIT, SORT_SQL, AlertQuery, BadCursor
 from cloud.storage.interface import AlertInfo
-from common.alerts import AlertEvent, AlertState, next_state
+from common.alerts import AlertEvent, AlertState, InvalidTransition, next_state
+from common.model import FieldError
+from common.problem import Problem, ProblemError
 
-router = APIRouter(prefix="/api/alerts", tags=["alerts"])
+router = APIRouter(tags=["alerts"])
+audit_log = logging.getLogger("iotsphere.cloud.audit")
+
+_SEVERITIES = ("info", "warning", "critical")
+_SORTS = tuple(SORT_SQL)
 
 
-@router.get("", response_model=list[AlertOut], responses=problems(*AUTHED, 422))
-async def list_alerts(
-    principal: Viewer, services: ServicesDep, state: Annotated[AlertState | None, Query()] = None
-) -> list[dict[str, Any]]:
-    states = frozenset({state}) if state is not None else None
-    alerts = await services.store.list_alerts(principal.org_id, states)
-    return await alert_documents(services.notify, alerts)
+def _invalid(param: str, detail: str) -> ProblemError:
+    return ProblemError(
+        Problem("invalid-request", "Invalid request", 422, detail, [FieldError(param, detail)])
+    )
+
+
+def _listed(values: list[str] | None, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """`state=active,acknowledged` or `state=active&state=acknowledged`, checked."""
+    out = [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+    for v in out:
+        if v not in allowed:
+            raise _invalid(name, f"{name}: {v!r} is not one of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(out))
+
+
+@router.get(
+    "/api/alerts",
+    response_model=list[AlertItemOut] | AlertPageOut,
+    responses=problems(*AUTHED, 422),
+)
+async def list_alerts(  # noqa: PLR0913 - one parameter per documented filter
+    principal: Viewer,
+    services: ServicesDep,
+    state: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    q: Annotated[str | None, Query(max_length=128)] = None,
+    severity: Annotated[list[str] | None, Query()] = None,
+    gateway: Annotated[str | None, Query(max_length=128)] = None,
+    device: Annotated[str | None, Query(max_length=128)] = None,
+    device_type: Annotated[str | None, Query(max_length=128)] = None,
+    from_ms: Annotated[int | None, Query(alias="from", ge=0)] = None,
+    to_ms: Annotated[int | None, Query(alias="to", ge=0)] = None,
+    sort: Annotated[str | None, Query(max_length=32)] = None,
+) -> Any:
+    states = _listed(state, tuple(s.value for s in AlertState), "state")
+    paged = any(
+        p is not None
+        for p in (limit, cursor, q, severity, gateway, device, device_type, from_ms, to_ms, sort)
+    )
+    if not paged and len(states) <= 1:
+        # the CONTRACT's list, unchanged for the clients that know only it
+        wanted = frozenset(AlertState(s) for s in states) if states else None
+        alerts = await services.store.list_alerts(principal.org_id, wanted)
+        return await alert_documents(services.notify, alerts)
+    key = (sort or "-started_at").lstrip("-")
+    if key not in _SORTS:
+        raise _invalid(
+            "sort", f"sort: {sort!r} is not one of {', '.join(_SORTS)} (- for descending)"
+        )
+    query = AlertQuery(
+        search=q.strip() or None if q else None,
+        states=states,
+        severities=_listed(severity, _SEVERITIES, "severity"),
+        gateway_id=gateway or None,
+        device_id=device or None,
+        device_type=device_type or None,
+        from_ms=from_ms,
+        to_ms=to_ms,
+        sort=key,  # type: ignore[arg-type]  # checked against _SORTS above
+        descending=(sort or "-").startswith("-"),
+        limit=limit or 50,
+        cursor=cursor or None,
+    )
+    try:
+        alerts, total, nxt = await services.store.alert_page(principal.org_id, query)
+    except BadCursor as exc:
+        raise _invalid("cursor", f"cursor: {exc}") from None
+    return {"items": await alert_documents(services.notify, alerts), "total": total, "next": nxt}
 
 
 async def _found(services: Services, org_id: str, alert_id: str) -> AlertInfo:
@@ -33,32 +115,142 @@ async def _found(services: Services, org_id: str, alert_id: str) -> AlertInfo:
     return alert
 
 
-@router.get("/{alert_id}", response_model=AlertOut, responses=problems(*AUTHED, 404))
+@router.get(
+    "/api/alerts/{alert_id}", response_model=AlertDetailOut, responses=problems(*AUTHED, 404)
+)
 async def get_alert(alert_id: PathId, principal: Viewer, services: ServicesDep) -> dict[str, Any]:
-    return await _doc(services, await _found(services, principal.org_id, alert_id))
+    alert = await _found(services, principal.org_id, alert_id)
+    doc = await _doc(services, alert)
+    history = await services.store.alert_history(principal.org_id, alert_id)
+    if not history:  # an alert from before histories were kept: what its columns say
+        history = _history_from_columns(alert)
+    doc["history"] = [e.to_dict() for e in history]
+    doc["rule"] = dict(alert.rule) if alert.rule is not None else None
+    doc["gateway_name"] = None
+    if alert.gateway_id is not None:
+        gateways = await services.store.list_gateways(principal.org_id)
+        doc["gateway_name"] = next(
+            (g.name for g in gateways if g.gateway_id == alert.gateway_id), None
+        )
+    return doc
+
+
+def _history_from_columns(alert: AlertInfo) -> list[Any]:
+    from cloud.storage.interface import AlertEvent as Step
+
+    steps = [Step(alert.started_at, "raised", None)]
+    if alert.acknowledged_at is not None:
+        steps.append(Step(alert.acknowledged_at, "acknowledged", alert.acknowledged_by))
+    if alert.resolved_at is not None:
+        steps.append(Step(alert.resolved_at, "resolved", alert.resolved_by))
+    return steps
 
 
 async def _doc(services: Services, alert: AlertInfo) -> dict[str, Any]:
     return (await alert_documents(services.notify, [alert]))[0]
 
 
-async def _move(services: Services, org_id: str, alert_id: str, event: AlertEvent) -> AlertInfo:
+async def _actor(services: Services, principal: Principal) -> str:
+    user = await services.store.user_by_id(principal.user_id)
+    return user.email if user is not None else f"user {principal.user_id}"
+
+
+async def _move(
+    services: Services, org_id: str, alert_id: str, event: AlertEvent, actor: str
+) -> AlertInfo:
     alert = await _found(services, org_id, alert_id)
     state = next_state(alert.state, event)  # 409 problem when the table forbids it
-    moved = await services.store.set_alert_state(org_id, alert_id, state, services.clock.now_ms())
+    now = services.clock.now_ms()
+    moved = await services.store.set_alert_state(org_id, alert_id, state, now, actor)
     if moved is None:
         raise not_found(f"no alert {alert_id!r}")
     return moved
 
 
-@router.post("/{alert_id}/ack", response_model=AlertOut, responses=problems(*AUTHED, 403, 404, 409))
+@router.post(
+    "/api/alerts/{alert_id}/ack",
+    response_model=AlertItemOut,
+    responses=problems(*AUTHED, 403, 404, 409),
+)
 async def ack(alert_id: PathId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
-    return await _doc(services, await _move(services, principal.org_id, alert_id, AlertEvent.ACK))
+    actor = await _actor(services, principal)
+    moved = await _move(services, principal.org_id, alert_id, AlertEvent.ACK, actor)
+    return await _doc(services, moved)
 
 
 @router.post(
-    "/{alert_id}/resolve", response_model=AlertOut, responses=problems(*AUTHED, 403, 404, 409)
+    "/api/alerts/{alert_id}/resolve",
+    response_model=AlertItemOut,
+    responses=problems(*AUTHED, 403, 404, 409),
 )
 async def resolve(alert_id: PathId, principal: Operator, services: ServicesDep) -> dict[str, Any]:
-    moved = await _move(services, principal.org_id, alert_id, AlertEvent.RESOLVE)
+    actor = await _actor(services, principal)
+    moved = await _move(services, principal.org_id, alert_id, AlertEvent.RESOLVE, actor)
     return await _doc(services, moved)
+
+
+@router.post(
+    "/api/alerts/bulk", response_model=BulkAlertsOut, responses=problems(*AUTHED, 403, 422)
+)
+async def bulk(body: BulkAlertsIn, principal: Operator, services: ServicesDep) -> dict[str, Any]:
+    """Acknowledge or resolve many alerts in one request. Each id gets its own result: 200
+    changed, 404 no such alert in the caller's org (another org's alert is not found either,
+    and is left untouched), 409 not allowed in its state. Each change is in the alert's
+    history with who made it, and the request is one line of the audit log."""
+    event = AlertEvent.ACK if body.action == "ack" else AlertEvent.RESOLVE
+    actor = await _actor(services, principal)
+    results: list[dict[str, Any]] = []
+    for alert_id in dict.fromkeys(body.ids):  # an id twice is one change
+        try:
+            moved = await _move(services, principal.org_id, alert_id, event, actor)
+            results.append({"id": alert_id, "status": 200, "state": moved.state.value})
+        except InvalidTransition as exc:
+            results.append(
+                {
+                    "id": alert_id,
+                    "status": 409,
+                    "state": exc.state.value,
+                    "detail": exc.problem.detail,
+                }
+            )
+        except ProblemError as exc:
+            results.append(
+                {"id": alert_id, "status": exc.problem.status, "detail": exc.problem.detail}
+            )
+    changed = sum(1 for r in results if r["status"] == 200)
+    audit_log.info(
+        "alerts bulk %s: user=%s org=%s changed=%d failed=%d ids=%s",
+        body.action,
+        actor,
+        principal.org_id,
+        changed,
+        len(results) - changed,
+        ",".join(r["id"] for r in results),
+    )
+    return {
+        "action": body.action,
+        "changed": changed,
+        "failed": len(results) - changed,
+        "results": results,
+    }
+
+
+@router.get(
+    "/api/monitoring/gateway_rules",
+    response_model=list[GatewayRuleOut],
+    responses=problems(*AUTHED),
+)
+async def gateway_rules(principal: Viewer, services: ServicesDep) -> list[dict[str, Any]]:
+    """The rules gateways evaluate on their own (added with `iotsphere gateway rule add`), as
+    each last synced them: read-only here, they are changed at the gateway."""
+    rules = await services.store.gateway_rules(principal.org_id)
+    return [
+        {
+            "gateway_id": r.gateway_id,
+            "gateway_name": r.gateway_name,
+            "read_only": True,
+            "updated_at": r.updated_at,
+            "rule": dict(r.rule),
+        }
+        for r in rules
+    ]

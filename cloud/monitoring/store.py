@@ -31,7 +31,7 @@ from cloud.monitoring.rule_queries import RuleQueries
 from cloud.monitoring.schema import MONITORING_MIGRATIONS
 from cloud.notify.format import NotificationEvent
 from cloud.notify.outbox import enqueue_alert_on
-from cloud.storage.alert_queries import insert_alert, select_alert
+from cloud.storage.alert_queries import add_event, insert_alert, select_alert
 from cloud.storage.interface import NewAlert
 from cloud.storage.sql import SqlConn, SqlDatabase, first
 from cloud.storage.value_columns import join_value
@@ -187,6 +187,7 @@ class MonitoringStore(RuleQueries, MetricQueries, ApiKeyQueries):
                     started_at=t.at_ms,
                     device_id=t.subject if r.kind == "device" else None,
                     source=t.subject if r.kind == "source" else None,
+                    rule=r.rule.to_dict(),  # why: the rule as it is now, kept with the alert
                 ),
             )
             c.execute(
@@ -244,9 +245,11 @@ def _resolve(
         return 0, 0
     state = next_state(alert.state, AlertEvent.RESOLVE)
     c.execute(
-        "UPDATE alerts SET state = ?, resolved_at = ?, updated_at = ? WHERE org_id = ? AND id = ?",
+        "UPDATE alerts SET state = ?, resolved_at = ?, resolved_by = 'rule', updated_at = ?"
+        " WHERE org_id = ? AND id = ?",
         [state.value, clear.at_ms, now_ms, org_id, ep.alert_id],
     )
+    add_event(c, org_id, ep.alert_id, clear.at_ms, state.value, "rule", clear.reason)
     told = [
         r[0]
         for r in c.execute(

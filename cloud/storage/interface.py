@@ -17,6 +17,7 @@ from common.alerts import AlertState
 from common.model import Reading, Value
 
 if TYPE_CHECKING:  # device_query imports DeviceInfo from here
+    from cloud.storage.alert_query import AlertQuery
     from cloud.storage.device_query import DevicePage, DeviceQuery
 
 
@@ -134,11 +135,23 @@ class AlertInfo:
     started_at: int
     acknowledged_at: int | None
     resolved_at: int | None
+    # Why and where (issue 15): the gateway that evaluated the rule (None: the cloud did), the
+    # rule as it was when the alert was raised, and who acknowledged and resolved it.
+    gateway_id: str | None = None
+    rule_name: str | None = None
+    rule: Mapping[str, Any] | None = None
+    acknowledged_by: str | None = None
+    resolved_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "rule_id": self.rule_id,
+            "rule_name": self.rule_name,
+            "evaluated": "gateway" if self.gateway_id is not None else "cloud",
+            "gateway_id": self.gateway_id,
+            "acknowledged_by": self.acknowledged_by,
+            "resolved_by": self.resolved_by,
             "state": self.state.value,
             "severity": self.severity,
             "metric": self.metric,
@@ -154,6 +167,27 @@ class AlertInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One step of an alert's history: raised, acknowledged or resolved, by whom."""
+
+    at: int
+    kind: str  # raised | acknowledged | resolved
+    actor: str | None  # a user's e-mail, "rule" (the cloud's evaluation), "gateway <id>"
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "kind": self.kind, "actor": self.actor, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRule:
+    gateway_id: str
+    gateway_name: str | None
+    rule: Mapping[str, Any]  # the CONTRACT rule shape, as the gateway sent it
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class NewAlert:
     rule_id: str | None
     severity: str
@@ -162,6 +196,8 @@ class NewAlert:
     started_at: int
     device_id: str | None = None
     source: str | None = None
+    rule: Mapping[str, Any] | None = None  # the rule's document when it was raised
+    gateway_id: str | None = None  # None: raised by the cloud's own evaluation
 
 
 class RefreshUse(StrEnum):
@@ -288,5 +324,17 @@ class CloudStore(Protocol):
     ) -> list[AlertInfo]: ...
     async def get_alert(self, org_id: str, alert_id: str) -> AlertInfo | None: ...
     async def set_alert_state(
-        self, org_id: str, alert_id: str, state: AlertState, now_ms: int
+        self, org_id: str, alert_id: str, state: AlertState, now_ms: int, actor: str | None = None
     ) -> AlertInfo | None: ...
+    async def alert_page(
+        self, org_id: str, query: AlertQuery
+    ) -> tuple[list[AlertInfo], int, str | None]:
+        """One page of alerts searched, filtered and sorted in the database: (alerts, total
+        matching, the next page's cursor or None). Raises BadCursor for a foreign cursor."""
+        ...
+
+    async def alert_history(self, org_id: str, alert_id: str) -> list[AlertEvent]: ...
+    async def gateway_rules(self, org_id: str) -> list[GatewayRule]:
+        """The rules gateways evaluate themselves (not the cloud's own, which they also
+        hold), as each gateway last synced them."""
+        ...

@@ -14,6 +14,7 @@ from typing import Any
 
 from cloud.storage.accounts import AccountQueries
 from cloud.storage.alert_queries import AlertQueries
+from cloud.storage.alert_schema import ALERT_DETAIL_MIGRATIONS
 from cloud.storage.db import Database
 from cloud.storage.duck_schema import CORE_MIGRATIONS
 from cloud.storage.interface import GatewayInfo
@@ -29,6 +30,7 @@ class SqlCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
     def __init__(self, db: SqlDatabase) -> None:
         self.db = db
         db.migrate("core", {"duckdb": CORE_MIGRATIONS, "postgresql": CORE_PG_MIGRATIONS})
+        db.migrate("alert_detail", ALERT_DETAIL_MIGRATIONS)  # why and where alerts were raised
 
     # Tests' and operators' outage of the embedded engine: its connection is closed, so every
     # query really fails. (On PostgreSQL an outage is a stopped server.)

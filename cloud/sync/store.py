@@ -9,11 +9,14 @@ the tables are in cloud.sync.schema, the values and errors in cloud.sync.records
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import Sequence
 
 import pyarrow as pa
 
+from cloud.storage.alert_queries import add_event, rule_name_of
+from cloud.storage.alert_schema import ALERT_ORIGIN_MIGRATIONS
 from cloud.storage.sql import Dialect, SqlConn, SqlDatabase, first
 from cloud.storage.telemetry import READINGS_BATCH_SCHEMA, insert_readings_table
 from cloud.storage.value_columns import split_value
@@ -36,6 +39,7 @@ class SyncStore(GatewayQueries, ConfigQueries):
     def __init__(self, db: SqlDatabase) -> None:
         self.db = db
         db.migrate("sync", {"duckdb": SYNC_MIGRATIONS, "postgresql": SYNC_PG_MIGRATIONS})
+        db.migrate("alert_origin", ALERT_ORIGIN_MIGRATIONS)  # after sync_alerts exists
         # Batches this process stored lately, per gateway: a pipelined batch waits on these
         # for the batch it follows (bounded: only the newest few can be followed).
         self._stored_recently: dict[str, deque[str]] = {}
@@ -179,6 +183,8 @@ def _apply_on(
         stored = insert_readings_table(c, dialect, table, org_id, batch.gateway_id, now_ms)
     for alert in batch.alerts:
         _upsert_alert(c, org_id, batch.gateway_id, alert, now_ms)
+    if batch.rules is not None:
+        _replace_gateway_rules(c, org_id, batch, now_ms)
     if batch.auth_events:
         _insert_auth_events(c, org_id, batch, now_ms)
     _raise_counters(c, batch, now_ms)
@@ -284,17 +290,47 @@ def _raise_counters(c: SqlConn, batch: SyncBatch, now_ms: int) -> None:
     )
 
 
+def _replace_gateway_rules(c: SqlConn, org_id: str, batch: SyncBatch, now_ms: int) -> None:
+    """The gateway's rule list, whole: what it no longer has goes."""
+    assert batch.rules is not None
+    c.execute("DELETE FROM gateway_rules WHERE gateway_id = ?", [batch.gateway_id])
+    docs = {str(r["id"]): json.dumps(dict(r), sort_keys=True) for r in batch.rules}
+    if docs:
+        ids = sorted(docs)
+        c.execute(
+            "INSERT INTO gateway_rules SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), ?",
+            [org_id, batch.gateway_id, ids, [docs[i] for i in ids], now_ms],
+        )
+
+
+def _gateway_events(
+    c: SqlConn, org_id: str, gateway_id: str, a: AlertChange, since: AlertState | None
+) -> None:
+    """The history steps the gateway's state adds beyond `since` (None: a new alert)."""
+    who = f"gateway {gateway_id}"
+    if since is None:
+        add_event(
+            c, org_id, a.id, a.started_at, "raised", who, f"{a.metric} = {json.dumps(a.value)}"
+        )
+    if a.acknowledged_at is not None and since in (None, AlertState.ACTIVE):
+        add_event(c, org_id, a.id, a.acknowledged_at, AlertState.ACKNOWLEDGED.value, who)
+    if a.resolved_at is not None and since is not AlertState.RESOLVED:
+        add_event(c, org_id, a.id, a.resolved_at, AlertState.RESOLVED.value, who)
+
+
 def _upsert_alert(c: SqlConn, org_id: str, gateway_id: str, a: AlertChange, now_ms: int) -> None:
     state = AlertState(a.state) if a.state in _STATES else None
     if state is None:
         return  # the decoder admits any string; an unknown state is not ours to invent
     row = first(c.execute("SELECT org_id, state FROM alerts WHERE id = ?", [a.id]).fetchall())
+    who = f"gateway {gateway_id}"
     if row is None:
         num, flag, text = split_value(a.value)
         c.execute(
             "INSERT INTO alerts (id, org_id, rule_id, state, severity, metric, value_num,"
             " value_bool, value_str, device_id, source, started_at, acknowledged_at,"
-            " resolved_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+            " resolved_at, updated_at, gateway_id, rule_name, rule_doc, acknowledged_by,"
+            " resolved_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 a.id,
                 org_id,
@@ -310,11 +346,17 @@ def _upsert_alert(c: SqlConn, org_id: str, gateway_id: str, a: AlertChange, now_
                 a.acknowledged_at,
                 a.resolved_at,
                 now_ms,
+                gateway_id,
+                rule_name_of(a.rule),
+                json.dumps(dict(a.rule), sort_keys=True) if a.rule is not None else None,
+                who if a.acknowledged_at is not None else None,
+                who if a.resolved_at is not None else None,
             ],
         )
         c.execute(
             "INSERT INTO sync_alerts VALUES (?, ?, ?, ?)", [a.id, org_id, gateway_id, state.value]
         )
+        _gateway_events(c, org_id, gateway_id, a, None)
         return
     if row[0] != org_id:
         return  # an id clash with another org's alert: never touch theirs
@@ -322,9 +364,20 @@ def _upsert_alert(c: SqlConn, org_id: str, gateway_id: str, a: AlertChange, now_
     if ALERT_STATE_RANK[state] > ALERT_STATE_RANK[current]:
         c.execute(
             "UPDATE alerts SET state = ?, acknowledged_at = coalesce(acknowledged_at, ?),"
-            " resolved_at = coalesce(resolved_at, ?), updated_at = ? WHERE id = ?",
-            [state.value, a.acknowledged_at, a.resolved_at, now_ms, a.id],
+            " resolved_at = coalesce(resolved_at, ?), updated_at = ?,"
+            " acknowledged_by = coalesce(acknowledged_by, ?),"
+            " resolved_by = coalesce(resolved_by, ?) WHERE id = ?",
+            [
+                state.value,
+                a.acknowledged_at,
+                a.resolved_at,
+                now_ms,
+                who if a.acknowledged_at is not None else None,
+                who if a.resolved_at is not None else None,
+                a.id,
+            ],
         )
+        _gateway_events(c, org_id, gateway_id, a, current)
     c.execute(
         "INSERT INTO sync_alerts VALUES (?, ?, ?, ?) ON CONFLICT (alert_id) DO UPDATE SET"
         " gw_state = CASE WHEN excluded.gw_state = 'resolved' OR sync_alerts.gw_state"
