@@ -28,7 +28,7 @@ async def dashboard(principal: Viewer, services: ServicesDep, params: ListParams
     body = await assemble(
         services, principal.org_id, params.query(services) if params.paged else None
     )
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(body, media_type="application/json")
 
 
 @router.get("/config", response_model=dict[str, Any], responses=problems(*AUTHED))

@@ -283,6 +283,11 @@ class CloudStore(Protocol):
 
     # devices and telemetry
     async def list_devices(self, org_id: str) -> list[DeviceInfo]: ...
+    async def device_list_json(self, org_id: str, now_ms: int, online_threshold_s: float) -> str:
+        """Every device as the dashboard lists it (cloud.api.views.device_view), as a JSON
+        array written by the database (cloud/storage/device_json.py)."""
+        ...
+
     async def device_page(self, org_id: str, query: DeviceQuery) -> DevicePage:
         """One page of devices searched, filtered and sorted in the database."""
         ...

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from cloud.storage.device_json import device_list_json
 from cloud.storage.device_query import DevicePage, DeviceQuery, device_page
 from cloud.storage.duck_telemetry import insert_duck_readings
 from cloud.storage.interface import Bucket, DeviceInfo, Point
@@ -93,6 +94,9 @@ class TelemetryQueries:
 
     async def list_devices(self, org_id: str) -> list[DeviceInfo]:
         return await self.db.run(lambda c: self._devices(c, org_id, None))
+
+    async def device_list_json(self, org_id: str, now_ms: int, online_threshold_s: float) -> str:
+        return await self.db.run(lambda c: device_list_json(c, org_id, now_ms, online_threshold_s))
 
     async def device_page(self, org_id: str, query: DeviceQuery) -> DevicePage:
         latest_json = _LATEST_JSON[self.db.dialect]
