@@ -17,6 +17,7 @@ from cloud.storage.interface import Role
 from common.problem import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="JWT access token from /api/auth/login")
+bearer_scheme = _bearer  # for an endpoint that also takes a ticket (readings.csv)
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="an API key from POST /api/api_keys"
 )

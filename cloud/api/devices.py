@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
-from cloud.api.deps import AUTHED, PathId, ServicesDep, Viewer, problems
+from cloud.api.deps import (
+    AUTHED,
+    PathId,
+    ServicesDep,
+    Viewer,
+    bearer_scheme,
+    current_principal,
+    problems,
+)
 from cloud.api.device_list import ListParams
+from cloud.api.events import ticket_principal
 from cloud.api.problems import not_found
 from cloud.api.readings_csv import csv_rows
 from cloud.api.schemas import DeviceOut, GatewayOut, TelemetryOut
@@ -132,8 +142,8 @@ async def telemetry(
 )
 async def readings_csv(
     device_id: PathId,
-    principal: Viewer,
     services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     from_ms: Annotated[
         int | None,
         Query(alias="from", ge=0, le=2**62, description="ms since the epoch (default: to - 24 h)"),
@@ -144,9 +154,21 @@ async def readings_csv(
     metric: Annotated[
         str | None, Query(min_length=1, max_length=64, description="one metric (default: all)")
     ] = None,
+    ticket: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="instead of a bearer token: POST"
+            " /api/events/ticket?scope=export (for a plain download link)",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     """Raw readings of [from, to) as CSV (device_id, metric, ts_ms, time_utc, value, flags),
     metric by metric, oldest first; streamed, so any range fits."""
+    if credentials is not None or ticket is None:
+        principal = await current_principal(services, credentials)
+    else:
+        principal = await ticket_principal(services, ticket, "export")
     lo, hi = time_range(services.clock.now_ms(), from_ms, to_ms)
     store, org = services.store, principal.org_id
     device = await store.get_device(org, device_id)

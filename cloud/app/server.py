@@ -20,7 +20,7 @@ import os
 import pickle
 import signal
 import socket
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class GracefulServer(uvicorn.Server):
     run_info_dir: Path | None = None
     notifier: SdNotifier | None = None  # systemd Type=notify (serve() sets it)
     _watchdog: asyncio.Task[None] | None = None
+    on_stopping: Callable[[], None] | None = None  # uvicorn_server: ends the event streams
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -78,6 +79,13 @@ class GracefulServer(uvicorn.Server):
         if self.started and self.notifier is not None:
             self.notifier.ready("cloud ready")
             self._watchdog = asyncio.create_task(self.notifier.watchdog(), name="sd-watchdog")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # live pages' event streams never finish by themselves: end them first, so the
+        # graceful shutdown does not wait its whole timeout for them
+        if self.on_stopping is not None:
+            self.on_stopping()
+        await super().shutdown(sockets)
 
     def _bound_port(self) -> int:
         """The port actually listened on (differs from the configured one for port 0)."""
@@ -113,7 +121,10 @@ def uvicorn_server(
         lifespan="on",  # starts/stops the monitoring loop and notification worker
         timeout_graceful_shutdown=10,
     )
-    return GracefulServer(config)
+    server = GracefulServer(config)
+    if services.changes is not None:
+        server.on_stopping = services.changes.close
+    return server
 
 
 def _ssl_args(tls: TlsFiles | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cloud.app.changes import KINDS, ChangeFeed
 from cloud.app.metrics import Counter, Histogram, Registry
 from cloud.app.settings import CloudSettings
 from cloud.monitoring.loop import MonitorMetrics
@@ -91,6 +92,7 @@ class Services:
     gateway_verifier: GatewayVerifier | None = None
     enroll_limiter: FailureLimiter | None = None
     users: KnownUsers | None = None  # access tokens' subjects, checked against the store
+    changes: ChangeFeed | None = None  # what changed per org, for live pages (GET /api/events)
 
 
 def build_services(
@@ -137,6 +139,8 @@ def build_services(
         gateway_verifier=verifier,
         enroll_limiter=FailureLimiter(security, "enroll", settings.enroll, clock),
         users=KnownUsers(store.user_by_id, clock),
+        # deliveries live in the notify area's table
+        changes=ChangeFeed(store.db, kinds=KINDS if notify else KINDS[:3]),
     )
 
 

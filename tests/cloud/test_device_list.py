@@ -142,3 +142,13 @@ async def test_readings_csv_streamed(services: Services, store: SqlCloudStore) -
         assert_problem(await http.get("/api/devices/nope/readings.csv", headers=auth), 404)
         assert_problem(await http.get("/api/devices/dev-1/readings.csv?from=-1", headers=auth), 422)
         assert_problem(await http.get("/api/devices/dev-1/readings.csv"), 401)
+
+        # a plain download link: an export ticket instead of the bearer token
+        r = await http.post("/api/events/ticket?scope=export", headers=auth)
+        export = r.json()["ticket"]
+        link = f"/api/devices/dev-1/readings.csv?from={lo}&to={hi}&metric=label&ticket={export}"
+        r = await http.get(link)
+        assert r.status_code == 200 and "'=HYPERLINK(1)" in r.text
+        stream = (await http.post("/api/events/ticket", headers=auth)).json()["ticket"]
+        assert_problem(await http.get(f"/api/devices/dev-1/readings.csv?ticket={stream}"), 401)
+        assert_problem(await http.get(f"/api/events?ticket={export}"), 401)
