@@ -296,10 +296,64 @@ def postmaster_pid(url: str) -> int | None:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute("SHOW data_directory").fetchone()
+        if row is None:
+            return None
         pid = int((Path(str(row[0])) / "postmaster.pid").read_text().split("\n", 1)[0])
     except (psycopg.Error, OSError, ValueError, TypeError):
         return None
     return pid if psutil.pid_exists(pid) else None
+
+
+# The 24 h bucketed query as TelemetryQueries.telemetry_buckets sends it to PostgreSQL, for its
+# plan (the store builds it inline; kept in step by hand).
+BUCKETS_SQL = (
+    "SELECT ts - ((ts % ?) + ?) % ? AS bucket, min(v), max(v), avg(v), count(*)"
+    " FROM (SELECT ts, coalesce(value_num,"
+    " CAST(CAST(value_bool AS INTEGER) AS DOUBLE PRECISION)) AS v FROM readings"
+    " WHERE series_id = (SELECT id FROM series WHERE org_id = ? AND device_id = ?"
+    " AND metric = ?) AND ts >= ? AND ts < ?) r"
+    " GROUP BY bucket ORDER BY bucket LIMIT ?"
+)
+
+
+def analyze(url: str) -> None:
+    """ANALYZE every table once seeded: the planner's statistics as autovacuum keeps them in
+    service (right after a bulk load `latest` still looks empty to it)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+
+
+def explain(url: str, s: Settings, seeded: Seeded) -> dict[str, str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the dashboard's device list and of the 24 h bucketed
+    query over one series, on the seeded PostgreSQL store (warm: after the rounds)."""
+    import psycopg
+
+    from cloud.storage.pg import to_pg
+
+    hi = (seeded.newest_ms // BUCKET_MS + 1) * BUCKET_MS
+    queries: dict[str, tuple[str, list[Any]]] = {
+        "buckets_24h": (BUCKETS_SQL, [BUCKET_MS, BUCKET_MS, BUCKET_MS, "ORG", device_id(0),
+                                      metric_name(0), hi - DAY_MS, hi, 10_000]),
+    }  # fmt: skip
+    try:  # the device list as the database writes it (absent from older checkouts)
+        from cloud.storage.device_json import DEVICE_LIST_SQL, online_since
+
+        since = online_since(seeded.newest_ms, 300.0)
+        queries["device_list"] = (DEVICE_LIST_SQL, [since, "ORG", "ORG"])
+    except ImportError:
+        pass
+    plans: dict[str, str] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT id FROM orgs WHERE name = %s", [ORG]).fetchone()
+        org = str(row[0]) if row else ORG
+        for name, (sql, params) in queries.items():
+            args = [org if p == "ORG" else p for p in params]
+            conn.execute(to_pg("EXPLAIN (ANALYZE, BUFFERS) " + sql).encode(), args)  # warm
+            rows = conn.execute(to_pg("EXPLAIN (ANALYZE, BUFFERS) " + sql).encode(), args)
+            plans[name] = "\n".join(str(r[0]) for r in rows.fetchall())
+    return plans
 
 
 def _login(base_url: str, t: Target, s: Settings) -> tuple[str, dict[str, Any]]:
@@ -404,10 +458,35 @@ def run(s: Settings) -> dict[str, Any]:
         return run_on(s, url)
 
 
+def seed_targets(s: Settings, url: str | None, workdir: Path) -> list[Target]:
+    """Seed the stores (DuckDB, and PostgreSQL with a URL) with the same readings; one target
+    per way of serving them."""
+    targets_: list[Target] = []
+    if url is None or s.duckdb_beside:
+        print("seeding DuckDB ...", flush=True)
+        seeded = seed(workdir / "duck", s)
+        print(f"  seeded in {seeded.seconds:.1f} s; cloud.duckdb {seeded.db_mb} MB", flush=True)
+        targets_.append(Target("duckdb", workdir / "duck", seeded))
+    if url is not None:
+        print("seeding PostgreSQL ...", flush=True)
+        seeded = seed(workdir / "pg", s, url)
+        print(
+            f"  seeded in {seeded.seconds:.1f} s; readings on PostgreSQL {seeded.db_mb} MB",
+            flush=True,
+        )
+        analyze(url)
+        for w in s.workers:
+            targets_.append(Target(f"postgresql_{w}w", workdir / "pg", seeded, url, w))
+    if s.compare_tree is not None:  # the same stores served by another checkout's code
+        targets_ += [replace(t, name=f"base_{t.name}", root=s.compare_tree) for t in targets_]
+    return targets_
+
+
 def run_on(s: Settings, url: str | None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="iotsphere-bench-cloud-"))
     keep = s.keep
     gen: LoadGenerator | None = None
+    plans: dict[str, str] = {}
     print(
         f"cloud_api: {s.stored:,} readings = {s.devices:,} devices x {s.metrics} metrics x "
         f"{s.per_series:,} (one per {s.interval_s} s, "
@@ -415,23 +494,7 @@ def run_on(s: Settings, url: str | None) -> dict[str, Any]:
         flush=True,
     )
     try:
-        targets_: list[Target] = []
-        if url is None or s.duckdb_beside:
-            print("seeding DuckDB ...", flush=True)
-            seeded = seed(workdir / "duck", s)
-            print(f"  seeded in {seeded.seconds:.1f} s; cloud.duckdb {seeded.db_mb} MB", flush=True)
-            targets_.append(Target("duckdb", workdir / "duck", seeded))
-        if url is not None:
-            print("seeding PostgreSQL ...", flush=True)
-            seeded = seed(workdir / "pg", s, url)
-            print(
-                f"  seeded in {seeded.seconds:.1f} s; readings on PostgreSQL {seeded.db_mb} MB",
-                flush=True,
-            )
-            for w in s.workers:
-                targets_.append(Target(f"postgresql_{w}w", workdir / "pg", seeded, url, w))
-        if s.compare_tree is not None:  # the same stores served by another checkout's code
-            targets_ += [replace(t, name=f"base_{t.name}", root=s.compare_tree) for t in targets_]
+        targets_ = seed_targets(s, url, workdir)
         gen = LoadGenerator()
         rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets_}
         for r in range(s.rounds):
@@ -440,6 +503,10 @@ def run_on(s: Settings, url: str | None) -> dict[str, Any]:
                 print(f"round {r + 1}/{s.rounds}: {t.name} ...", flush=True)
                 rounds[t.name].append(session(t, s, gen, workdir, f"{t.name}-{r + 1}"))
                 brief(t.name, rounds[t.name][-1])
+        if url is not None:
+            plans = explain(url, s, targets_[-1].seeded)
+            for name, plan in plans.items():
+                print(f"\nEXPLAIN (ANALYZE, BUFFERS) {name}:\n{plan}", flush=True)
     except BenchError:
         keep = True  # the server logs in it say why
         raise
@@ -461,6 +528,7 @@ def run_on(s: Settings, url: str | None) -> dict[str, Any]:
     result["targets"] = targets(first)
     result["by_target"] = summaries
     result["rounds"] = rounds
+    result["explain"] = plans
     result["ratios"] = ratios(rounds)
     result["seed"] = {
         t.name: {"seconds": round(t.seeded.seconds, 1), "db_mb": t.seeded.db_mb,

@@ -93,7 +93,7 @@ class _Tree:
 
 def _host_busy() -> float:
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
 async def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
@@ -148,15 +148,14 @@ async def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
     def pct(a: float, b: float) -> float:
         return round(100 * (b - a) / wall, 1)
 
+    server_pct, postgres_pct, own_pct = pct(s0, s1), pct(p0, p1), pct(o0, o1)
     cpu = {
-        "server": pct(s0, s1),
-        "postgres": pct(p0, p1) if postgres.roots else None,
-        "load_generator": pct(o0, o1),
+        "server": server_pct,
+        "postgres": postgres_pct if postgres.roots else None,
+        "load_generator": own_pct,
         "cores": os.cpu_count(),
+        "other_processes": round(max(0.0, pct(h0, h1) - server_pct - postgres_pct - own_pct), 1),
     }
-    cpu["other_processes"] = round(
-        max(0.0, pct(h0, h1) - cpu["server"] - (cpu["postgres"] or 0) - cpu["load_generator"]), 1
-    )
     return {
         "requests": len(ordered),
         "clients": clients,
