@@ -19,7 +19,9 @@ from cloud.storage.db import Database
 from cloud.storage.duck_schema import CORE_MIGRATIONS
 from cloud.storage.interface import GatewayInfo
 from cloud.storage.pg_schema import CORE_PG_MIGRATIONS
-from cloud.storage.sql import SqlDatabase, first
+from cloud.storage.pg_timescale import core_migrations
+from cloud.storage.pg_timescale import enabled as timescale_enabled
+from cloud.storage.sql import Migration, SqlDatabase, first
 from cloud.storage.telemetry import TelemetryQueries
 
 
@@ -29,8 +31,12 @@ class SqlCloudStore(AccountQueries, TelemetryQueries, AlertQueries):
 
     def __init__(self, db: SqlDatabase) -> None:
         self.db = db
-        db.migrate("core", {"duckdb": CORE_MIGRATIONS, "postgresql": CORE_PG_MIGRATIONS})
+        pg: tuple[Migration, ...] = CORE_PG_MIGRATIONS
+        if db.dialect == "postgresql":  # readings on TimescaleDB where it is (chosen once)
+            pg = core_migrations(db, pg)
+        db.migrate("core", {"duckdb": CORE_MIGRATIONS, "postgresql": pg})
         db.migrate("alert_detail", ALERT_DETAIL_MIGRATIONS)  # why and where alerts were raised
+        self.timescale = db.dialect == "postgresql" and db.run_sync(timescale_enabled)
 
     # Tests' and operators' outage of the embedded engine: its connection is closed, so every
     # query really fails. (On PostgreSQL an outage is a stopped server.)

@@ -21,6 +21,8 @@ from cloud.storage.device_json import device_list_json
 from cloud.storage.device_query import DevicePage, DeviceQuery, device_page
 from cloud.storage.duck_telemetry import insert_duck_readings
 from cloud.storage.interface import Bucket, DeviceInfo, Point
+from cloud.storage.pg_timescale import BUCKETS as TIMESCALE_BUCKETS
+from cloud.storage.pg_timescale import buckets_params, uses_aggregate
 from cloud.storage.sql import Dialect, SqlConn, SqlDatabase
 from cloud.storage.value_columns import join_value, split_value
 from common.model import Reading
@@ -91,6 +93,7 @@ def readings_table(readings: Sequence[Reading]) -> pa.Table:
 
 class TelemetryQueries:
     db: SqlDatabase  # set by SqlCloudStore
+    timescale: bool = False  # readings are a TimescaleDB hypertable (cloud.storage.pg_timescale)
 
     async def list_devices(self, org_id: str) -> list[DeviceInfo]:
         return await self.db.run(lambda c: self._devices(c, org_id, None))
@@ -174,6 +177,10 @@ class TelemetryQueries:
         bucket_ms: int,
         limit: int,
     ) -> list[Bucket]:
+        if self.timescale and uses_aggregate(bucket_ms):  # the continuous aggregate
+            params = buckets_params(org_id, device_id, metric, from_ms, to_ms, bucket_ms, limit)
+            rows = await self.db.run(lambda c: c.execute(TIMESCALE_BUCKETS, params).fetchall())
+            return [Bucket(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
         # Aligned to the epoch as time_bucket is: ts minus its floored remainder, in integers
         # (the same on both engines, whose `/` differ; also right for ts before 1970).
         rows = await self.db.run(

@@ -40,7 +40,7 @@ async def test_retention_keeps_the_recent_days(store: SqlCloudStore) -> None:
 
 async def test_postgresql_partitions_are_made_ahead(store: SqlCloudStore) -> None:
     done = await maintain_readings(store.db, NOW, None)
-    if store.db.dialect != "postgresql":
+    if store.db.dialect != "postgresql" or store.timescale:  # TimescaleDB makes its own chunks
         assert done.created == ()
         return
     assert len(done.created) == AHEAD_DAYS

@@ -57,6 +57,15 @@ SETTINGS = {
     "log_min_messages": "warning",
     "timezone": "'UTC'",
 }
+# IOTSPHERE_TEST_PG_PRELOAD=timescaledb: every private cluster preloads TimescaleDB, so the
+# cloud's PostgreSQL tests run on its layout (cloud.storage.pg_timescale; the extension must be
+# installed). Its background jobs stay off: a policy refreshing buckets mid-test would make the
+# tests depend on timing; tests/cloud/test_cloud_timescale.py refreshes and compresses by hand.
+TIMESCALE = {
+    "shared_preload_libraries": "'timescaledb'",
+    "timescaledb.telemetry_level": "off",
+    "timescaledb.max_background_workers": "0",
+}
 
 
 class PgError(RuntimeError):
@@ -107,8 +116,10 @@ class PgCluster:
     """One cluster: `create()` (initdb) then `start()`/`stop()` any number of times, then
     `destroy()` (stop at once and remove the directory). Not thread-safe."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, settings: dict[str, str] | None = None) -> None:
         self.bin_dir = find_bin_dir()
+        preload = os.environ.get("IOTSPHERE_TEST_PG_PRELOAD") == "timescaledb"
+        self.settings = {**SETTINGS, **(TIMESCALE if preload else {}), **(settings or {})}
         self.port = port if port is not None else restartable_port()
         self.host = "127.0.0.1"
         self.user = SUPERUSER
@@ -131,7 +142,7 @@ class PgCluster:
             "--locale=C", "--no-sync", "--no-instructions",
         )  # fmt: skip
         conf = self.data / "postgresql.conf"
-        lines = [f"{k} = {v}" for k, v in SETTINGS.items()]
+        lines = [f"{k} = {v}" for k, v in self.settings.items()]
         lines += [f"port = {self.port}", f"unix_socket_directories = '{self.root}'"]
         with conf.open("a") as f:  # as root we may write the postgres-owned file
             f.write("\n# tests/support/postgres.py\n" + "\n".join(lines) + "\n")
@@ -249,10 +260,12 @@ def reap_orphans() -> None:
 
 
 @contextlib.contextmanager
-def running_cluster(port: int | None = None) -> Iterator[PgCluster]:
+def running_cluster(
+    port: int | None = None, settings: dict[str, str] | None = None
+) -> Iterator[PgCluster]:
     """A started cluster for the duration of the block; always destroyed afterwards."""
     reap_orphans()
-    cluster = PgCluster(port)
+    cluster = PgCluster(port, settings)
     try:
         cluster.create().start()
         yield cluster
