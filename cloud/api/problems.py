@@ -64,6 +64,7 @@ class HttpProblem(ProblemError):
     def __init__(self, problem: Problem, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(problem)
         self.headers = dict(headers or {})
+        self.cookies: list[str] = []  # Set-Cookie values (a header a dict holds only once)
 
 
 def unauthorized(detail: str) -> HttpProblem:
@@ -119,7 +120,10 @@ def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
 def install(app: FastAPI, *, retry_after_s: int) -> None:
     async def on_problem(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return problem_response(exc.problem, getattr(exc, "headers", None))
+        response = problem_response(exc.problem, getattr(exc, "headers", None))
+        for cookie in getattr(exc, "cookies", ()):
+            response.raw_headers.append((b"set-cookie", cookie.encode("latin-1")))
+        return response
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -15,6 +15,8 @@ Value = bool | float | str  # bool first: JSON true must not become 1.0
 class LoginRequest(BaseModel):
     email: str = Field(min_length=1, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
+    # true (the dashboard): the refresh token goes into an HttpOnly cookie, not the body
+    cookie: bool = False
 
 
 class PasswordChange(BaseModel):
@@ -50,7 +52,7 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
-    refresh_token: str
+    refresh_token: str | None = None  # left out when it was set as a cookie instead
 
 
 class DeviceOut(BaseModel):

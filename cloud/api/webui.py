@@ -11,8 +11,9 @@ Missing vendor assets are not fatal: the server logs one clear line, the pages s
 the charts say that the charting library is missing.
 
 Every HTML answer carries a strict Content-Security-Policy (scripts only from this origin, no
-inline script, no framing): the pages keep the access token in sessionStorage, so an injected
-script is what would steal it; data is always written into the DOM as text, never as HTML.
+inline script, no framing): the pages keep the access token in memory (the refresh token is an
+HttpOnly cookie no script reads), so an injected script is what could still use it; data is always
+written into the DOM as text, never as HTML.
 """
 
 from __future__ import annotations

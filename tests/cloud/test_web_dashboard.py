@@ -3,7 +3,7 @@
 One site per module: an in-process cloud (uvicorn on a free loopback port, so a test can close
 its database for real) with a real `iotsphere gateway run` enrolled to it; a device publishes
 through the gateway's Mosquitto, the gateway syncs signed batches, and the browser shows them.
-Each test gets a fresh browser context (its own sessionStorage). Screenshots of the main
+Each test gets a fresh browser context (its own cookies). Screenshots of the main
 pages go to artifacts/screenshots/.
 """
 
@@ -382,10 +382,12 @@ def test_rules_and_channels_are_deleted_in_two_steps(tab: Tab, site: Site) -> No
     assert tab.console_errors == []
 
 
-EDIT_SESSION = """changes => {
-    const s = JSON.parse(sessionStorage.getItem('iotsphere.session'));
-    sessionStorage.setItem('iotsphere.session', JSON.stringify({...s, ...changes}));
+# the page's in-memory session (the same module instance app.js uses)
+EDIT_SESSION = """async changes => {
+    const s = await import('/static/js/session.js');
+    s.set({...s.get(), ...changes});
 }"""
+ACCESS = "async () => (await import('/static/js/session.js')).get().access"
 
 
 def expired_token(site: Site) -> str:
@@ -405,7 +407,9 @@ def test_expired_token_goes_to_login_and_back(tab: Tab, site: Site) -> None:
     where = f"/#/devices/{DEVICE}?range=6h"
     tab.login(where)
     page.locator("#chart-temperature").wait_for()
-    # the server says the token expired (the browser still thought it valid)
+    # the session is over (its refresh cookie gone), and the server says the access token
+    # expired (the browser still thought it valid)
+    tab.context.clear_cookies()
     page.evaluate(EDIT_SESSION, {"access": expired_token(site)})
     page.wait_for_url("**/login?**")  # the next live refresh got 401
     assert "session has ended" in page.locator("#login-reason").inner_text()
@@ -424,13 +428,12 @@ def test_access_token_is_refreshed_before_it_expires(tab: Tab, site: Site) -> No
     page = tab.page
     tab.login("/#/alerts")
     page.locator("#s-active-alerts").wait_for()
-    before = page.evaluate("JSON.parse(sessionStorage.getItem('iotsphere.session')).access")
+    before = page.evaluate(ACCESS)
+    refreshes = len(tab.api_calls("POST", "/api/auth/refresh"))  # the page load's own
     expires_soon = page.evaluate("Date.now() + 5000")  # inside the refresh margin
     page.evaluate(EDIT_SESSION, {"expiresAt": expires_soon})
-    page.wait_for_function(
-        "old => JSON.parse(sessionStorage.getItem('iotsphere.session')).access !== old", arg=before
-    )
-    assert len(tab.api_calls("POST", "/api/auth/refresh")) == 1
+    wait_for(lambda: page.evaluate(ACCESS) != before, "a new access token")
+    assert len(tab.api_calls("POST", "/api/auth/refresh")) == refreshes + 1
     page.goto(site.base + "/#/rules")
     page.locator("#new-rule").wait_for()  # the new token works
     assert "/login" not in page.url
@@ -449,12 +452,14 @@ def test_store_down_friendly_error_retry_and_recovery(tab: Tab, site: Site) -> N
         assert "Trying again automatically in" in problem.inner_text()  # and it will
         assert "Traceback" not in page.content()
         tab.shot("store-down")
-        calls = len(tab.api_calls("GET", "/api/dashboard"))
-        page.click("#retry")  # still down: asks again, and still says so
-        page.wait_for_function(
-            f"() => performance.getEntriesByType('resource')"
-            f".filter(e => e.name.includes('/api/dashboard')).length > {calls}"
+        # a reload starts by refreshing the access token (kept in memory only), which needs
+        # the store too: the page asks the API again, whichever call it is
+        api_calls = (
+            "performance.getEntriesByType('resource').filter(e => e.name.includes('/api/')).length"
         )
+        calls = page.evaluate(api_calls)
+        page.click("#retry")  # still down: asks again, and still says so
+        page.wait_for_function(f"() => {api_calls} > {calls}")
         page.locator(".problem.unavailable #retry").wait_for()
     finally:
         site.store.make_available()

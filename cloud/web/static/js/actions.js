@@ -31,12 +31,13 @@ export async function act(button, statusEl, fn) {
 
 // A Delete button that asks twice instead of window.confirm() (keyboard-friendly and visible
 // to screen readers): the first click arms it ("Confirm delete"), the second runs fn via act.
-export function deleteButton(id, ariaLabel, statusEl, fn) {
-  const button = h("button", { type: "button", class: "small danger", id, "aria-label": ariaLabel }, "Delete");
+// `words` names another destructive action the same way (e.g. Revoke / Confirm revoke).
+export function deleteButton(id, ariaLabel, statusEl, fn, words = { label: "Delete", confirm: "Confirm delete" }) {
+  const button = h("button", { type: "button", class: "small danger", id, "aria-label": ariaLabel }, words.label);
   button.addEventListener("click", () => {
     if (button.dataset.armed !== "true") {
       button.dataset.armed = "true";
-      button.textContent = "Confirm delete";
+      button.textContent = words.confirm;
       return;
     }
     act(button, statusEl, fn);

@@ -1,7 +1,7 @@
-// The API client: bearer token, refresh before expiry, and the seed's error rules:
-// 401 -> the login page (and back here afterwards), 503 -> ApiError.unavailable (the page
-// shows a friendly message with a retry button), anything else -> ApiError carrying the
-// problem document (RFC 9457), whose title the page shows.
+// The API client: bearer token (in memory, session.js), refreshed through the HttpOnly cookie
+// before it expires, and the seed's error rules: 401 -> one refresh and a retry, then the login
+// page (and back here afterwards), 503 -> ApiError.unavailable (the page keeps its data and
+// retries), anything else -> ApiError carrying the problem document (RFC 9457).
 
 import * as session from "./session.js";
 
@@ -29,15 +29,21 @@ export function safeNext(next) {
 
 let leaving = false; // parallel requests may all get 401: navigate once
 
+function goLogin(reason) {
+  if (leaving || location.pathname.startsWith("/login")) return;
+  leaving = true;
+  session.clear();
+  const next = location.pathname + location.search + location.hash;
+  location.assign(`/login?reason=${reason}&next=${encodeURIComponent(safeNext(next))}`);
+}
+
 export function toLogin(reason = "expired") {
-  if (!leaving) {
-    leaving = true;
-    session.clear();
-    const next = location.pathname + location.search + location.hash;
-    location.assign(`/login?reason=${reason}&next=${encodeURIComponent(safeNext(next))}`);
-  }
+  goLogin(reason);
   throw new Redirecting();
 }
+
+// Logged out in another tab: this one follows at once (its access token is dropped).
+session.onLogout(() => goLogin("logout"));
 
 export async function asError(response) {
   let problem = null;
@@ -61,58 +67,76 @@ function unreachable() {
   });
 }
 
+// The auth endpoints: same-origin, so the browser sends (and stores) the refresh cookie.
 async function post(path, body) {
+  const init = { method: "POST", headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
   try {
-    return await fetch(path, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify(body),
-    });
+    return await fetch(path, init);
   } catch {
     throw unreachable();
   }
 }
 
 export async function login(email, password) {
-  const r = await post("/api/auth/login", { email, password });
+  // cookie: the refresh token comes back as an HttpOnly cookie, never in this answer
+  const r = await post("/api/auth/login", { email, password, cookie: true });
   if (!r.ok) throw await asError(r);
-  return session.save(await r.json());
+  const s = session.adopt(await r.json());
+  session.shareToken(s);
+  return s;
 }
 
-let refreshing = null; // one refresh at a time: refresh tokens are single-use
+let refreshing = null; // one refresh at a time in this tab; session.exclusive across tabs
 
-function refresh(s) {
-  refreshing ??= (async () => {
-    const r = await post("/api/auth/refresh", { refresh_token: s.refresh });
-    if (r.status === 401) toLogin();
+// `stale` is the session this tab found lacking (null on a fresh page load).
+function refresh(stale) {
+  refreshing ??= session.exclusive(async () => {
+    // another tab may have refreshed while this one waited for the lock: use its token
+    const now = session.get();
+    if (now && now !== stale && !session.needsRefresh(now)) return now;
+    const r = await post("/api/auth/refresh"); // no body: the cookie is the refresh token
+    if (r.status === 401) toLogin(stale ? "expired" : "signin");
     if (!r.ok) throw await asError(r);
-    return session.save(await r.json());
-  })().finally(() => {
+    const s = session.adopt(await r.json());
+    session.shareToken(s);
+    return s;
+  }).finally(() => {
     refreshing = null;
   });
   return refreshing;
 }
 
 async function currentSession() {
-  const s = session.load();
-  if (!s) toLogin("signin");
-  return session.needsRefresh(s) ? refresh(s) : s;
+  const s = session.get();
+  // never signed in in this browser (no hint cookie): straight to the login page
+  if (!s && !session.mayRefresh()) toLogin("signin");
+  return !s || session.needsRefresh(s) ? refresh(s) : s;
 }
 
-export async function request(method, path, body) {
-  const s = await currentSession();
+async function send(method, path, body, s) {
   const headers = { Authorization: `Bearer ${s.access}`, Accept: "application/json" };
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  let r;
   try {
-    r = await fetch(path, init);
+    return await fetch(path, init);
   } catch {
     throw unreachable();
   }
+}
+
+export async function request(method, path, body) {
+  const s = await currentSession();
+  let r = await send(method, path, body, s);
+  // the access token was refused (expired early, or revoked): one refresh through the cookie,
+  // then the same request once more; a second 401 means the session is over
+  if (r.status === 401) r = await send(method, path, body, await refresh(s));
   if (r.status === 401) toLogin();
   if (!r.ok) throw await asError(r);
   return r.status === 204 ? null : r.json();
@@ -133,8 +157,16 @@ export async function getOptional(path, fallback) {
   }
 }
 
-export function logout() {
+// Log out this browser: every tab at once, and the server forgets the refresh token.
+export async function logout() {
   session.clear();
+  session.shareLogout();
+  try {
+    await post("/api/auth/logout");
+  } catch {
+    // unreachable: the cookie stays until it expires, but no tab holds an access token
+  }
+  leaving = true;
   location.assign("/login?reason=logout");
 }
 

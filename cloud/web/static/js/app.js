@@ -10,6 +10,7 @@ import * as fmt from "./format.js";
 import { createOutage, retryAfterSeconds } from "./outage.js";
 import * as router from "./router.js";
 import { alertsPage } from "./pages/alerts.js";
+import { apiKeysPage } from "./pages/api-keys.js";
 import { channelsPage } from "./pages/channels.js";
 import { devicePage } from "./pages/device.js";
 import { modelsPage } from "./pages/models.js";
@@ -26,6 +27,7 @@ const ROUTES = [
   { parts: ["models"], page: modelsPage },
   { parts: ["models", ":source"], page: modelsPage },
   { parts: ["channels"], page: channelsPage },
+  { parts: ["api-keys"], page: apiKeysPage },
 ];
 
 const main = document.getElementById("main");

@@ -29,14 +29,17 @@ function append(el, children) {
   }
 }
 
-// A table with a caption and header row; `rows` are arrays of cells (nodes or text).
+// A table with a caption and header row; `rows` are arrays of cells (nodes or text). Each
+// cell carries its column's name in data-label: on a phone the CSS turns every row into a
+// card whose cells are labelled by it, so the actions column is on screen, not scrolled to.
 export function table(caption, headers, rows, empty) {
   if (rows.length === 0) return h("p", { class: "empty" }, empty);
   return h("div", { class: "table-wrap" },
-    h("table", {},
+    h("table", { class: "cards" },
       h("caption", {}, caption),
       h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c)))))));
+      h("tbody", {}, rows.map((cells) => h("tr", {},
+        cells.map((c, i) => h("td", { "data-label": headers[i] || null }, c)))))));
 }
 
 export function section(title, ...children) {

@@ -1,7 +1,9 @@
-// The login page: e-mail and password to POST /api/auth/login; then back to where the user was
+// The login page: e-mail and password to POST /api/auth/login (the refresh token comes back as
+// an HttpOnly cookie, shared by every tab); then back to where the user was
 // (?next=, a path on this site only).
 
 import * as api from "./api.js";
+import * as session from "./session.js";
 
 const form = document.getElementById("login-form");
 const error = document.getElementById("login-error");
@@ -13,6 +15,9 @@ const reasons = {
   signin: "Please log in to continue.",
 };
 if (reasons[params.get("reason")]) document.getElementById("login-reason").textContent = reasons[params.get("reason")];
+
+// Logged in from another tab meanwhile: the session is this browser's, so go on from here too.
+session.onToken(() => location.replace(api.safeNext(params.get("next") ?? "/")));
 
 form.addEventListener("submit", async (ev) => {
   ev.preventDefault();

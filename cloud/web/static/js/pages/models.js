@@ -36,13 +36,15 @@ function index({ series }) {
   const sources = [...new Set(series.map((s) => s.source))];
   return h("div", { class: "page" },
     h("h1", {}, "Models"),
-    h("p", { class: "muted" }, "Metrics posted by models and jobs, e.g. a classifier's accuracy or a pipeline's lag."),
+    h("p", { class: "muted" }, "Metrics posted by models and jobs, e.g. a classifier's accuracy or a pipeline's lag. ",
+      "A job posts them to /api/monitoring/metrics with an ", h("a", { href: "#/api-keys", id: "models-api-keys" }, "API key"), "."),
     table("Model metrics and their latest values", ["Model or job", "Metric", "Latest", "At", "Values stored"],
       series.map((s) => [
         h("a", { href: `#/models/${encodeURIComponent(s.source)}` }, s.source),
         s.metric, fmt.value(s.last_value), fmt.when(s.last_ts), String(s.count),
       ]),
-      "No model metrics yet. Jobs post them to /api/monitoring/metrics with an API key."),
+      h("span", {}, "No model metrics yet. Jobs post them to /api/monitoring/metrics with an ",
+        h("a", { href: "#/api-keys" }, "API key"), ".")),
     sources.length ? h("p", { class: "muted" }, `${sources.length} model(s) or job(s) reporting.`) : null);
 }
 
@@ -60,7 +62,7 @@ function one({ source, series, rules, alerts, channels, range: r, points }, ctx)
         ? h("div", { class: "charts" }, points.map((p) => figure({ title: p.metric, unit: "", points: p.points, id: `chart-${p.metric}`, range: r })))
         : h("p", { class: "empty" }, "This model has no metrics.")),
     section("Rules on this model",
-      table("Alert rules that watch this model's metrics", ["Rule", "Condition", "Severity", "Enabled", ""],
+      table("Alert rules that watch this model's metrics", ["Rule", "Condition", "Severity", "Enabled", "Actions"],
         watching.map((rule) => [rule.name, condition(rule), badge(rule.severity), rule.enabled ? "yes" : "no",
           h("a", { href: `#/rules/${encodeURIComponent(rule.id)}/edit` }, "Edit")]),
         "No rule watches this model yet."),
