@@ -2,8 +2,10 @@
 
 One ChangeFeed per worker process. While at least one page is connected it polls the database
 every `interval_s` with ONE cheap statement: per subscribed org and kind, the newest change
-stamp and the row count (devices: last_seen; gateways: last_seen; alerts and deliveries:
-updated_at). A stamp or count that moved is a change of that kind; the feed tells that org's
+stamp (devices: last_seen; gateways: last_seen; alerts and deliveries: updated_at), each a
+scalar max() that PostgreSQL answers from an index (CHANGE_INDEXES) without reading the rows.
+A stamp that moved is a change of that kind (a deletion moves none: pages see it at their
+30 s refresh); the feed tells that org's
 subscribers which kinds moved, nothing else, and the page fetches what it shows through the
 ordinary API (so what a page may see is decided where it always was).
 
@@ -29,7 +31,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from cloud.storage.sql import SqlDatabase
+from cloud.storage.sql import Migration, Migrations, SqlDatabase
 
 log = logging.getLogger("iotsphere.cloud.changes")
 
@@ -42,6 +44,30 @@ _SOURCES = {
     "alerts": ("alerts", "updated_at"),
     "deliveries": ("notifications", "updated_at"),
 }
+
+
+# PostgreSQL: max(stamp) per org from an index, not a scan of the org's 100,000 alerts (66 ms
+# per poll without them at 10,000 devices and 100,000 alerts). devices.last_seen gets none: it
+# changes with every batch, and an index on it would cost every sync its HOT updates; the
+# org's devices are read through the primary key (org_id, device_id) instead. DuckDB: none
+# (its indexes do not serve aggregates; a scan of these columns is milliseconds).
+CHANGE_INDEXES: Migrations = {
+    "duckdb": (),
+    "postgresql": (
+        Migration(
+            1,
+            (
+                "CREATE INDEX alerts_org_updated ON alerts (org_id, updated_at)",
+                "CREATE INDEX notifications_org_updated ON notifications (org_id, updated_at)",
+            ),
+        ),
+    ),
+}
+
+
+def install_indexes(db: SqlDatabase) -> None:
+    """Called once the core and notify tables exist (cloud.app.services.build_services)."""
+    db.migrate("change_feed", CHANGE_INDEXES)
 
 
 @dataclass(eq=False)
@@ -58,7 +84,7 @@ class ChangeFeed:
     queue_max: int = 32
     kinds: tuple[str, ...] = KINDS
     _subs: dict[str, set[Subscriber]] = field(default_factory=dict)
-    _seen: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    _seen: dict[tuple[str, str], int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _failing: bool = False
     closed: bool = False
@@ -154,10 +180,10 @@ class ChangeFeed:
             log.info("change feed reads the store again")
             self._failing = False
             self._tell_everyone()
-        # a kind without rows (no alert yet) is (0, 0): its first row is a change too
-        current = {(org_id, kind): (0, 0) for org_id in orgs for kind in self.kinds}
-        for org_id, kind, stamp, count in rows:
-            current[(str(org_id), str(kind))] = (int(stamp or 0), int(count))
+        # a kind without rows (no alert yet) is 0: its first row is a change too
+        current = {(org_id, kind): 0 for org_id in orgs for kind in self.kinds}
+        for org_id, kind, stamp in rows:
+            current[(str(org_id), str(kind))] = int(stamp or 0)
         moved: dict[str, set[str]] = {}
         for key, now in current.items():
             before = self._seen.get(key)
@@ -168,13 +194,15 @@ class ChangeFeed:
             self.publish(org_id, frozenset(kinds))
 
     def _statement(self, orgs: list[str]) -> tuple[str, list[str]]:
-        marks = ", ".join("?" * len(orgs))
+        # one scalar subquery per org and kind: PostgreSQL's min/max rule turns each into one
+        # index probe (a GROUP BY over an IN list would read every row)
         parts, params = [], []
-        for kind in self.kinds:
-            table, stamp = _SOURCES[kind]
-            parts.append(
-                f"SELECT org_id, '{kind}' AS kind, max({stamp}) AS stamp, count(*) AS n"
-                f" FROM {table} WHERE org_id IN ({marks}) GROUP BY org_id"
-            )
-            params += orgs
+        for org_id in orgs:
+            for kind in self.kinds:
+                table, stamp = _SOURCES[kind]
+                parts.append(
+                    f"SELECT CAST(? AS VARCHAR) AS org_id, '{kind}' AS kind,"
+                    f" (SELECT max({stamp}) FROM {table} WHERE org_id = ?) AS stamp"
+                )
+                params += [org_id, org_id]
         return " UNION ALL ".join(parts), params

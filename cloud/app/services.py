@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cloud.app.changes import KINDS, ChangeFeed
+from cloud.app.changes import KINDS, ChangeFeed, install_indexes
 from cloud.app.metrics import Counter, Histogram, Registry
 from cloud.app.settings import CloudSettings
 from cloud.monitoring.loop import MonitorMetrics
@@ -114,6 +114,7 @@ def build_services(
     if isinstance(store, SqlCloudStore):  # they share its database
         notify = NotifyStore(store.db)
         monitoring = MonitoringStore(store.db)
+        install_indexes(store.db)  # the change feed's, on the tables above
         sync = SyncStore(store.db)
         # the lookup runs in a worker thread (the endpoint verifies off the event loop)
         verifier = GatewayVerifier(sync.active_public_key, clock)
