@@ -233,7 +233,7 @@ def _tables(data: StatusData, now_ms: int) -> tuple[Table, ...]:
         Table("locked", "Locked out now", ("Kind", "Who", "Locked until"),
               _locked_rows(data, now_ms), "Nothing is locked out."),
         Table("devices", "Devices", ("Device", "Type", "Status", "Last seen", "Latest values"),
-              _device_rows(data), "No devices yet: iotsphere gateway device add ID"),
+              _device_rows(data, now_ms), "No devices yet: iotsphere gateway device add ID"),
         Table("alerts", "Open alerts",
               ("Since", "Severity", "State", "Rule", "Device / key", "Metric", "Value"),
               _alert_rows(data), "No open alerts."),
@@ -254,7 +254,30 @@ def _locked_rows(data: StatusData, now_ms: int) -> tuple[tuple[Cell, ...], ...]:
     return tuple(rows)
 
 
-def _device_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
+# A device not heard from for longer is "silent" (the cloud's online_threshold_s, the same 5
+# minutes, calls it offline); "active" said only that its token was not revoked.
+SILENT_AFTER_S = 300
+
+
+def device_state(dev: Mapping[str, Any], now_ms: int) -> str:
+    """What an installer needs to know about a device: revoked, never sent, sending, or
+    silent for how long."""
+    if dev.get("status") == "revoked":
+        return "revoked"
+    last_seen = dev.get("last_seen")
+    if not isinstance(last_seen, int | float) or isinstance(last_seen, bool):
+        return "never sent"
+    quiet_s = max(0, (now_ms - int(last_seen)) // 1000)
+    if quiet_s <= SILENT_AFTER_S:
+        return "sending"
+    if quiet_s < 3600:
+        return f"silent for {quiet_s // 60} min"
+    if quiet_s < 86400:
+        return f"silent for {quiet_s // 3600} h {quiet_s % 3600 // 60} min"
+    return f"silent for {quiet_s // 86400} d {quiet_s % 86400 // 3600} h"
+
+
+def _device_rows(data: StatusData, now_ms: int) -> tuple[tuple[Cell, ...], ...]:
     rows = []
     for dev in data.devices:
         device_id = str(dev.get("device_id"))
@@ -262,7 +285,7 @@ def _device_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
             (
                 device_id,
                 _text(dev.get("type")),
-                _text(dev.get("status")),
+                device_state(dev, now_ms),
                 _ts(dev.get("last_seen")),
                 _latest_text(data.latest.get(device_id, {})),
             )
@@ -287,6 +310,26 @@ def _alert_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
     )
 
 
+SHOWN_ERRORS = 3  # a payload with many bad fields: the first few, and how many more
+
+
+def rejection_reason(rejection: Mapping[str, Any]) -> str:
+    """What the device was told: each field error's message and where it was (e.g. "string
+    of 300 characters; the limit is 256 (at /values/label)"), not the summary "1 error in
+    the payload"; a refusal without field errors keeps its title and detail."""
+    errors = [e for e in rejection.get("errors") or () if isinstance(e, Mapping)]
+    if not errors:
+        title, detail = rejection.get("title"), rejection.get("detail")
+        return f"{title}: {detail}" if detail else str(title)
+    parts = [
+        f"{e.get('message')} (at {e.get('path')})" if e.get("path") else str(e.get("message"))
+        for e in errors[:SHOWN_ERRORS]
+    ]
+    if len(errors) > SHOWN_ERRORS:
+        parts.append(f"and {len(errors) - SHOWN_ERRORS} more")
+    return " · ".join(parts)
+
+
 def _rejection_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
     return tuple(
         (
@@ -294,7 +337,7 @@ def _rejection_rows(data: StatusData) -> tuple[tuple[Cell, ...], ...]:
             _text(r.get("device_id")),
             _text(r.get("transport")),
             _text(r.get("status")),
-            _text(f"{r.get('title')}: {r.get('detail')}" if r.get("detail") else r.get("title")),
+            rejection_reason(r),
         )
         for r in data.rejections
     )

@@ -74,6 +74,40 @@ def test_connection_refusals_and_fd_exhaustion_are_shown() -> None:
     assert dict(build_view(quiet, 0).cards)["Connections refused at the limits"] is None
 
 
+def test_devices_say_whether_they_are_sending_and_rejections_what_the_device_was_told() -> None:
+    now = 1_764_300_000_000
+    devices = [
+        {"device_id": "d-now", "status": "active", "last_seen": now - 20_000},
+        {"device_id": "d-quiet", "status": "active", "last_seen": now - 7 * 60_000 - 5_000},
+        {"device_id": "d-gone", "status": "active", "last_seen": now - 26 * 3_600_000},
+        {"device_id": "d-new", "status": "active", "last_seen": None},
+        {"device_id": "d-old", "status": "revoked", "last_seen": now - 20_000},
+    ]
+    told = {"path": "/values/label", "message": "string of 300 characters; the limit is 256"}
+    rejections = [
+        {"at": now, "device_id": "d-now", "transport": "http", "status": 422,
+         "title": "Invalid payload", "detail": "1 error in the payload", "errors": [told]},
+        {"at": now, "device_id": "d-now", "transport": "mqtt", "status": 422,
+         "title": "Invalid payload", "detail": "5 errors in the payload",
+         "errors": [{"path": f"/{i}/ts", "message": "must be an integer"} for i in range(5)]},
+        {"at": now, "device_id": "d-now", "transport": "http", "status": 413,
+         "title": "Payload too large", "detail": "the payload is 70000 bytes; the limit is 65536",
+         "errors": []},
+    ]  # fmt: skip
+    data = StatusData(status={}, devices=devices, latest={}, rejections=rejections, audit=[],
+                      alerts=[], locked=[])  # fmt: skip
+    tables = {t.id: t for t in build_view(data, now).tables}
+    states = {row[0]: row[2] for row in tables["devices"].rows}
+    assert states == {
+        "d-now": "sending", "d-quiet": "silent for 7 min", "d-gone": "silent for 1 d 2 h",
+        "d-new": "never sent", "d-old": "revoked",
+    }  # fmt: skip
+    reasons = [row[4] for row in tables["rejections"].rows]
+    assert reasons[0] == "string of 300 characters; the limit is 256 (at /values/label)"
+    assert reasons[1].endswith("must be an integer (at /2/ts) · and 2 more")
+    assert reasons[2] == "Payload too large: the payload is 70000 bytes; the limit is 65536"
+
+
 # -- over HTTP ----------------------------------------------------------------------------------
 
 
@@ -160,6 +194,13 @@ def test_the_status_page_shows_a_locked_out_device_and_the_backlog_while_the_clo
             body = {"ts": 1764300000000 + i * 60_000, "values": {"temperature": 20.5 + i}}
             r = c.post(f"/api/v1/{dev['token']}/telemetry", json=body)
             assert r.status_code == 200, r.text
+        # a firmware bug: a label of 300 characters, refused with the reason in the answer
+        body = {"ts": 1764300300000, "values": {"label": "x" * 300}}
+        r = c.post(f"/api/v1/{dev['token']}/telemetry", json=body)
+        assert r.status_code == 400, r.text
+        (told,) = r.json()["errors"]
+        assert "string of 300 characters; the limit is 256" in told["message"]
+    cli_json("gateway", "device", "add", "thermo-2", "--type", "thermo", data_dir=data_dir)
     # thermo-1's firmware has a stale password: 10 refused MQTT connects lock it out
     for _ in range(10):
         subprocess.run(
@@ -203,6 +244,12 @@ def test_the_status_page_shows_a_locked_out_device_and_the_backlog_while_the_clo
         assert "—" in summary.locator("dt:text-is('Last successful sync') + dd").inner_text()
         device = page.locator("#s-devices tbody tr", has_text="thermo-1")
         assert "temperature 22.5" in device.inner_text()
+        assert "sending" in device.inner_text() and "active" not in device.inner_text()
+        assert "never sent" in page.locator("#s-devices tbody tr", has_text="thermo-2").inner_text()
+        # the rejected message shows what the device was told, not "1 error in the payload"
+        rejection = page.locator("#s-rejections tbody tr", has_text="thermo-1").first
+        assert f"{told['message']} (at {told['path']})" in rejection.inner_text()
+        assert "error in the payload" not in rejection.inner_text()
         assert "is locked out" in page.locator("#problems").inner_text()
         audit = page.locator("#s-audit tbody")
         assert "lockout" in audit.inner_text() and "mqtt" in audit.inner_text()
