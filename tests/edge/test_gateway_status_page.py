@@ -76,7 +76,7 @@ def test_connection_refusals_and_fd_exhaustion_are_shown() -> None:
 
 def test_devices_say_whether_they_are_sending_and_rejections_what_the_device_was_told() -> None:
     now = 1_764_300_000_000
-    devices = [
+    devices: list[dict[str, Any]] = [
         {"device_id": "d-now", "status": "active", "last_seen": now - 20_000},
         {"device_id": "d-quiet", "status": "active", "last_seen": now - 7 * 60_000 - 5_000},
         {"device_id": "d-gone", "status": "active", "last_seen": now - 26 * 3_600_000},
@@ -104,7 +104,7 @@ def test_devices_say_whether_they_are_sending_and_rejections_what_the_device_was
     }  # fmt: skip
     reasons = [row[4] for row in tables["rejections"].rows]
     assert reasons[0] == "string of 300 characters; the limit is 256 (at /values/label)"
-    assert reasons[1].endswith("must be an integer (at /2/ts) · and 2 more")
+    assert str(reasons[1]).endswith("must be an integer (at /2/ts) · and 2 more")
     assert reasons[2] == "Payload too large: the payload is 70000 bytes; the limit is 65536"
 
 
