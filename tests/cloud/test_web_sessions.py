@@ -1,4 +1,4 @@
-"""Sessions shared across tabs and the API keys page, in
+"""Sessions shared across tabs, words on the fields that caused them, and the API keys page, in
 real headless Chromium on test_web_dashboard's site (a real cloud with a real gateway syncing).
 
 The refresh token is an HttpOnly cookie, the access token lives in each page's memory, and the
@@ -7,6 +7,7 @@ tabs of one browser (one Playwright context) share the session over a BroadcastC
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from tests.cloud import test_web_dashboard as web
 from tests.cloud.test_web_dashboard import EDIT_SESSION, Site, Tab, expired_token
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,6 +112,67 @@ def test_scripts_keep_the_json_login_and_refresh(site: Site) -> None:
         assert r.status_code == 200 and "refresh_token" not in r.json()
         cookie = r.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+
+
+# -- words on the fields that caused them -------------------------------------------------
+
+
+def test_a_server_422_marks_the_field_in_plain_words(tab: Tab, site: Site) -> None:
+    """A rule naming a notification channel deleted meanwhile (the form still lists it): the
+    API's 422 names /channels/0; the form marks that channel's checkbox group with a message a
+    person can act on, no raw id, no regex."""
+    page = tab.page
+    hook = {"name": "soon-gone", "type": "webhook", "url": f"http://127.0.0.1:{free_port()}/"}
+    channel_id = site.api("POST", "/api/notification_channels", json=hook).json()["id"]
+    tab.login("/#/rules/new")
+    page.fill("#metric", "humidity")
+    page.select_option("#operator", ">")
+    page.fill("#threshold", "80")
+    page.get_by_label("soon-gone (webhook)").check()
+    assert site.api("DELETE", f"/api/notification_channels/{channel_id}").status_code == 204
+    page.click("#rule-submit")
+    error = page.locator("#channels-error")
+    error.wait_for()
+    assert error.inner_text() == "This notification channel no longer exists; choose another."
+    box = page.get_by_label("soon-gone (webhook)")  # the field that caused it, marked
+    assert box.get_attribute("aria-invalid") == "true"
+    assert "channels-error" in (box.get_attribute("aria-describedby") or "").split()
+    assert page.evaluate("document.activeElement.value") == channel_id
+    summary = page.locator("#rule-form-error").inner_text()
+    assert channel_id not in summary and "/channels" not in summary
+    assert channel_id not in page.locator("main").inner_text()
+    tab.shot("rule-form-server-422")
+
+
+def test_client_messages_are_plain_words(tab: Tab, site: Site) -> None:
+    page = tab.page
+    tab.login("/#/rules/new")
+    page.fill("#metric", "bad metric!")
+    page.select_option("#operator", "<")
+    page.fill("#threshold", "1")
+    page.click("#rule-submit")
+    error = page.locator("#metric-error")
+    error.wait_for()
+    text = error.inner_text()
+    assert "[" not in text and "{" not in text, text  # no regex
+    assert re.search(r"letters, digits", text), text
+    assert page.locator("#metric").get_attribute("aria-invalid") == "true"
+    assert "metric-error" in (page.locator("#metric").get_attribute("aria-describedby") or "")
+
+
+def test_a_channel_refused_by_the_server_is_marked_on_its_field(tab: Tab, site: Site) -> None:
+    """The browser takes http://bad host/ as a URL; the API does not (a space): its 422 for
+    /url is shown on the URL field, not as a line of JSON terms."""
+    page = tab.page
+    tab.login("/#/channels")
+    page.fill("#channel-name", "spaced")
+    page.fill("#channel-target", "http://exa mple.com/hook")
+    page.click("#channel-form button[type=submit], form.inline-form button[type=submit]")
+    error = page.locator("#channel-target-error")
+    error.wait_for()
+    assert error.inner_text() == "Must not contain spaces or control characters."
+    assert page.locator("#channel-target").get_attribute("aria-invalid") == "true"
+    assert page.locator("#channel-name").get_attribute("aria-invalid") is None
 
 
 # -- API keys ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 import * as api from "../api.js";
 import { act, deleteButton } from "../actions.js";
 import { h, section, statusLine, table } from "../dom.js";
+import { markFields, plainWords } from "../field-errors.js";
 
 export const channelsPage = {
   nav: "channels",
@@ -33,6 +34,11 @@ function remove(channel, ctx) {
   return h("div", { class: "actions" }, button, status);
 }
 
+// A labelled input with its own error line (field-errors.js writes there).
+function field(label, input) {
+  return h("div", {}, label, input, h("p", { class: "field-error", id: `${input.id}-error` }));
+}
+
 function addForm(ctx) {
   const name = h("input", { id: "channel-name", type: "text", required: true, maxlength: 100, autocomplete: "off" });
   const type = h("select", { id: "channel-type" }, h("option", { value: "webhook" }, "Webhook"), h("option", { value: "email" }, "E-mail"));
@@ -45,20 +51,43 @@ function addForm(ctx) {
   const status = statusLine("channel-form-status");
   const submit = h("button", { type: "submit" }, "Add channel");
   const form = h("form", { class: "inline-form", novalidate: true },
-    h("label", { for: "channel-name" }, "Name"), name,
-    h("label", { for: "channel-type" }, "Type"), type,
-    targetLabel, target, submit, status);
+    field(h("label", { for: "channel-name" }, "Name"), name),
+    field(h("label", { for: "channel-type" }, "Type"), type),
+    field(targetLabel, target), submit, status);
+  const inputs = { name, type, url: target, to: target };
+  const fieldFor = (path) => {
+    const input = inputs[path.split("/")[1]];
+    return input ? { input, error: form.querySelector(`#${input.id}-error`) } : null;
+  };
+  const show = (errors) => {
+    const { unplaced, first } = markFields(form, errors, fieldFor);
+    status.textContent = unplaced.map((e) => e.message).join(" ");
+    status.classList.toggle("error", unplaced.length > 0);
+    first?.focus();
+  };
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    if (!name.value.trim() || !target.checkValidity() || !target.value.trim()) {
-      status.textContent = "Give the channel a name and a valid " + (type.value === "webhook" ? "http(s) URL." : "e-mail address.");
-      status.classList.add("error");
-      return;
+    const errors = [];
+    if (!name.value.trim()) errors.push({ path: "/name", message: "Give the channel a name, e.g. ops on-call." });
+    if (!target.value.trim() || !target.checkValidity()) {
+      errors.push(type.value === "webhook"
+        ? { path: "/url", message: "Enter the address to call, starting with https:// or http://." }
+        : { path: "/to", message: "Enter an e-mail address such as ops@example.com." });
     }
+    show(errors);
+    if (errors.length) return;
     const body = { name: name.value.trim(), type: type.value };
     body[type.value === "webhook" ? "url" : "to"] = target.value.trim();
     act(submit, status, async () => {
-      await api.postJson("/api/notification_channels", body);
+      try {
+        await api.postJson("/api/notification_channels", body);
+      } catch (e) {
+        if (e instanceof api.ApiError && Array.isArray(e.problem.errors) && e.problem.errors.length) {
+          show(e.problem.errors.map((err) => ({ path: err.path, message: plainWords(e.problem, err) })));
+          return;
+        }
+        throw e;
+      }
       ctx.toast(`Channel "${body.name}" added`);
       await ctx.refresh();
     });

@@ -1,10 +1,11 @@
 // Alert rules: list, create, edit, delete. The form checks a rule the way the API does
-// (rule-validate.js) and posts nothing while a field is wrong; the API's own 422 field
-// errors are shown on the same fields.
+// (rule-validate.js) and posts nothing while a field is wrong; the API's own field errors
+// (422, or 409 for a channel deleted meanwhile) are shown on the same fields, in plain words.
 
 import * as api from "../api.js";
-import { act, deleteButton, describe } from "../actions.js";
+import { act, deleteButton } from "../actions.js";
 import { badge, h, statusLine, table } from "../dom.js";
+import { markFields, plainWords } from "../field-errors.js";
 import * as fmt from "../format.js";
 import * as router from "../router.js";
 import { OPERATORS, SEVERITIES, parseThreshold, validateRule } from "../rule-validate.js";
@@ -107,7 +108,8 @@ function ruleForm(rule, channels, ctx) {
   const enabled = h("input", { type: "checkbox", id: "enabled", checked: rule ? rule.enabled : true });
   const chosen = new Set(rule?.channels ?? []);
   const channelBoxes = channels.map((c) => h("label", { class: "check" },
-    h("input", { type: "checkbox", name: "channels", value: c.id, checked: chosen.has(c.id) }), ` ${c.name} (${c.type})`));
+    h("input", { type: "checkbox", name: "channels", value: c.id, checked: chosen.has(c.id),
+      "aria-describedby": "channels-error" }), ` ${c.name} (${c.type})`));
   const scopeField = field("scope_value", "Device, type or model", inputs.scope_value, "e.g. thermo-1, thermo or model:churn-v3");
   const syncScope = () => { scopeField.hidden = inputs.scope.value === "all"; };
   inputs.scope.addEventListener("change", syncScope);
@@ -130,34 +132,36 @@ function ruleForm(rule, channels, ctx) {
       field("scope", "Applies to", inputs.scope), scopeField),
     field("severity", "Severity", inputs.severity),
     field("name", "Name (optional)", inputs.name, "Left empty, the rule is named after its condition"),
-    h("fieldset", {}, h("legend", {}, "Notify"),
-      channelBoxes.length ? channelBoxes : h("p", { class: "muted" }, "No notification channels (an admin can add them on the Channels page).")),
+    h("fieldset", { id: "channels", "aria-describedby": "channels-error" }, h("legend", {}, "Notify"),
+      channelBoxes.length ? channelBoxes : h("p", { class: "muted" }, "No notification channels (an admin can add them on the Channels page)."),
+      h("p", { class: "field-error", id: "channels-error" })),
     h("label", { class: "check" }, enabled, " Enabled"),
     h("div", { class: "buttons" }, submit, h("a", { href: "#/rules" }, "Cancel")),
     status);
 
-  const showErrors = (errors) => {
-    for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
-    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-    const general = [];
-    let first = null;
-    for (const e of errors) {
-      let name = (e.path || "").split("/")[1] ?? "";
-      if (["device_id", "device_type", "source"].includes(name)) name = "scope_value";
-      if (name === "channels") name = "";
-      const input = name && form.querySelector(`#${CSS.escape(name)}`);
-      if (input) {
-        input.setAttribute("aria-invalid", "true");
-        form.querySelector(`#${name}-error`).textContent = e.message;
-        first ??= input;
-      } else {
-        general.push(`${e.path || "/"}: ${e.message}`);
-      }
+  // The field an error's path points at: /channels/N is that channel's checkbox (of the
+  // channels sent), the scope's three keys share one input.
+  let sentChannels = [];
+  const fieldFor = (path) => {
+    const [, name = "", index] = path.split("/");
+    if (name === "channels") {
+      const id = index === undefined ? null : sentChannels[Number(index)];
+      const box = id === null ? null : [...form.querySelectorAll("input[name=channels]")].find((b) => b.value === id);
+      return { input: box ?? form.querySelector("#channels"), error: form.querySelector("#channels-error") };
     }
+    const id = ["device_id", "device_type", "source"].includes(name) ? "scope_value" : name;
+    const input = id && inputs[id] ? inputs[id] : null;
+    return input ? { input, error: form.querySelector(`#${id}-error`) } : null;
+  };
+  const showErrors = (errors) => {
+    const { unplaced, first } = markFields(form, errors, fieldFor);
+    const marked = errors.length - unplaced.length;
     formError.replaceChildren(...(errors.length
-      ? [h("p", {}, `Please correct ${errors.length === 1 ? "the marked field" : `${errors.length} problems`}.`),
-        general.length ? h("ul", {}, general.map((g) => h("li", {}, g))) : null].filter(Boolean) : []));
-    first?.focus();
+      ? [h("p", {}, marked
+        ? `Please correct ${marked === 1 ? "the marked field" : `the ${marked} marked fields`}.`
+        : "The rule was not saved:"),
+      unplaced.length ? h("ul", {}, unplaced.map((e) => h("li", {}, e.message))) : null].filter(Boolean) : []));
+    (first ?? formError).focus?.();
   };
 
   form.addEventListener("submit", async (ev) => {
@@ -178,6 +182,7 @@ function ruleForm(rule, channels, ctx) {
     const errors = validateRule(doc);
     if (errors.length) return showErrors(errors); // nothing is posted
     showErrors([]);
+    sentChannels = doc.channels;
     await act(submit, status, async () => {
       try {
         if (rule) {
@@ -189,8 +194,8 @@ function ruleForm(rule, channels, ctx) {
         }
       } catch (e) {
         if (e instanceof api.ApiError && Array.isArray(e.problem.errors) && e.problem.errors.length) {
-          showErrors(e.problem.errors);
-          status.textContent = describe(e);
+          // the API's words for programmers, as plain words on the fields they name
+          showErrors(e.problem.errors.map((err) => ({ path: err.path, message: plainWords(e.problem, err) })));
           return;
         }
         throw e;
