@@ -32,14 +32,21 @@ log = logging.getLogger("iotsphere.cloud.web")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 UPLOT_FILES = ("uPlot.esm.js", "uPlot.min.css")  # setup.py copies the same files
+# idiomorph patches live pages in place (app.js); without it pages are replaced whole
+VENDOR = {"uplot": UPLOT_FILES, "idiomorph": ("idiomorph.esm.js",)}  # as setup.py::VENDOR
+
+
+def vendor_dir(package: str, web_dir: Path = WEB_DIR) -> Path:
+    """Where an npm package's files are: the wheel's copy (package data) first, else npm's in
+    a checkout."""
+    packaged = web_dir / "vendor" / package
+    if all((packaged / name).is_file() for name in VENDOR[package]):
+        return packaged
+    return web_dir / "node_modules" / package / "dist"
 
 
 def uplot_dir(web_dir: Path = WEB_DIR) -> Path:
-    """Where uPlot is: the wheel's copy (package data) first, else npm's in a checkout."""
-    packaged = web_dir / "vendor" / "uplot"
-    if all((packaged / name).is_file() for name in UPLOT_FILES):
-        return packaged
-    return web_dir / "node_modules" / "uplot" / "dist"
+    return vendor_dir("uplot", web_dir)
 
 
 UPLOT_DIR = uplot_dir()
@@ -102,4 +109,9 @@ def install_web(app: FastAPI) -> None:
     else:
         # mounted before /static, which would otherwise claim the path
         app.mount("/static/vendor/uplot", _Assets(directory=UPLOT_DIR), name="vendor-uplot")
+    morph = vendor_dir("idiomorph")
+    if (morph / "idiomorph.esm.js").is_file():
+        app.mount("/static/vendor/idiomorph", _Assets(directory=morph), name="vendor-idiomorph")
+    else:
+        log.warning("live pages are redrawn whole: idiomorph missing in %s (./dev.sh setup)", morph)
     app.mount("/static", _Assets(directory=STATIC_DIR), name="static")

@@ -151,8 +151,9 @@ def test_wheel_holds_everything_the_cloud_serves(wheel: Path) -> None:
         names = set(zf.namelist())
         (meta_name,) = (n for n in names if n.endswith(".dist-info/METADATA"))
         meta = email.message_from_bytes(zf.read(meta_name))
-    for name in webui.UPLOT_FILES:
-        assert f"cloud/web/vendor/uplot/{name}" in names
+    for package, files in webui.VENDOR.items():
+        for name in files:
+            assert f"cloud/web/vendor/{package}/{name}" in names
     assert {"cloud/web/index.html", "cloud/web/login.html", "cloud/web/static/js/chart.js",
             "edge/status/web/status.js"} <= names  # fmt: skip
     assert not [n for n in names if "node_modules" in n or n.startswith(("tests/", "bench/"))]

@@ -1,11 +1,15 @@
-// The dashboard shell: routes to pages, keeps the current page live (polling), and shows every
-// failure the seed's way: 503 / unreachable -> the last data kept under a "stale since" banner
+// The dashboard shell: routes to pages, keeps the current page live (pushed changes over
+// Server-Sent Events, live.js; polling while the stream is down) and patches it in place
+// (morph.js: open tables, focus, scroll and chart zoom survive), and shows every failure the
+// seed's way: 503 / unreachable -> the last data kept under a "stale since" banner
 // (or, with nothing shown yet, a friendly message), an automatic retry after the 503's
 // Retry-After with a visible countdown, and a "Retry now" button; any other problem -> its
 // title and detail; never a blank page or a stack trace.
 
 import * as api from "./api.js";
 import { h } from "./dom.js";
+import * as live from "./live.js";
+import * as morph from "./morph.js";
 import * as fmt from "./format.js";
 import { createOutage, retryAfterSeconds } from "./outage.js";
 import * as router from "./router.js";
@@ -42,11 +46,19 @@ let livePage = false;
 let dataShown = false; // the page's own view is on screen (not an error view)
 let updatedAt = null; // when it was last fetched
 let refreshNow = null; // the current page's fetch-and-patch, for a tab shown again
+let currentPage = null;
+let pushing = false; // the event stream is open: changes arrive by push, no polling
+let pushTimer = null;
 const outage = createOutage(document.getElementById("outage"));
 
 const DEFAULT_POLL_S = 10;
+// With push, a page still refetches this often: "online" turns "offline" by the clock alone,
+// and no write tells anyone.
+const AGEING_S = 30;
+const PUSH_DEBOUNCE_MS = 150; // a burst of notices (one sync batch: devices and gateways) -> one fetch
 
 function pollSeconds() {
+  if (pushing) return AGEING_S;
   const s = Number(config?.refresh_seconds);
   return Number.isFinite(s) && s > 0 ? Math.min(300, Math.max(1, s)) : DEFAULT_POLL_S;
 }
@@ -124,10 +136,11 @@ function unavailable(error, retry) {
   }
 }
 
-// Re-rendering keeps keyboard focus where it was (elements carry stable ids).
-function replaceMain(node) {
+// Re-rendering patches the page in place (morph.js); replaced whole, it keeps keyboard focus
+// where it was (elements carry stable ids).
+function replaceMain(node, first) {
   const focused = document.activeElement && main.contains(document.activeElement) ? document.activeElement.id : null;
-  main.replaceChildren(node);
+  if (morph.patch(main, node, { morph: !first && currentPage?.morph !== false })) return;
   if (focused) document.getElementById(focused)?.focus();
 }
 
@@ -148,6 +161,7 @@ async function show() {
     return;
   }
   const page = matched.page;
+  currentPage = page;
   const ctx = { params: matched.params, query: route.query, route, toast, reload: show,
     config: () => config, navigate: router.go };
   livePage = page.live !== false;
@@ -161,7 +175,7 @@ async function show() {
       const key = JSON.stringify(page.key ? page.key(data) : data);
       if (first || key !== lastKey) {
         lastKey = key;
-        replaceMain(page.render(data, ctx));
+        replaceMain(page.render(data, ctx), first);
         document.title = `${page.title(data, ctx)} · IoTSphere`;
         if (first) main.focus({ preventScroll: true });
       }
@@ -189,13 +203,43 @@ async function show() {
   await cycle(true);
 }
 
+// A pushed change: refetch the current page if it shows that kind of data (page.events; all
+// by default), once per burst. During an outage the countdown's retry stays in charge.
+function pushed(kinds) {
+  if (!livePage || !refreshNow || !dataShown || document.hidden) return;
+  const wanted = currentPage?.events;
+  // "store": the cloud lost or regained its database; every page refetches (the 503 then
+  // brings the stale banner and its countdown, as a poll would)
+  if (kinds && wanted && !kinds.some((k) => k === "store" || wanted.includes(k))) return;
+  clearTimeout(pushTimer);
+  pushTimer = setTimeout(() => refreshNow?.(), PUSH_DEBOUNCE_MS);
+}
+
+const stream = live.connect({
+  onChange: pushed,
+  onState(open) {
+    if (pushing === open) return;
+    pushing = open;
+    liveStatus.dataset.push = open ? "on" : "off";
+    // the stream dropped: poll from now on (not during an outage: its countdown is in charge)
+    if (!open && livePage && dataShown && timer !== null && liveStatus.dataset.state === "ok") {
+      schedule(() => refreshNow?.(), pollSeconds());
+    }
+  },
+});
+
 document.getElementById("logout").addEventListener("click", () => api.logout());
 document.getElementById("tz-note").textContent = `Times are shown in your time zone (${fmt.timeZone}).`;
 window.addEventListener("hashchange", () => show());
 // A hidden tab does not poll (nor retry); it catches up when shown again, keeping what it shows.
 document.addEventListener("visibilitychange", () => {
-  if (document.hidden) stopPolling();
-  else if (livePage && refreshNow) refreshNow();
+  if (document.hidden) {
+    stopPolling();
+    stream.stop();
+  } else {
+    stream.start();
+    if (livePage && refreshNow) refreshNow();
+  }
 });
 // Last line of defence: an unexpected failure becomes a message, not a blank page.
 window.addEventListener("unhandledrejection", (ev) => {

@@ -7,6 +7,8 @@ export function h(tag, attrs = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (key.startsWith("on") && typeof value === "function") {
       el.addEventListener(key.slice(2), value);
+      // remembered: patching a page in place (morph.js) moves them onto the kept element
+      (el.iotListeners ??= []).push([key.slice(2), value]);
     } else if (key === "class") {
       el.className = value;
     } else if (key === "text") {

@@ -1,5 +1,7 @@
 // One device: status, latest values, and a chart per numeric metric over a chosen range
-// (GET /api/devices/{id}/telemetry with a bucket, so a month is as light as an hour).
+// (GET /api/devices/{id}/telemetry with a bucket, so a month is as light as an hour). One time
+// window for the page (presets or custom, in the route's query): the charts, their data tables
+// and the CSV export all follow it.
 
 import * as api from "../api.js";
 import { figure } from "../chart.js";
@@ -8,8 +10,29 @@ import * as fmt from "../format.js";
 import * as range from "../range.js";
 import * as router from "../router.js";
 
+// The readings of the window as CSV, streamed by the server straight to a file: a plain link
+// with a short-lived export ticket (a link cannot carry the bearer token).
+async function exportCsv(device, r, ctx) {
+  try {
+    const { ticket } = await api.postJson("/api/events/ticket?scope=export");
+    const a = h("a", {
+      href: `/api/devices/${encodeURIComponent(device.device_id)}/readings.csv?` +
+        api.query({ from: Math.floor(r.from), to: Math.ceil(r.to), ticket }),
+      download: "",
+      hidden: true,
+    });
+    document.body.append(a);
+    a.click();
+    a.remove();
+  } catch (e) {
+    if (e instanceof api.Redirecting) return;
+    ctx.toast(e instanceof api.ApiError ? e.problem.title : "The export could not start; please try again.");
+  }
+}
+
 export const devicePage = {
   nav: "overview",
+  events: ["devices", "gateways"], // what it shows; alerts and deliveries do not change it
   title: (data) => `Device ${data.device.device_id}`,
   async load(ctx) {
     const id = ctx.params.id;
@@ -44,7 +67,9 @@ export const devicePage = {
         : h("p", { class: "empty" }, "This device has not reported any values yet.")),
       section("History",
         range.picker(r, change),
-        h("p", { class: "muted" }, `Each point is the average of ${bucket} (the band shows minimum and maximum).`),
+        h("p", { class: "muted" }, `Each point is the average of ${bucket} (the band shows minimum and maximum). `,
+          h("button", { type: "button", class: "secondary", id: "export-csv", onclick: () => exportCsv(device, r, ctx) },
+            "Download readings (CSV)")),
         series.length
           ? h("div", { class: "charts" }, series.map((s) =>
             figure({ title: s.metric, unit: fmt.unitOf(config, s.metric), points: s.points, id: `chart-${s.metric}`, range: r })))
