@@ -418,12 +418,13 @@ def render_status(view: View, gateway_name: str) -> str:
     body = (
         f"<header><h1>{escape(gateway_name)}</h1>"
         '<form method="post" action="/logout"><button type="submit" id="logout">Log out</button>'
-        "</form></header>"
+        "</form></header><main>"
         f'<p class="meta">Updated <span id="updated">{render_cell(_ts(view.generated_at))}</span>'
         ' · times in <span id="tz">UTC</span> · <span id="conn" class="ok">live</span></p>'
         f"{attention}"
         f'<section id="s-summary"><h2>Summary</h2><dl class="cards">{cards}</dl></section>'
         + "".join(render_table(t) for t in view.tables)
+        + "</main>"
     )
     return _layout(f"{gateway_name} status", body, script=True)
 
