@@ -157,6 +157,7 @@ def test_wheel_holds_everything_the_cloud_serves(wheel: Path) -> None:
     assert {"cloud/web/index.html", "cloud/web/login.html", "cloud/web/static/js/chart.js",
             "edge/status/web/status.js"} <= names  # fmt: skip
     assert not [n for n in names if "node_modules" in n or n.startswith(("tests/", "bench/"))]
+    assert not [n for n in names if "axe" in n.rsplit("/", 1)[-1]]  # a devDependency: tests only
     needs: dict[str, set[str]] = {}  # extra ("" for the base) -> distributions
     for req in meta.get_all("Requires-Dist") or []:
         dist = re.match(r"[A-Za-z0-9_.-]+", req)
