@@ -67,6 +67,21 @@ def test_a_tab_opened_by_url_is_signed_in_and_logout_signs_out_every_tab(
     assert tab.console_errors == []
 
 
+def test_a_login_in_one_tab_moves_a_tab_waiting_on_the_login_page_on(tab: Tab, site: Site) -> None:
+    waiting = tab.page
+    waiting.goto(site.base + "/#/channels")
+    waiting.wait_for_url("**/login?**")
+    other = second_tab(tab)
+    other.goto(site.base + "/login")
+    other.fill("#email", web.EMAIL)
+    other.fill("#password", web.PASSWORD)
+    other.click("#login-submit")
+    other.wait_for_url(site.base + "/")
+    waiting.wait_for_url(site.base + "/#/channels")  # where it was going, without a login
+    waiting.locator("h1", has_text="Notification channels").wait_for()
+    assert tab.console_errors == []
+
+
 def test_logout_revokes_the_refresh_token_on_the_server(tab: Tab, site: Site) -> None:
     page = tab.page
     tab.login("/#/rules")
