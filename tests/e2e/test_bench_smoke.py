@@ -60,6 +60,13 @@ BENCHES = (
         30,
     ),
     Bench(
+        "alert_list.py",
+        ("duckdb.open_page.server_p95_ms", "duckdb.open_page.bytes",
+         "duckdb.severity_and_search.server_p95_ms", "duckdb.next_page.server_p95_ms",
+         "worst.server_p95_ms", "worst.bytes"),
+        60,
+    ),
+    Bench(
         "pg_driver.py",
         ("psycopg_sync_threads.copy.readings_per_s", "psycopg_sync_threads.user.p95_ms",
          "psycopg_sync_threads.latest.p95_ms", "psycopg_sync_threads.fetch.median_ms",

@@ -13,6 +13,7 @@ import * as morph from "./morph.js";
 import * as fmt from "./format.js";
 import { createOutage, retryAfterSeconds } from "./outage.js";
 import * as router from "./router.js";
+import { alertDetailPage } from "./pages/alert-detail.js";
 import { alertsPage } from "./pages/alerts.js";
 import { apiKeysPage } from "./pages/api-keys.js";
 import { channelsPage } from "./pages/channels.js";
@@ -25,6 +26,7 @@ const ROUTES = [
   { parts: [], page: overviewPage },
   { parts: ["devices", ":id"], page: devicePage },
   { parts: ["alerts"], page: alertsPage },
+  { parts: ["alerts", ":id"], page: alertDetailPage },
   { parts: ["rules"], page: rulesPage },
   { parts: ["rules", "new"], page: ruleFormPage },
   { parts: ["rules", ":id", "edit"], page: ruleFormPage },

@@ -40,16 +40,38 @@ function changeButton(a, change, status, ctx) {
   return button;
 }
 
-export function alertsTable(caption, alerts, ctx, channelNames, empty) {
+// Where the rule that raised the alert was evaluated, in words.
+export function evaluatedText(a, gatewayName) {
+  if (a.evaluated !== "gateway") return "in the cloud";
+  return `on gateway ${gatewayName ?? a.gateway_name ?? a.gateway_id}`;
+}
+
+// The rule's name, linking to the alert's own page (why, where, history).
+function ruleLink(a) {
+  const text = a.rule_name ?? a.rule_id ?? "details";
+  return h("a", { href: `#/alerts/${encodeURIComponent(a.id)}`, class: "alert-link",
+    "aria-label": `Details of the ${a.metric} alert on ${a.device_id ?? a.source ?? "—"}: ${text}` }, text);
+}
+
+// opts.selected: a Set of alert ids; given, each open alert gets a checkbox for bulk actions.
+export function alertsTable(caption, alerts, ctx, channelNames, empty, opts = {}) {
   const config = ctx.config();
+  const selected = opts.selected ?? null;
   const rows = alerts.map((a) => {
     const status = statusLine(`alert-status-${a.id}`);
     const buttons = [];
     if (a.state === "active") buttons.push(changeButton(a, "ack", status, ctx));
     if (a.state !== "resolved") buttons.push(changeButton(a, "resolve", status, ctx));
+    const pick = selected && a.state !== "resolved"
+      ? h("input", { type: "checkbox", id: `pick-${a.id}`, class: "pick", checked: selected.has(a.id),
+        "aria-label": `Select the ${a.metric} alert on ${a.device_id ?? a.source ?? "—"}`,
+        onchange: (ev) => { if (ev.target.checked) selected.add(a.id); else selected.delete(a.id); opts.onSelect?.(); } })
+      : null;
     return [
+      ...(selected ? [pick ?? ""] : []),
       badge(a.severity),
       subject(a),
+      ruleLink(a),
       a.metric,
       fmt.value(a.value, fmt.unitOf(config, a.metric)),
       fmt.when(a.started_at),
@@ -58,7 +80,7 @@ export function alertsTable(caption, alerts, ctx, channelNames, empty) {
       h("div", { class: "actions", "data-alert": a.id }, buttons, status),
     ];
   });
-  return table(caption, ["Severity", "Device or model", "Metric", "Value", "Started",
+  return table(caption, [...(selected ? ["Select"] : []), "Severity", "Device or model", "Rule", "Metric", "Value", "Started",
     alerts.some((a) => a.state === "resolved") ? "Resolved" : "State", "Notifications", "Actions"], rows, empty);
 }
 

@@ -1,26 +1,181 @@
-// Alerts: the open ones (acknowledge, resolve) and the past ones, each with its delivery
-// status per notification channel.
+// Alerts: the open ones (acknowledge, resolve, one by one or selected in bulk) and the past
+// ones, each with its delivery status per notification channel and a link to its own page.
+// Searched, filtered, sorted and paged ON THE SERVER (GET /api/alerts with limit, cursor, q,
+// state, severity, gateway, device_type, from, to, sort): whatever the number of alerts, a
+// load asks for one page of open and one of past alerts. The list's state lives in the route's
+// query (#/alerts?severity=critical&cursor=..), changed with replaceState and a refetch.
 
 import * as api from "../api.js";
-import { h, section } from "../dom.js";
+import { act } from "../actions.js";
+import { h, section, statusLine } from "../dom.js";
+import * as router from "../router.js";
 import { alertsTable, loadChannelNames } from "./alerts-view.js";
+
+const OPEN_PAGE = 50;
+const PAST_PAGE = 20;
+const FILTERS = ["q", "severity", "gateway", "device_type", "from", "to", "sort", "state"];
+const SORTS = {
+  "-started_at": "Newest first", "started_at": "Oldest first", "-severity": "Most severe first",
+  "subject": "Device or model, A to Z", "metric": "Metric", "gateway": "Gateway",
+};
+const RANGES = [["", "Any time"], ["1h", "Last hour"], ["24h", "Last 24 hours"], ["7d", "Last 7 days"]];
+const RANGE_MS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3 };
+let typing = null;
+// The selected open alerts: kept across the page's refreshes (a pushed change patches the
+// page; it must not untick what the user ticked), emptied when the filters change.
+const selected = new Set();
+
+function listState() {
+  const q = router.current().query;
+  const state = {};
+  for (const k of [...FILTERS, "range", "cursor", "back", "pcursor", "pback"]) state[k] = q.get(k) || "";
+  if (!(state.sort in SORTS)) state.sort = "-started_at";
+  return state;
+}
+
+// change the list's state in the URL (no hashchange: the page is patched) and refetch; any
+// change of a filter starts both lists from their first page
+function setList(ctx, change, keepPages = false) {
+  clearTimeout(typing);
+  const box = document.getElementById("alert-search");
+  const base = listState();
+  if (!keepPages) Object.assign(base, { cursor: "", back: "", pcursor: "", pback: "" });
+  selected.clear();
+  const next = { ...base, ...(box ? { q: box.value.trim() } : {}), ...change };
+  const query = {};
+  for (const [k, v] of Object.entries(next)) if (v && !(k === "sort" && v === "-started_at")) query[k] = v;
+  history.replaceState(null, "", router.href("/alerts", query));
+  return ctx.refresh();
+}
+
+function params(state, states, limit, cursor) {
+  const p = new URLSearchParams({ limit: String(limit), sort: state.sort });
+  const wanted = state.state ? states.filter((s) => s === state.state) : states;
+  p.set("state", (wanted.length ? wanted : ["none"]).join(","));
+  for (const k of ["q", "severity", "gateway", "device_type"]) if (state[k]) p.set(k, state[k]);
+  if (state.range in RANGE_MS) p.set("from", String(Date.now() - RANGE_MS[state.range]));
+  if (cursor) p.set("cursor", cursor);
+  return p;
+}
+
+async function page(state, states, limit, cursor) {
+  const wanted = state.state ? states.filter((s) => s === state.state) : states;
+  if (!wanted.length) return { items: [], total: 0, next: null, hidden: true };
+  return api.get(`/api/alerts?${params(state, states, limit, cursor)}`);
+}
 
 export const alertsPage = {
   nav: "alerts",
   title: () => "Alerts",
   async load() {
-    const [alerts, channels] = await Promise.all([api.get("/api/alerts"), loadChannelNames()]);
-    return { alerts, channels: [...channels] };
+    const state = listState();
+    const [open, past, channels, gateways, types] = await Promise.all([
+      page(state, ["active", "acknowledged"], OPEN_PAGE, state.cursor),
+      page(state, ["resolved"], PAST_PAGE, state.pcursor),
+      loadChannelNames(),
+      api.getOptional("/api/gateways", []),
+      api.getOptional("/api/device_types", []),
+    ]);
+    return { state, open, past, channels: [...channels], gateways, types: types.map((t) => t.name) };
   },
-  render({ alerts, channels }, ctx) {
+  // what decides a redraw: not the moving "from" of a relative time range
+  key: ({ state, open, past, channels, gateways, types }) => ({ state, open, past, channels, gateways, types }),
+  render({ state, open, past, channels, gateways, types }, ctx) {
     const names = new Map(channels);
-    const open = alerts.filter((a) => a.state !== "resolved");
-    const past = alerts.filter((a) => a.state === "resolved").slice(-100).reverse();
+    const onPage = new Set(open.items.filter((a) => a.state !== "resolved").map((a) => a.id));
+    for (const id of [...selected]) if (!onPage.has(id)) selected.delete(id);
+    const bulkBar = bulkActions(selected, ctx);
     return h("div", { class: "page" },
       h("h1", {}, "Alerts"),
-      section("Active alerts", alertsTable("Active and acknowledged alerts", open, ctx, names,
-        "No active alerts.")),
-      section("Past alerts", alertsTable("Resolved alerts, newest first", past, ctx, names,
-        "No resolved alerts yet.")));
+      controls(state, gateways, types, ctx),
+      section("Active alerts",
+        pager("open", state, open, "cursor", "back", ctx),
+        bulkBar,
+        open.hidden ? h("p", { class: "empty" }, "Open alerts are hidden by the state filter.")
+          : alertsTable("Active and acknowledged alerts", open.items, ctx, names,
+            anyFilter(state) ? "No open alert matches the search and filters." : "No active alerts.",
+            { selected, onSelect: () => bulkBar.update() })),
+      section("Past alerts",
+        pager("past", state, past, "pcursor", "pback", ctx),
+        past.hidden ? h("p", { class: "empty" }, "Resolved alerts are hidden by the state filter.")
+          : alertsTable("Resolved alerts", past.items, ctx, names,
+            anyFilter(state) ? "No resolved alert matches the search and filters." : "No resolved alerts yet.")));
   },
 };
+
+function anyFilter(state) {
+  return ["q", "severity", "gateway", "device_type", "range", "state"].some((k) => state[k]);
+}
+
+function controls(state, gateways, types, ctx) {
+  const choice = (id, label, value, options, key) => [
+    h("label", { for: id }, label),
+    h("select", { id, onchange: (ev) => setList(ctx, { [key]: ev.target.value }) },
+      options.map(([v, text]) => h("option", { value: v, selected: v === value }, text))),
+  ];
+  return h("form", { class: "list-controls", role: "search", "aria-label": "Find alerts", onsubmit: (ev) => { ev.preventDefault(); setList(ctx, {}); } },
+    h("label", { for: "alert-search" }, "Search"),
+    h("input", {
+      type: "search", id: "alert-search", value: state.q, placeholder: "device, metric, rule or gateway", autocomplete: "off",
+      oninput: () => { clearTimeout(typing); typing = setTimeout(() => setList(ctx, {}), 300); },
+    }),
+    choice("alert-state", "State", state.state, [["", "Any"], ["active", "Active"], ["acknowledged", "Acknowledged"], ["resolved", "Resolved"]], "state"),
+    choice("alert-severity", "Severity", state.severity, [["", "Any"], ["critical", "Critical"], ["warning", "Warning"], ["info", "Info"]], "severity"),
+    choice("alert-gateway", "Gateway", state.gateway, [["", "Any"], ...gateways.map((g) => [g.gateway_id, g.name])], "gateway"),
+    choice("alert-type", "Device type", state.device_type, [["", "Any"], ...types.map((t) => [t, t])], "device_type"),
+    choice("alert-range", "Started", state.range, RANGES, "range"),
+    choice("alert-sort", "Sort by", state.sort, Object.entries(SORTS), "sort"));
+}
+
+// Keyset paging: "Next" follows the answer's cursor; the cursors walked so far are kept in the
+// URL ("back", dot-separated: cursors are base64url) so "Previous" can return.
+function pager(which, state, answer, cursorKey, backKey, ctx) {
+  if (answer.hidden) return null;
+  const back = state[backKey] ? state[backKey].split(".") : [];
+  const nf = new Intl.NumberFormat();
+  const shown = answer.items.length;
+  const label = which === "open" ? "open" : "resolved";
+  const text = answer.total
+    ? `${nf.format(shown)} of ${nf.format(answer.total)} ${label} alert${answer.total === 1 ? "" : "s"} shown`
+    : `No ${label} alerts`;
+  return h("nav", { class: "pager", "aria-label": `${which === "open" ? "Open" : "Past"} alert pages` },
+    h("p", { id: `${which}-alerts-range`, role: "status" }, text),
+    h("button", { type: "button", class: "secondary", id: `${which}-alerts-prev`, disabled: !state[cursorKey],
+      onclick: () => setList(ctx, { [cursorKey]: back.at(-1) === "-" ? "" : back.at(-1) ?? "", [backKey]: back.slice(0, -1).join(".") }, true) }, "Previous"),
+    h("button", { type: "button", class: "secondary", id: `${which}-alerts-next`, disabled: !answer.next,
+      onclick: () => setList(ctx, { [cursorKey]: answer.next, [backKey]: [...back, state[cursorKey] || "-"].join(".") }, true) }, "Next"));
+}
+
+// Acknowledge or resolve the selected open alerts in ONE request (POST /api/alerts/bulk); the
+// answer says per alert what happened, and the failures are listed by name.
+function bulkActions(selected, ctx) {
+  const status = statusLine("bulk-status");
+  const count = h("span", { id: "bulk-count" }, "0 selected");
+  const run = (action, done) => {
+    const button = h("button", { type: "button", class: "small", id: `bulk-${action}`, disabled: true },
+      action === "ack" ? "Acknowledge selected" : "Resolve selected");
+    button.addEventListener("click", () => act(button, status, async () => {
+      const answer = await api.postJson("/api/alerts/bulk", { action, ids: [...selected] });
+      selected.clear();
+      const failed = answer.results.filter((r) => r.status !== 200);
+      ctx.toast(`${answer.changed} alert${answer.changed === 1 ? "" : "s"} ${done}`);
+      await ctx.refresh();
+      const line = document.getElementById("bulk-status");
+      if (line && failed.length) {
+        line.textContent = `Not changed: ${failed.map((r) => `${r.id.slice(0, 8)} (${r.detail ?? r.status})`).join("; ")}`;
+        line.classList.add("error");
+      }
+    }));
+    return button;
+  };
+  const ack = run("ack", "acknowledged");
+  const resolve = run("resolve", "resolved");
+  const bar = h("div", { class: "bulk-actions", role: "group", "aria-label": "Bulk actions on the selected alerts" },
+    count, ack, resolve, status);
+  bar.update = () => {
+    count.textContent = `${selected.size} selected`;
+    ack.disabled = resolve.disabled = selected.size === 0;
+  };
+  bar.update();
+  return bar;
+}

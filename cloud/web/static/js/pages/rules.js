@@ -4,7 +4,7 @@
 
 import * as api from "../api.js";
 import { act, deleteButton } from "../actions.js";
-import { badge, h, statusLine, table } from "../dom.js";
+import { badge, h, section, statusLine, table } from "../dom.js";
 import { markFields, plainWords } from "../field-errors.js";
 import * as fmt from "../format.js";
 import * as router from "../router.js";
@@ -27,23 +27,35 @@ export const rulesPage = {
   nav: "rules",
   title: () => "Alert rules",
   async load() {
-    const [rules, channels] = await Promise.all([
+    const [rules, channels, gatewayRules] = await Promise.all([
       api.get("/api/monitoring/alert_rules"), api.getOptional("/api/notification_channels", []),
+      api.getOptional("/api/monitoring/gateway_rules", []),
     ]);
-    return { rules, channels };
+    return { rules, channels, gatewayRules };
   },
-  render({ rules, channels }, ctx) {
+  render({ rules, channels, gatewayRules }, ctx) {
     const names = new Map(channels.map((c) => [c.id, c.name]));
     return h("div", { class: "page" },
       h("h1", {}, "Alert rules"),
       h("p", {}, h("a", { href: "#/rules/new", class: "button-link", id: "new-rule" }, "New rule")),
-      table("Alert rules", ["Name", "Applies to", "Condition", "Severity", "Enabled", "Channels", "Actions"],
-        rules.map((r) => [
-          r.name, scopeText(r), condition(r), badge(r.severity), r.enabled ? "yes" : "no",
-          r.channels.map((c) => names.get(c) ?? c).join(", ") || h("span", { class: "muted" }, "none"),
-          actions(r, ctx),
-        ]),
-        "No alert rules yet. Create one to be told when a value crosses a threshold."));
+      section("Cloud rules",
+        table("Alert rules evaluated in the cloud", ["Name", "Applies to", "Condition", "Severity", "Enabled", "Channels", "Actions"],
+          rules.map((r) => [
+            r.name, scopeText(r), condition(r), badge(r.severity), r.enabled ? "yes" : "no",
+            r.channels.map((c) => names.get(c) ?? c).join(", ") || h("span", { class: "muted" }, "none"),
+            actions(r, ctx),
+          ]),
+          "No alert rules yet. Create one to be told when a value crosses a threshold.")),
+      section("Gateway rules",
+        h("p", { class: "muted" }, "Rules a gateway evaluates itself (added there with ",
+          h("code", {}, "iotsphere gateway rule add"), "), as it last synced them. ",
+          "They are read-only here: change them at the gateway."),
+        table("Alert rules evaluated on gateways (read-only)", ["Gateway", "Name", "Applies to", "Condition", "Severity", "Enabled", "Synced"],
+          gatewayRules.map((g) => [
+            g.gateway_name ?? g.gateway_id, g.rule.name ?? g.rule.id, scopeText(g.rule), condition(g.rule),
+            badge(g.rule.severity ?? "—"), g.rule.enabled === false ? "no" : "yes", fmt.when(g.updated_at),
+          ]),
+          "No gateway has rules of its own.")));
   },
 };
 
