@@ -133,10 +133,22 @@ class TelemetryOut(BaseModel):
     points: list[DevicePointOut] | list[BucketOut]
 
 
+class DevicePageOut(BaseModel):
+    """With device list parameters: how many matched, the page, and the overview's counts."""
+
+    total: int
+    limit: int
+    offset: int
+    all_devices: int  # the org's devices, unfiltered
+    online: int  # of those, online now
+    types: list[str]  # the org's device types (the type filter's choices)
+
+
 class DashboardOut(BaseModel):
     config: dict[str, Any]
     devices: list[DeviceOut]
     alerts: list[AlertOut]
+    devices_page: DevicePageOut | None = None  # only with a device list parameter
 
 
 class StatusOut(BaseModel):
