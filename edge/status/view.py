@@ -379,8 +379,14 @@ def render_cell(cell: Cell) -> str:
 def render_table(table: Table) -> str:
     head = "".join(f'<th scope="col">{escape(c)}</th>' for c in table.columns)
     if table.rows:
+        # data-label: on a phone each row is a card whose cells name their column (status.css)
         body = "".join(
-            "<tr>" + "".join(f"<td>{render_cell(c)}</td>" for c in row) + "</tr>"
+            "<tr>"
+            + "".join(
+                f'<td data-label="{escape(label)}">{render_cell(c)}</td>'
+                for label, c in zip(table.columns, row, strict=False)
+            )
+            + "</tr>"
             for row in table.rows
         )
     else:

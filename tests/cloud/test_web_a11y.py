@@ -181,6 +181,12 @@ def test_axe_finds_nothing_on_the_gateway_status_page(
         page.press("#password", "Enter")
         page.wait_for_url(status_page + "/")
         page.locator("#s-rejections tbody tr", has_text="probe-1").wait_for()
+        # cells name their column (cards on a phone), also once status.js redrew the tables
+        page.locator("body[data-refreshed]").wait_for(state="attached", timeout=20_000)
+        reason = page.locator("#s-rejections td[data-label='Reason']").first.inner_text()
+        assert "string of 300 characters; the limit is 256" in reason
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than the screen"
         status = axe_violations(page)
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"axe-gateway-status-{viewport}.png"), full_page=True)

@@ -44,8 +44,9 @@
     }
     for (const row of table.rows) {
       const tr = document.createElement("tr");
-      for (const value of row) {
+      for (const [i, value] of row.entries()) {
         const td = document.createElement("td");
+        td.dataset.label = table.columns[i] ?? "";
         td.append(cell(value));
         tr.append(td);
       }
