@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from cloud.api.schemas import AlertOut
+from cloud.api.schemas import AlertOut, NotificationStatus
 
 
 class AlertItemOut(AlertOut):
@@ -26,7 +26,19 @@ class AlertEventOut(BaseModel):
     detail: str | None = None
 
 
+class AttemptOut(BaseModel):
+    attempt: int  # 1 for the first
+    at: int
+    result: str  # sent | failed, will retry | failed, gave up
+    error: str | None = None
+
+
+class NotificationDetailOut(NotificationStatus):
+    attempt_log: list[AttemptOut] = []
+
+
 class AlertDetailOut(AlertItemOut):
+    notifications: list[NotificationDetailOut]  # type: ignore[assignment]
     gateway_name: str | None = None
     rule: dict[str, Any] | None = None  # the rule as it was when the alert was raised
     history: list[AlertEventOut]

@@ -126,6 +126,14 @@ async def get_alert(alert_id: PathId, principal: Viewer, services: ServicesDep) 
         history = _history_from_columns(alert)
     doc["history"] = [e.to_dict() for e in history]
     doc["rule"] = dict(alert.rule) if alert.rule is not None else None
+    if services.notify is not None:  # each notification's attempts, oldest first
+        tried = await services.notify.delivery_attempts(alert_id)
+        for n in doc.get("notifications", []):
+            n["attempt_log"] = [
+                {k: t[k] for k in ("attempt", "at", "result", "error")}
+                for t in tried
+                if t["channel_id"] == n["channel_id"] and t["event"] == n.get("event")
+            ]
     doc["gateway_name"] = None
     if alert.gateway_id is not None:
         gateways = await services.store.list_gateways(principal.org_id)

@@ -73,6 +73,10 @@ TRANSITIONS: Mapping[tuple[NotificationStatus, OutboxEvent], NotificationStatus]
     }
 )
 DUE_STATUSES = (S.PENDING, S.RETRYING)
+# An attempt's result as the delivery history says it.
+_RESULTS: Mapping[OutboxEvent, str] = MappingProxyType(
+    {E.SUCCEED: "sent", E.RETRY: "failed, will retry", E.GIVE_UP: "failed, gave up"}
+)
 TERMINAL = frozenset({S.SENT, S.FAILED})
 
 
@@ -323,7 +327,8 @@ class OutboxStore:
         def go(c: SqlConn) -> bool:
             row = first(
                 c.execute(
-                    f"SELECT status, claimed_by FROM notifications WHERE id = ?{self._for_update}",
+                    "SELECT status, claimed_by, attempts, alert_id, channel_id, event"
+                    f" FROM notifications WHERE id = ?{self._for_update}",
                     [nid],
                 ).fetchall()
             )
@@ -345,6 +350,10 @@ class OutboxStore:
                 "last_error = coalesce(?, last_error), sent_at = coalesce(?, sent_at), "
                 "claimed_by = ?, lease_until = NULL WHERE id = ?",
                 [new.value, now_ms, next_attempt_at, _clip(error), sent_at, self.claimant, nid],
+            )
+            c.execute(  # the attempt's own line in the delivery history
+                "INSERT INTO notification_attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [nid, row[3], row[4], row[5], row[2], now_ms, _RESULTS[event], _clip(error)],
             )
             return True
 
@@ -376,6 +385,10 @@ class OutboxStore:
             return len(rows)
 
         return self._tx(go)
+
+    def attempts_for_alert(self, alert_id: str) -> list[dict[str, Any]]:
+        """Every delivery attempt of the alert's notifications, oldest first."""
+        return self._db.run_sync(lambda c: attempts_for_alert_on(c, alert_id))
 
     def status_for_alert(self, alert_id: str) -> list[dict[str, Any]]:
         """The alert's `notifications` member: one entry per channel and event."""
@@ -471,6 +484,17 @@ def enqueue_alert_on(
         )[0]
         for cid in dict.fromkeys(channel_ids)
     ]
+
+
+def attempts_for_alert_on(conn: SqlConn, alert_id: str) -> list[dict[str, Any]]:
+    """OutboxStore.attempts_for_alert on a connection the caller holds."""
+    rows = conn.execute(
+        "SELECT channel_id, event, attempt, at_ms, result, error FROM notification_attempts"
+        " WHERE alert_id = ? ORDER BY at_ms, channel_id, attempt",
+        [alert_id],
+    ).fetchall()
+    keys = ("channel_id", "event", "attempt", "at", "result", "error")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def status_for_alerts_on(

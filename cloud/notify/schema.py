@@ -17,6 +17,10 @@ _CHANNELS = """CREATE TABLE notification_channels (
     created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
     PRIMARY KEY (org_id, id))"""
 
+_ATTEMPTS = """CREATE TABLE notification_attempts (
+    notification_id {t} NOT NULL, alert_id {t} NOT NULL, channel_id {t} NOT NULL,
+    event {t} NOT NULL, attempt INTEGER NOT NULL, at_ms BIGINT NOT NULL, result {t} NOT NULL,
+    error {t})"""
 NOTIFY_DUCKDB_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, (SCHEMA, _CHANNELS.format(t="VARCHAR"))),
     # Leases: who claimed a row that is `sending`, and until when (cloud.notify.outbox).
@@ -27,6 +31,9 @@ NOTIFY_DUCKDB_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE notifications ADD COLUMN lease_until BIGINT",
         ),
     ),
+    # Every delivery attempt and its result (issue 15: an alert shows its notifications'
+    # history, not only the last error and a count).
+    Migration(3, (_ATTEMPTS.format(t="VARCHAR"),)),
 )
 
 NOTIFY_PG_MIGRATIONS: tuple[Migration, ...] = (
@@ -45,6 +52,13 @@ NOTIFY_PG_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX notifications_sending ON notifications (lease_until)"
             " WHERE status = 'sending'",
             _CHANNELS.format(t="TEXT"),
+        ),
+    ),
+    Migration(
+        2,
+        (
+            _ATTEMPTS.format(t="TEXT"),
+            "CREATE INDEX notification_attempts_alert ON notification_attempts (alert_id)",
         ),
     ),
 )

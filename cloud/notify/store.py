@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cloud.notify.channels import Channel, ChannelType
-from cloud.notify.outbox import OutboxStore, status_for_alerts_on
+from cloud.notify.outbox import OutboxStore, attempts_for_alert_on, status_for_alerts_on
 from cloud.notify.schema import NOTIFY_MIGRATIONS
 from cloud.storage.interface import AlertInfo
 from cloud.storage.sql import SqlConn, SqlDatabase, first
@@ -113,6 +113,11 @@ class NotifyStore:
         return [cid for cid in channel_ids if cid not in known]
 
     # -- delivery status ------------------------------------------------------------------
+
+    async def delivery_attempts(self, alert_id: str) -> list[dict[str, Any]]:
+        """Every delivery attempt of the alert's notifications (channel, event, attempt, at,
+        result, error), oldest first."""
+        return await self.db.run(lambda c: attempts_for_alert_on(c, alert_id))
 
     async def status_for_alerts(self, alert_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Each alert's `notifications` member (through the store's error translation)."""

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from cloud.app.services import Services
+from cloud.notify.outbox import NotificationEvent, enqueue_alert_on
 from cloud.storage.interface import NewAlert, Role
 from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
@@ -308,3 +309,36 @@ async def test_bulk_acknowledge_and_resolve_per_alert_and_tenant_isolated(
         assert bad.status_code == 422 and bad.headers["content-type"].startswith(
             "application/problem+json"
         )
+
+
+async def test_each_delivery_attempt_is_in_the_alert_detail(
+    services: Services, store: SqlCloudStore, clock: ManualClock
+) -> None:
+    [alert_id] = await seed(store, "default", 1)
+    org = (await store.ensure_org("default", T0)).id
+    assert services.notify is not None
+    outbox = services.notify.outbox
+    store.db.run_sync(
+        lambda c: enqueue_alert_on(
+            c,
+            org_id=org,
+            alert={"id": alert_id},
+            channel_ids=["hook-1"],
+            event=NotificationEvent.RAISED,
+            now_ms=T0,
+        )
+    )
+    [first] = outbox.claim_due(T0, 10)
+    outbox.mark_retry(first.id, T0 + 100, T0 + 200, "ConnectError: refused")
+    [second] = outbox.claim_due(T0 + 300, 10)
+    outbox.mark_sent(second.id, T0 + 400)
+    async with served(services) as http:
+        h = await user(http, store, "v@example.com", Role.VIEWER, "default")
+        doc = (await http.get(f"/api/alerts/{alert_id}", headers=h)).json()
+    [n] = doc["notifications"]
+    assert (n["status"], n["attempts"]) == ("sent", 2)
+    assert n["attempt_log"] == [
+        {"attempt": 1, "at": T0 + 100, "result": "failed, will retry",
+         "error": "ConnectError: refused"},
+        {"attempt": 2, "at": T0 + 400, "result": "sent", "error": None},
+    ]  # fmt: skip

@@ -11,9 +11,10 @@ import { condition, scopeText } from "./rules.js";
 
 const KIND_WORDS = { raised: "Raised", acknowledged: "Acknowledged", resolved: "Resolved" };
 
-function who(actor, a) {
+function who(e, a) {
+  const actor = e.actor;
   if (!actor) return h("span", { class: "muted" }, "—");
-  if (actor === "rule") return "the rule (its condition cleared)";
+  if (actor === "rule") return e.kind === "raised" ? "the rule, evaluated in the cloud" : "the rule (its condition cleared)";
   if (a.gateway_name && actor === `gateway ${a.gateway_id}`) return `gateway ${a.gateway_name}`;
   return actor;
 }
@@ -67,11 +68,11 @@ export const alertDetailPage = {
         ])),
       section("History",
         table("What happened to this alert, oldest first", ["When", "What", "By", "Detail"],
-          a.history.map((e) => [fmt.when(e.at), KIND_WORDS[e.kind] ?? e.kind, who(e.actor, a), e.detail ?? ""]),
+          a.history.map((e) => [fmt.when(e.at), KIND_WORDS[e.kind] ?? e.kind, who(e, a), e.detail ?? ""]),
           "No history recorded.")),
       section("Notifications",
         a.notifications.length
-          ? table("Delivery per channel", ["Channel", "Event", "Status", "Attempts", "Sent", "Last error"],
+          ? [table("Delivery per channel", ["Channel", "Event", "Status", "Attempts", "Sent", "Last error"],
             a.notifications.map((n) => [
               names.get(n.channel_id) ?? n.channel_id,
               n.event === "alert.resolved" ? "resolution" : "raise",
@@ -79,7 +80,13 @@ export const alertDetailPage = {
               String(n.attempts),
               n.sent_at ? fmt.when(n.sent_at) : "—",
               n.last_error ?? "—",
-            ]), "")
+            ]), ""),
+          a.notifications.some((n) => n.attempt_log?.length)
+            ? table("Every delivery attempt, oldest first", ["Channel", "Attempt", "When", "Result", "Error"],
+              a.notifications.flatMap((n) => (n.attempt_log ?? []).map((t) => [
+                names.get(n.channel_id) ?? n.channel_id, String(t.attempt), fmt.when(t.at), t.result, t.error ?? "—",
+              ])), "")
+            : null]
           : h("p", { class: "muted" }, "No notification channel was told about this alert.")));
   },
 };
