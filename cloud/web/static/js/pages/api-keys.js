@@ -17,6 +17,9 @@ window.addEventListener("hashchange", () => { revealed = null; });
 export const apiKeysPage = {
   nav: "api-keys",
   live: false, // it holds a form
+  // redrawn whole, not patched (morph.js): the panel with the new key and the form's own
+  // listeners must not be morphed into other elements
+  morph: false,
   title: () => "API keys",
   async load() {
     return { keys: await api.get("/api/api_keys") };
