@@ -45,7 +45,7 @@ class AlertQuery:
     search: str | None = None  # substring of device/source, metric, rule name or gateway id
     states: tuple[str, ...] = ()
     severities: tuple[str, ...] = ()
-    gateway_id: str | None = None  # evaluated there, or about one of its devices
+    gateway_id: str | None = None  # about one of its devices (so also: evaluated there)
     device_id: str | None = None
     device_type: str | None = None
     from_ms: int | None = None  # started_at >= from_ms
@@ -102,11 +102,14 @@ def _where(org_id: str, q: AlertQuery) -> tuple[str, list[Any]]:
             clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
             params += list(values)
     if q.gateway_id is not None:
+        # About one of the gateway's devices: that includes every alert the gateway raised
+        # itself (sync makes each alert's device the gateway's). Not "OR gateway_id = ?":
+        # the OR cost PostgreSQL a hashed subplan over every row, 3x the semi-join
+        # (bench/alert_list.py, docs/decisions/alert-list.md).
         clauses.append(
-            "(gateway_id = ? OR device_id IN"
-            " (SELECT device_id FROM devices WHERE org_id = ? AND gateway_id = ?))"
+            "device_id IN (SELECT device_id FROM devices WHERE org_id = ? AND gateway_id = ?)"
         )
-        params += [q.gateway_id, org_id, q.gateway_id]
+        params += [org_id, q.gateway_id]
     if q.device_id is not None:
         clauses.append("device_id = ?")
         params.append(q.device_id)

@@ -137,6 +137,11 @@ async def test_gateway_alert_explains_itself_and_its_rule_is_listed(
             ("acknowledged", "op@example.com", T0 + 5_000),
             ("resolved", f"gateway {gw.gateway_id}", T0 + 9_000),
         ]
+        # filtered by the gateway it came from (and not by another one)
+        by_gw = await http.get("/api/alerts", headers=op, params={"gateway": gw.gateway_id})
+        assert [a["id"] for a in by_gw.json()["items"]] == ["gw-alert-1"]
+        none = await http.get("/api/alerts", headers=op, params={"gateway": "elsewhere"})
+        assert none.json() == {"items": [], "total": 0, "next": None}
         # the gateway's own rule, read-only beside the cloud's
         rules = (await http.get("/api/monitoring/gateway_rules", headers=op)).json()
         assert [(g["gateway_name"], g["read_only"], g["rule"]["name"]) for g in rules] == [
