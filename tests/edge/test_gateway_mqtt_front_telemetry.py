@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import aiomqtt
@@ -102,6 +103,58 @@ async def test_thingsboard_device_over_mqtt5_with_paho(gateway: Gateway) -> None
 async def _len_at_least(coro: Any, n: int) -> Any:
     rows = await coro
     return rows if len(rows) >= n else None
+
+
+def _connect_v311(client_id: str, *, clean: bool, username: str, password: str | None = None
+                  ) -> bytes:  # fmt: skip
+    """A 3.1.1 CONNECT (the gateway's own codec only writes v5)."""
+
+    def utf8(text: str) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    flags = (0x02 if clean else 0) | 0x80 | (0x40 if password is not None else 0)
+    body = utf8("MQTT") + bytes((4, flags)) + (30).to_bytes(2, "big") + utf8(client_id)
+    body += utf8(username) + (utf8(password) if password is not None else b"")
+    return bytes((0x10, len(body))) + body
+
+
+async def _connack(port: int, connect: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(connect)
+        head = await asyncio.wait_for(reader.readexactly(2), 10)
+        return head + await asyncio.wait_for(reader.readexactly(head[1]), 10)
+    finally:
+        writer.close()
+
+
+async def test_an_empty_client_id_is_answered_by_token_as_mosquitto_answers_it(
+    gateway: Gateway,
+) -> None:
+    """Found by Paho's interoperability tests (test_zero_length_clientid and
+    test_assigned_clientid) run over a token login, which the front serves alone; the
+    password login's answers come from Mosquitto (docs/decisions/mqtt-interop.md)."""
+    dev = await gateway.add_device("zid", None)
+    port, token = gateway.mqtt_port, dev["token"]
+    # 3.1.1 without a clean session: identifier rejected [MQTT-3.1.3-8]
+    by_password = await _connack(port, _connect_v311("", clean=False, username="zid",
+                                                     password=token))  # fmt: skip
+    by_token = await _connack(port, _connect_v311("", clean=False, username=token))
+    assert by_password == by_token == b"\x20\x02\x00\x02"
+    # with a clean session: accepted
+    assert await _connack(port, _connect_v311("", clean=True, username=token)) == (
+        b"\x20\x02\x00\x00"
+    )
+    # MQTT 5: accepted, with the client id the server assigned [MQTT-3.2.2-16]
+    for credentials in ({"username": "zid", "password": token}, {"username": token}):
+        connack = await _connack(port, encode_connect("", keepalive=30, clean_start=True,
+                                                      **credentials))  # fmt: skip
+        assert connack[3] == 0, connack
+        assigned = re.search(rb"\x12\x00(.)(auto-[0-9A-Fa-f-]+)", connack, re.DOTALL)
+        assert assigned is not None, connack
+        assert assigned[1][0] == len(assigned[2]) == 41
+    assert not await audit_rows(gateway, "bad_token")
 
 
 async def test_publish_to_another_devices_telemetry_is_denied_and_audited(

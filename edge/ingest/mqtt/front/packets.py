@@ -31,6 +31,8 @@ _PROTOCOLS = {("MQIsdp", 3), ("MQTT", 4), ("MQTT", 5)}
 V3_NOT_AUTHORIZED = 5
 V3_SERVER_UNAVAILABLE = 3
 V3_UNACCEPTABLE_PROTOCOL = 1
+V3_IDENTIFIER_REJECTED = 2
+V5_CLIENT_ID_NOT_VALID = 0x85
 V5_NOT_AUTHORIZED = 0x87
 V5_QUOTA_EXCEEDED = 0x97
 V5_SERVER_UNAVAILABLE = 0x88
@@ -61,6 +63,7 @@ class RefusalReason(StrEnum):
     LOCKED_OUT = "locked_out"
     NOT_AUTHORIZED = "not_authorized"
     SERVER_UNAVAILABLE = "server_unavailable"
+    IDENTIFIER_REJECTED = "identifier_rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,11 +258,14 @@ def refusal_code(protocol_level: int, reason: RefusalReason) -> int:
             RefusalReason.LOCKED_OUT: V5_QUOTA_EXCEEDED,
             RefusalReason.NOT_AUTHORIZED: V5_NOT_AUTHORIZED,
             RefusalReason.SERVER_UNAVAILABLE: V5_SERVER_UNAVAILABLE,
+            RefusalReason.IDENTIFIER_REJECTED: V5_CLIENT_ID_NOT_VALID,
         }[reason]
     # 3.x has no "quota exceeded": a locked-out client gets the same "not authorized" as a
     # wrong password, which also tells an attacker nothing about the lockout.
     if reason is RefusalReason.SERVER_UNAVAILABLE:
         return V3_SERVER_UNAVAILABLE
+    if reason is RefusalReason.IDENTIFIER_REJECTED:
+        return V3_IDENTIFIER_REJECTED
     return V3_NOT_AUTHORIZED
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import uuid
 from enum import Enum, auto
 from typing import TYPE_CHECKING
 
@@ -317,6 +318,14 @@ class Session:
 
     def _admit_token(self, info: ConnectInfo, auth: DeviceAuthenticator) -> None:
         """A token login: the front authenticates it (lockout, audit) and serves it alone."""
+        level = info.protocol_level
+        if not info.client_id and (level == 3 or (level == 4 and not info.clean_start)):
+            # What Mosquitto answers a password login, before it checks credentials: 3.1.1
+            # rejects an empty client id without a clean session [MQTT-3.1.3-8], 3.1 any.
+            self._reply_and_close(
+                build_connack_refusal(info.protocol_level, RefusalReason.IDENTIFIER_REJECTED)
+            )
+            return
         result = auth.admit(info.username or "", self.address)
         if isinstance(result, Refused):
             reason = (
@@ -333,7 +342,12 @@ class Session:
             return
         self.counters.direct_sessions += 1
         v5 = info.protocol_level >= 5
-        self.write_client(encode_connack_v5(0, MAX_IN_FLIGHT) if v5 else build_connack(4, 0))
+        if v5:
+            # An empty client id is assigned one, as Mosquitto does ("auto-" and a UUID).
+            assigned = "" if info.client_id else f"auto-{str(uuid.uuid4()).upper()}"
+            self.write_client(encode_connack_v5(0, MAX_IN_FLIGHT, assigned))
+        else:
+            self.write_client(build_connack(4, 0))
         self.phase = Phase.PIPE
         rest = bytes(self.head[info.packet_len :])
         self._tap(result.device.device_id, info, rest, upstream=False)

@@ -201,12 +201,16 @@ def encode_unsuback(packet_id: int, count: int, *, v5: bool) -> bytes:
     return bytes((0xB0, len(body))) + body if len(body) < 128 else _long(0xB0, body)
 
 
-def encode_connack_v5(code: int, receive_maximum: int) -> bytes:
+def encode_connack_v5(code: int, receive_maximum: int, assigned_client_id: str = "") -> bytes:
     """The CONNACK the front sends for sessions it serves alone: no retained messages, no
-    wildcard or shared subscriptions, no topic aliases (absent Topic Alias Maximum = 0)."""
+    wildcard or shared subscriptions, no topic aliases (absent Topic Alias Maximum = 0). A
+    client that sent an empty client id gets the one assigned to it (MQTT 5 3.2.2.3.7)."""
     props = b"\x21" + receive_maximum.to_bytes(2, "big") + b"\x25\x00\x28\x00\x2a\x00"
+    if assigned_client_id:
+        raw = assigned_client_id.encode()
+        props += b"\x12" + len(raw).to_bytes(2, "big") + raw
     body = bytes((0, code, len(props))) + props
-    return bytes((0x20, len(body))) + body
+    return bytes((0x20, len(body))) + body if len(body) < 128 else _long(0x20, body)
 
 
 def _long(first: int, body: bytes) -> bytes:
