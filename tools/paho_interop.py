@@ -16,7 +16,9 @@ suite's modules unchanged and, before the tests run:
   every topic and filter put under `--prefix` (default `devices/{username}/`): the prefix adds
   whole levels, so "+/+", "/#" and "#" match the same topics relative to it as at the root;
 - makes every Client.connect send --username/--password unless the test passes its own;
-- turns the cleanup's subscription to "#" into one to PREFIX# (the ACL refuses "#").
+- turns the cleanup's subscription to "#" into one to PREFIX# (the ACL refuses "#");
+- writes the CONNECT's user name and password flags the right way round (the suite's codecs
+  swap them, which shows only when one is set without the other: a token login).
 
 The subscribe-failure test keeps its filter "test/nosubscribe": outside the device's prefix the
 ACL refuses it, which is what that test wants to see. Run it against a plain Mosquitto with the
@@ -68,6 +70,26 @@ def _patch_client(client_cls: Any, username: str, password: str | None, prefix: 
     client_cls.subscribe = subscribe_under_prefix
 
 
+def _fix_connect_flags(connects_cls: Any) -> None:
+    """The suite's codecs write the user name flag in bit 6 and the password flag in bit 7
+    (MQTTV311.py and MQTTV5.py, Connects.pack); MQTT has them the other way round. With both
+    set it makes no difference; a user name alone (a token login) would go out as a password
+    without a user name, which 3.1.1 forbids (Mosquitto closes such a connection too)."""
+    pack = connects_cls.pack
+
+    def pack_with_right_flags(self: Any) -> bytes:
+        packed = bytes(pack(self))
+        i = 1
+        while packed[i] & 0x80:  # the remaining length's varint
+            i += 1
+        name_len = int.from_bytes(packed[i + 1 : i + 3], "big")
+        at = i + 3 + name_len + 1  # protocol name, then level, then the flags
+        flags = packed[at] & 0x3F | (bool(self.usernameFlag) << 7) | (bool(self.passwordFlag) << 6)
+        return packed[:at] + bytes((flags,)) + packed[at + 1 :]
+
+    connects_cls.pack = pack_with_right_flags
+
+
 def _load_suite(name: str, args: argparse.Namespace, prefix: str) -> Any:
     module = importlib.import_module(SUITES[name])
     topics = tuple(prefix + t for t in ROOT_TOPICS)
@@ -82,6 +104,8 @@ def _load_suite(name: str, args: argparse.Namespace, prefix: str) -> Any:
     if hasattr(module, "setData"):
         module.setData = set_data
     _patch_client(module.mqtt_client.Client, args.username, args.password, prefix)
+    codec = "mqtt.formats.MQTTV5" if name == "v5" else "mqtt.formats.MQTTV311"
+    _fix_connect_flags(importlib.import_module(codec).Connects)
     return module
 
 
@@ -125,7 +149,8 @@ def _why(report: str) -> str:
                 (x.strip() for x in lines[i + 1 :] if re.match(r"^\w+(Error|Exception)", x)), ""
             )
             return f"line {m[1]}: {lines[i + 1].strip()} -> {error}"[:200]
-    return lines[-1].strip()[:200] if lines else ""
+    errors = [x.strip() for x in lines if re.match(r"^[\w.]+(Error|Exception)\b", x)]
+    return (errors[0] if errors else lines[-1].strip() if lines else "")[:200]
 
 
 def _run_one(args: argparse.Namespace, name: str, test: str, prefix: str) -> dict[str, Any]:
@@ -137,7 +162,11 @@ def _run_one(args: argparse.Namespace, name: str, test: str, prefix: str) -> dic
     )
     result = runner.run(suite)
     assert isinstance(result, _Recorder)
-    outcome, seconds, detail = result.outcomes.get(test, ("error", 0.0, "did not run"))
+    # A failing setUpClass (the suite's cleanup) is recorded under its own name, not the test's.
+    other = next(iter(result.outcomes.values()), None)
+    outcome, seconds, detail = result.outcomes.get(test, other or ("error", 0.0, "did not run"))
+    if test not in result.outcomes and other is not None:
+        detail = f"setUpClass: {detail}"
     return {"outcome": outcome, "seconds": round(seconds, 1), "detail": detail}
 
 
@@ -212,6 +241,9 @@ def _telemetry_check(args: argparse.Namespace, version: str, prefix: str) -> dic
     PUBREC, PUBREL, PUBCOMP); reports how many of the 3 a subscriber to that topic received."""
     v5 = version == "v5"
     lib = importlib.import_module("mqtt.clients.V5" if v5 else "mqtt.clients.V311")
+    _fix_connect_flags(
+        importlib.import_module(f"mqtt.formats.MQTTV{'5' if v5 else '311'}").Connects
+    )
     options: Any = (
         [importlib.import_module("mqtt.formats.MQTTV5").SubscribeOptions(2)] if v5 else [2]
     )
