@@ -80,15 +80,26 @@ def device_page(c: SqlConn, latest_json: str, org_id: str, q: DeviceQuery) -> De
     """The page and its counts, on one connection (the caller's db.run)."""
     where, params = _where(q)
     rows = c.execute(
-        "WITH page AS (SELECT device_id, gateway_id, type, last_seen FROM devices"
-        f" WHERE {where} ORDER BY {_order(q)} LIMIT ? OFFSET ?)"
-        " SELECT p.device_id, p.gateway_id, p.type, p.last_seen, l.latest FROM page p"
-        f" LEFT JOIN (SELECT device_id, {latest_json} AS latest FROM latest"
-        "  WHERE org_id = ? AND device_id IN (SELECT device_id FROM page) GROUP BY device_id) l"
-        f" ON l.device_id = p.device_id ORDER BY {_order(q, 'p.')}",
-        [org_id, *params, q.limit, q.offset, org_id],
+        f"SELECT device_id, gateway_id, type, last_seen FROM devices WHERE {where}"
+        f" ORDER BY {_order(q)} LIMIT ? OFFSET ?",
+        [org_id, *params, q.limit, q.offset],
     ).fetchall()
-    devices = [DeviceInfo(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {}) for r in rows]
+    latest: dict[str, Any] = {}
+    if rows:
+        # the page's ids as a literal list: a CTE joined back was evaluated twice (DuckDB),
+        # 49 ms against 25 ms for this pair at 10,000 devices
+        marks = ", ".join("?" * len(rows))
+        latest = dict(
+            c.execute(
+                f"SELECT device_id, {latest_json} FROM latest"
+                f" WHERE org_id = ? AND device_id IN ({marks}) GROUP BY device_id",
+                [org_id, *(r[0] for r in rows)],
+            ).fetchall()
+        )
+    devices = [
+        DeviceInfo(r[0], r[1], r[2], r[3], json.loads(latest[r[0]]) if latest.get(r[0]) else {})
+        for r in rows
+    ]
     total_row = c.execute(
         f"SELECT count(*) FROM devices WHERE {where}", [org_id, *params]
     ).fetchall()
