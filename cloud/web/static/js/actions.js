@@ -32,15 +32,18 @@ export async function act(button, statusEl, fn) {
 // A Delete button that asks twice instead of window.confirm() (keyboard-friendly and visible
 // to screen readers): the first click arms it ("Confirm delete"), the second runs fn via act.
 // `words` names another destructive action the same way (e.g. Revoke / Confirm revoke).
+// The listener goes through h() and acts on the elements on screen (the clicked button, the
+// status line by its id): a page patched in place (morph.js) keeps the old elements and
+// moves only listeners h() registered onto them.
 export function deleteButton(id, ariaLabel, statusEl, fn, words = { label: "Delete", confirm: "Confirm delete" }) {
-  const button = h("button", { type: "button", class: "small danger", id, "aria-label": ariaLabel }, words.label);
-  button.addEventListener("click", () => {
+  const onclick = (ev) => {
+    const button = ev.currentTarget;
     if (button.dataset.armed !== "true") {
       button.dataset.armed = "true";
       button.textContent = words.confirm;
       return;
     }
-    act(button, statusEl, fn);
-  });
-  return button;
+    act(button, document.getElementById(statusEl.id) ?? statusEl, fn);
+  };
+  return h("button", { type: "button", class: "small danger", id, "aria-label": ariaLabel, onclick }, words.label);
 }
