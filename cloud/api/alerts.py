@@ -1,15 +1,16 @@
 """GET /api/alerts (the CONTRACT's list, or with query parameters one page searched, filtered
 and sorted in the database), GET /api/alerts/{id} (the alert with why, where and its history),
-POST /api/alerts/{id}/ack|resolve and POST /api/alerts/bulk (operator+), all through
+POST /api/alerts/{id}/ack|resolve and POST /api/alert_actions (operator+), all through
 common/alerts' table; GET /api/monitoring/gateway_rules (the rules gateways evaluate
 themselves, read-only). Paths are spelled whole: this router serves two prefixes."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 
 from cloud.api.alert_schemas import (
     AlertDetailOut,
@@ -24,7 +25,7 @@ from cloud.api.problems import not_found
 from cloud.app.services import Services
 from cloud.notify.store import alert_documents
 from cloud.security.auth import Principal
-from cloud.storage.alert_query import MAX_LIMIT, SORT_SQL, AlertQuery, BadCursor
+from cloud.storage.alert_query import MAX_LIMIT, AlertQuery, BadCursor
 from cloud.storage.interface import AlertInfo
 from common.alerts import AlertEvent, AlertState, InvalidTransition, next_state
 from common.model import FieldError
@@ -34,7 +35,12 @@ router = APIRouter(tags=["alerts"])
 audit_log = logging.getLogger("iotsphere.cloud.audit")
 
 _SEVERITIES = ("info", "warning", "critical")
-_SORTS = tuple(SORT_SQL)
+SortParam = Literal[
+    "started_at", "-started_at", "severity", "-severity", "state", "-state",
+    "subject", "-subject", "metric", "-metric", "gateway", "-gateway",
+]  # fmt: skip
+_STATE_LIST = "^((active|acknowledged|resolved)(,(active|acknowledged|resolved))*)?$"
+_SEVERITY_LIST = "^((info|warning|critical)(,(info|warning|critical))*)?$"
 
 
 def _invalid(param: str, detail: str) -> ProblemError:
@@ -55,22 +61,22 @@ def _listed(values: list[str] | None, allowed: tuple[str, ...], name: str) -> tu
 @router.get(
     "/api/alerts",
     response_model=list[AlertItemOut] | AlertPageOut,
-    responses=problems(*AUTHED, 422),
+    responses=problems(*AUTHED, 409, 422),
 )
 async def list_alerts(  # noqa: PLR0913 - one parameter per documented filter
     principal: Viewer,
     services: ServicesDep,
-    state: Annotated[list[str] | None, Query()] = None,
+    state: Annotated[list[Annotated[str, Field(pattern=_STATE_LIST)]] | None, Query()] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     q: Annotated[str | None, Query(max_length=128)] = None,
-    severity: Annotated[list[str] | None, Query()] = None,
+    severity: Annotated[list[Annotated[str, Field(pattern=_SEVERITY_LIST)]] | None, Query()] = None,
     gateway: Annotated[str | None, Query(max_length=128)] = None,
     device: Annotated[str | None, Query(max_length=128)] = None,
     device_type: Annotated[str | None, Query(max_length=128)] = None,
     from_ms: Annotated[int | None, Query(alias="from", ge=0)] = None,
     to_ms: Annotated[int | None, Query(alias="to", ge=0)] = None,
-    sort: Annotated[str | None, Query(max_length=32)] = None,
+    sort: Annotated[SortParam | None, Query()] = None,
 ) -> Any:
     states = _listed(state, tuple(s.value for s in AlertState), "state")
     paged = any(
@@ -83,10 +89,6 @@ async def list_alerts(  # noqa: PLR0913 - one parameter per documented filter
         alerts = await services.store.list_alerts(principal.org_id, wanted)
         return await alert_documents(services.notify, alerts)
     key = (sort or "-started_at").lstrip("-")
-    if key not in _SORTS:
-        raise _invalid(
-            "sort", f"sort: {sort!r} is not one of {', '.join(_SORTS)} (- for descending)"
-        )
     query = AlertQuery(
         search=q.strip() or None if q else None,
         states=states,
@@ -96,7 +98,7 @@ async def list_alerts(  # noqa: PLR0913 - one parameter per documented filter
         device_type=device_type or None,
         from_ms=from_ms,
         to_ms=to_ms,
-        sort=key,  # type: ignore[arg-type]  # checked against _SORTS above
+        sort=key,  # type: ignore[arg-type]  # SortParam without its "-"
         descending=(sort or "-").startswith("-"),
         limit=limit or 50,
         cursor=cursor or None,
@@ -104,8 +106,58 @@ async def list_alerts(  # noqa: PLR0913 - one parameter per documented filter
     try:
         alerts, total, nxt = await services.store.alert_page(principal.org_id, query)
     except BadCursor as exc:
-        raise _invalid("cursor", f"cursor: {exc}") from None
+        # 409, not 422: any string is a well-formed cursor; this one does not fit the query
+        raise ProblemError(
+            Problem("stale-cursor", "Cursor does not fit this query", 409, f"cursor: {exc}")
+        ) from None
     return {"items": await alert_documents(services.notify, alerts), "total": total, "next": nxt}
+
+
+# Not /api/alerts/bulk: GET /api/alerts/{alert_id} would match that path too (405 Allow: GET, POST).
+@router.post(
+    "/api/alert_actions", response_model=BulkAlertsOut, responses=problems(*AUTHED, 403, 422)
+)
+async def bulk(body: BulkAlertsIn, principal: Operator, services: ServicesDep) -> dict[str, Any]:
+    """Acknowledge or resolve many alerts in one request. Each id gets its own result: 200
+    changed, 404 no such alert in the caller's org (another org's alert is not found either,
+    and is left untouched), 409 not allowed in its state. Each change is in the alert's
+    history with who made it, and the request is one line of the audit log."""
+    event = AlertEvent.ACK if body.action == "ack" else AlertEvent.RESOLVE
+    actor = await _actor(services, principal)
+    results: list[dict[str, Any]] = []
+    for alert_id in dict.fromkeys(body.ids):  # an id twice is one change
+        try:
+            moved = await _move(services, principal.org_id, alert_id, event, actor)
+            results.append({"id": alert_id, "status": 200, "state": moved.state.value})
+        except InvalidTransition as exc:
+            results.append(
+                {
+                    "id": alert_id,
+                    "status": 409,
+                    "state": exc.state.value,
+                    "detail": exc.problem.detail,
+                }
+            )
+        except ProblemError as exc:
+            results.append(
+                {"id": alert_id, "status": exc.problem.status, "detail": exc.problem.detail}
+            )
+    changed = sum(1 for r in results if r["status"] == 200)
+    audit_log.info(
+        "alerts bulk %s: user=%s org=%s changed=%d failed=%d ids=%s",
+        body.action,
+        actor,
+        principal.org_id,
+        changed,
+        len(results) - changed,
+        ",".join(r["id"] for r in results),
+    )
+    return {
+        "action": body.action,
+        "changed": changed,
+        "failed": len(results) - changed,
+        "results": results,
+    }
 
 
 async def _found(services: Services, org_id: str, alert_id: str) -> AlertInfo:
@@ -195,52 +247,6 @@ async def resolve(alert_id: PathId, principal: Operator, services: ServicesDep) 
     actor = await _actor(services, principal)
     moved = await _move(services, principal.org_id, alert_id, AlertEvent.RESOLVE, actor)
     return await _doc(services, moved)
-
-
-@router.post(
-    "/api/alerts/bulk", response_model=BulkAlertsOut, responses=problems(*AUTHED, 403, 422)
-)
-async def bulk(body: BulkAlertsIn, principal: Operator, services: ServicesDep) -> dict[str, Any]:
-    """Acknowledge or resolve many alerts in one request. Each id gets its own result: 200
-    changed, 404 no such alert in the caller's org (another org's alert is not found either,
-    and is left untouched), 409 not allowed in its state. Each change is in the alert's
-    history with who made it, and the request is one line of the audit log."""
-    event = AlertEvent.ACK if body.action == "ack" else AlertEvent.RESOLVE
-    actor = await _actor(services, principal)
-    results: list[dict[str, Any]] = []
-    for alert_id in dict.fromkeys(body.ids):  # an id twice is one change
-        try:
-            moved = await _move(services, principal.org_id, alert_id, event, actor)
-            results.append({"id": alert_id, "status": 200, "state": moved.state.value})
-        except InvalidTransition as exc:
-            results.append(
-                {
-                    "id": alert_id,
-                    "status": 409,
-                    "state": exc.state.value,
-                    "detail": exc.problem.detail,
-                }
-            )
-        except ProblemError as exc:
-            results.append(
-                {"id": alert_id, "status": exc.problem.status, "detail": exc.problem.detail}
-            )
-    changed = sum(1 for r in results if r["status"] == 200)
-    audit_log.info(
-        "alerts bulk %s: user=%s org=%s changed=%d failed=%d ids=%s",
-        body.action,
-        actor,
-        principal.org_id,
-        changed,
-        len(results) - changed,
-        ",".join(r["id"] for r in results),
-    )
-    return {
-        "action": body.action,
-        "changed": changed,
-        "failed": len(results) - changed,
-        "results": results,
-    }
 
 
 @router.get(

@@ -257,15 +257,16 @@ async def test_list_is_filtered_sorted_and_paged_in_the_database(
         ).json()
         assert both["total"] == 25
         # bad input: one problem document each
-        for params in (
-            {"sort": "colour"},
-            {"severity": "loud"},
-            {"cursor": "garbage!!"},
-            {"limit": 0},
-            {"sort": "metric", "cursor": first["next"]},
+        for params, status in (
+            ({"sort": "colour"}, 422),
+            ({"severity": "loud"}, 422),
+            ({"state": "active,gone"}, 422),
+            ({"limit": 0}, 422),
+            ({"cursor": "garbage!!"}, 409),  # well-formed (any string), but not one of ours
+            ({"sort": "metric", "cursor": first["next"]}, 409),  # another sort's cursor
         ):
             r = await http.get("/api/alerts", headers=h, params=params)
-            assert r.status_code == 422, (params, r.text)
+            assert r.status_code == status, (params, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")
 
 
@@ -278,10 +279,10 @@ async def test_bulk_acknowledge_and_resolve_per_alert_and_tenant_isolated(
         op = await user(http, store, "op@example.com", Role.OPERATOR, "default")
         viewer = await user(http, store, "v@example.com", Role.VIEWER, "default")
         body = {"action": "ack", "ids": [mine[0], mine[1], "no-such-alert", theirs[0]]}
-        r = await http.post("/api/alerts/bulk", headers=viewer, json=body)
+        r = await http.post("/api/alert_actions", headers=viewer, json=body)
         assert r.status_code == 403
         await http.post(f"/api/alerts/{mine[1]}/resolve", headers=op)
-        r = await http.post("/api/alerts/bulk", headers=op, json=body)
+        r = await http.post("/api/alert_actions", headers=op, json=body)
         assert r.status_code == 200, r.text
         got = r.json()
         assert [(x["id"], x["status"], x.get("state")) for x in got["results"]] == [
@@ -299,7 +300,7 @@ async def test_bulk_acknowledge_and_resolve_per_alert_and_tenant_isolated(
             h for h in await store.alert_history(other_org, theirs[0]) if h.kind == "raised"
         ]
         r = await http.post(
-            "/api/alerts/bulk",
+            "/api/alert_actions",
             headers=op,
             json={"action": "resolve", "ids": [mine[0], mine[2], mine[3]]},
         )
@@ -310,7 +311,9 @@ async def test_bulk_acknowledge_and_resolve_per_alert_and_tenant_isolated(
             ("acknowledged", "op@example.com"),
             ("resolved", "op@example.com"),
         ]
-        bad = await http.post("/api/alerts/bulk", headers=op, json={"action": "explode", "ids": []})
+        bad = await http.post(
+            "/api/alert_actions", headers=op, json={"action": "explode", "ids": []}
+        )
         assert bad.status_code == 422 and bad.headers["content-type"].startswith(
             "application/problem+json"
         )

@@ -96,7 +96,7 @@ def test_a_gateway_alert_explains_itself_and_its_rule_is_listed_read_only(
     assert page.locator("#bulk-count").inner_text() == "1 selected"
     page.locator("#bulk-ack").click()
     page.locator("#s-active-alerts tbody tr", has_text="acknowledged").wait_for()
-    assert len(tab.api_calls("POST", "/api/alerts/bulk")) == 1
+    assert len(tab.api_calls("POST", "/api/alert_actions")) == 1
     tab.shot("alerts-list")
 
     page.locator("#s-active-alerts a.alert-link", has_text=RULE_NAME).click()

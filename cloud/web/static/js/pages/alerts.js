@@ -146,7 +146,7 @@ function pager(which, state, answer, cursorKey, backKey, ctx) {
       onclick: () => setList(ctx, { [cursorKey]: answer.next, [backKey]: [...back, state[cursorKey] || "-"].join(".") }, true) }, "Next"));
 }
 
-// Acknowledge or resolve the selected open alerts in ONE request (POST /api/alerts/bulk); the
+// Acknowledge or resolve the selected open alerts in ONE request (POST /api/alert_actions); the
 // answer says per alert what happened, and the failures are listed by name.
 function bulkActions(selected, ctx) {
   const status = statusLine("bulk-status");
@@ -155,7 +155,7 @@ function bulkActions(selected, ctx) {
     const button = h("button", { type: "button", class: "small", id: `bulk-${action}`, disabled: true },
       action === "ack" ? "Acknowledge selected" : "Resolve selected");
     button.addEventListener("click", () => act(button, status, async () => {
-      const answer = await api.postJson("/api/alerts/bulk", { action, ids: [...selected] });
+      const answer = await api.postJson("/api/alert_actions", { action, ids: [...selected] });
       selected.clear();
       const failed = answer.results.filter((r) => r.status !== 200);
       ctx.toast(`${answer.changed} alert${answer.changed === 1 ? "" : "s"} ${done}`);
