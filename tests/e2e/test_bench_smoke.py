@@ -73,6 +73,13 @@ BENCHES = (
          "psycopg_async.copy.readings_per_s", "psycopg_async.latest.p95_ms"),
         30,
     ),
+    Bench(
+        "dashboard_live.py",
+        ("duckdb.overview.before_all_devices.server_ms_p95", "duckdb.overview.after_paged.bytes",
+         "duckdb.overview.after_paged.server_ms_p95", "duckdb.push.push_ms_p50",
+         "duckdb.push.push_ms_p99"),
+        90,
+    ),
 )  # fmt: skip
 
 
