@@ -267,6 +267,9 @@ def print_peer(peer: dict[str, Any], engine: str) -> None:
 
 
 class PeakRss:
+    """The peak RSS of each named process, or of the largest process of its tree (`cloud serve
+    --workers N`: a supervisor and N workers; each worker is a process of its own)."""
+
     def __init__(self, pids: dict[str, int]) -> None:
         self.procs = {k: psutil.Process(p) for k, p in pids.items()}
         self.peak = dict.fromkeys(pids, 0)
@@ -278,7 +281,11 @@ class PeakRss:
         while not self._stop.wait(0.1):
             for k, p in self.procs.items():
                 with contextlib.suppress(psutil.Error):  # the process may just have exited
-                    self.peak[k] = max(self.peak[k], p.memory_info().rss)
+                    rss = [p.memory_info().rss]
+                    for child in p.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            rss.append(child.memory_info().rss)
+                    self.peak[k] = max(self.peak[k], *rss)
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
