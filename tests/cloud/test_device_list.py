@@ -3,8 +3,10 @@ as streamed CSV (issue 15, item 4), over real HTTP on both engines."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+from typing import Any
 
 import pytest
 
@@ -152,3 +154,31 @@ async def test_readings_csv_streamed(services: Services, store: SqlCloudStore) -
         stream = (await http.post("/api/events/ticket", headers=auth)).json()["ticket"]
         assert_problem(await http.get(f"/api/devices/dev-1/readings.csv?ticket={stream}"), 401)
         assert_problem(await http.get(f"/api/events?ticket={export}"), 401)
+
+
+async def test_concurrent_identical_overview_requests_share_one_query(
+    services: Services, store: SqlCloudStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pushed change makes every open overview refetch at once: identical requests that
+    arrive while one is computing take its answer instead of querying again."""
+    await seed(store)
+    calls = 0
+    real = store.device_page
+
+    async def slow_page(org_id: str, query: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.5)  # the first is still computing when the others arrive
+        return await real(org_id, query)
+
+    monkeypatch.setattr(store, "device_page", slow_page)
+    async with served(services) as http:
+        auth = bearer(await login(http, "ops@example.com"))
+        answers = await asyncio.gather(
+            *(http.get("/api/dashboard?limit=50", headers=auth) for _ in range(20))
+        )
+        assert {r.status_code for r in answers} == {200}
+        assert len({r.content for r in answers}) == 1
+        assert calls < 5  # 20 without sharing
+        other = await http.get("/api/dashboard?limit=10", headers=auth)  # another query
+        assert len(other.json()["devices"]) == 10 and calls >= 2
