@@ -114,6 +114,7 @@ async def metrics_writer(
     info = await monitoring_of(services).api_key_by_hash(token_digest(api_key))
     if info is None:
         raise unauthorized("unknown or revoked API key")
+    await monitoring_of(services).touch_api_key(info, services.clock.now_ms())
     return Principal(f"api_key:{info.id}", info.org_id, Role.OPERATOR)
 
 

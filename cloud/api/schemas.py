@@ -221,6 +221,7 @@ class ApiKeyOut(BaseModel):
     created_by: str
     created_at: int
     revoked_at: int | None
+    last_used_at: int | None = None  # when a request last came with it, to the minute
 
 
 class ApiKeyCreated(ApiKeyOut):

@@ -41,6 +41,7 @@ class ApiKeyInfo:
     created_by: str
     created_at: int
     revoked_at: int | None
+    last_used_at: int | None = None  # to the minute (api_key_queries.TOUCH_EVERY_MS)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +50,7 @@ class ApiKeyInfo:
             "created_by": self.created_by,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
         }
 
 

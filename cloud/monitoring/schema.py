@@ -6,7 +6,8 @@ asks exactly what changed after version N. metrics: values from ML models and jo
 monitor_state (per org: the rule engines' snapshot and the loop's cursors) and monitor_episodes
 (the open episode -> alert mapping) are written in the same transaction as the alerts and
 notifications a pass creates, so a restart neither loses nor repeats an alert. api_keys: keys
-for ML jobs posting metrics; only a SHA-256 digest is stored.
+for ML jobs posting metrics; only a SHA-256 digest is stored; last_used_at (migration 2) is
+when a request last came with the key, to the minute.
 
 PostgreSQL has the same tables and columns (TEXT for VARCHAR, DOUBLE PRECISION for DOUBLE),
 plus the indexes the loop's queries need there: metrics by (org, seq), and readings by (org,
@@ -65,6 +66,7 @@ MONITORING_DUCKDB_MIGRATIONS: tuple[Migration, ...] = (
             _DUCK["api_keys"],
         ),
     ),
+    Migration(2, ("ALTER TABLE api_keys ADD COLUMN last_used_at BIGINT",)),
 )
 
 MONITORING_PG_MIGRATIONS: tuple[Migration, ...] = (
@@ -84,6 +86,7 @@ MONITORING_PG_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX readings_org_received ON readings (org_id, cloud_received_at)",
         ),
     ),
+    Migration(2, ("ALTER TABLE api_keys ADD COLUMN last_used_at BIGINT",)),
 )
 
 MONITORING_MIGRATIONS: Migrations = {

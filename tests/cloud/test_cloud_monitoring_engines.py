@@ -79,6 +79,24 @@ async def test_metrics_are_stored_once_and_listed_as_series(monitoring: Monitori
     assert await monitoring.metric_series("org-2") == []
 
 
+async def test_an_api_key_use_is_recorded_at_most_once_a_minute(
+    monitoring: MonitoringStore,
+) -> None:
+    key = await monitoring.create_api_key(ORG, "trainer", "digest", "u1", T0)
+    assert key.last_used_at is None
+    await monitoring.touch_api_key(key, T0 + 1_000)
+    used = await monitoring.api_key_by_hash("digest")
+    assert used is not None and used.last_used_at == T0 + 1_000
+    await monitoring.touch_api_key(used, T0 + 30_000)  # within the minute: not written
+    await monitoring.touch_api_key(key, T0 + 30_000)  # a stale copy: the database decides
+    [listed] = await monitoring.list_api_keys(ORG)
+    assert listed.last_used_at == T0 + 1_000
+    await monitoring.touch_api_key(used, T0 + 61_000)
+    [listed] = await monitoring.list_api_keys(ORG)
+    assert listed.last_used_at == T0 + 61_000
+    assert listed.to_dict()["last_used_at"] == T0 + 61_000
+
+
 async def test_api_keys_are_found_by_digest_until_revoked(monitoring: MonitoringStore) -> None:
     key = await monitoring.create_api_key(ORG, "trainer", "digest", "u1", T0)
     assert await monitoring.api_key_by_hash("digest") == key

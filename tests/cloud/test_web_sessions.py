@@ -227,6 +227,8 @@ def test_api_keys_are_created_shown_once_listed_and_revoked(tab: Tab, site: Site
     page.reload()
     row.wait_for()
     assert page.locator("#api-key-secret").count() == 0  # shown once: not after a reload
+    used = row.locator("td[data-label='Last used'] time")  # the job's request just now
+    assert used.count() == 1
 
     button = row.get_by_role("button", name="Revoke API key churn nightly job")
     button.click()  # the first click only arms it

@@ -36,8 +36,8 @@ export const apiKeysPage = {
       section("Create a key", createForm(ctx)),
       table("API keys in use", ["Name", "Created", "Created by", "Last used", "Actions"],
         active.map((k) => [k.name, fmt.when(k.created_at), k.created_by,
-          // the server records no last use (yet); say so rather than "never"
-          "last_used_at" in k ? fmt.when(k.last_used_at) : h("span", { class: "muted" }, "not recorded"),
+          // to the minute (the server writes a use at most once a minute)
+          fmt.when(k.last_used_at),
           revokeButton(k, ctx)]),
         "No API keys yet. Create one above for each job that posts metrics."),
       revoked.length
