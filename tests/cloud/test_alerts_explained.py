@@ -153,6 +153,26 @@ async def test_gateway_alert_explains_itself_and_its_rule_is_listed(
         assert (await http.get("/api/monitoring/gateway_rules", headers=other)).json() == []
 
 
+async def test_the_clouds_own_rules_held_by_a_gateway_are_not_listed_as_its_own(
+    services: Services, store: SqlCloudStore, clock: ManualClock
+) -> None:
+    async with served(services) as http:
+        gw = await enroll(http, store, clock, "site", "default")
+        op = await user(http, store, "op@example.com", Role.OPERATOR, "default")
+        cloud_rule = {"name": "Cloud hot", "metric": "temp", "operator": ">", "threshold": 50}
+        r = await http.post("/api/monitoring/alert_rules", headers=op, json=cloud_rule)
+        assert r.status_code == 200, r.text
+        pushed = {**r.json(), "channels": []}  # as the gateway got it through its config
+        sent = with_alerts(batch(gw.gateway_id, 1), [], rules=[pushed, GW_RULE])
+        assert (await post(http, gw, sent)).status_code == 200
+        listed = (await http.get("/api/monitoring/gateway_rules", headers=op)).json()
+        assert [g["rule"]["id"] for g in listed] == ["r-local-hot"]
+        # a later list without the local rule replaces the earlier one whole
+        again = with_alerts(batch(gw.gateway_id, 6), [], rules=[pushed])
+        assert (await post(http, gw, again)).status_code == 200
+        assert (await http.get("/api/monitoring/gateway_rules", headers=op)).json() == []
+
+
 async def test_an_older_gateways_alert_without_a_rule_is_still_stored(
     services: Services, store: SqlCloudStore, clock: ManualClock
 ) -> None:
