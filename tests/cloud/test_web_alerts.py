@@ -97,6 +97,8 @@ def test_a_gateway_alert_explains_itself_and_its_rule_is_listed_read_only(
     page.locator("#bulk-ack").click()
     page.locator("#s-active-alerts tbody tr", has_text="acknowledged").wait_for()
     assert len(tab.api_calls("POST", "/api/alert_actions")) == 1
+    assert page.locator("#bulk-count").inner_text() == "0 selected"
+    assert page.locator("#bulk-ack").is_disabled() and page.locator("#bulk-resolve").is_disabled()
     tab.shot("alerts-list")
 
     page.locator("#s-active-alerts a.alert-link", has_text=RULE_NAME).click()

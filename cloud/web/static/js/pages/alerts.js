@@ -154,6 +154,7 @@ function bulkActions(selected, ctx) {
   const run = (action, done) => {
     const button = h("button", { type: "button", class: "small", id: `bulk-${action}`, disabled: true },
       action === "ack" ? "Acknowledge selected" : "Resolve selected");
+    // afterwards the bar says what is selected now (nothing): act() re-enables the button
     button.addEventListener("click", () => act(button, status, async () => {
       const answer = await api.postJson("/api/alert_actions", { action, ids: [...selected] });
       selected.clear();
@@ -165,13 +166,13 @@ function bulkActions(selected, ctx) {
         line.textContent = `Not changed: ${failed.map((r) => `${r.id.slice(0, 8)} (${r.detail ?? r.status})`).join("; ")}`;
         line.classList.add("error");
       }
-    }));
+    }).then(() => bar.update()));
     return button;
   };
   const ack = run("ack", "acknowledged");
   const resolve = run("resolve", "resolved");
   const bar = h("div", { class: "bulk-actions", role: "group", "aria-label": "Bulk actions on the selected alerts" },
-    count, ack, resolve, status);
+    count, " ", ack, " ", resolve, status);
   bar.update = () => {
     count.textContent = `${selected.size} selected`;
     ack.disabled = resolve.disabled = selected.size === 0;
