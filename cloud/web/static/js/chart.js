@@ -35,9 +35,11 @@ export function figure({ title, unit, points, id, range }) {
   // drawn once on the page: a render whose plot a patch discarded (the page kept the drawn
   // one, which took iotData) never builds a chart
   requestAnimationFrame(() => {
-    if (!plot.isConnected) return;
-    draw(plot, title, unit, numeric, bucketed, range).catch(() => {
-      plot.replaceWith(h("p", { class: "error" },
+    // the patch may have inserted a copy of this plot (morph.js): draw into what is on screen
+    const shown = plot.isConnected ? plot : plot.iotCopy;
+    if (!shown?.isConnected || shown.dataset.ready) return;
+    draw(shown, title, unit, numeric, bucketed, range).catch(() => {
+      shown.replaceWith(h("p", { class: "error" },
         "Charts are unavailable: the charting library is not installed on the server (run ./dev.sh setup). The data table below has the values."));
     });
   });
