@@ -73,6 +73,7 @@ class Settings:
     requests: int
     database: str | None
     private_postgres: bool
+    duckdb: bool = True
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -295,7 +296,8 @@ def measure(engine: str, url: str | None, s: Settings, workdir: Path) -> dict[st
 def run(s: Settings) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory(prefix="dash-live-") as tmp:
-        results.append(measure("duckdb", None, s, Path(tmp)))
+        if s.duckdb:
+            results.append(measure("duckdb", None, s, Path(tmp)))
         with database(s.database, s.private_postgres) as url:
             if url is not None:
                 results.append(measure("postgresql", url, s, Path(tmp)))
@@ -321,11 +323,14 @@ def parse(argv: Sequence[str]) -> Settings:
     p.add_argument("--requests", type=int, default=30, help="per overview variant")
     p.add_argument("--database", help="postgresql:// URL of a fresh, empty database")
     p.add_argument("--private-postgres", action="store_true", help="a throwaway cluster")
+    p.add_argument("--no-duckdb", action="store_true", help="PostgreSQL only")
     p.add_argument("--smoke", action="store_true", help="seconds: tiny sizes, DuckDB only")
     a = p.parse_args(argv)
     if a.smoke:
         return Settings(300, 3, 3, 5, None, False)
-    return Settings(a.devices, a.pages, a.commits, a.requests, a.database, a.private_postgres)
+    return Settings(
+        a.devices, a.pages, a.commits, a.requests, a.database, a.private_postgres, not a.no_duckdb
+    )
 
 
 def main(argv: Sequence[str]) -> int:
