@@ -712,7 +712,9 @@ def report(
                 k: round(statistics.median(d["cpu_us_per_reading"][k] for d in runs), 2)
                 for k in cpu_keys
             },
-            "other_processes_cores": statistics.median(d["other_processes_cores"] for d in runs),
+            "other_processes_cores": round(
+                statistics.median(d["other_processes_cores"] for d in runs), 2
+            ),
             "exactly_once": all(d["exactly_once"] for d in runs),
             "runs": runs,
         }
@@ -734,8 +736,8 @@ def report(
                     k: round(statistics.median(p["cpu_us_per_reading"][k] for p in replays), 2)
                     for k in replays[0]["cpu_us_per_reading"]
                 },
-                "other_processes_cores": statistics.median(
-                    p["other_processes_cores"] for p in replays
+                "other_processes_cores": round(
+                    statistics.median(p["other_processes_cores"] for p in replays), 2
                 ),
                 "exactly_once": all(p["exactly_once"] for p in replays),
                 "runs": replays,
