@@ -12,7 +12,6 @@ this layout with IOTSPHERE_TEST_PG_PRELOAD=timescaledb (tests/support/postgres.p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from glob import glob
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ from cloud.storage.pg_timescale import LAYOUT, Probe, buckets_params, core_migra
 from cloud.storage.retention import DAY_MS, maintain_readings
 from cloud.storage.store import SqlCloudStore
 from tests.support.cloud import T0, reading
-from tests.support.postgres import TIMESCALE, PgCluster, running_cluster
+from tests.support.postgres import TIMESCALE, PgCluster, running_cluster, timescaledb_installed
 
-INSTALLED = bool(glob("/usr/share/postgresql/*/extension/timescaledb.control"))
+INSTALLED = timescaledb_installed()
 needs_timescaledb = pytest.mark.skipif(not INSTALLED, reason="TimescaleDB is not installed")
 ALL = Probe(available=True, preloaded=True, licensed=True)
 

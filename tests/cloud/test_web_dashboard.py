@@ -193,7 +193,9 @@ class Tab:
         page = self.page
         page.goto(self.site.base + path)
         page.wait_for_url("**/login?**")
-        # keyboard only: the e-mail field has focus, Tab reaches the password, Enter submits
+        # keyboard only: the e-mail field has focus, Tab reaches the password, Enter submits.
+        # (the URL changes before the page has loaded: keys typed earlier go nowhere)
+        playwright_sync.expect(page.locator("#email")).to_be_focused()
         page.keyboard.type(EMAIL)
         page.keyboard.press("Tab")
         page.keyboard.type(PASSWORD)

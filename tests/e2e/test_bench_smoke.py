@@ -80,6 +80,12 @@ BENCHES = (
          "duckdb.push.push_ms_p99"),
         90,
     ),
+    Bench(  # the native layout alone where TimescaleDB is not installed (CI)
+        "timescale.py",
+        ("drain.native.readings_per_s", "sparse.24h queries, policy state.native buckets.p95_ms",
+         "dense.MB per M uncompressed.native.readings"),
+        60,
+    ),
 )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import itertools
 import os
 import pwd
@@ -57,10 +58,17 @@ SETTINGS = {
     "log_min_messages": "warning",
     "timezone": "'UTC'",
 }
+
+
 # IOTSPHERE_TEST_PG_PRELOAD=timescaledb: every private cluster preloads TimescaleDB, so the
 # cloud's PostgreSQL tests run on its layout (cloud.storage.pg_timescale; the extension must be
 # installed). Its background jobs stay off: a policy refreshing buckets mid-test would make the
 # tests depend on timing; tests/cloud/test_cloud_timescale.py refreshes and compresses by hand.
+def timescaledb_installed() -> bool:
+    """Whether this machine's PostgreSQL has the TimescaleDB extension to preload."""
+    return bool(glob.glob("/usr/share/postgresql/*/extension/timescaledb.control"))
+
+
 TIMESCALE = {
     "shared_preload_libraries": "'timescaledb'",
     "timescaledb.telemetry_level": "off",
