@@ -66,6 +66,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.support.peer_drain import drain_backlog  # noqa: E402
 from bench.support.pg_bench import database, per_million, readings_size, scratch_schema  # noqa: E402
 from cloud.app.services import open_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
@@ -73,7 +74,7 @@ from cloud.sync.store import SyncStore  # noqa: E402
 from common.clock import SystemClock  # noqa: E402
 from common.gateway_auth import RequestSigner, load_private_key  # noqa: E402
 from common.model import Reading  # noqa: E402
-from common.sync_wire import SyncBatch, decode_batch, encode_batch  # noqa: E402
+from common.sync_wire import SyncBatch, encode_batch  # noqa: E402
 from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402
 from edge.ingest.mqtt.broker import free_port  # noqa: E402
 from edge.storage.store import Batch, GatewayStore  # noqa: E402
@@ -139,25 +140,9 @@ def in_process_peer(dbs: list[Path], settings: CloudSettings, n: int, batch: int
             started = time.perf_counter()
             for k, db in enumerate(dbs):
                 gw = await cloud.create_gateway(org.id, f"peer-{k}", f"no-token-{k}", now, now)
-                gw_store = GatewayStore(db)
-                cursor = 0
-                try:
-                    while True:
-                        rows, _ = gw_store.reading_columns_for_sync(cursor, batch)
-                        if not rows:
-                            break
-                        out = SyncBatch.create(
-                            gateway_id=gw.gateway_id, first_seq=cursor + 1,
-                            last_seq=rows.seq[-1], boot_id="peer", gateway_clock_ms=now,
-                            readings=rows, counters=gw_store.counters(),
-                            epochs=gw_store.epochs_for(rows.seq[0], rows.seq[-1]),
-                        )  # fmt: skip
-                        body, ctype, cenc = encode_batch(out)
-                        ack = await sync.apply_batch(org.id, decode_batch(body, ctype, cenc), now)
-                        cursor, stored = rows.seq[-1], stored + ack.stored
-                        wire_bytes, batches = wire_bytes + len(body), batches + 1
-                finally:
-                    gw_store.close()
+                done = await drain_backlog(sync, org.id, gw.gateway_id, db, batch, now)
+                stored, wire_bytes = stored + done.stored, wire_bytes + done.wire_bytes
+                batches += done.batches
             seconds = time.perf_counter() - started
         finally:
             cloud.close()

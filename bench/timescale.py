@@ -37,12 +37,12 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from bench.support.http_timing import percentile  # noqa: E402
+from bench.support.peer_drain import drain_backlog  # noqa: E402
 from cloud.app.services import open_store  # noqa: E402
 from cloud.app.settings import CloudSettings  # noqa: E402
 from cloud.storage.store import SqlCloudStore  # noqa: E402
 from cloud.sync.store import SyncStore  # noqa: E402
 from common.model import Reading  # noqa: E402
-from common.sync_wire import SyncBatch, decode_batch, encode_batch  # noqa: E402
 from edge.storage.store import Batch, GatewayStore  # noqa: E402
 from tests.support.postgres import TIMESCALE, running_cluster, timescaledb_installed  # noqa: E402
 
@@ -74,32 +74,13 @@ def prefill(db: Path, n: int) -> float:
 
 
 async def drain(gw_db: Path, cloud: SqlCloudStore, batch: int) -> tuple[int, float]:
-    """bench/sync_drain.py's in-process peer: each sync batch read from the gateway store,
-    built, encoded, decoded and applied to the cloud store, serially. (stored, seconds)"""
-    sync = SyncStore(cloud.db)
+    """bench/sync_drain.py's in-process peer into `cloud`. (stored, seconds)"""
     now = int(time.time() * 1000)
     org = await cloud.ensure_org("peer", now)
     gw = await cloud.create_gateway(org.id, "peer", "no-token", now, now)
-    gw_store = GatewayStore(gw_db)
-    cursor = stored = 0
     began = time.perf_counter()
-    try:
-        while True:
-            rows, _ = gw_store.reading_columns_for_sync(cursor, batch)
-            if not rows:
-                break
-            out = SyncBatch.create(
-                gateway_id=gw.gateway_id, first_seq=cursor + 1, last_seq=rows.seq[-1],
-                boot_id="peer", gateway_clock_ms=now, readings=rows,
-                counters=gw_store.counters(),
-                epochs=gw_store.epochs_for(rows.seq[0], rows.seq[-1]),
-            )  # fmt: skip
-            body, ctype, cenc = encode_batch(out)
-            ack = await sync.apply_batch(org.id, decode_batch(body, ctype, cenc), now)
-            cursor, stored = rows.seq[-1], stored + ack.stored
-    finally:
-        gw_store.close()
-    return stored, time.perf_counter() - began
+    done = await drain_backlog(SyncStore(cloud.db), org.id, gw.gateway_id, gw_db, batch, now)
+    return done.stored, time.perf_counter() - began
 
 
 def open_layout(url: str, timescale: bool) -> SqlCloudStore:

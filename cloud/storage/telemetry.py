@@ -5,8 +5,9 @@ calls inside its batch transaction.
 What the engines share is written here once: the device list (only its JSON aggregate differs),
 the raw points and the epoch-aligned buckets. How a batch of readings goes in differs and lives
 in a module per engine: cloud.storage.duck_telemetry (an anti-join against the batch's time
-range, pyarrow registered as a view) and cloud.storage.pg_telemetry (binary COPY into a temp
-table, INSERT ... ON CONFLICT DO NOTHING into daily partitions). Both keep the newest value per
+range, pyarrow registered as a view) and cloud.storage.pg_telemetry (binary COPY straight into
+the day's partition; a temp table and INSERT ... ON CONFLICT DO NOTHING only when the batch
+meets stored rows). Both keep the newest value per
 (device, metric) in `latest`, so the dashboard never scans readings."""
 
 from __future__ import annotations
