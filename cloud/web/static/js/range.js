@@ -24,7 +24,8 @@ export function bucketFor(from, to, target = 240) {
   return (found ?? BUCKETS[BUCKETS.length - 1])[0];
 }
 
-function localInput(ms) {
+// an instant as a datetime-local input's value, in the viewer's time zone
+export function localInput(ms) {
   const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60e3);
   return d.toISOString().slice(0, 16);
 }

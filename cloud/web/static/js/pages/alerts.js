@@ -8,6 +8,7 @@
 import * as api from "../api.js";
 import { act } from "../actions.js";
 import { h, section, statusLine } from "../dom.js";
+import { localInput } from "../range.js";
 import * as router from "../router.js";
 import { alertsTable, loadChannelNames } from "./alerts-view.js";
 
@@ -18,9 +19,11 @@ const SORTS = {
   "-started_at": "Newest first", "started_at": "Oldest first", "-severity": "Most severe first",
   "subject": "Device or model, A to Z", "metric": "Metric", "gateway": "Gateway",
 };
-const RANGES = [["", "Any time"], ["1h", "Last hour"], ["24h", "Last 24 hours"], ["7d", "Last 7 days"]];
+const RANGES = [["", "Any time"], ["1h", "Last hour"], ["24h", "Last 24 hours"], ["7d", "Last 7 days"], ["custom", "Custom…"]];
 const RANGE_MS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3 };
 let typing = null;
+// "Custom…" chosen and its dates not applied yet: kept open through the page's refreshes
+let customOpen = false;
 // The selected open alerts: kept across the page's refreshes (a pushed change patches the
 // page; it must not untick what the user ticked), emptied when the filters change.
 const selected = new Set();
@@ -30,6 +33,11 @@ function listState() {
   const state = {};
   for (const k of [...FILTERS, "range", "cursor", "back", "pcursor", "pback"]) state[k] = q.get(k) || "";
   if (!(state.sort in SORTS)) state.sort = "-started_at";
+  // a custom window is from AND to, both instants (ms), from before to; anything else is none
+  const [from, to] = [Number(state.from), Number(state.to)];
+  if (!(state.from && state.to && Number.isFinite(from) && Number.isFinite(to) && from < to)) state.from = state.to = "";
+  if (state.from) state.range = "custom";
+  else if (state.range === "custom") state.range = "";
   return state;
 }
 
@@ -53,7 +61,10 @@ function params(state, states, limit, cursor) {
   const wanted = state.state ? states.filter((s) => s === state.state) : states;
   p.set("state", (wanted.length ? wanted : ["none"]).join(","));
   for (const k of ["q", "severity", "gateway", "device_type"]) if (state[k]) p.set(k, state[k]);
-  if (state.range in RANGE_MS) p.set("from", String(Date.now() - RANGE_MS[state.range]));
+  if (state.from) {
+    p.set("from", state.from);
+    p.set("to", state.to);
+  } else if (state.range in RANGE_MS) p.set("from", String(Date.now() - RANGE_MS[state.range]));
   if (cursor) p.set("cursor", cursor);
   return p;
 }
@@ -123,8 +134,54 @@ function controls(state, gateways, types, ctx) {
     choice("alert-severity", "Severity", state.severity, [["", "Any"], ["critical", "Critical"], ["warning", "Warning"], ["info", "Info"]], "severity"),
     choice("alert-gateway", "Gateway", state.gateway, [["", "Any"], ...gateways.map((g) => [g.gateway_id, g.name])], "gateway"),
     choice("alert-type", "Device type", state.device_type, [["", "Any"], ...types.map((t) => [t, t])], "device_type"),
-    choice("alert-range", "Started", state.range, RANGES, "range"),
+    rangeChoice(state, ctx),
     choice("alert-sort", "Sort by", state.sort, Object.entries(SORTS), "sort"));
+}
+
+// When alerts started: a preset relative to now, or a custom from/to in the viewer's local
+// time (in the route as from/to instants, so a link or a reload shows the same window)
+function rangeChoice(state, ctx) {
+  const open = state.range === "custom" || customOpen;
+  const now = Date.now();
+  // read by id when used: a patch keeps the elements on screen, not these fresh ones
+  const byId = (id) => document.getElementById(id);
+  const editing = (on) => { // open and kept (not patched) while the dates are being chosen
+    customOpen = on;
+    const span = byId("alert-custom-range");
+    span.toggleAttribute("data-keep", on);
+    if (on) span.hidden = false;
+  };
+  const apply = () => {
+    const [from, to, error] = [byId("alert-from"), byId("alert-to"), byId("alert-range-error")];
+    const f = new Date(from.value).getTime();
+    const t = new Date(to.value).getTime();
+    if (!Number.isFinite(f) || !Number.isFinite(t) || f >= t) {
+      error.textContent = "Choose a start before the end.";
+      (Number.isFinite(f) ? to : from).setAttribute("aria-invalid", "true");
+      return;
+    }
+    editing(false);
+    setList(ctx, { range: "", from: String(f), to: String(t) });
+  };
+  const onEnter = (ev) => { if (ev.key === "Enter") { ev.preventDefault(); apply(); } };
+  // chosen but not applied yet: data-keep, so a pushed refresh leaves the dates being set alone
+  const custom = h("span", { class: "custom-range", id: "alert-custom-range", hidden: !open, "data-keep": customOpen },
+    h("label", { for: "alert-from" }, "From"),
+    h("input", { type: "datetime-local", id: "alert-from", onkeydown: onEnter,
+      value: localInput(state.from ? Number(state.from) : now - 86400e3) }),
+    h("label", { for: "alert-to" }, "To"),
+    h("input", { type: "datetime-local", id: "alert-to", onkeydown: onEnter,
+      value: localInput(state.to ? Number(state.to) : now) }),
+    h("button", { type: "button", class: "secondary", id: "alert-range-apply", onclick: apply }, "Apply"),
+    h("span", { class: "error", role: "alert", id: "alert-range-error" }));
+  const select = h("select", {
+    id: "alert-range",
+    onchange: (ev) => {
+      editing(ev.target.value === "custom"); // custom: the dates first, Apply fetches
+      if (!customOpen) setList(ctx, { range: ev.target.value, from: "", to: "" });
+    },
+  }, RANGES.map(([v, text]) => h("option", { value: v, selected: v === (open ? "custom" : state.range) }, text)));
+  return [h("label", { for: "alert-range" }, "Started"), select, custom];
 }
 
 // Keyset paging: "Next" follows the answer's cursor; the cursors walked so far are kept in the
