@@ -24,7 +24,7 @@ WEB = Path("cloud") / "web"
 VENDOR = {"uplot": ("uPlot.esm.js", "uPlot.min.css"), "idiomorph": ("idiomorph.esm.js",)}
 
 
-class BuildWithUplot(build_py):
+class BuildWithVendored(build_py):
     def run(self) -> None:
         super().run()
         if getattr(self, "editable_mode", False):
@@ -55,4 +55,4 @@ class BuildWithUplot(build_py):
             shutil.copyfile(source.parent / "LICENSE", target / "LICENSE")
 
 
-setup(cmdclass={"build_py": BuildWithUplot})
+setup(cmdclass={"build_py": BuildWithVendored})

@@ -4,7 +4,7 @@ and the gateways' own rules."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -52,7 +52,9 @@ class AlertPageOut(BaseModel):
 
 class BulkAlertsIn(BaseModel):
     action: Literal["ack", "resolve"]
-    ids: list[str] = Field(min_length=1, max_length=500)
+    ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=500
+    )
 
 
 class BulkResultOut(BaseModel):

@@ -21,7 +21,7 @@ from cloud.api.alert_schemas import (
     GatewayRuleOut,
 )
 from cloud.api.deps import AUTHED, Operator, PathId, ServicesDep, Viewer, problems
-from cloud.api.problems import not_found
+from cloud.api.problems import conflict, not_found
 from cloud.app.services import Services
 from cloud.notify.store import alert_documents
 from cloud.security.auth import Principal
@@ -74,8 +74,8 @@ async def list_alerts(  # noqa: PLR0913 - one parameter per documented filter
     gateway: Annotated[str | None, Query(max_length=128)] = None,
     device: Annotated[str | None, Query(max_length=128)] = None,
     device_type: Annotated[str | None, Query(max_length=128)] = None,
-    from_ms: Annotated[int | None, Query(alias="from", ge=0)] = None,
-    to_ms: Annotated[int | None, Query(alias="to", ge=0)] = None,
+    from_ms: Annotated[int | None, Query(alias="from", ge=0, le=2**62)] = None,
+    to_ms: Annotated[int | None, Query(alias="to", ge=0, le=2**62)] = None,
     sort: Annotated[SortParam | None, Query()] = None,
 ) -> Any:
     states = _listed(state, tuple(s.value for s in AlertState), "state")
@@ -144,13 +144,13 @@ async def bulk(body: BulkAlertsIn, principal: Operator, services: ServicesDep) -
             )
     changed = sum(1 for r in results if r["status"] == 200)
     audit_log.info(
-        "alerts bulk %s: user=%s org=%s changed=%d failed=%d ids=%s",
+        "alerts bulk %s: user=%s org=%s changed=%d failed=%d ids=%r",
         body.action,
         actor,
         principal.org_id,
         changed,
         len(results) - changed,
-        ",".join(r["id"] for r in results),
+        [r["id"] for r in results],  # repr: an id cannot forge a line
     )
     return {
         "action": body.action,
@@ -218,13 +218,20 @@ async def _actor(services: Services, principal: Principal) -> str:
 async def _move(
     services: Services, org_id: str, alert_id: str, event: AlertEvent, actor: str
 ) -> AlertInfo:
-    alert = await _found(services, org_id, alert_id)
-    state = next_state(alert.state, event)  # 409 problem when the table forbids it
-    now = services.clock.now_ms()
-    moved = await services.store.set_alert_state(org_id, alert_id, state, now, actor)
-    if moved is None:
-        raise not_found(f"no alert {alert_id!r}")
-    return moved
+    # The move is decided on the state read, and written only if the alert is still in it:
+    # sync, the monitoring loop or another user may move it in between (a resolve racing an
+    # ack must not leave it "acknowledged" with a resolved_at). Moved meanwhile: decide again
+    # on the new state (409 when the table forbids the move from there).
+    for _ in range(3):
+        alert = await _found(services, org_id, alert_id)
+        state = next_state(alert.state, event)  # 409 problem when the table forbids it
+        now = services.clock.now_ms()
+        moved = await services.store.set_alert_state(
+            org_id, alert_id, state, now, actor, expected=alert.state
+        )
+        if moved is not None:
+            return moved
+    raise conflict(f"alert {alert_id!r} keeps changing; try again")
 
 
 @router.post(

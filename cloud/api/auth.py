@@ -17,11 +17,12 @@ from typing import Annotated
 from fastapi import APIRouter, Cookie, Request, Response
 
 from cloud.api.deps import AUTHED, ServicesDep, Viewer, problems
-from cloud.api.problems import HttpProblem, forbidden, too_many, unauthorized
+from cloud.api.problems import HttpProblem, forbidden, too_many, unauthorized, unavailable
 from cloud.api.schemas import LoginRequest, PasswordChange, RefreshRequest, TokenResponse
 from cloud.app.admin_ops import change_user
 from cloud.app.services import Services
 from cloud.security.auth import Principal, new_opaque_token, token_digest, verify_password
+from cloud.storage.errors import StoreError
 from cloud.storage.interface import RefreshToken, RefreshUse, User
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -174,7 +175,21 @@ async def logout(
     themselves (minutes); the dashboard drops its copies in every tab at once."""
     presented = body.refresh_token if body is not None else cookie
     if presented is not None:
-        await services.store.consume_refresh_token(token_digest(presented), services.clock.now_ms())
+        try:
+            await services.store.consume_refresh_token(
+                token_digest(presented), services.clock.now_ms()
+            )
+        except StoreError as exc:
+            # the token could not be spent: say so (503), but this browser forgets it anyway,
+            # so a shared computer is logged out whatever the database does
+            log.error("logout: the refresh token could not be revoked: %s", exc)
+            problem = unavailable(
+                "the session could not be ended on the server; this browser's session cookie"
+                " is removed",
+                services.settings.retry_after_s,
+            )
+            problem.cookies = _cleared_cookie_headers(request)
+            raise problem from exc
     return _clear_cookies(Response(status_code=204), request)
 
 

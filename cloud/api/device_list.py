@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Query
 
 from cloud.app.services import Services
+from cloud.storage.device_json import online_since
 from cloud.storage.device_query import DevicePage, DeviceQuery
 
 DEFAULT_LIMIT = 50
@@ -42,7 +43,7 @@ class DeviceListParams:
     def query(self, services: Services) -> DeviceQuery:
         now = services.clock.now_ms()
         return DeviceQuery(
-            online_since_ms=now - int(services.settings.online_threshold_s * 1000),
+            online_since_ms=online_since(now, services.settings.online_threshold_s),
             search=self.q or None,
             status=self.status,
             gateway_id=self.gateway,

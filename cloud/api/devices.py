@@ -175,7 +175,8 @@ async def readings_csv(
     if device is None:
         raise not_found(f"no device {device_id!r}")
     metrics = [metric] if metric is not None else sorted(device.latest)
-    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_id)
+    # ASCII only: a header is Latin-1, and a gateway may send ids in any script
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in device_id)
     return StreamingResponse(
         csv_rows(store, org, device_id, metrics, lo, hi),
         media_type="text/csv; charset=utf-8",

@@ -33,7 +33,7 @@ from fastapi.responses import StreamingResponse
 
 from cloud.api.deps import AUTHED, ServicesDep, Viewer, problems, unavailable_area
 from cloud.api.problems import unauthorized
-from cloud.app.changes import ChangeFeed, Subscriber
+from cloud.app.changes import ChangeFeed
 from cloud.app.services import Services
 from cloud.security.auth import ALGORITHM, AuthError, Principal
 from cloud.storage.interface import Role
@@ -133,9 +133,12 @@ def _event(name: str, data: dict[str, Any], event_id: int | None = None) -> byte
     return f"{head}event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _stream(feed: ChangeFeed, sub: Subscriber) -> AsyncIterator[bytes]:
+async def _stream(feed: ChangeFeed, org_id: str) -> AsyncIterator[bytes]:
+    # subscribed here, not in the endpoint: the finally below is what unsubscribes, and it runs
+    # only once the response has started this generator (a client gone before would leak it)
     loop = asyncio.get_running_loop()
     ends = loop.time() + STREAM_MAX_S
+    sub = feed.subscribe(org_id)
     try:
         await feed.baseline(sub.org_id)
         yield f"retry: {RECONNECT_MS}\n".encode() + _event("ready", {})
@@ -172,10 +175,8 @@ async def events(
     the caller's org (devices, gateways, alerts, deliveries). Ends after 5 minutes or when
     the page does not keep up; reconnect with a new ticket and refetch."""
     principal = await ticket_principal(services, ticket, "events")
-    feed = feed_of(services)
-    sub = feed.subscribe(principal.org_id)
     return StreamingResponse(
-        _stream(feed, sub),
+        _stream(feed_of(services), principal.org_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

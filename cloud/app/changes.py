@@ -1,9 +1,12 @@
 """What changed, per org, for the dashboard's live pages (issue 15, item 3: live by push).
 
 One ChangeFeed per worker process. While at least one page is connected it polls the database
-every `interval_s` with ONE cheap statement: per subscribed org and kind, the newest change
-stamp (devices: last_seen; gateways: last_seen; alerts and deliveries: updated_at), each a
-scalar max() that PostgreSQL answers from an index (CHANGE_INDEXES) without reading the rows.
+every `interval_s` with ONE cheap statement: per subscribed org and source, the newest change
+stamp (devices: last_seen, and the cloud's time of the newest sync batch stored, since
+last_seen is the gateways' clock and only moves forward: a gateway behind the others, or
+draining a backlog, would move no org-wide maximum; gateways: last_seen; alerts and
+deliveries: updated_at), each a scalar that PostgreSQL answers from indexes (CHANGE_INDEXES)
+without reading the rows.
 A stamp that moved is a change of that kind (a deletion moves none: pages see it at their
 30 s refresh); the feed tells that org's
 subscribers which kinds moved, nothing else, and the page fetches what it shows through the
@@ -37,12 +40,19 @@ log = logging.getLogger("iotsphere.cloud.changes")
 
 KINDS = ("devices", "gateways", "alerts", "deliveries")
 STORE = frozenset({"store"})  # the store went away or came back: refetch whatever is shown
-# kind -> (table, change stamp column); notifications belong to the notify area
+# source -> (the kind it announces, a scalar query of its newest stamp for the org `?`);
+# notifications belong to the notify area, sync_batches to the sync area
 _SOURCES = {
-    "devices": ("devices", "last_seen"),
-    "gateways": ("gateways", "last_seen"),
-    "alerts": ("alerts", "updated_at"),
-    "deliveries": ("notifications", "updated_at"),
+    "devices": ("devices", "SELECT max(last_seen) FROM devices WHERE org_id = ?"),
+    # each gateway's newest batch by the index (gateway_id, acked_at): one probe per gateway
+    "batches": (
+        "devices",
+        "SELECT max(b.acked_at) FROM gateways g, LATERAL (SELECT acked_at FROM sync_batches"
+        " WHERE gateway_id = g.id ORDER BY acked_at DESC LIMIT 1) b WHERE g.org_id = ?",
+    ),
+    "gateways": ("gateways", "SELECT max(last_seen) FROM gateways WHERE org_id = ?"),
+    "alerts": ("alerts", "SELECT max(updated_at) FROM alerts WHERE org_id = ?"),
+    "deliveries": ("deliveries", "SELECT max(updated_at) FROM notifications WHERE org_id = ?"),
 }
 
 
@@ -61,12 +71,15 @@ CHANGE_INDEXES: Migrations = {
                 "CREATE INDEX notifications_org_updated ON notifications (org_id, updated_at)",
             ),
         ),
+        Migration(
+            2, ("CREATE INDEX sync_batches_gateway_acked ON sync_batches (gateway_id, acked_at)",)
+        ),
     ),
 }
 
 
 def install_indexes(db: SqlDatabase) -> None:
-    """Called once the core and notify tables exist (cloud.app.services.build_services)."""
+    """Called once the core, notify and sync tables exist (cloud.app.services.build_services)."""
     db.migrate("change_feed", CHANGE_INDEXES)
 
 
@@ -83,6 +96,7 @@ class ChangeFeed:
     interval_s: float = 0.5
     queue_max: int = 32
     kinds: tuple[str, ...] = KINDS
+    batches: bool = False  # the sync area's table is there (build_services: where gateways sync)
     _subs: dict[str, set[Subscriber]] = field(default_factory=dict)
     _seen: dict[tuple[str, str], int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
@@ -151,10 +165,17 @@ class ChangeFeed:
             self._task.cancel()
             self._task = None
 
+    def _sources(self) -> list[str]:
+        return [
+            name
+            for name, (kind, _) in _SOURCES.items()
+            if kind in self.kinds and (self.batches or name != "batches")
+        ]
+
     async def baseline(self, org_id: str) -> None:
         """Poll now if `org_id` has no baseline yet, so that anything committed after a page's
         stream says "ready" (and the page refetched) is seen as a change."""
-        if any((org_id, kind) not in self._seen for kind in self.kinds):
+        if any((org_id, source) not in self._seen for source in self._sources()):
             await self.poll_once()
 
     # -- the poll ---------------------------------------------------------------------------
@@ -180,16 +201,16 @@ class ChangeFeed:
             log.info("change feed reads the store again")
             self._failing = False
             self._tell_everyone()
-        # a kind without rows (no alert yet) is 0: its first row is a change too
-        current = {(org_id, kind): 0 for org_id in orgs for kind in self.kinds}
-        for org_id, kind, stamp in rows:
-            current[(str(org_id), str(kind))] = int(stamp or 0)
+        # a source without rows (no alert yet) is 0: its first row is a change too
+        current = {(org_id, source): 0 for org_id in orgs for source in self._sources()}
+        for org_id, source, stamp in rows:
+            current[(str(org_id), str(source))] = int(stamp or 0)
         moved: dict[str, set[str]] = {}
         for key, now in current.items():
             before = self._seen.get(key)
             self._seen[key] = now
             if before is not None and before != now:  # None: the org's first poll
-                moved.setdefault(key[0], set()).add(key[1])
+                moved.setdefault(key[0], set()).add(_SOURCES[key[1]][0])
         for org_id, kinds in moved.items():
             self.publish(org_id, frozenset(kinds))
 
@@ -198,11 +219,10 @@ class ChangeFeed:
         # index probe (a GROUP BY over an IN list would read every row)
         parts, params = [], []
         for org_id in orgs:
-            for kind in self.kinds:
-                table, stamp = _SOURCES[kind]
+            for source in self._sources():
                 parts.append(
-                    f"SELECT CAST(? AS VARCHAR) AS org_id, '{kind}' AS kind,"
-                    f" (SELECT max({stamp}) FROM {table} WHERE org_id = ?) AS stamp"
+                    f"SELECT CAST(? AS VARCHAR) AS org_id, '{source}' AS source,"
+                    f" ({_SOURCES[source][1]}) AS stamp"
                 )
                 params += [org_id, org_id]
         return " UNION ALL ".join(parts), params

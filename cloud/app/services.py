@@ -114,8 +114,8 @@ def build_services(
     if isinstance(store, SqlCloudStore):  # they share its database
         notify = NotifyStore(store.db)
         monitoring = MonitoringStore(store.db)
-        install_indexes(store.db)  # the change feed's, on the tables above
         sync = SyncStore(store.db)
+        install_indexes(store.db)  # the change feed's, on the tables above
         # the lookup runs in a worker thread (the endpoint verifies off the event loop)
         verifier = GatewayVerifier(sync.active_public_key, clock)
     return Services(
@@ -141,7 +141,9 @@ def build_services(
         enroll_limiter=FailureLimiter(security, "enroll", settings.enroll, clock),
         users=KnownUsers(store.user_by_id, clock),
         # deliveries live in the notify area's table
-        changes=ChangeFeed(store.db, kinds=KINDS if notify else KINDS[:3]),
+        changes=ChangeFeed(
+            store.db, kinds=KINDS if notify else KINDS[:3], batches=sync is not None
+        ),
     )
 
 

@@ -386,10 +386,6 @@ class OutboxStore:
 
         return self._tx(go)
 
-    def attempts_for_alert(self, alert_id: str) -> list[dict[str, Any]]:
-        """Every delivery attempt of the alert's notifications, oldest first."""
-        return self._db.run_sync(lambda c: attempts_for_alert_on(c, alert_id))
-
     def status_for_alert(self, alert_id: str) -> list[dict[str, Any]]:
         """The alert's `notifications` member: one entry per channel and event."""
         return self.status_for_alerts([alert_id]).get(alert_id, [])
@@ -487,7 +483,8 @@ def enqueue_alert_on(
 
 
 def attempts_for_alert_on(conn: SqlConn, alert_id: str) -> list[dict[str, Any]]:
-    """OutboxStore.attempts_for_alert on a connection the caller holds."""
+    """Every delivery attempt of the alert's notifications, oldest first, on a connection the
+    caller holds."""
     rows = conn.execute(
         "SELECT channel_id, event, attempt, at_ms, result, error FROM notification_attempts"
         " WHERE alert_id = ? ORDER BY at_ms, channel_id, attempt",

@@ -151,22 +151,37 @@ class AlertQueries:
         return _alert(row) if row else None
 
     async def set_alert_state(
-        self, org_id: str, alert_id: str, state: AlertState, now_ms: int, actor: str | None = None
+        self,
+        org_id: str,
+        alert_id: str,
+        state: AlertState,
+        now_ms: int,
+        actor: str | None = None,
+        expected: AlertState | None = None,
     ) -> AlertInfo | None:
+        """None if there is no such alert, or (with `expected`) it is no longer in that state:
+        another writer (sync, the monitoring loop, another user) moved it since it was read."""
         stamp = {
             AlertState.ACKNOWLEDGED: ", acknowledged_at = ?, acknowledged_by = ?",
             AlertState.RESOLVED: ", resolved_at = ?, resolved_by = ?",
         }.get(state, "")
         stamped = [now_ms, actor] if stamp else []
 
-        def go(c: SqlConn) -> None:
-            c.execute(
-                f"UPDATE alerts SET state = ?, updated_at = ?{stamp} WHERE org_id = ? AND id = ?",
-                [state.value, now_ms, *stamped, org_id, alert_id],
-            )
-            add_event(c, org_id, alert_id, now_ms, state.value, actor)
+        guard = " AND state = ?" if expected is not None else ""
+        guarded = [expected.value] if expected is not None else []
 
-        await self.db.run(self.db.transaction(go))
+        def go(c: SqlConn) -> bool:
+            changed = c.execute(
+                f"UPDATE alerts SET state = ?, updated_at = ?{stamp}"
+                f" WHERE org_id = ? AND id = ?{guard} RETURNING id",
+                [state.value, now_ms, *stamped, org_id, alert_id, *guarded],
+            ).fetchall()
+            if changed:  # the history records only what happened
+                add_event(c, org_id, alert_id, now_ms, state.value, actor)
+            return bool(changed)
+
+        if not await self.db.run(self.db.transaction(go)):
+            return None
         return await self.get_alert(org_id, alert_id)
 
     async def alert_page(

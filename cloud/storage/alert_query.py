@@ -78,7 +78,7 @@ def decode_cursor(sort: str, cursor: str) -> tuple[Any, str]:
     if (
         got_sort != sort
         or not isinstance(alert_id, str)
-        or (want_int and type(value) is not int)
+        or (want_int and (type(value) is not int or not -(2**63) <= value < 2**63))
         or (not want_int and not isinstance(value, str))
     ):
         raise BadCursor("the cursor belongs to another sort order; start from the first page")

@@ -329,7 +329,13 @@ class CloudStore(Protocol):
     ) -> list[AlertInfo]: ...
     async def get_alert(self, org_id: str, alert_id: str) -> AlertInfo | None: ...
     async def set_alert_state(
-        self, org_id: str, alert_id: str, state: AlertState, now_ms: int, actor: str | None = None
+        self,
+        org_id: str,
+        alert_id: str,
+        state: AlertState,
+        now_ms: int,
+        actor: str | None = None,
+        expected: AlertState | None = None,
     ) -> AlertInfo | None: ...
     async def alert_page(
         self, org_id: str, query: AlertQuery

@@ -6,7 +6,9 @@ bulk acknowledge/resolve answers per alert and never touches another org's alert
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 from typing import Any
 
 import httpx
@@ -284,10 +286,16 @@ async def test_list_is_filtered_sorted_and_paged_in_the_database(
             ({"limit": 0}, 422),
             ({"cursor": "garbage!!"}, 409),  # well-formed (any string), but not one of ours
             ({"sort": "metric", "cursor": first["next"]}, 409),  # another sort's cursor
+            ({"from": 10**40}, 422),  # not "the database is unreachable"
+            ({"cursor": _cursor(["-started_at", 10**40, "x"])}, 409),  # a forged huge value
         ):
             r = await http.get("/api/alerts", headers=h, params=params)
             assert r.status_code == status, (params, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def _cursor(parts: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
 
 
 async def test_bulk_acknowledge_and_resolve_per_alert_and_tenant_isolated(
@@ -331,12 +339,15 @@ async def test_bulk_acknowledge_and_resolve_per_alert_and_tenant_isolated(
             ("acknowledged", "op@example.com"),
             ("resolved", "op@example.com"),
         ]
-        bad = await http.post(
-            "/api/alert_actions", headers=op, json={"action": "explode", "ids": []}
-        )
-        assert bad.status_code == 422 and bad.headers["content-type"].startswith(
-            "application/problem+json"
-        )
+        for bad_body in (
+            {"action": "explode", "ids": []},
+            {"action": "ack", "ids": ["x" * 129]},  # ids are bounded (they go to the audit log)
+            {"action": "ack", "ids": [""]},
+        ):
+            bad = await http.post("/api/alert_actions", headers=op, json=bad_body)
+            assert bad.status_code == 422 and bad.headers["content-type"].startswith(
+                "application/problem+json"
+            )
 
 
 async def test_each_delivery_attempt_is_in_the_alert_detail(

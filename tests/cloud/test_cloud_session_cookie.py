@@ -9,7 +9,7 @@ import httpx
 from cloud.app.asgi import create_app
 from cloud.app.services import Services
 from cloud.storage.store import SqlCloudStore
-from tests.support.cloud import PASSWORD, add_user
+from tests.support.cloud import PASSWORD, Outage, add_user
 
 EMAIL = "cookie@example.com"
 BODY = {"email": EMAIL, "password": PASSWORD, "cookie": True}
@@ -70,3 +70,24 @@ async def test_a_refused_cookie_is_cleared_and_https_makes_it_secure(
         lines = set_cookies(r)
         assert "Max-Age=0" in lines["iotsphere_refresh"]
         assert "Max-Age=0" in lines["iotsphere_signed_in"]
+
+
+async def test_logout_while_the_store_is_down_still_removes_the_cookies(
+    services: Services, store: SqlCloudStore, outage: Outage
+) -> None:
+    """A shared computer is logged out even when the refresh token cannot be spent: the 503
+    says so, and the browser's cookies are removed with it."""
+    await add_user(store, EMAIL)
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cloud.test") as c:
+        assert (await c.post("/api/auth/login", json=BODY)).status_code == 200
+        outage.begin()
+        try:
+            r = await c.post("/api/auth/logout")
+        finally:
+            outage.end()
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert "could not be ended" in r.json()["detail"]
+        assert "Max-Age=0" in set_cookies(r)["iotsphere_refresh"]
+        assert "Max-Age=0" in set_cookies(r)["iotsphere_signed_in"]
+        assert (await c.post("/api/auth/refresh")).status_code == 401  # no cookie left

@@ -69,6 +69,25 @@ async def test_gateways_dashboard_and_alerts(store: SqlCloudStore) -> None:
     assert acked is not None and acked.acknowledged_at == T0 + 5 and acked.value == 41.5
 
 
+async def test_a_state_change_is_written_only_from_the_state_it_was_decided_on(
+    store: SqlCloudStore,
+) -> None:
+    """A user's ack decided on "active" loses to a resolve that landed meanwhile: the alert
+    stays resolved, and its history has no acknowledgement that never happened."""
+    org = await store.ensure_org("acme", T0)
+    alert = await store.create_alert(org.id, NewAlert("r1", "critical", "temp", 41.5, T0, "d1"))
+    resolved = await store.set_alert_state(org.id, alert.id, AlertState.RESOLVED, T0 + 1, "gw")
+    assert resolved is not None and resolved.state is AlertState.RESOLVED
+    late = await store.set_alert_state(
+        org.id, alert.id, AlertState.ACKNOWLEDGED, T0 + 2, "ops", expected=AlertState.ACTIVE
+    )
+    assert late is None
+    now = await store.get_alert(org.id, alert.id)
+    assert now is not None and now.state is AlertState.RESOLVED and now.acknowledged_at is None
+    assert [e.kind for e in await store.alert_history(org.id, alert.id)] == ["raised", "resolved"]
+    assert await store.set_alert_state("other-org", alert.id, AlertState.RESOLVED, T0 + 3) is None
+
+
 # -- PostgreSQL only ---------------------------------------------------------------------------
 
 

@@ -144,6 +144,10 @@ async def test_readings_csv_streamed(services: Services, store: SqlCloudStore) -
         assert_problem(await http.get("/api/devices/nope/readings.csv", headers=auth), 404)
         assert_problem(await http.get("/api/devices/dev-1/readings.csv?from=-1", headers=auth), 422)
         assert_problem(await http.get("/api/devices/dev-1/readings.csv"), 401)
+        # a gateway may name devices in any script; the file name is ASCII (a header is Latin-1)
+        await store.insert_readings(org, "gw", [reading("温度-1", "t", T0 - 10, 1.0)], T0)
+        r = await http.get("/api/devices/温度-1/readings.csv", headers=auth)
+        assert r.status_code == 200 and 'filename="__-1-' in r.headers["content-disposition"]
 
         # a plain download link: an export ticket instead of the bearer token
         r = await http.post("/api/events/ticket?scope=export", headers=auth)

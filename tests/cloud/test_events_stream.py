@@ -155,6 +155,32 @@ async def test_change_on_another_worker_reaches_the_page(
         store_a.close()
 
 
+async def test_a_batch_from_a_gateway_behind_the_others_is_announced(
+    services: Services, store: SqlCloudStore
+) -> None:
+    """devices.last_seen is the gateways' clock and only moves forward: one gateway ahead
+    pins the org's maximum. The cloud's time of each stored batch still moves."""
+    feed = services.changes
+    assert feed is not None and feed.batches
+    a, _ = await orgs(store)
+    gw = await store.create_gateway(a, "behind", "digest", T0 + 60_000, T0)
+    await store.insert_readings(a, "ahead", [reading("ahead-dev", "t", T0 + 3_600_000, 1.0)], T0)
+    sub = feed.subscribe(a)
+    try:
+        await feed.poll_once()  # the baseline
+        # the late gateway's batch: an older reading, and its batch row, in one transaction
+        await store.insert_readings(a, gw.gateway_id, [reading("late-dev", "t", T0, 2.0)], T0)
+        await store.db.run(
+            lambda c: c.execute(
+                "INSERT INTO sync_batches VALUES (?, 'b1', 1, 1, 1, 0, ?)", [gw.gateway_id, T0 + 5]
+            )
+        )
+        await feed.poll_once()
+        assert sub.queue.get_nowait() == frozenset({"devices"})
+    finally:
+        feed.unsubscribe(sub)
+
+
 async def test_slow_page_is_dropped_and_memory_bounded(store: SqlCloudStore) -> None:
     feed = ChangeFeed(store.db, interval_s=3600, queue_max=8)
     slow = feed.subscribe("org-a")

@@ -200,7 +200,13 @@ async function show() {
     }
   };
   // after an action (acknowledge, delete...): fetch and show the new state at once
-  ctx.refresh = () => { stopPolling(); return cycle(false); };
+  // (a late call from a page already left, e.g. an action that finished after navigating
+  // away, must not stop the new page's polling)
+  ctx.refresh = () => {
+    if (gen !== generation) return Promise.resolve();
+    stopPolling();
+    return cycle(false);
+  };
   refreshNow = () => (dataShown ? ctx.refresh() : show());
   await cycle(true);
 }

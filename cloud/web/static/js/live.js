@@ -20,6 +20,9 @@ export function connect({ onChange, onState }) {
   let timer = null;
   let failures = 0;
   let stopped = false;
+  let attempt = 0; // each open() and stop() moves it: an open() that awaited its ticket across
+  // a stop() and start() (a tab hidden and shown quickly) is stale and must not open a second
+  // stream
 
   const retry = () => {
     clearTimeout(timer);
@@ -31,16 +34,17 @@ export function connect({ onChange, onState }) {
   async function open() {
     if (stopped || source) return;
     if (typeof EventSource !== "function") { onState(false); return; }
+    const mine = ++attempt;
     let ticket;
     try {
       ticket = (await api.postJson("/api/events/ticket")).ticket;
     } catch (e) {
-      if (e instanceof api.Redirecting) return;
+      if (e instanceof api.Redirecting || mine !== attempt) return;
       onState(false);
       retry();
       return;
     }
-    if (stopped) return;
+    if (stopped || mine !== attempt || source) return;
     const es = new EventSource(`/api/events?ticket=${encodeURIComponent(ticket)}`);
     source = es;
     es.addEventListener("ready", () => {
@@ -67,6 +71,7 @@ export function connect({ onChange, onState }) {
   return {
     stop() {
       stopped = true;
+      attempt += 1;
       clearTimeout(timer);
       source?.close();
       source = null;

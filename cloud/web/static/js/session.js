@@ -65,12 +65,29 @@ export function onToken(fn) {
   tokenListeners.push(fn);
 }
 
+// the user and org an access token names (its claims are readable: only the server can sign)
+function whose(access) {
+  try {
+    const claims = JSON.parse(atob(access.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return `${claims.sub}|${claims.org}`;
+  } catch {
+    return null;
+  }
+}
+
 channel?.addEventListener("message", (ev) => {
   const msg = ev.data ?? {};
   if (msg.type === "logout") {
     current = null;
     for (const fn of logoutListeners) fn();
   } else if (msg.type === "token" && msg.session && typeof msg.session.access === "string") {
+    if (current && whose(msg.session.access) !== whose(current.access)) {
+      // another user signed in from another tab (the cookie is theirs now): this tab must not
+      // go on sending their token under what it shows of ours; start over as them
+      current = null;
+      location.reload();
+      return;
+    }
     if (!current || msg.session.expiresAt > current.expiresAt) current = msg.session;
     for (const fn of tokenListeners) fn(current);
   }

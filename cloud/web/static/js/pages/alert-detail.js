@@ -1,5 +1,6 @@
 // One alert explained (#/alerts/:id, GET /api/alerts/{id}): the rule that raised it (name,
-// condition, scope, severity) as it was at that moment, where it was evaluated (in the cloud
+// condition, scope, severity) as the evaluator reported it (a gateway sends its rule as it
+// stands when the alert is first synced), where it was evaluated (in the cloud
 // or on which gateway), the value and time that raised it, its history (raised, acknowledged
 // by whom, resolved) and every notification channel's delivery (status, attempts, last error).
 

@@ -28,16 +28,17 @@ const CHANGES = {
   resolve: { label: "Resolve", cls: "small secondary", done: "Alert resolved" },
 };
 
+// The listener goes through h() and acts on the elements on screen (see actions.js
+// deleteButton): a row a patch inserts is a copy of this render's.
 function changeButton(a, change, status, ctx) {
   const { label, cls, done } = CHANGES[change];
-  const button = h("button", { type: "button", id: `${change}-${a.id}`, class: cls,
-    "aria-label": `${label} ${a.metric} alert on ${a.device_id ?? a.source}` }, label);
-  button.addEventListener("click", () => act(button, status, async () => {
+  const onclick = (ev) => act(ev.currentTarget, document.getElementById(status.id) ?? status, async () => {
     await api.postJson(`/api/alerts/${encodeURIComponent(a.id)}/${change}`);
     ctx.toast(done);
     await ctx.refresh();
-  }));
-  return button;
+  });
+  return h("button", { type: "button", id: `${change}-${a.id}`, class: cls, onclick,
+    "aria-label": `${label} ${a.metric} alert on ${a.device_id ?? a.source}` }, label);
 }
 
 // Where the rule that raised the alert was evaluated, in words.

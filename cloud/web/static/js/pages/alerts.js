@@ -45,6 +45,7 @@ function listState() {
 // change of a filter starts both lists from their first page
 function setList(ctx, change, keepPages = false) {
   clearTimeout(typing);
+  if (router.current().path !== "/alerts") return Promise.resolve(); // left meanwhile (a late debounce)
   const box = document.getElementById("alert-search");
   const base = listState();
   if (!keepPages) Object.assign(base, { cursor: "", back: "", pcursor: "", pback: "" });
@@ -205,35 +206,37 @@ function pager(which, state, answer, cursorKey, backKey, ctx) {
 
 // Acknowledge or resolve the selected open alerts in ONE request (POST /api/alert_actions); the
 // answer says per alert what happened, and the failures are listed by name.
+// Everything acts on the elements ON SCREEN, found by id when used: a pushed change patches the
+// page in place (morph.js), which keeps the bar shown first and moves onto it only the
+// listeners h() registered, so a closure over this render's elements would change copies
+// nobody sees.
 function bulkActions(selected, ctx) {
-  const status = statusLine("bulk-status");
-  const count = h("span", { id: "bulk-count" }, "0 selected");
-  const run = (action, done) => {
-    const button = h("button", { type: "button", class: "small", id: `bulk-${action}`, disabled: true },
-      action === "ack" ? "Acknowledge selected" : "Resolve selected");
+  const byId = (id) => document.getElementById(id);
+  const update = () => {
+    const count = byId("bulk-count");
+    if (!count) return;
+    count.textContent = `${selected.size} selected`;
+    byId("bulk-ack").disabled = byId("bulk-resolve").disabled = selected.size === 0;
+  };
+  const run = (action, done) => h("button", {
+    type: "button", class: "small", id: `bulk-${action}`, disabled: selected.size === 0,
     // afterwards the bar says what is selected now (nothing): act() re-enables the button
-    button.addEventListener("click", () => act(button, status, async () => {
+    onclick: (ev) => act(ev.currentTarget, byId("bulk-status"), async () => {
       const answer = await api.postJson("/api/alert_actions", { action, ids: [...selected] });
       selected.clear();
       const failed = answer.results.filter((r) => r.status !== 200);
       ctx.toast(`${answer.changed} alert${answer.changed === 1 ? "" : "s"} ${done}`);
       await ctx.refresh();
-      const line = document.getElementById("bulk-status");
+      const line = byId("bulk-status");
       if (line && failed.length) {
         line.textContent = `Not changed: ${failed.map((r) => `${r.id.slice(0, 8)} (${r.detail ?? r.status})`).join("; ")}`;
         line.classList.add("error");
       }
-    }).then(() => bar.update()));
-    return button;
-  };
-  const ack = run("ack", "acknowledged");
-  const resolve = run("resolve", "resolved");
+    }).then(update),
+  }, action === "ack" ? "Acknowledge selected" : "Resolve selected");
   const bar = h("div", { class: "bulk-actions", role: "group", "aria-label": "Bulk actions on the selected alerts" },
-    count, " ", ack, " ", resolve, status);
-  bar.update = () => {
-    count.textContent = `${selected.size} selected`;
-    ack.disabled = resolve.disabled = selected.size === 0;
-  };
-  bar.update();
+    h("span", { id: "bulk-count" }, `${selected.size} selected`), " ",
+    run("ack", "acknowledged"), " ", run("resolve", "resolved"), statusLine("bulk-status"));
+  bar.update = update;
   return bar;
 }

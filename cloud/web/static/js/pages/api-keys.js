@@ -8,9 +8,9 @@ import { act, deleteButton } from "../actions.js";
 import { h, section, statusLine, table } from "../dom.js";
 import * as fmt from "../format.js";
 
-// The secret of the key just created. Kept here, not in the page's data, so a re-render (a
-// tab shown again) does not lose it before it was copied; gone when the user leaves the page
-// or says it is saved.
+// The secret of the key just created. Kept here, not in the page's data, so a re-render (after
+// a revoke or a create) does not lose it before it was copied; gone when the user leaves the
+// page or says it is saved.
 let revealed = null;
 window.addEventListener("hashchange", () => { revealed = null; });
 

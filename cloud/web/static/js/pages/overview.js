@@ -32,6 +32,7 @@ function listState() {
 // change the list's state in the URL (no hashchange: the page is patched) and refetch
 function setList(ctx, change) {
   clearTimeout(typing); // what is in the search box counts now, typed or not
+  if (router.current().path !== "/") return Promise.resolve(); // left meanwhile (a late debounce)
   const box = document.getElementById("device-search");
   const next = { ...listState(), page: 1, ...(box ? { q: box.value.trim() } : {}), ...change };
   const query = {};
