@@ -138,3 +138,27 @@ def test_a_custom_time_window_is_applied_kept_in_the_url_and_checked(tab: Tab, s
     assert "from=" not in page.url
     assert page.locator("#alert-from").is_hidden()
     assert tab.console_errors == []
+
+
+def test_the_bulk_bar_and_row_buttons_work_after_a_live_patch(tab: Tab, site: Site) -> None:
+    """A pushed change patches the page in place: the bar and the buttons on screen are the
+    first render's (or copies a patch inserted), and must still count, act and report."""
+    page = tab.page
+    tab.login("/#/alerts?q=valve")
+    expect(page.locator("#open-alerts-range")).to_have_text("No open alerts")
+
+    async def raise_one() -> str:
+        org = await site.store.ensure_org("default", SystemClock().now_ms())
+        alert = NewAlert(None, "critical", "flow", 3.0, SystemClock().now_ms(), "valve-1")
+        return (await site.store.create_alert(org.id, alert)).id
+
+    alert_id = run_async(raise_one())  # arrives by push (or the poll): a patch, no reload
+    row = page.locator("#s-active-alerts tbody tr", has_text="valve-1")
+    row.wait_for()
+    row.locator("input.pick").check()
+    expect(page.locator("#bulk-count")).to_have_text("1 selected")
+    expect(page.locator("#bulk-ack")).to_be_enabled()
+    page.locator(f"#ack-{alert_id}").click()  # the inserted row's own button
+    expect(row).to_contain_text("acknowledged")
+    assert len(tab.api_calls("POST", f"/api/alerts/{alert_id}/ack")) == 1
+    assert tab.console_errors == []
