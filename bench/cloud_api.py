@@ -540,8 +540,8 @@ def run_on(s: Settings, url: str | None) -> dict[str, Any]:
     first = summaries[targets_[0].name]
     # The first target's medians at the top level (the embedded default when measured): the
     # figures the smoke test and older readers look for.
-    for key in ("floor", "dashboard", "buckets", "floor_concurrent", "dashboard_concurrent",
-                "versus_floor"):  # fmt: skip
+    for key in ("floor", "dashboard", "buckets", "overview", "floor_concurrent",
+                "dashboard_concurrent", "versus_floor"):  # fmt: skip
         result[key] = first[key]
     result["targets"] = targets(first)
     result["by_target"] = summaries
