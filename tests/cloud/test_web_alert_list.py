@@ -5,6 +5,7 @@ started (a preset or a custom from/to in the viewer's time zone, kept in the URL
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
@@ -162,3 +163,13 @@ def test_the_bulk_bar_and_row_buttons_work_after_a_live_patch(tab: Tab, site: Si
     expect(row).to_contain_text("acknowledged")
     assert len(tab.api_calls("POST", f"/api/alerts/{alert_id}/ack")) == 1
     assert tab.console_errors == []
+
+
+def test_a_cursor_the_server_refuses_starts_the_lists_again(tab: Tab, site: Site) -> None:
+    """An old link's cursor is a 409 stale-cursor: the page shows the first pages and drops
+    it from the URL, rather than an error whose "Try again" asks with it again."""
+    page = tab.page
+    tab.login("/#/alerts?cursor=bm90LW91cnM")  # well-formed base64url, not one of ours
+    expect(page.locator("#open-alerts-range")).to_have_text(re.compile(r"^50 of \d+ open alerts"))
+    assert "cursor" not in page.url
+    assert page.locator("#retry").count() == 0

@@ -76,10 +76,28 @@ async function page(state, states, limit, cursor) {
   return api.get(`/api/alerts?${params(state, states, limit, cursor)}`);
 }
 
+// A cursor the server no longer takes (an old link, or the server's sort changed): the lists
+// start again from their first pages instead of "Try again" asking with the same cursor.
+function staleCursor(error, state) {
+  return error instanceof api.ApiError && error.status === 409 && (state.cursor || state.pcursor) &&
+    String(error.problem.type ?? "").endsWith("/stale-cursor");
+}
+
 export const alertsPage = {
   nav: "alerts",
   title: () => "Alerts",
   async load() {
+    try {
+      return await this.loadPage();
+    } catch (error) {
+      if (!staleCursor(error, listState())) throw error;
+      const query = Object.fromEntries([...router.current().query]
+        .filter(([k]) => !["cursor", "back", "pcursor", "pback"].includes(k)));
+      history.replaceState(null, "", router.href("/alerts", query));
+      return this.loadPage();
+    }
+  },
+  async loadPage() {
     const state = listState();
     const [open, past, channels, gateways, types] = await Promise.all([
       page(state, ["active", "acknowledged"], OPEN_PAGE, state.cursor),
