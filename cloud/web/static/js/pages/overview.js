@@ -98,6 +98,19 @@ export const overviewPage = {
   nav: "overview",
   title: () => "Overview",
   async load() {
+    const data = await this.loadPage();
+    const { total, limit } = data.dashboard.devices_page;
+    const pages = Math.max(1, Math.ceil(total / limit));
+    if (data.state.page <= pages) return data;
+    // past the last page (the matches shrank, e.g. devices went offline under a status filter,
+    // or an old link): show the last page there is, and say so in the URL
+    const query = Object.fromEntries(router.current().query);
+    if (pages > 1) query.page = String(pages);
+    else delete query.page;
+    history.replaceState(null, "", router.href("/", query));
+    return this.loadPage();
+  },
+  async loadPage() {
     const state = listState();
     const [field, order] = state.sort.startsWith("-") ? [state.sort.slice(1), "desc"] : [state.sort, "asc"];
     const params = api.query({
