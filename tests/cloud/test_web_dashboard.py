@@ -404,6 +404,28 @@ def expired_token(site: Site) -> str:
     return tokens.issue(Principal(org.id, org.org_id, org.role))
 
 
+def test_device_page_custom_window_is_checked_and_kept_in_the_url(tab: Tab, site: Site) -> None:
+    page = tab.page
+    tab.login(f"/#/devices/{DEVICE}?range=6h")
+    page.locator("#chart-temperature").wait_for()
+    page.select_option("#range-preset", "custom")
+    first_ts = site.readings[0][0]
+    fmt = "%Y-%m-%dT%H:%M"
+    local = lambda ms: datetime.fromtimestamp(ms / 1000, ZoneInfo(TZ)).strftime(fmt)  # noqa: E731
+    page.fill("#range-from", local(first_ts + 3_600_000))  # a start after the end: refused
+    page.fill("#range-to", local(first_ts))
+    page.click("form.range button[type=submit]")
+    playwright_sync.expect(page.locator("#range-error")).to_have_text(
+        "Choose a start before the end."
+    )
+    assert "from=" not in page.url
+    page.fill("#range-from", local(first_ts - 600_000))
+    page.fill("#range-to", local(first_ts + 3_600_000))
+    page.click("form.range button[type=submit]")
+    page.wait_for_url(re.compile(r"from=\d+&to=\d+"))
+    page.locator("#chart-temperature").wait_for()
+
+
 def test_expired_token_goes_to_login_and_back(tab: Tab, site: Site) -> None:
     page = tab.page
     where = f"/#/devices/{DEVICE}?range=6h"

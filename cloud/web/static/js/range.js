@@ -7,13 +7,23 @@ export const PRESETS = { "1h": 3600e3, "6h": 6 * 3600e3, "24h": 86400e3, "7d": 7
 const BUCKETS = [["1s", 1e3], ["5s", 5e3], ["10s", 10e3], ["30s", 30e3], ["1m", 60e3], ["5m", 300e3],
   ["15m", 900e3], ["30m", 1800e3], ["1h", 3600e3], ["3h", 10800e3], ["6h", 21600e3], ["1d", 86400e3]];
 
+export const WINDOW_ERROR = "Choose a start before the end.";
+
+// A custom window: two instants (ms, or their text), the start before the end; else null.
+export function customWindow(from, to) {
+  const [f, t] = [Number(from), Number(to)];
+  return Number.isFinite(f) && Number.isFinite(t) && f < t ? { from: f, to: t } : null;
+}
+
+// The same from two datetime-local values, read in the viewer's time zone.
+export function windowFromInputs(from, to) {
+  return customWindow(new Date(from).getTime(), new Date(to).getTime());
+}
+
 // {from, to, label} from the route's query: ?range=6h, or ?from=ms&to=ms
 export function fromQuery(query, now = Date.now()) {
-  const from = Number(query.get("from"));
-  const to = Number(query.get("to"));
-  if (query.has("from") && query.has("to") && Number.isFinite(from) && Number.isFinite(to) && from < to) {
-    return { from, to, preset: null };
-  }
+  const custom = query.has("from") && query.has("to") ? customWindow(query.get("from"), query.get("to")) : null;
+  if (custom) return { ...custom, preset: null };
   const preset = PRESETS[query.get("range")] ? query.get("range") : "24h";
   return { from: now - PRESETS[preset], to: now, preset };
 }
@@ -51,14 +61,13 @@ export function picker(range, onChange) {
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     if (select.value !== "custom") return onChange({ range: select.value });
-    const f = new Date(from.value).getTime();
-    const t = new Date(to.value).getTime();
-    if (!Number.isFinite(f) || !Number.isFinite(t) || f >= t) {
-      error.textContent = "Choose a start before the end.";
+    const chosen = windowFromInputs(from.value, to.value);
+    if (!chosen) {
+      error.textContent = WINDOW_ERROR;
       return undefined;
     }
     error.textContent = "";
-    return onChange({ from: String(f), to: String(t) });
+    return onChange({ from: String(chosen.from), to: String(chosen.to) });
   });
   return form;
 }

@@ -8,13 +8,14 @@
 import * as api from "../api.js";
 import { act } from "../actions.js";
 import { h, section, statusLine } from "../dom.js";
-import { localInput } from "../range.js";
+import { WINDOW_ERROR, customWindow, localInput, windowFromInputs } from "../range.js";
 import * as router from "../router.js";
 import { alertsTable, loadChannelNames } from "./alerts-view.js";
 
 const OPEN_PAGE = 50;
 const PAST_PAGE = 20;
 const FILTERS = ["q", "severity", "gateway", "device_type", "from", "to", "sort", "state"];
+const PAGING = ["cursor", "back", "pcursor", "pback"]; // where each list is (URL only)
 const SORTS = {
   "-started_at": "Newest first", "started_at": "Oldest first", "-severity": "Most severe first",
   "subject": "Device or model, A to Z", "metric": "Metric", "gateway": "Gateway",
@@ -31,11 +32,10 @@ const selected = new Set();
 function listState() {
   const q = router.current().query;
   const state = {};
-  for (const k of [...FILTERS, "range", "cursor", "back", "pcursor", "pback"]) state[k] = q.get(k) || "";
+  for (const k of [...FILTERS, "range", ...PAGING]) state[k] = q.get(k) || "";
   if (!(state.sort in SORTS)) state.sort = "-started_at";
   // a custom window is from AND to, both instants (ms), from before to; anything else is none
-  const [from, to] = [Number(state.from), Number(state.to)];
-  if (!(state.from && state.to && Number.isFinite(from) && Number.isFinite(to) && from < to)) state.from = state.to = "";
+  if (!(state.from && state.to && customWindow(state.from, state.to))) state.from = state.to = "";
   if (state.from) state.range = "custom";
   else if (state.range === "custom") state.range = "";
   return state;
@@ -48,7 +48,7 @@ function setList(ctx, change, keepPages = false) {
   if (router.current().path !== "/alerts") return Promise.resolve(); // left meanwhile (a late debounce)
   const box = document.getElementById("alert-search");
   const base = listState();
-  if (!keepPages) Object.assign(base, { cursor: "", back: "", pcursor: "", pback: "" });
+  if (!keepPages) for (const k of PAGING) base[k] = "";
   selected.clear();
   const next = { ...base, ...(box ? { q: box.value.trim() } : {}), ...change };
   const query = {};
@@ -92,7 +92,7 @@ export const alertsPage = {
     } catch (error) {
       if (!staleCursor(error, listState())) throw error;
       const query = Object.fromEntries([...router.current().query]
-        .filter(([k]) => !["cursor", "back", "pcursor", "pback"].includes(k)));
+        .filter(([k]) => !PAGING.includes(k)));
       history.replaceState(null, "", router.href("/alerts", query));
       return this.loadPage();
     }
@@ -171,16 +171,15 @@ function rangeChoice(state, ctx) {
     if (on) span.hidden = false;
   };
   const apply = () => {
-    const [from, to, error] = [byId("alert-from"), byId("alert-to"), byId("alert-range-error")];
-    const f = new Date(from.value).getTime();
-    const t = new Date(to.value).getTime();
-    if (!Number.isFinite(f) || !Number.isFinite(t) || f >= t) {
-      error.textContent = "Choose a start before the end.";
-      (Number.isFinite(f) ? to : from).setAttribute("aria-invalid", "true");
+    const [from, to] = [byId("alert-from"), byId("alert-to")];
+    const chosen = windowFromInputs(from.value, to.value);
+    if (!chosen) {
+      byId("alert-range-error").textContent = WINDOW_ERROR;
+      (Number.isFinite(new Date(from.value).getTime()) ? to : from).setAttribute("aria-invalid", "true");
       return;
     }
     editing(false);
-    setList(ctx, { range: "", from: String(f), to: String(t) });
+    setList(ctx, { range: "", from: String(chosen.from), to: String(chosen.to) });
   };
   const onEnter = (ev) => { if (ev.key === "Enter") { ev.preventDefault(); apply(); } };
   // chosen but not applied yet: data-keep, so a pushed refresh leaves the dates being set alone
