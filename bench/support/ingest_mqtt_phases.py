@@ -245,6 +245,9 @@ def _gateway_run(
             "broker_backlog_at_end": sim_stats.get("acked", 0) - _received_messages(sb),
             "status_answer_s": round(status.last_delay, 2),
             "store_mailbox_at_end": sb.get("store_mailbox"),
+            # readings the rules actor read back from the store (its notices were skipped)
+            "rules_caught_up": sb.get("rules_caught_up", 0) - sa.get("rules_caught_up", 0),
+            "rules_notices_skipped": sb["rules_notices_skipped"] - sa["rules_notices_skipped"],
             "cpu": cpu,
             "cpu_us_per_reading": round(ours / 100 * dt / stored * 1e6, 1) if stored else None,
             "readings_per_commit": round(stored / commits, 1) if commits else None,

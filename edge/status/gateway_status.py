@@ -80,6 +80,7 @@ class GatewayStatus(GatewayParts):
             "tls": tls_status(self.tls, self.mqtts_port, self.https_port),
             "store_mailbox": self.store_ref.mailbox_size,
             "rules_notices_skipped": self._commit_feed.skipped,
+            "rules_caught_up": self.rules_stats.caught_up,
             "ingest_lag": self.ingest_lag.summary(),
             "auth_events_lost": self.auth_events_lost,
         }

@@ -114,8 +114,10 @@ class StoreClient:
     async def last_seq(self) -> int:
         return await call(self._ref, lambda s: s.last_seq())
 
-    async def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
-        return await call(self._ref, lambda s: s.readings_after(seq, limit))
+    async def watched_readings_after(
+        self, seq: int, limit: int, metrics: frozenset[str]
+    ) -> tuple[int, list[Reading]]:
+        return await call(self._ref, lambda s: s.watched_readings_after(seq, limit, metrics))
 
     async def rules(self) -> list[dict[str, Any]]:
         return await call(self._ref, lambda s: s.rules())

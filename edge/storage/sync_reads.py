@@ -4,6 +4,7 @@ the cursors themselves, clock epochs and the backlog."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from common.model import Reading, ReadingFlag
@@ -181,6 +182,38 @@ class SyncReads(StoreBase):
             "last_success_at": int(success) if success else None,
             "last_error": error,
         }
+
+    def watched_readings_after(
+        self, seq: int, limit: int, metrics: Collection[str]
+    ) -> tuple[int, list[Reading]]:
+        """(the last sequence number looked at, the readings of `metrics` among the next
+        `limit` sequence numbers after seq), in order: the rules actor's read-back.
+
+        What no rule watches is left in the database instead of being turned into Reading
+        objects (with no rules, nothing is read at all), and the window (seq BETWEEN) is pruned
+        by seq's zone maps where `seq > ? ORDER BY seq LIMIT` sorts the whole remainder."""
+        with self._lock:
+            last = min(seq + limit, self._next_seq - 1)
+            if last <= seq or not metrics:
+                return max(seq, last), []
+            rows = self._con.execute(
+                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
+                "value_str, flags, dev_seq FROM readings WHERE seq BETWEEN ? AND ? "
+                "AND list_contains(?, metric) ORDER BY seq",
+                [seq + 1, last, sorted(metrics)],
+            ).fetchall()
+        return last, [
+            Reading(
+                device_id=dev,
+                metric=met,
+                ts=ts,
+                value=row_value(vnum, vbool, vstr),
+                received_at=rec,
+                flags=ReadingFlag(flags),
+                seq=dev_seq,
+            )
+            for _seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows
+        ]
 
     def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
         """(last seq returned, readings with a sequence number above seq), in order."""

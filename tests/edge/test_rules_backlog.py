@@ -14,6 +14,7 @@ from common.model import Reading
 from edge.alerts.rules_actor import CURSOR_KEY, CommitFeed, RulesActor
 from edge.storage.actor import Ingest, StoreActor
 from edge.storage.client import StoreClient, call
+from edge.storage.records import Batch
 from edge.storage.stats import StoreStats
 from edge.storage.store import GatewayStore
 from tests.support.waiting import until
@@ -71,4 +72,25 @@ async def test_a_flood_that_fills_both_mailboxes_neither_deadlocks_nor_skips_rea
         assert feed.skipped > 0  # the mailbox did fill: the catch-up path was taken
     finally:
         await root.stop()
+        store.close()
+
+
+def test_the_read_back_turns_only_watched_readings_into_objects(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gateway.duckdb")
+    try:
+        now = int(time.time() * 1000)
+        readings = [
+            Reading("d1", "temperature" if i % 2 else "humidity", now + i, float(i), now)
+            for i in range(10)
+        ]
+        store.commit(Batch(readings=readings))
+        # A window of 4 sequence numbers after 2: seq 3..6, of which 4 and 6 are temperatures.
+        last, chunk = store.watched_readings_after(2, 4, frozenset({"temperature"}))
+        assert last == 6
+        assert [r.value for r in chunk] == [3.0, 5.0]
+        # The window ends at the newest reading; nothing watched reads nothing but the end.
+        assert store.watched_readings_after(8, 100, frozenset({"temperature"}))[0] == 10
+        assert store.watched_readings_after(0, 100, frozenset()) == (10, [])
+        assert store.watched_readings_after(10, 100, frozenset({"temperature"})) == (10, [])
+    finally:
         store.close()

@@ -184,7 +184,9 @@ class AnsweringStore:
     async def last_seq(self) -> int:
         return 0
 
-    async def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
+    async def watched_readings_after(
+        self, seq: int, limit: int, metrics: frozenset[str]
+    ) -> tuple[int, list[Reading]]:
         return seq, []
 
     async def rules(self) -> list[dict[str, Any]]:
