@@ -164,7 +164,7 @@ def test_wheel_holds_everything_the_cloud_serves(wheel: Path) -> None:
         extra = re.search(r'extra == "([^"]+)"', req)
         assert dist is not None
         needs.setdefault(extra.group(1) if extra else "", set()).add(dist.group().lower())
-    assert needs[""] == {"cbor2", "cryptography", "pyjwt"}  # what common/ imports
+    assert needs[""] == {"cbor2", "cryptography", "orjson", "pyjwt"}  # what common/ imports
     assert {"aiocoap", "aiomqtt", "duckdb"} <= needs["gateway"]
     assert not {"fastapi", "uvicorn", "pydantic", "pyarrow", "aiosmtplib"} & needs["gateway"]
     assert {"fastapi", "uvicorn", "pyarrow", "duckdb"} <= needs["cloud"]

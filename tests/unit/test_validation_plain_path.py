@@ -116,3 +116,57 @@ def decode_limits() -> Any:
     from common.codecs import DEFAULT_LIMITS
 
     return DEFAULT_LIMITS
+
+
+# JSON texts json.dumps never writes: a key twice (also spelt with an escape), escapes, a BOM,
+# NaN, big numbers. orjson parses the plain message; the strict parser must still decide these.
+RAW_BODIES = [
+    b'{"temperature": 1, "temperature": 2}',
+    b'{"temperature": 1, "humidity": 2, "temperature": 3}',
+    b'{"ts": 1764770000000, "values": {"temperature": 1, "temperature": 2}}',
+    b'{"ts": 1764770000000, "values": {"temperature": 1}, "values": {"temperature": 2}}',
+    b'{"ts": 1764770000000, "ts": 1764770000001, "values": {"temperature": 1}}',
+    b'{"temperature": 1, "temp\\u0065rature": 2}',
+    b'{"temp\\u0065rature": 2}',
+    b'{"temperature": 1, "humidity\\"": 2}',
+    b'\xef\xbb\xbf{"temperature": 1}',
+    b'{"temperature": NaN}',
+    b'{"temperature": 1e400}',
+    b'{"temperature": 123456789012345678901234567890}',
+    b' \n{ "temperature" :\t1.25 }\n',
+    b'{"temperature": 1}garbage',
+    b'{"temperature": 1,}',
+    b"{}",
+    b"[]",
+]
+
+
+def test_texts_json_dumps_never_writes_are_decided_as_by_the_strict_parser() -> None:
+    general(b'{"temperature": 1.5}', ContentFormat.JSON, None)  # the names are known
+    general(b'{"humidity": 1.5}', ContentFormat.JSON, None)
+    for body in RAW_BODIES:
+        assert shortcut(body, ContentFormat.JSON, None) == general(body, ContentFormat.JSON, None)
+    assert shortcut(RAW_BODIES[0], ContentFormat.JSON, None)[0] == "error"  # not the last value
+
+
+pairs = st.lists(
+    st.tuples(
+        st.sampled_from(["temperature", "humidity", "ts", "values"]),
+        st.one_of(st.integers(-5, 5), st.just(NOW)),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(outer=pairs, inner=pairs, nested=st.booleans())
+def test_a_key_named_twice_is_refused_on_either_path(
+    outer: list[tuple[str, int]], inner: list[tuple[str, int]], nested: bool
+) -> None:
+    general(b'{"temperature": 1.5, "humidity": 1.5}', ContentFormat.JSON, None)
+    items = [f'"{k}": {v}' for k, v in outer]
+    if nested:
+        items.append('"values": {' + ", ".join(f'"{k}": {v}' for k, v in inner) + "}")
+    body = ("{" + ", ".join(items) + "}").encode()
+    assert shortcut(body, ContentFormat.JSON, None) == general(body, ContentFormat.JSON, None)
