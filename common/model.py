@@ -30,7 +30,11 @@ class RawReading:
     seq: int | None = None  # the device's own message sequence number, if sent
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, 1.66 us
+# against 0.30 us for the gateway's most made object (one per reading). Immutable by
+# convention (nothing assigns a field; dataclasses.replace makes a changed copy), and hashed by
+# value as a frozen one is.
+@dataclass(slots=True, unsafe_hash=True)
 class Reading:
     """A validated reading, identified by (device_id, metric, ts)."""
 

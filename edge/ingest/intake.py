@@ -134,6 +134,8 @@ class _Group:
     messages: int = 0
     accepted: int = 0
     sealing: bool = False  # seal_soon() has scheduled it
+    # The Pending of an accepted message of n readings, made once per group: all are alike.
+    accepted_pending: dict[int, Pending] = field(default_factory=dict)
     committed: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -241,8 +243,11 @@ class DeviceIngest:
             return Pending(group.committed, IngestResult(0, outcome.problem))
         group.accepted += 1
         count = len(outcome.readings)
-        result = _ACCEPTED[count] if count < len(_ACCEPTED) else IngestResult(count)
-        return Pending(group.committed, result)
+        pending = group.accepted_pending.get(count)
+        if pending is None:
+            result = _ACCEPTED[count] if count < len(_ACCEPTED) else IngestResult(count)
+            pending = group.accepted_pending[count] = Pending(group.committed, result)
+        return pending
 
     def _classify(
         self,

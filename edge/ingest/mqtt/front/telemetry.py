@@ -111,13 +111,9 @@ class TapCounters:
     keepalive_pings: int = 0  # PINGREQs the front sent to keep a device's broker session
 
 
-@dataclass(slots=True)  # not frozen: one per message on the hot path
-class _Waiting:
-    pending: Pending
-    qos: int
-    packet_id: int | None
-    response_topic: str | None
-    correlation: bytes | None
+# A message waiting for its commit: (pending, qos, packet id, response topic, correlation
+# data). A tuple: one per message on the hot path, and a dataclass's __init__ costs 0.4 us.
+_Waiting = tuple[Pending, int, int | None, str | None, bytes | None]
 
 
 def v5_reason(problem: Problem | None) -> int:
@@ -238,9 +234,7 @@ class TelemetryTap:
                 return  # best effort: nothing to answer
         elif pub.qos == 2 and pid is not None:
             self._q2_pending.add(pid)
-        self._waiting.append(
-            _Waiting(pending, pub.qos, pid, pub.response_topic, pub.correlation_data)
-        )
+        self._waiting.append((pending, pub.qos, pid, pub.response_topic, pub.correlation_data))
         future = pending.committed
         if future is not self._last_future:
             self._last_future = future
@@ -252,31 +246,28 @@ class TelemetryTap:
     def _committed(self, _future: asyncio.Future[None]) -> None:
         acks = bytearray()
         waiting = self._waiting
-        while waiting and waiting[0].pending.committed.done():
-            item = waiting.popleft()
+        while waiting and waiting[0][0].committed.done():
+            pending, qos, packet_id, response_topic, correlation = waiting.popleft()
             try:
-                result = item.pending.outcome()
+                result = pending.outcome()
             except IngestUnavailable as exc:
                 self._unavailable(str(exc))
                 return
             problem = result.problem
-            if item.packet_id is not None:
+            if packet_id is not None:
                 reason = v5_reason(problem) if self._v5 else 0
-                if item.qos == 1:
-                    acks += encode_ack(PUBACK, item.packet_id, reason, v5=self._v5)
+                if qos == 1:
+                    acks += encode_ack(PUBACK, packet_id, reason, v5=self._v5)
                 else:
-                    acks += encode_ack(PUBREC, item.packet_id, reason, v5=self._v5)
-                    self._q2_pending.discard(item.packet_id)
+                    acks += encode_ack(PUBREC, packet_id, reason, v5=self._v5)
+                    self._q2_pending.discard(packet_id)
                     if not reason:  # v5: a refused PUBREC ends the exchange (no PUBREL)
-                        self._rel_owed.add(item.packet_id)
+                        self._rel_owed.add(packet_id)
                 self._c.acked += 1
             if problem is not None:
                 self._c.rejected += 1
-            if problem is not None or item.response_topic:
-                self._replies(
-                    self.device_id, problem, result.readings, item.response_topic,
-                    item.correlation,
-                )  # fmt: skip
+            if problem is not None or response_topic:
+                self._replies(self.device_id, problem, result.readings, response_topic, correlation)
         if acks and not self.closed:
             self._to_client(acks)
         if self._paused and len(waiting) < MAX_IN_FLIGHT // 2 and not self.closed:
