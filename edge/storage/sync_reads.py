@@ -18,31 +18,27 @@ from edge.storage.schema import (
     SYNC_READINGS_KEY,
 )
 
+# The columns _reading takes, in its order.
+_READING_COLUMNS = (
+    "seq, device_id, metric, ts, received_at, value_num, value_bool, value_str, flags, dev_seq"
+)
+
+
+def _reading(row: tuple[Any, ...]) -> Reading:
+    """A Reading of a row of _READING_COLUMNS (Reading.seq is the device's dev_seq)."""
+    _seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq = row
+    return Reading(dev, met, ts, row_value(vnum, vbool, vstr), rec, ReadingFlag(flags), dev_seq)
+
 
 class SyncReads(StoreBase):
     def readings_for_sync(self, after_seq: int, limit: int) -> list[tuple[int, Reading]]:
         """(gateway seq, reading) pairs above after_seq, in seq order (Reading.seq = dev_seq)."""
         with self._lock:
             rows = self._con.execute(
-                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
-                "value_str, flags, dev_seq FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {_READING_COLUMNS} FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
                 [after_seq, limit],
             ).fetchall()
-        return [
-            (
-                int(seq),
-                Reading(
-                    device_id=dev,
-                    metric=met,
-                    ts=ts,
-                    value=row_value(vnum, vbool, vstr),
-                    received_at=rec,
-                    flags=ReadingFlag(flags),
-                    seq=dev_seq,
-                ),
-            )
-            for seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows
-        ]
+        return [(int(row[0]), _reading(row)) for row in rows]
 
     def reading_columns_for_sync(self, after_seq: int, limit: int) -> tuple[ReadingColumns, bool]:
         """(readings of the next window of at most `limit` sequence numbers after after_seq,
@@ -197,23 +193,11 @@ class SyncReads(StoreBase):
             if last <= seq or not metrics:
                 return max(seq, last), []
             rows = self._con.execute(
-                "SELECT seq, device_id, metric, ts, received_at, value_num, value_bool, "
-                "value_str, flags, dev_seq FROM readings WHERE seq BETWEEN ? AND ? "
+                f"SELECT {_READING_COLUMNS} FROM readings WHERE seq BETWEEN ? AND ? "
                 "AND list_contains(?, metric) ORDER BY seq",
                 [seq + 1, last, sorted(metrics)],
             ).fetchall()
-        return last, [
-            Reading(
-                device_id=dev,
-                metric=met,
-                ts=ts,
-                value=row_value(vnum, vbool, vstr),
-                received_at=rec,
-                flags=ReadingFlag(flags),
-                seq=dev_seq,
-            )
-            for _seq, dev, met, ts, rec, vnum, vbool, vstr, flags, dev_seq in rows
-        ]
+        return last, [_reading(row) for row in rows]
 
     def readings_after(self, seq: int, limit: int) -> tuple[int, list[Reading]]:
         """(last seq returned, readings with a sequence number above seq), in order."""
