@@ -353,7 +353,7 @@ def decode_and_validate(
 ) -> list[Reading]:
     """Bytes -> Readings in one call: the receive time also anchors SenML relative times."""
     if fmt is ContentFormat.JSON and len(body) <= limits.max_bytes:
-        plain = _plain_json(device_id, body, received_at_ms, spec, policy, limits)
+        plain = plain_json(device_id, body, received_at_ms, spec, policy, limits)
         if plain is not None:
             return plain
     doc = parse(body, fmt, limits)
@@ -376,7 +376,7 @@ def decode_and_validate(
 _INT_AS_FLOAT = 2**53  # ints up to this convert to float exactly (and never overflow)
 
 
-def _plain_json(
+def plain_json(
     device_id: str,
     body: bytes,
     received_at_ms: int,

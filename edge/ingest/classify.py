@@ -7,13 +7,13 @@ rejection records are the same whatever the wire.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from common.codecs import ContentFormat, Limits, PayloadError
 from common.model import Reading
 from common.problem import Problem
-from common.validation import DeviceTypeSpec, ValidationPolicy, decode_and_validate
+from common.validation import DeviceTypeSpec, ValidationPolicy, decode_and_validate, plain_json
 from edge.storage.records import Rejection
 
 _TS_VALUES_ARRAY = re.compile(rb'^\s*\[\s*\{\s*"(ts|values|seq)"')
@@ -122,6 +122,30 @@ class Classifier:
         except PayloadError as exc:
             return rejected(device_id, payload, received_at_ms, transport, exc.problem)
         return Outcome(readings)
+
+    def plain_json_run(
+        self, device_id: str, payloads: Sequence[bytes], received_at_ms: int
+    ) -> tuple[list[Reading], int]:
+        """(the readings of the longest prefix of `payloads` that are plain JSON messages, how
+        many messages that is): what classify() accepts of them through validation's shortcut,
+        for a transport without content types (MQTT 3.1.1), with one lookup of the device for
+        the whole run. The message that ends the run goes through classify()."""
+        if device_id not in self._device_type:
+            return [], 0
+        type_name = self._device_type[device_id]
+        spec = self._types.get(type_name) if type_name else None
+        policy, limits = self._policy, self._limits
+        out: list[Reading] = []
+        n = 0
+        for body in payloads:
+            if len(body) > limits.max_bytes:
+                break
+            readings = plain_json(device_id, body, received_at_ms, spec, policy, limits)
+            if readings is None:
+                break
+            out += readings
+            n += 1
+        return out, n
 
 
 def rejected(device_id: str, payload: bytes, at: int, transport: str, problem: Problem) -> Outcome:

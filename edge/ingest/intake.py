@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from common.actors import ActorRef, ActorStopped, MailboxFull
@@ -216,6 +216,26 @@ class DeviceIngest:
         over max_in_flight (nothing stored)."""
         self._admit(check_load=True)
         return self._join(self._classify(device_id, payload, content_format, transport))
+
+    def submit_plain_run(
+        self, device_id: str, payloads: Sequence[bytes]
+    ) -> tuple[Pending | None, int]:
+        """(one Pending for them, how many): the longest prefix of `payloads` (one device's
+        messages without a content type, in order) that are plain JSON messages, classified
+        and joined to the open group together. (None, 0) when the first is not plain, or when
+        the gateway is closed or full: submit() then answers for it (and raises)."""
+        if self._closed or self._in_flight >= self._max_in_flight:
+            return None, 0
+        readings, n = self._classifier.plain_json_run(device_id, payloads, self._clock.now_ms())
+        if not n:
+            return None, 0
+        group = self._group()
+        group.readings += readings
+        group.messages += n
+        group.accepted += n
+        self.stats.received += n
+        self._in_flight += n
+        return Pending(group.committed, IngestResult(len(readings))), n
 
     def submit_rejection(
         self, device_id: str, payload: bytes, problem: Problem, transport: str

@@ -74,3 +74,29 @@ async def test_messages_after_a_seal_start_a_new_group() -> None:
     ingest.seal_soon()
     await asyncio.sleep(0)
     assert [len(m.readings) for m in store.told] == [1, 1]
+
+
+async def test_a_plain_run_takes_the_plain_messages_up_to_the_first_other() -> None:
+    ingest, store = make_ingest()
+    payloads = [message(1), message(2), b'{"t": "warm"}', message(4)]
+    pending, n = ingest.submit_plain_run("d1", payloads)
+    assert n == 2 and pending is not None  # the string value is for classify() to decide
+    alone = ingest.submit("d1", payloads[2], None, "mqtt")  # what the front does next
+    assert alone.committed is pending.committed  # one group, one commit
+    ingest.seal_soon()
+    await asyncio.sleep(0)
+    (told,) = store.told
+    assert [r.value for r in told.readings] == [1.0, 2.0, "warm"]
+    store.confirm_all()
+    assert (await pending.wait()).readings == 2
+    stats = ingest.stats
+    assert (stats.received, stats.accepted, stats.readings, ingest.in_flight) == (3, 3, 3, 0)
+
+
+async def test_a_plain_run_leaves_refusals_to_submit() -> None:
+    ingest, store = make_ingest()
+    assert ingest.submit_plain_run("unknown", [message(1)]) == (None, 0)  # classify rejects it
+    assert ingest.submit_plain_run("d1", [b'{"t": 1, "t": 2}']) == (None, 0)  # a duplicate key
+    ingest.close()
+    assert ingest.submit_plain_run("d1", [message(1)]) == (None, 0)  # submit() raises
+    assert store.told == [] and ingest.stats.received == 0

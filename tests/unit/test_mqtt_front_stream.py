@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -140,6 +141,7 @@ class FakeIntake:
         self.payloads: list[bytes] = []
         self.refuse = False
         self.sealed = 0  # seal_soon() calls: one per read that held telemetry
+        self.runs: list[int] = []  # plain messages taken per submit_plain_run call
 
     def submit(self, device_id: str, payload: bytes, content_format: str | None,
                transport: str) -> Pending:  # fmt: skip
@@ -148,6 +150,17 @@ class FakeIntake:
         self.payloads.append(payload)
         result = IngestResult(0, BAD) if payload == b"bad" else IngestResult(1)
         return Pending(self.future, result)
+
+    def submit_plain_run(
+        self, device_id: str, payloads: Sequence[bytes]
+    ) -> tuple[Pending | None, int]:
+        """Payloads starting with "{" play the plain messages."""
+        if self.refuse:
+            return None, 0
+        n = next((i for i, p in enumerate(payloads) if not p.startswith(b"{")), len(payloads))
+        self.payloads += payloads[:n]
+        self.runs.append(n)
+        return (Pending(self.future, IngestResult(n)) if n else None), n
 
     def seal_soon(self) -> None:
         self.sealed += 1
@@ -181,6 +194,52 @@ async def test_puback_only_after_the_commit_and_in_order() -> None:
     await asyncio.sleep(0)
     assert bytes(host.to_client) == encode_ack(4, 1, v5=False) + encode_ack(4, 2, v5=False)
     assert replies == [("d1", BAD, 0, None, None)]  # the problem document is published
+
+
+async def test_a_read_of_plain_messages_is_one_run_acked_in_order_with_the_others() -> None:
+    """One read: two plain messages, a rejected one, a plain one on the ThingsBoard topic, a
+    QoS 2 one and another device's topic. The plain ones at the start go to the intake as
+    one run; from the first that is not plain on, each goes its own way; the PUBACKs follow
+    the device's order."""
+    tap, host, intake, replies = make_tap()
+    read = (
+        v311_publish("devices/d1/telemetry", b"{1}", packet_id=1)
+        + v311_publish("devices/d1/telemetry", b"{2}", packet_id=2, dup=True)  # a resend
+        + v311_publish("devices/d1/telemetry", b"bad", packet_id=3)
+        + v311_publish("v1/devices/me/telemetry", b"{4}", packet_id=4)
+        + v311_publish("devices/d1/telemetry", b"{5}", qos=2, packet_id=5)
+        + v311_publish("devices/d2/telemetry", b"{6}", packet_id=6)
+    )
+    tap.client_data(read)
+    assert intake.runs == [2]  # 1 and 2; "bad" ends the run: it and 4 go one by one
+    assert intake.payloads == [b"{1}", b"{2}", b"bad", b"{4}", b"{5}"]
+    assert intake.sealed == 1
+    assert bytes(host.to_broker) == v311_publish("devices/d2/telemetry", b"{6}", packet_id=6)
+    assert host.to_client == b""  # nothing before the commit
+    intake.commit()
+    await asyncio.sleep(0)
+    acks = [encode_ack(4, i, v5=False) for i in (1, 2, 3, 4)] + [encode_ack(5, 5, v5=False)]
+    assert bytes(host.to_client) == b"".join(acks)
+    assert replies == [("d1", BAD, 0, None, None)]
+    assert (tap._c.telemetry, tap._c.acked, tap._unacked) == (5, 5, 0)
+
+
+async def test_a_run_whose_commit_fails_acknowledges_nothing() -> None:
+    tap, host, intake, _ = make_tap()
+    tap.client_data(b"".join(v311_publish("devices/d1/telemetry", b"{}", packet_id=i)
+                             for i in (1, 2, 3)))  # fmt: skip
+    intake.commit(IngestUnavailable("the store commit failed: No space left on device"))
+    await asyncio.sleep(0)
+    assert host.to_client == b"" and host.closed
+
+
+async def test_packet_id_zero_and_v5_publishes_do_not_take_the_run() -> None:
+    tap, host, intake, _ = make_tap()
+    tap.client_data(v311_publish("devices/d1/telemetry", b"{}", packet_id=0))
+    assert intake.runs == [] and host.closed  # parse_publish refused it: a protocol error
+    tap5, _host5, intake5, _ = make_tap(v5=True)
+    tap5.client_data(encode_publish("devices/d1/telemetry", b"{}", qos=1, packet_id=1))
+    assert intake5.runs == [] and intake5.payloads == [b"{}"]
 
 
 async def test_other_packets_and_topics_go_to_the_broker_unchanged() -> None:

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,6 +83,10 @@ class Intake(Protocol):
         self, device_id: str, payload: bytes, content_format: str | None, transport: str
     ) -> Pending: ...
 
+    def submit_plain_run(
+        self, device_id: str, payloads: Sequence[bytes]
+    ) -> tuple[Pending | None, int]: ...
+
     def seal_soon(self) -> None: ...
 
 
@@ -113,7 +118,13 @@ class TapCounters:
 
 # A message waiting for its commit: (pending, qos, packet id, response topic, correlation
 # data). A tuple: one per message on the hot path, and a dataclass's __init__ costs 0.4 us.
-_Waiting = tuple[Pending, int, int | None, str | None, bytes | None]
+# A run of plain QoS 1 messages (TelemetryTap._plain_run) is one entry: (pending, RUN, their
+# packet ids, None, None).
+_Waiting = tuple[Pending, int, int | list[int] | None, str | None, bytes | None]
+RUN = -1
+_PUBACK_V3 = 0x40020000  # a PUBACK as a big-endian u32: type, length 2, then the packet id
+# The common sensor's PUBLISH: MQTT 3.1.1, QoS 1, no retain; 0x3A is its resend (DUP set).
+_PLAIN_V3_QOS1 = (0x32, 0x3A)
 
 
 def v5_reason(problem: Problem | None) -> int:
@@ -141,6 +152,11 @@ class TelemetryTap:
         self._host = host
         self.device_id = device_id
         self._own_topic = f"devices/{device_id}/telemetry"
+        # The start of a PUBLISH's variable header on a telemetry topic: topic length, topic.
+        self._telemetry_headers = tuple(
+            len(raw).to_bytes(2, "big") + raw
+            for raw in (self._own_topic.encode(), TB_TELEMETRY_TOPIC.encode())
+        )
         self._v5 = v5
         self._intake = intake
         self._replies = replies
@@ -150,6 +166,7 @@ class TelemetryTap:
         self._framer = BrokerFramer()
         self._owed_to_client = bytearray()  # acks waiting for a packet boundary downstream
         self._waiting: deque[_Waiting] = deque()
+        self._unacked = 0  # messages in _waiting (a run is one entry)
         self._last_future: asyncio.Future[None] | None = None
         self._q2_pending: set[int] = set()  # QoS 2 ids waiting for their commit
         self._rel_owed: set[int] = set()  # QoS 2 ids PUBRECed by us: their PUBREL is ours
@@ -167,8 +184,8 @@ class TelemetryTap:
 
     # -- device -> gateway ---------------------------------------------------------------------
 
-    # one branch per packet type, at packet boundaries; hot path:
-    def client_data(self, data: bytes) -> None:  # noqa: PLR0912
+    # at packet boundaries; the hot path:
+    def client_data(self, data: bytes) -> None:
         self._client_active = True
         try:
             buf, packets = self._packets.feed(data)
@@ -177,42 +194,94 @@ class TelemetryTap:
             return
         forward = bytearray()
         waiting = len(self._waiting)
+        headers = self._telemetry_headers
+        run_ids: list[int] = []
+        run_payloads: list[bytes] = []
         for first, start, body, end in packets:
             if self.closed:
                 return
-            ptype = first >> 4
-            try:
-                if ptype == PUBLISH:
-                    pub = parse_publish(first, buf, body, end, self._v5)
-                    if pub.topic_alias is not None:
-                        # Topic aliases are switched off (Mosquitto's max_topic_alias 0, and
-                        # the front's own CONNACK): using one is a protocol error.
-                        self._protocol_error("topic alias used", V5_TOPIC_ALIAS_INVALID)
-                        return
-                    if pub.topic in (self._own_topic, TB_TELEMETRY_TOPIC):
-                        self._telemetry(pub)
-                    elif self.upstream:
-                        if pub.topic.startswith("devices/") and pub.topic.endswith("/telemetry"):
-                            self._audit_denied(pub.topic)  # the broker's ACL refuses it
-                        forward += buf[start:end]
-                    else:
-                        self._deny(pub)
-                elif ptype == PUBREL and packet_id_of(buf, body, end) in self._rel_owed:
-                    pid = packet_id_of(buf, body, end)
-                    self._rel_owed.discard(pid)
-                    self._to_client(encode_ack(PUBCOMP, pid, v5=self._v5))
-                elif self.upstream:
-                    forward += buf[start:end]
-                else:
-                    self._serve(ptype, buf, body, end)
-            except MalformedPacket as exc:
-                self._protocol_error(str(exc))
+            if first in _PLAIN_V3_QOS1 and not self._v5 and buf.startswith(headers, body):
+                # The common sensor's message: collected, and classified as one run below.
+                at = body + 2 + ((buf[body] << 8) | buf[body + 1])
+                packet_id = (buf[at] << 8) | buf[at + 1] if at + 2 <= end else 0
+                if packet_id:
+                    run_ids.append(packet_id)
+                    run_payloads.append(bytes(buf[at + 2 : end]))
+                    continue
+            if run_ids:
+                self._plain_run(run_ids, run_payloads)
+                run_ids, run_payloads = [], []
+                if self.closed:
+                    return
+            if not self._packet(first, buf, start, body, end, forward):
                 return
+        if run_ids:
+            self._plain_run(run_ids, run_payloads)
         if forward and not self.closed:
             self._upstream_written = True
             self._host.write_upstream(forward)
         if waiting != len(self._waiting):  # telemetry of this read: to the store now
             self._intake.seal_soon()
+
+    # one branch per packet type:
+    def _packet(
+        self, first: int, buf: bytes | bytearray, start: int, body: int, end: int,
+        forward: bytearray,
+    ) -> bool:  # fmt: skip
+        """Any packet but a plain run's: False when the connection ends with it."""
+        ptype = first >> 4
+        try:
+            if ptype == PUBLISH:
+                pub = parse_publish(first, buf, body, end, self._v5)
+                if pub.topic_alias is not None:
+                    # Topic aliases are switched off (Mosquitto's max_topic_alias 0, and the
+                    # front's own CONNACK): using one is a protocol error.
+                    self._protocol_error("topic alias used", V5_TOPIC_ALIAS_INVALID)
+                    return False
+                if pub.topic in (self._own_topic, TB_TELEMETRY_TOPIC):
+                    self._telemetry(pub)
+                elif self.upstream:
+                    if pub.topic.startswith("devices/") and pub.topic.endswith("/telemetry"):
+                        self._audit_denied(pub.topic)  # the broker's ACL refuses it
+                    forward += buf[start:end]
+                else:
+                    self._deny(pub)
+            elif ptype == PUBREL and packet_id_of(buf, body, end) in self._rel_owed:
+                pid = packet_id_of(buf, body, end)
+                self._rel_owed.discard(pid)
+                self._to_client(encode_ack(PUBCOMP, pid, v5=self._v5))
+            elif self.upstream:
+                forward += buf[start:end]
+            else:
+                self._serve(ptype, buf, body, end)
+        except MalformedPacket as exc:
+            self._protocol_error(str(exc))
+            return False
+        return True
+
+    def _plain_run(self, packet_ids: list[int], payloads: list[bytes]) -> None:
+        """Consecutive QoS 1 telemetry PUBLISHes of one read: the plain JSON ones at the start
+        are classified together and wait as one entry (one intake call, no PublishView, no
+        Pending each); from the first that is not plain on, each goes the general way."""
+        pending, n = self._intake.submit_plain_run(self.device_id, payloads)
+        if pending is not None:
+            self._c.telemetry += n
+            self._unacked += n
+            self._waiting.append((pending, RUN, packet_ids[:n], None, None))
+            self._watch(pending.committed)
+        for packet_id, payload in zip(packet_ids[n:], payloads[n:], strict=True):
+            if self.closed:
+                return
+            self._telemetry(PublishView(self._own_topic, 1, packet_id, False, False, payload))
+
+    def _watch(self, future: asyncio.Future[None]) -> None:
+        """Acknowledge once `future` (a group's commit) is done; once per group."""
+        if future is not self._last_future:
+            self._last_future = future
+            future.add_done_callback(self._committed)
+        if self._unacked >= MAX_IN_FLIGHT and not self._paused:
+            self._paused = True
+            self._host.pause_client(True)
 
     def _telemetry(self, pub: PublishView) -> None:
         pid = pub.packet_id
@@ -235,13 +304,8 @@ class TelemetryTap:
         elif pub.qos == 2 and pid is not None:
             self._q2_pending.add(pid)
         self._waiting.append((pending, pub.qos, pid, pub.response_topic, pub.correlation_data))
-        future = pending.committed
-        if future is not self._last_future:
-            self._last_future = future
-            future.add_done_callback(self._committed)
-        if len(self._waiting) >= MAX_IN_FLIGHT and not self._paused:
-            self._paused = True
-            self._host.pause_client(True)
+        self._unacked += 1
+        self._watch(pending.committed)
 
     def _committed(self, _future: asyncio.Future[None]) -> None:
         acks = bytearray()
@@ -253,6 +317,15 @@ class TelemetryTap:
             except IngestUnavailable as exc:
                 self._unavailable(str(exc))
                 return
+            if qos == RUN:  # accepted plain messages (v3.1.1: a PUBACK carries no reason)
+                assert isinstance(packet_id, list)
+                n = len(packet_id)
+                acks += struct.pack(f">{n}I", *[_PUBACK_V3 | i for i in packet_id])
+                self._unacked -= n
+                self._c.acked += n
+                continue
+            assert not isinstance(packet_id, list)
+            self._unacked -= 1
             problem = result.problem
             if packet_id is not None:
                 reason = v5_reason(problem) if self._v5 else 0
@@ -270,7 +343,7 @@ class TelemetryTap:
                 self._replies(self.device_id, problem, result.readings, response_topic, correlation)
         if acks and not self.closed:
             self._to_client(acks)
-        if self._paused and len(waiting) < MAX_IN_FLIGHT // 2 and not self.closed:
+        if self._paused and self._unacked < MAX_IN_FLIGHT // 2 and not self.closed:
             self._paused = False
             self._host.pause_client(False)
 
