@@ -16,7 +16,7 @@ import pytest
 
 from edge.sync.clock_watch import kernel_clock_synchronised
 from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json
-from tests.support.ports import free_port
+from tests.support.ports import free_port, restartable_port
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -186,7 +186,7 @@ def test_offline_site_catches_up_exactly_once(
     tmp_path: Path, gateway_process: GatewayProcess
 ) -> None:
     """Cloud down while 50,000 readings and an alert arrive; cloud back: each arrives once."""
-    cloud_data, port = tmp_path / "cloud2", free_port()
+    cloud_data, port = tmp_path / "cloud2", restartable_port()  # the cloud restarts on it
     added = subprocess.run(
         [*IOTSPHERE, "cloud", "user", "add", "admin@example.com", "--role", "admin",
          "--data-dir", str(cloud_data)],
