@@ -242,8 +242,18 @@ class ClientPackets:
         view = memoryview(buf)
         out: list[tuple[int, int, int, int]] = []
         pos, size = 0, len(buf)
+        one_byte = min(0x80, self._max + 1)  # remaining lengths one byte holds, within max
         try:
             while pos < size:
+                if pos + 1 < size and buf[pos + 1] < one_byte:
+                    # A remaining length of one byte (a sensor's message): minimal by
+                    # construction, within the limit, no varint to walk.
+                    end = pos + 2 + buf[pos + 1]
+                    if end > size:
+                        break
+                    out.append((buf[pos], pos, pos + 2, end))
+                    pos = end
+                    continue
                 header = decode_fixed_header(view[pos:], self._max)
                 if header is None:
                     break
