@@ -251,12 +251,23 @@ class GatewayStore(Reports):
         table) and whether all are newer than their series' newest stored (no anti-join)."""
         if not readings:
             return [], True
+        newest = self._newest_per_series()
+        # Live telemetry: each reading newer than the one before it in its series, so none
+        # repeats another and all are fresh. One pass, no (device, metric, ts) key each.
+        pending: dict[tuple[str, str], int] = {}
+        for r in readings:
+            key = (r.device_id, r.metric)
+            if r.ts <= pending.get(key, newest.get(key, _NO_TS)):
+                break
+            pending[key] = r.ts
+        else:
+            self._pending_newest = pending
+            return list(readings), True
         unique: dict[tuple[str, str, int], Reading] = {}
         for r in readings:
             unique.setdefault((r.device_id, r.metric, r.ts), r)
         rows = list(unique.values())
-        newest = self._newest_per_series()
-        pending: dict[tuple[str, str], int] = {}
+        pending = {}
         fresh = True
         for r in rows:
             key = (r.device_id, r.metric)

@@ -42,6 +42,11 @@ def test_resends_and_overlaps_are_stored_once(tmp_path: Path) -> None:
         out_of_order = store.commit(batch("d1", "t", [3, 3, 22]))  # repeat inside the batch
         assert (out_of_order.inserted, out_of_order.duplicates) == (1, 2)
         assert len(stored(store)) == 23 + 3  # t: 0-22, h: 0-2
+        new_repeat = store.commit(batch("d1", "t", [30, 30, 31]))  # all new, one said twice
+        assert (new_repeat.inserted, new_repeat.duplicates) == (2, 1)
+        new_unordered = store.commit(batch("d1", "t", [33, 32]))  # all new, out of order
+        assert (new_unordered.inserted, new_unordered.duplicates) == (2, 0)
+        assert len(stored(store)) == 23 + 3 + 4
         assert len(set(stored(store))) == len(stored(store))
     finally:
         store.close()
