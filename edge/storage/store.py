@@ -99,7 +99,7 @@ class GatewayStore(Reports):
         self._series_newest: dict[tuple[str, str], int] | None = None
         self._pending_newest: dict[tuple[str, str], int] = {}
         # Appenders of the current connection, by table (a reopen starts a new set).
-        self._appenders: dict[str, duckdb.Appender] = {}
+        self._appenders: dict[tuple[str, bool], duckdb.Appender] = {}
         self._appenders_of: duckdb.DuckDBPyConnection | None = None
         self._db = DuckConnection(path, config, after_reopen=self._after_reopen)
         open_migrated(self._db)  # refuses a file of a newer release (SchemaTooNew)
@@ -114,15 +114,17 @@ class GatewayStore(Reports):
         self._con.execute(INCOMING_READINGS_SCHEMA)  # temporary tables end with a connection
         self._load_cursors()
 
-    def _appender(self, table: str) -> duckdb.Appender:
+    def _appender(self, table: str, *, autocommit: bool = False) -> duckdb.Appender:
         """The kept appender of `table` on the current connection (creating one costs ~0.3 ms,
-        more than a small commit's insert)."""
-        con = self._con
-        if self._appenders_of is not con:
-            self._appenders, self._appenders_of = {}, con
-        appender = self._appenders.get(table)
+        more than a small commit's insert). `autocommit`: on the append connection, for a
+        flush that is its own transaction (never inside one of the main connection's)."""
+        con = self._db.append_con if autocommit else self._con
+        if self._appenders_of is not self._con:  # reopened: the old appenders are gone
+            self._appenders, self._appenders_of = {}, self._con
+        key = (table, autocommit)
+        appender = self._appenders.get(key)
         if appender is None:
-            appender = self._appenders[table] = con.appender(table)
+            appender = self._appenders[key] = con.appender(table)
         return appender
 
     def _load_cursors(self) -> None:
@@ -213,7 +215,7 @@ class GatewayStore(Reports):
                 rows, fresh = self._prepare_readings(batch.readings)
             if fresh and rows and batch.only_readings():
                 with self._transaction(single=True):
-                    result = self._insert_readings(rows, fresh, len(batch.readings))
+                    result = self._insert_readings(rows, fresh, len(batch.readings), single=True)
             else:
                 result = self._commit_all(batch, rows, fresh)
             if self._series_newest is not None:  # committed: the batch's readings are stored
@@ -279,13 +281,20 @@ class GatewayStore(Reports):
         self._pending_newest = pending
         return rows, fresh
 
-    def _insert_readings(self, rows: list[Reading], fresh: bool, received: int) -> CommitResult:
+    def _insert_readings(
+        self, rows: list[Reading], fresh: bool, received: int, *, single: bool = False
+    ) -> CommitResult:
+        """`single`: the insert is the whole commit (appended and flushed in autocommit)."""
         if not rows:
             return CommitResult(0, 0, None, None)
         first = self._next_seq
         # Rows go in through DuckDB's appender as Python tuples: no Arrow table to build and
         # no pyarrow in the gateway (docs/decisions/edge-dedup-fast-path.md).
-        appender = self._appender("readings" if fresh else INCOMING_READINGS)
+        appender = (
+            self._appender("readings", autocommit=single)
+            if fresh
+            else self._appender(INCOMING_READINGS)
+        )
         try:
             appender.append_rows(_reading_rows(rows, first))
             appender.flush()
