@@ -12,7 +12,7 @@ import pytest
 
 from edge.security.local_password import load_hash, verify
 from tests.conftest import IOTSPHERE, REPO, cli_json
-from tests.support.ports import free_port
+from tests.support.ports import restartable_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,7 +28,7 @@ def run_demo(data: Path, seconds: int, ports: tuple[int, int]) -> subprocess.Com
 
 def test_demo_runs_everything_and_syncs(tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    ports = (free_port(), free_port())  # the same for both runs, as 1883 and 8000 are
+    ports = (restartable_port(), restartable_port())  # the same for both runs, as 1883 and 8000 are
     first = run_demo(data, 8, ports)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "log in as admin@demo.local" in first.stderr

@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli, cli_json
 from tests.support.fault_proxy import Fault, FaultProxy, ThreadedFaultProxy, plan
-from tests.support.ports import free_port
+from tests.support.ports import free_port, restartable_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -72,7 +72,8 @@ class CloudProcess:
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[CloudProcess]:
-    c = CloudProcess(tmp_path / "cloud", free_port(), tmp_path / "cloud.log")
+    # restarted on the same port: one below the ephemeral range
+    c = CloudProcess(tmp_path / "cloud", restartable_port(), tmp_path / "cloud.log")
     yield c
     if c.proc is not None and c.proc.poll() is None:
         c.proc.kill()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import IOTSPHERE, REPO, GatewayProcess, cli_json
 from tests.support.coap import coap_client, post_datagram, udp_socket
-from tests.support.ports import free_port
+from tests.support.ports import restartable_port
 
 COAP_CLIENT = shutil.which("coap-client-notls") or shutil.which("coap-client")
 needs_libcoap = pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap3-bin not installed")
@@ -155,7 +155,7 @@ def free_udp_port() -> int:
 def test_kill9_during_confirmable_stream_keeps_every_2_04(data_dir: Path, tmp_path: Path) -> None:
     """Every reading the simulator got 2.04 for is stored exactly once after a kill -9 and
     restart; the simulator resends what got no answer (as firmware does)."""
-    gp = GatewayProcess(data_dir, free_port(), coap_port=free_udp_port())
+    gp = GatewayProcess(data_dir, restartable_port(), coap_port=free_udp_port())  # restarted on it
     per_device, devices = 1500, 2
     try:
         creds = [

@@ -20,7 +20,7 @@ from cloud.app.settings import CloudSettings, MonitorSettings, NotifySettings
 from cloud.storage.store import SqlCloudStore
 from common.clock import ManualClock
 from tests.support.cloud import PASSWORD
-from tests.support.ports import free_port
+from tests.support.ports import restartable_port
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class Cloud:
     def __init__(self, settings: CloudSettings, clock: ManualClock) -> None:
         self.settings = settings
         self.clock = clock
-        self.port = free_port()
+        self.port = restartable_port()  # restart() serves on it again
         self.store: SqlCloudStore | None = None
         self.services: Services | None = None
         self._server: GracefulServer | None = None
