@@ -74,9 +74,9 @@ from cloud.sync.store import SyncStore  # noqa: E402
 from common.clock import SystemClock  # noqa: E402
 from common.gateway_auth import RequestSigner, load_private_key  # noqa: E402
 from common.model import Reading  # noqa: E402
+from common.ports import free_port  # noqa: E402
 from common.sync_wire import SyncBatch, encode_batch  # noqa: E402
 from edge.admin.backend import admin_secret, running_gateway_url  # noqa: E402
-from edge.ingest.mqtt.broker import free_port  # noqa: E402
 from edge.storage.store import Batch, GatewayStore  # noqa: E402
 from edge.sync.identity import key_path, load_identity  # noqa: E402
 

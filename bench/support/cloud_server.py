@@ -14,7 +14,7 @@ import httpx
 
 from bench.support import BenchError, log_tail, stop_process
 from bench.support.processes import ROOT
-from edge.ingest.mqtt.broker import free_port
+from common.ports import free_port
 
 READY_TIMEOUT_S = 120.0
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from bench.support.processes import Child, Processes, port_open, wait_for
+from common.ports import free_port
 from edge.admin.backend import admin_secret, running_gateway_url
-from edge.ingest.mqtt.broker import free_port
 
 
 class GatewayStatus:

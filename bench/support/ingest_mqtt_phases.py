@@ -17,7 +17,8 @@ from bench.support.gateway import running_gateway
 from bench.support.mqtt_workers import worker_argv
 from bench.support.processes import Child, Processes, port_open, wait_for
 from bench.support.resources import ResourceWatch, cpu_mark, cpu_report, mb, sleep_until
-from edge.ingest.mqtt.broker import MOSQUITTO, free_port
+from common.ports import free_port
+from edge.ingest.mqtt.broker import MOSQUITTO
 
 FULL_SPEED_TOTAL_RATE = 100_000.0  # offered msgs/s in A and B: far above what one host sends
 LAG_SAMPLE_EVERY_S = 2.0  # ingest_lag covers the last 20k commits: ~2 s at 10k/s

@@ -29,6 +29,7 @@ from common.actors import (
 )
 from common.backoff import Backoff, spread
 from common.clock import Clock, SystemClock
+from common.ports import restartable_port
 from common.sd_notify import SdNotifier
 from common.validation import ValidationPolicy, device_type_from_dict
 from edge.admin.api import AdminApi
@@ -49,7 +50,7 @@ from edge.ingest.coap.oscore_contexts import OscoreKeystore, OscoreRegistry
 from edge.ingest.http.ingress import HttpIngress
 from edge.ingest.intake import DeviceIngest
 from edge.ingest.listener import CapPlan, plan_caps, raise_nofile, wanted_nofile
-from edge.ingest.mqtt.broker import INGRESS_USER, BrokerCredentials, ManagedMosquitto, free_port
+from edge.ingest.mqtt.broker import INGRESS_USER, BrokerCredentials, ManagedMosquitto
 from edge.ingest.mqtt.dynsec import DynsecClient
 from edge.ingest.mqtt.front.proxy import AuthEvent, MqttFront, TelemetryTerms
 from edge.ingest.mqtt.ingress import MqttIngress
@@ -442,7 +443,9 @@ class Gateway(GatewayBackend, GatewayStatus):
                 unquote(url.password or ""),
             )
         creds = BrokerCredentials.generate()
-        port = cfg.broker_port or free_port()
+        # The watcher restarts Mosquitto on this port while the ingress keeps connecting to
+        # it: a port below the ephemeral range cannot be taken meanwhile (common.ports).
+        port = cfg.broker_port or restartable_port()
         self._broker = ManagedMosquitto(cfg.broker_dir, port, cfg.broker_max_queued)
         self._broker.prepare(devices, creds)
         await self._broker.start()

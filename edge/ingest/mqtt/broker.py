@@ -17,7 +17,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -50,13 +49,6 @@ def find_dynsec_plugin() -> str:
     raise BrokerError(
         "Mosquitto's dynamic-security plugin was not found; install Debian's 'mosquitto' package"
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True)
