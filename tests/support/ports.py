@@ -1,16 +1,8 @@
-"""Loopback ports for test servers."""
+"""Loopback ports for test servers: free_port for a server started once, restartable_port for
+one stopped and started again on the same port (common.ports says why)."""
 
 from __future__ import annotations
 
-from common import ports
+from common.ports import free_port, restartable_port
 
-
-def free_port() -> int:
-    """A TCP port free now, from the kernel's ephemeral range: fine for a server started once."""
-    return ports.free_port()
-
-
-def restartable_port() -> int:
-    """A TCP port for a server that is killed and started again on the same port: below the
-    ephemeral range (common.ports.restartable_port says why)."""
-    return ports.restartable_port()
+__all__ = ["free_port", "restartable_port"]
